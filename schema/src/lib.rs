@@ -1,0 +1,48 @@
+//! The weft wire contract in code.
+//!
+//! Three parties speak it over NATS: the control plane publishes a [`PodSpec`] on
+//! `<prefix>.pod.<pod>.spec`, the agent answers requests with an [`ApplyReply`], and dashboards
+//! read [`PodStatus`] snapshots from `<prefix>.pod.<pod>.status`. [`subject`] builds those
+//! names, [`codec`] turns bodies into values and back (JSON or bincode 2, chosen by the
+//! `Content-Type` header), and [`validate`] turns a decoded [`PodSpec`] into typed values
+//! ([`ValidSpec`]) in one pass, or says every field that is wrong.
+//!
+//! Wire types keep the strings the control plane writes (`"10.0.0.0/8"`, `"8000-8080"`);
+//! nothing downstream of validation ever parses one again.
+//!
+//! # Choices where the contract is silent
+//!
+//! - `WireGuard.Mtu` (optional, 576-65535, default 1420) is an addition to the contract's
+//!   WireGuard section; the agent needs it to honour "MTU 1420 unless set".
+//! - `Network.Address` must be IPv4 (the agent manages the link's IPv4 addresses only);
+//!   `Gateway` must be IPv4 too.
+//! - `ListenPort` 0 is refused: the firewall opens exactly the listen port, so it must be known.
+//! - A rule with protocol `icmp` may name IPv4 addresses only, `icmpv6` IPv6 only.
+//! - Two peers with the same `PublicKey`, or `WireGuard.Interface` equal to
+//!   `Network.Interface`, are refused.
+//! - `SearchDomains` entries are DNS names (labels of `[A-Za-z0-9-_]`, at most 253 characters);
+//!   `Comment` is at most 128 bytes of printable text. Both end up in files and kernel objects
+//!   where a newline or a NUL would be an injection.
+//! - `PodStatus.Network.Gateway` and a peer's `Endpoint` are `null` when there is none.
+
+pub mod codec;
+pub mod key;
+pub mod spec;
+pub mod status;
+pub mod subject;
+pub mod validate;
+
+pub use codec::{DecodeError, Encoding};
+pub use key::{PublicKey, Secret, SecretKey};
+pub use spec::{
+    EgressRule, FirewallSpec, IngressRule, NetworkSpec, PeerSpec, PodSpec, WireGuardSpec,
+};
+pub use status::{
+    ApplyReply, ApplyResult, Backend, DriftEvent, FirewallStatus, NetworkStatus, Overall,
+    PeerStatus, PodStatus, Subsystem, WireGuardStatus,
+};
+pub use subject::{PodId, Subjects};
+pub use validate::{ValidSpec, ValidationError, ValidationErrors};
+
+/// The schema version this crate speaks, sent in the `Weft-Schema` header.
+pub const SCHEMA_VERSION: u32 = 1;

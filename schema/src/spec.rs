@@ -1,0 +1,149 @@
+//! `PodSpec`: the desired network state of one pod, as the control plane writes it.
+//!
+//! Field names are PascalCase on the wire and unknown fields are an error: a typo such as
+//! `Source` for `Sources` must never silently widen a firewall. The field order of every
+//! struct is part of the bincode encoding; the golden fixtures in `tests/` pin it.
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::key::Secret;
+
+/// The desired state of one pod's network.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "PascalCase", deny_unknown_fields)]
+pub struct PodSpec {
+    /// Must equal the agent's `--pod-id`.
+    pub pod_id: String,
+    /// Orders specs: lower than the last applied is stale, equal is re-asserted.
+    pub generation: u64,
+    /// The pod interface; absent means the interface is not managed.
+    #[serde(default)]
+    pub network: Option<NetworkSpec>,
+    /// The firewall; absent or empty means the fail-closed baseline.
+    #[serde(default)]
+    pub firewall: Option<FirewallSpec>,
+    /// The overlay; absent means the agent's WireGuard interface is removed.
+    #[serde(default, rename = "WireGuard")]
+    pub wireguard: Option<WireGuardSpec>,
+}
+
+/// The pod interface, its IPv4 address, default route, MTU and resolver.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "PascalCase", deny_unknown_fields)]
+pub struct NetworkSpec {
+    /// Interface name, 1-15 characters, no `/`, whitespace or `:`.
+    pub interface: String,
+    /// IPv4 CIDR with its prefix (`10.0.0.5/24`): made the only IPv4 address on the link.
+    pub address: String,
+    /// IPv4 address of the default gateway.
+    #[serde(default)]
+    pub gateway: Option<String>,
+    /// 576-65535.
+    #[serde(default)]
+    pub mtu: Option<u32>,
+    /// At most 3 IP addresses; when non-empty the resolver file is replaced.
+    #[serde(default)]
+    pub nameservers: Vec<String>,
+    /// At most 6 DNS names.
+    #[serde(default)]
+    pub search_domains: Vec<String>,
+}
+
+/// Allows in, drops out. `"Firewall": {}` is the baseline.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "PascalCase", deny_unknown_fields)]
+pub struct FirewallSpec {
+    /// Each rule becomes one accept per address family it names.
+    #[serde(default)]
+    pub ingress: Vec<IngressRule>,
+    /// Each rule becomes one drop per address family it names.
+    #[serde(default)]
+    pub egress: Vec<EgressRule>,
+}
+
+/// Traffic the pod accepts.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "PascalCase", deny_unknown_fields)]
+pub struct IngressRule {
+    /// `tcp`, `udp`, `icmp`, `icmpv6` or `any` (default).
+    #[serde(default = "any")]
+    pub protocol: String,
+    /// `"N"` or `"N-M"` (1-65535), tcp and udp only; empty means every port.
+    #[serde(default)]
+    pub ports: Vec<String>,
+    /// IPv4 or IPv6 CIDRs (a bare address is a host); empty means any address.
+    #[serde(default)]
+    pub sources: Vec<String>,
+    /// Kept on the nftables rule.
+    #[serde(default)]
+    pub comment: Option<String>,
+}
+
+/// Traffic the pod may not send.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "PascalCase", deny_unknown_fields)]
+pub struct EgressRule {
+    /// `tcp`, `udp`, `icmp`, `icmpv6` or `any` (default).
+    #[serde(default = "any")]
+    pub protocol: String,
+    /// `"N"` or `"N-M"` (1-65535), tcp and udp only; empty means every port.
+    #[serde(default)]
+    pub ports: Vec<String>,
+    /// IPv4 or IPv6 CIDRs (a bare address is a host); empty means any address.
+    #[serde(default)]
+    pub destinations: Vec<String>,
+    /// Kept on the nftables rule.
+    #[serde(default)]
+    pub comment: Option<String>,
+}
+
+fn any() -> String {
+    "any".to_owned()
+}
+
+/// The WireGuard overlay interface.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "PascalCase", deny_unknown_fields)]
+pub struct WireGuardSpec {
+    /// Interface name, 1-15 characters, no `/`, whitespace or `:`.
+    pub interface: String,
+    /// Overlay address as a full CIDR (`10.9.0.1/24`); the connected route follows it.
+    pub address: String,
+    /// UDP port, 1-65535, default 51820.
+    #[serde(default = "default_listen_port")]
+    pub listen_port: u32,
+    /// Base64 of 32 bytes; null means the agent generates one and keeps it.
+    #[serde(default)]
+    pub private_key: Option<Secret>,
+    /// Exactly these peers.
+    #[serde(default)]
+    pub peers: Vec<PeerSpec>,
+    /// Interface MTU, 576-65535, default 1420 (an addition to contract v1).
+    #[serde(default)]
+    pub mtu: Option<u32>,
+}
+
+fn default_listen_port() -> u32 {
+    51820
+}
+
+/// One WireGuard peer.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "PascalCase", deny_unknown_fields)]
+pub struct PeerSpec {
+    /// Base64 of 32 bytes.
+    pub public_key: String,
+    /// `IP:port` or `[IPv6]:port`; no host names.
+    #[serde(default)]
+    pub endpoint: Option<String>,
+    /// CIDRs routed to this peer.
+    #[serde(default)]
+    pub allowed_ips: Vec<String>,
+    /// 0 (off) to 65535.
+    #[serde(default)]
+    pub persistent_keepalive_seconds: Option<u32>,
+    /// Base64 of 32 bytes.
+    #[serde(default)]
+    pub preshared_key: Option<Secret>,
+}

@@ -1,0 +1,29 @@
+//! Test harness for weft: real processes and real kernel state, cleaned up on drop.
+//!
+//! - [`netns`]: network namespaces and veth pairs with unique names, deleted on drop, and a
+//!   way to run a closure on a thread inside a namespace.
+//! - [`observe`]: independent observers (`nft -j`, `ip -j`, `wg show`) for assertions.
+//! - [`eventually`]: bounded waits for eventual conditions, never a fixed sleep.
+
+pub mod eventually;
+pub mod netns;
+pub mod observe;
+
+pub use eventually::{wait_until, wait_until_async};
+pub use netns::{veth, Netns};
+
+/// True when the process can create network namespaces (root with CAP_SYS_ADMIN).
+/// Privileged tests call [`require_root`] so that a run without it fails loudly rather than
+/// passing vacuously.
+pub fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// Panics with a clear message when not root: privileged tests must not pass by skipping.
+pub fn require_root() {
+    assert!(
+        is_root(),
+        "this test needs root (network namespaces, netlink); run the suite as root"
+    );
+}

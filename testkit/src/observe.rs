@@ -1,0 +1,69 @@
+//! Independent observers: the tools an operator would use, run inside a namespace, parsed
+//! for assertions. They never share code with the agent's own read-back.
+
+use anyhow::{Context, Result};
+use serde_json::Value;
+
+use crate::netns::{run, Netns};
+
+/// `nft -j list table <family> <name>`: the `nftables` array, or `None` when the table does
+/// not exist.
+pub fn nft_table(ns: &Netns, family: &str, name: &str) -> Result<Option<Value>> {
+    let out = ns
+        .command("nft")
+        .args(["-j", "list", "table", family, name])
+        .output()
+        .context("spawn nft")?;
+    if !out.status.success() {
+        let err = String::from_utf8_lossy(&out.stderr);
+        if err.contains("No such file or directory") {
+            return Ok(None);
+        }
+        anyhow::bail!("nft list table {family} {name}: {}", err.trim());
+    }
+    let v: Value = serde_json::from_slice(&out.stdout).context("parse nft -j")?;
+    Ok(Some(v["nftables"].clone()))
+}
+
+/// `nft list table <family> <name>` as text (for byte-identical comparisons).
+pub fn nft_table_text(ns: &Netns, family: &str, name: &str) -> Result<String> {
+    let out = ns.run("nft", &["list", "table", family, name])?;
+    Ok(String::from_utf8(out.stdout)?)
+}
+
+/// `nft list ruleset` as text.
+pub fn nft_ruleset_text(ns: &Netns) -> Result<String> {
+    let out = ns.run("nft", &["list", "ruleset"])?;
+    Ok(String::from_utf8(out.stdout)?)
+}
+
+/// `ip -j <args..>` parsed.
+pub fn ip_json(ns: &Netns, args: &[&str]) -> Result<Value> {
+    let mut full = vec!["-j"];
+    full.extend_from_slice(args);
+    let out = run(std::process::Command::new("ip")
+        .arg("-n")
+        .arg(ns.name())
+        .args(&full))?;
+    serde_json::from_slice(&out.stdout).context("parse ip -j")
+}
+
+/// The IPv4 addresses of `ifname` as `addr/prefix` strings (`ip -j -4 addr show dev`).
+pub fn ipv4_addrs(ns: &Netns, ifname: &str) -> Result<Vec<String>> {
+    let v = ip_json(ns, &["-4", "addr", "show", "dev", ifname])?;
+    Ok(v.as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|link| link["addr_info"].as_array().cloned().unwrap_or_default())
+        .map(|a| format!("{}/{}", a["local"].as_str().unwrap_or(""), a["prefixlen"]))
+        .collect())
+}
+
+/// `wg show <ifname> dump`, split into lines of tab-separated fields.
+pub fn wg_dump(ns: &Netns, ifname: &str) -> Result<Vec<Vec<String>>> {
+    let out = ns.run("wg", &["show", ifname, "dump"])?;
+    Ok(String::from_utf8(out.stdout)?
+        .lines()
+        .map(|l| l.split('\t').map(str::to_owned).collect())
+        .collect())
+}
