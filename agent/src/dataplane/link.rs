@@ -56,12 +56,15 @@ impl LinkState {
 }
 
 /// One change to the kernel, in the order [`plan`] lists them: the link first (a route needs
-/// it up), stale addresses before the new one (deleting a primary address also deletes its
-/// secondaries), the route last (its gateway must be reachable through the new address).
+/// it up); before any address is deleted, `promote_secondaries` (else deleting a primary
+/// address deletes its secondaries too: someone else's, or the desired one); the new address
+/// before the stale one (so the subnet, and the routes through it, never go away when only
+/// the host part changes); the route last (its gateway must be reachable).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Change {
     SetMtu(u32),
     SetUp,
+    PromoteSecondaries,
     /// An address the agent added earlier that is not the desired one.
     DeleteAddress(Ipv4Net),
     AddAddress(Ipv4Net),
@@ -80,6 +83,7 @@ impl Change {
         match self {
             Change::SetMtu(mtu) => format!("set mtu {mtu} on {interface}"),
             Change::SetUp => format!("bring {interface} up"),
+            Change::PromoteSecondaries => format!("set promote_secondaries on {interface}"),
             Change::DeleteAddress(a) => format!("remove address {a} from {interface}"),
             Change::AddAddress(a) => format!("add address {a} to {interface}"),
             Change::ReplaceDefaultRoute(gw) => {
@@ -154,16 +158,22 @@ pub fn plan(desired: &Network, observed: &LinkState) -> Vec<Change> {
     if !observed.up {
         changes.push(Change::SetUp);
     }
-    for a in &observed.addresses {
-        if let IpNet::V4(v4) = a.addr {
-            if v4 != desired.address && a.protocol == RTPROT_WEFT {
-                changes.push(Change::DeleteAddress(v4));
-            }
-        }
+    let stale: Vec<Ipv4Net> = observed
+        .addresses
+        .iter()
+        .filter(|a| a.protocol == RTPROT_WEFT)
+        .filter_map(|a| match a.addr {
+            IpNet::V4(v4) if v4 != desired.address => Some(v4),
+            _ => None,
+        })
+        .collect();
+    if !stale.is_empty() {
+        changes.push(Change::PromoteSecondaries);
     }
     if !observed.has_address(desired.address) && observed.address_held_by.is_none() {
         changes.push(Change::AddAddress(desired.address));
     }
+    changes.extend(stale.into_iter().map(Change::DeleteAddress));
     match desired.gateway {
         Some(gw) => {
             let via_gateway = observed.effective_default().is_some_and(|r| {
@@ -251,13 +261,14 @@ pub fn apply(rtnl: &mut Rtnl, desired: &Network) -> Result<usize, Error> {
         });
     }
     let changes = plan(desired, &state);
+    // Deleting the last address of a subnet takes the routes through it along, the default
+    // route included, after the plan was made.
     let deleted_address = changes
         .iter()
         .any(|c| matches!(c, Change::DeleteAddress(_)));
     send(rtnl, desired, &state, changes, &mut failed, &mut failures);
     if deleted_address {
-        // Deleting a primary address takes its secondaries with it, which may include the
-        // desired one: look again and finish, without retrying what already failed.
+        // Look again and finish, without retrying what already failed.
         let state = read_state(rtnl, desired)?;
         let again = plan(desired, &state)
             .into_iter()
@@ -297,6 +308,7 @@ fn send_one(rtnl: &mut Rtnl, index: u32, change: &Change) -> Result<(), rtnl::Er
     match *change {
         Change::SetMtu(mtu) => rtnl.set_link_mtu(index, mtu),
         Change::SetUp => rtnl.set_link_up(index),
+        Change::PromoteSecondaries => rtnl.set_promote_secondaries(index),
         Change::DeleteAddress(a) => rtnl.delete_address(index, IpNet::V4(a)),
         Change::AddAddress(a) => rtnl.add_address(index, IpNet::V4(a)),
         Change::ReplaceDefaultRoute(gw) => rtnl.replace_route(&Route {
@@ -513,8 +525,9 @@ mod tests {
         assert_eq!(
             plan(&desired, &state),
             vec![
-                Change::DeleteAddress("10.0.0.5/24".parse().unwrap()),
+                Change::PromoteSecondaries,
                 Change::AddAddress("10.0.0.6/24".parse().unwrap()),
+                Change::DeleteAddress("10.0.0.5/24".parse().unwrap()),
             ]
         );
     }
@@ -529,8 +542,9 @@ mod tests {
         assert_eq!(
             plan(&desired, &state),
             vec![
-                Change::DeleteAddress("10.0.0.5/24".parse().unwrap()),
+                Change::PromoteSecondaries,
                 Change::AddAddress("10.0.0.5/16".parse().unwrap()),
+                Change::DeleteAddress("10.0.0.5/24".parse().unwrap()),
             ]
         );
     }

@@ -42,6 +42,10 @@ const IFA_PROTO: u16 = 11;
 /// `RTA_TABLE`: the 32-bit table id, present when it does not fit `rtm_table`.
 const RTA_TABLE: u16 = 15;
 const RT_TABLE_MAIN: u32 = 254;
+/// `IFLA_INET_CONF` under `IFLA_AF_SPEC` > `AF_INET`.
+const IFLA_INET_CONF: u16 = 1;
+/// Index of `promote_secondaries` in the IPv4 devconf array (`linux/ip.h`).
+const IPV4_DEVCONF_PROMOTE_SECONDARIES: u16 = 20;
 const ENODEV: i32 = 19;
 /// A dump interrupted by a concurrent change is retried this many times before the last
 /// (possibly inconsistent) answer is returned.
@@ -234,6 +238,32 @@ impl Rtnl {
     pub fn set_link_mtu(&mut self, index: u32, mtu: u32) -> Result<(), Error> {
         let mut attrs = RtBuffer::new();
         attrs.push(attr(Ifla::Mtu, mtu)?);
+        let msg = IfinfomsgBuilder::default()
+            .ifi_family(RtAddrFamily::Unspecified)
+            .ifi_index(index as i32)
+            .rtattrs(attrs)
+            .build()?;
+        self.change(Rtm::Newlink, NlmF::empty(), msg)
+    }
+
+    /// Sets the link's IPv4 `promote_secondaries`, so deleting its primary address promotes
+    /// a secondary in the same subnet instead of deleting every secondary with it (and the
+    /// routes through them). The per-interface sysctl, set over netlink: `IFLA_AF_SPEC` >
+    /// `AF_INET` > `IFLA_INET_CONF` > `IPV4_DEVCONF_PROMOTE_SECONDARIES`.
+    pub fn set_promote_secondaries(&mut self, index: u32) -> Result<(), Error> {
+        let conf = nest(
+            IFLA_INET_CONF,
+            &attr(IPV4_DEVCONF_PROMOTE_SECONDARIES, 1u32)?,
+        )?;
+        let inet = nest(libc::AF_INET as u16, &conf)?;
+        let af_spec = RtattrBuilder::default()
+            .rta_type(Ifla::AfSpec)
+            .rta_payload(Buffer::new())
+            .build()?
+            .nest(&inet)
+            .map_err(Error::Encode)?;
+        let mut attrs = RtBuffer::new();
+        attrs.push(af_spec);
         let msg = IfinfomsgBuilder::default()
             .ifi_family(RtAddrFamily::Unspecified)
             .ifi_index(index as i32)
@@ -527,6 +557,16 @@ where
         .rta_type(ty)
         .rta_payload(payload)
         .build()?)
+}
+
+/// An attribute of type `ty` holding one nested attribute.
+fn nest<P: ToBytes>(ty: u16, inner: &Rtattr<u16, P>) -> Result<Rtattr<u16, Buffer>, Error> {
+    RtattrBuilder::default()
+        .rta_type(ty)
+        .rta_payload(Buffer::new())
+        .build()?
+        .nest(inner)
+        .map_err(Error::Encode)
 }
 
 fn decode<P>(buf: &Buffer) -> Result<P, Error>
