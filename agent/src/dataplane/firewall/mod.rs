@@ -148,7 +148,9 @@ impl Firewall {
         let seen = self.read()?;
         if let Some(seen) = &seen {
             if seen.chains_ok && seen.ruleset == *desired {
-                if self.flags == 0 || seen.table.owner == Some(self.socket.portid()) {
+                // Already in force. Owned by another live socket, it cannot be adopted (nor
+                // replaced); `observe` reports that.
+                if self.flags == 0 || seen.table.owner.is_some() {
                     return Ok(false);
                 }
                 if seen.table.flags & NFT_TABLE_F_PERSIST != 0 && seen.table.owner.is_none() {
