@@ -41,7 +41,9 @@ impl Batch {
     }
 
     pub fn label(&self, seq: u32) -> Option<Label> {
-        self.labels.get(seq.wrapping_sub(self.first_seq) as usize).copied()
+        self.labels
+            .get(seq.wrapping_sub(self.first_seq) as usize)
+            .copied()
     }
 }
 
@@ -75,7 +77,10 @@ impl Builder {
 /// (owner and persist, or none); `replace` deletes the existing table first, in the same
 /// transaction, so no observer sees the table missing or half-filled.
 pub(crate) fn replace(ruleset: &Ruleset, table_flags: u32, replace: bool, seq: u32) -> Batch {
-    let mut b = start(seq, 512 + 320 * (ruleset.input.len() + ruleset.output.len()));
+    let mut b = start(
+        seq,
+        512 + 320 * (ruleset.input.len() + ruleset.output.len()),
+    );
     if replace {
         b.begin(NFT_MSG_DELTABLE, 0, Label::DeleteTable);
         b.w.str(NFTA_TABLE_NAME, TABLE);
@@ -94,10 +99,7 @@ pub(crate) fn replace(ruleset: &Ruleset, table_flags: u32, replace: bool, seq: u
         b.w.str(NFTA_CHAIN_TYPE, "filter");
         b.w.end();
     }
-    for (chain, lines) in [
-        (&CHAINS[0], &ruleset.input),
-        (&CHAINS[1], &ruleset.output),
-    ] {
+    for (chain, lines) in [(&CHAINS[0], &ruleset.input), (&CHAINS[1], &ruleset.output)] {
         for (index, line) in lines.iter().enumerate() {
             rule(&mut b, chain, index, line);
         }
@@ -121,7 +123,13 @@ fn start(seq: u32, capacity: usize) -> Builder {
         labels: Vec::new(),
         next_set_id: 1,
     };
-    b.w.begin(NFNL_MSG_BATCH_BEGIN, NLM_F_REQUEST, b.seq, 0, NFNL_SUBSYS_NFTABLES);
+    b.w.begin(
+        NFNL_MSG_BATCH_BEGIN,
+        NLM_F_REQUEST,
+        b.seq,
+        0,
+        NFNL_SUBSYS_NFTABLES,
+    );
     b.w.end();
     b.seq += 1;
     b.labels.push(Label::Batch);
@@ -143,7 +151,13 @@ fn finish(mut b: Builder) -> Batch {
         let flags = u16::from_ne_bytes([b.w.buf[start + 6], b.w.buf[start + 7]]) | NLM_F_ACK;
         b.w.buf[start + 6..start + 8].copy_from_slice(&flags.to_ne_bytes());
     }
-    b.w.begin(NFNL_MSG_BATCH_END, NLM_F_REQUEST, b.seq, 0, NFNL_SUBSYS_NFTABLES);
+    b.w.begin(
+        NFNL_MSG_BATCH_END,
+        NLM_F_REQUEST,
+        b.seq,
+        0,
+        NFNL_SUBSYS_NFTABLES,
+    );
     b.w.end();
     b.labels.push(Label::Batch);
     Batch {

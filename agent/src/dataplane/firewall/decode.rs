@@ -11,6 +11,12 @@ use super::render::{
 };
 use super::{CHAINS, TABLE};
 
+/// Set elements as (key bytes, is an interval end).
+pub(crate) type Elements = Vec<(Vec<u8>, bool)>;
+
+/// Fetches the elements of a named anonymous set (`None` when it cannot be read).
+pub(crate) type SetReader<'a> = dyn FnMut(&str) -> Option<Elements> + 'a;
+
 /// The table as the kernel reports it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct TableSeen {
@@ -222,7 +228,7 @@ fn expr(e: &[u8]) -> Expr {
 }
 
 /// The elements of an anonymous interval set, as (key, is interval end), in any order.
-pub(crate) fn set_elements(msg: &Message<'_>, out: &mut Vec<(Vec<u8>, bool)>) {
+pub(crate) fn set_elements(msg: &Message<'_>, out: &mut Elements) {
     for (ty, v) in msg.nf_attrs() {
         if ty != NFTA_SET_ELEM_LIST_ELEMENTS {
             continue;
@@ -278,16 +284,14 @@ pub(crate) fn ranges(elements: &[(Vec<u8>, bool)], len: usize) -> Option<Vec<(u1
 }
 
 fn uint(bytes: &[u8]) -> u128 {
-    bytes.iter().fold(0u128, |acc, b| (acc << 8) | u128::from(*b))
+    bytes
+        .iter()
+        .fold(0u128, |acc, b| (acc << 8) | u128::from(*b))
 }
 
 /// Decodes the expressions of one rule of a chain whose addresses are `dir`. `set` returns
 /// the elements of a named anonymous set.
-pub(crate) fn line(
-    rule: &RuleSeen,
-    dir: Dir,
-    set: &mut dyn FnMut(&str) -> Option<Vec<(Vec<u8>, bool)>>,
-) -> Line {
+pub(crate) fn line(rule: &RuleSeen, dir: Dir, set: &mut SetReader<'_>) -> Line {
     let e = &rule.exprs;
     let accept = Expr::Verdict(NF_ACCEPT);
     let ct = [
@@ -379,7 +383,7 @@ impl<'a> Cursor<'a> {
         &mut self,
         loaded: usize,
         full: usize,
-        set: &mut dyn FnMut(&str) -> Option<Vec<(Vec<u8>, bool)>>,
+        set: &mut SetReader<'_>,
     ) -> Option<Vec<(u128, u128)>> {
         let widen = |d: &[u8], fill: u8| {
             let mut v = d.to_vec();
@@ -412,7 +416,12 @@ impl<'a> Cursor<'a> {
                 }
                 match self.next()? {
                     Expr::Cmp(NFT_CMP_EQ, d) if d.len() == full && uint(d) & !m == 0 => {
-                        let host = !m & if bits == 128 { u128::MAX } else { (1 << bits) - 1 };
+                        let host = !m
+                            & if bits == 128 {
+                                u128::MAX
+                            } else {
+                                (1 << bits) - 1
+                            };
                         Some(vec![(uint(d), uint(d) | host)])
                     }
                     _ => None,
@@ -427,11 +436,7 @@ impl<'a> Cursor<'a> {
     }
 }
 
-fn generic(
-    e: &[Expr],
-    dir: Dir,
-    set: &mut dyn FnMut(&str) -> Option<Vec<(Vec<u8>, bool)>>,
-) -> Option<Match> {
+fn generic(e: &[Expr], dir: Dir, set: &mut SetReader<'_>) -> Option<Match> {
     let mut c = Cursor { e };
     let addr = match c.meta_byte(NFT_META_NFPROTO)? {
         None => None,

@@ -27,8 +27,8 @@ use weft_schema::{FirewallStatus, Overall};
 use abi::*;
 use batch::{Batch, Label};
 use netlink::{Socket, NFNL_SUBSYS_NFTABLES, NLMSG_DONE, NLMSG_ERROR, NLM_F_DUMP, NLM_F_REQUEST};
-pub use render::{render, Ruleset};
 use render::Dir;
+pub use render::{render, Ruleset};
 
 /// The one table the agent owns, in family `inet`. Everything that names it goes through
 /// here (and [`CHAINS`]), so drift detection can filter on the same names.
@@ -300,13 +300,19 @@ impl Firewall {
     /// `None` when a dump was interrupted.
     fn read_once(&mut self) -> Result<Option<Option<Seen>>, Error> {
         let mut table = None;
-        let found = self.request(NFT_MSG_GETTABLE, false, "the table", |w| {
-            w.str(NFTA_TABLE_NAME, TABLE);
-        }, |msg| {
-            if table.is_none() {
-                table = decode::table(msg);
-            }
-        })?;
+        let found = self.request(
+            NFT_MSG_GETTABLE,
+            false,
+            "the table",
+            |w| {
+                w.str(NFTA_TABLE_NAME, TABLE);
+            },
+            |msg| {
+                if table.is_none() {
+                    table = decode::table(msg);
+                }
+            },
+        )?;
         let Some(true) = found else {
             return Ok(found.map(|_| None));
         };
@@ -314,21 +320,39 @@ impl Firewall {
             return Ok(Some(None));
         };
         let mut chains = Vec::new();
-        if self.request(NFT_MSG_GETCHAIN, true, "the chains", |_| {}, |msg| {
-            chains.extend(decode::chain(msg));
-        })?.is_none() {
+        if self
+            .request(
+                NFT_MSG_GETCHAIN,
+                true,
+                "the chains",
+                |_| {},
+                |msg| {
+                    chains.extend(decode::chain(msg));
+                },
+            )?
+            .is_none()
+        {
             return Ok(None);
         }
         let mut rules = Vec::new();
-        if self.request(NFT_MSG_GETRULE, true, "the rules", |w| {
-            w.str(NFTA_RULE_TABLE, TABLE);
-        }, |msg| {
-            rules.extend(decode::rule(msg));
-        })?.is_none() {
+        if self
+            .request(
+                NFT_MSG_GETRULE,
+                true,
+                "the rules",
+                |w| {
+                    w.str(NFTA_RULE_TABLE, TABLE);
+                },
+                |msg| {
+                    rules.extend(decode::rule(msg));
+                },
+            )?
+            .is_none()
+        {
             return Ok(None);
         }
 
-        let mut sets: HashMap<String, Option<Vec<(Vec<u8>, bool)>>> = HashMap::new();
+        let mut sets: HashMap<String, Option<decode::Elements>> = HashMap::new();
         let mut ruleset = Ruleset {
             input: Vec::new(),
             output: Vec::new(),
@@ -339,15 +363,21 @@ impl Firewall {
                 // A rule in a chain that is not ours: the chain check already fails.
                 continue;
             };
-            let mut lookup = |name: &str| -> Option<Vec<(Vec<u8>, bool)>> {
+            let mut lookup = |name: &str| -> Option<decode::Elements> {
                 if let Some(cached) = sets.get(name) {
                     return cached.clone();
                 }
                 let mut elements = Vec::new();
-                let got = self.request(NFT_MSG_GETSETELEM, true, "a set's elements", |w| {
-                    w.str(NFTA_SET_ELEM_LIST_TABLE, TABLE);
-                    w.str(NFTA_SET_ELEM_LIST_SET, name);
-                }, |msg| decode::set_elements(msg, &mut elements));
+                let got = self.request(
+                    NFT_MSG_GETSETELEM,
+                    true,
+                    "a set's elements",
+                    |w| {
+                        w.str(NFTA_SET_ELEM_LIST_TABLE, TABLE);
+                        w.str(NFTA_SET_ELEM_LIST_SET, name);
+                    },
+                    |msg| decode::set_elements(msg, &mut elements),
+                );
                 let value = match got {
                     Ok(Some(true)) => Some(elements),
                     Ok(None) => {
@@ -391,14 +421,24 @@ impl Firewall {
         self.seq = self.seq.wrapping_add(1);
         let mut w = netlink::Writer::with_capacity(128);
         let flags = if dump { NLM_F_DUMP } else { 0 } | netlink::NLM_F_ACK;
-        w.begin((NFNL_SUBSYS_NFTABLES << 8) | ty, NLM_F_REQUEST | flags, seq, NFPROTO_INET, 0);
+        w.begin(
+            (NFNL_SUBSYS_NFTABLES << 8) | ty,
+            NLM_F_REQUEST | flags,
+            seq,
+            NFPROTO_INET,
+            0,
+        );
         attrs(&mut w);
         w.end();
         let read_err = |source| Error::ReadBack { what, source };
         self.socket.send(&w.buf).map_err(read_err)?;
         let mut interrupted = false;
         loop {
-            let data = self.socket.recv(true).map_err(read_err)?.expect("blocking recv");
+            let data = self
+                .socket
+                .recv(true)
+                .map_err(read_err)?
+                .expect("blocking recv");
             for msg in netlink::messages(data) {
                 if msg.seq != seq {
                     continue;
@@ -436,7 +476,16 @@ fn describe(label: Option<Label>, desired: &Ruleset) -> String {
         };
         lines
             .get(index)
-            .map(|l| render::line_text(l, if chain == CHAINS[0].name { Dir::Src } else { Dir::Dst }))
+            .map(|l| {
+                render::line_text(
+                    l,
+                    if chain == CHAINS[0].name {
+                        Dir::Src
+                    } else {
+                        Dir::Dst
+                    },
+                )
+            })
             .unwrap_or_default()
     };
     match label {
@@ -449,7 +498,10 @@ fn describe(label: Option<Label>, desired: &Ruleset) -> String {
             rule_text(chain, index)
         ),
         Some(Label::Rule { chain, index }) => {
-            format!("rule {index} of chain {chain} (`{}`)", rule_text(chain, index))
+            format!(
+                "rule {index} of chain {chain} (`{}`)",
+                rule_text(chain, index)
+            )
         }
     }
 }
@@ -465,4 +517,3 @@ fn chain(e: &dyn std::error::Error) -> String {
     }
     text
 }
-

@@ -99,7 +99,8 @@ impl Writer {
     pub fn nest(&mut self, ty: u16) {
         self.open.push((self.buf.len(), false));
         self.buf.extend_from_slice(&0u16.to_ne_bytes());
-        self.buf.extend_from_slice(&(ty | NLA_F_NESTED).to_ne_bytes());
+        self.buf
+            .extend_from_slice(&(ty | NLA_F_NESTED).to_ne_bytes());
     }
 }
 

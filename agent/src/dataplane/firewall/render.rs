@@ -189,7 +189,12 @@ impl Ruleset {
     pub fn ingress_rules(&self) -> u32 {
         self.input
             .iter()
-            .filter(|l| !matches!(l, Line::Established | Line::Loopback | Line::WireGuardPort(_)))
+            .filter(|l| {
+                !matches!(
+                    l,
+                    Line::Established | Line::Loopback | Line::WireGuardPort(_)
+                )
+            })
             .count() as u32
     }
 
