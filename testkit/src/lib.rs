@@ -8,6 +8,7 @@
 pub mod eventually;
 pub mod netns;
 pub mod observe;
+pub mod wireguard;
 
 pub use eventually::{wait_until, wait_until_async};
 pub use netns::{veth, Netns};

@@ -113,6 +113,7 @@ impl UserspaceDevice {
         };
         // boringtun owns `theirs` from here on (it wraps the fd in its own UnixStream).
         let device = DeviceHandle::new(name, config).map_err(|e| Error::Start(name.into(), e))?;
+        close_tun_on_exec();
         let reader = BufReader::new(ours.try_clone().map_err(Error::SocketPair)?);
         let control = Arc::new(Mutex::new(Control {
             writer: ours,
@@ -185,6 +186,39 @@ impl UserspaceDevice {
 impl Drop for UserspaceDevice {
     fn drop(&mut self) {
         self.stop();
+    }
+}
+
+/// Marks every `/dev/net/tun` descriptor of the process close-on-exec.
+///
+/// boringtun opens the TUN device without `O_CLOEXEC`, so any child process started later
+/// (by us or by anything else in the process) would inherit it, and the interface would
+/// outlive the device's shutdown for as long as that child runs. The window between
+/// boringtun's `open` and this call remains; it is a few microseconds.
+fn close_tun_on_exec() {
+    let Ok(entries) = fs::read_dir("/proc/self/fd") else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let is_tun = fs::read_link(entry.path()).is_ok_and(|t| t == Path::new("/dev/net/tun"));
+        let Some(fd) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        if is_tun {
+            // SAFETY: fcntl F_GETFD/F_SETFD only reads and sets the descriptor flag of an fd
+            // number; if the fd was closed meanwhile the calls fail with EBADF and change
+            // nothing.
+            unsafe {
+                let flags = libc::fcntl(fd, libc::F_GETFD);
+                if flags >= 0 {
+                    libc::fcntl(fd, libc::F_SETFD, flags | libc::FD_CLOEXEC);
+                }
+            }
+        }
     }
 }
 
