@@ -16,6 +16,7 @@ pub mod hub;
 pub mod nats;
 pub mod netns;
 pub mod observe;
+pub mod wireguard;
 
 pub use eventually::{wait_until, wait_until_async};
 pub use netns::{veth, Netns};
