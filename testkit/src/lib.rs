@@ -7,6 +7,7 @@
 //! - [`agent`]: the real `weft-agent` binary inside a namespace.
 //! - [`control`]: a control plane publishing specs and a dashboard collecting statuses.
 //! - [`hub`]: a hub namespace (NATS, the test's clients) and pod namespaces joined to it.
+//! - [`stack`]: a whole local stack: hub, LAN router, pods with their agents.
 //! - [`eventually`]: bounded waits for eventual conditions, never a fixed sleep.
 
 pub mod agent;
@@ -16,6 +17,7 @@ pub mod hub;
 pub mod nats;
 pub mod netns;
 pub mod observe;
+pub mod stack;
 pub mod wireguard;
 
 pub use eventually::{wait_until, wait_until_async};
