@@ -12,7 +12,7 @@
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::net::IpAddr;
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -65,6 +65,8 @@ fn replace(path: &Path, content: &[u8]) -> io::Result<()> {
             .create_new(true)
             .mode(0o644)
             .open(&temp)?;
+        // Every process resolves names through this file, whatever the umask.
+        file.set_permissions(fs::Permissions::from_mode(0o644))?;
         file.write_all(content)?;
         file.sync_all()?;
         fs::rename(&temp, path)

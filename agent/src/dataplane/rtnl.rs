@@ -744,6 +744,15 @@ mod tests {
     }
 
     #[test]
+    fn the_socket_can_move_to_the_reconciler_thread() {
+        fn send<T: Send>() {}
+        send::<Rtnl>();
+        fn sync<T: Sync>() {}
+        send::<Error>();
+        sync::<Error>();
+    }
+
+    #[test]
     fn c_strings_stop_at_nul() {
         assert_eq!(c_string(b"eth0\0"), "eth0");
         assert_eq!(c_string(b"eth0"), "eth0");
