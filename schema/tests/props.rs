@@ -2,19 +2,21 @@
 //! wrong values in them) decoding and validation never panic; anything that decodes
 //! re-encodes to itself in both encodings; anything that validates satisfies the invariants
 //! the dataplane relies on, and is a fixed point: its typed values, written back as a spec,
-//! validate to the same thing. A few seconds in the normal test run; the fuzz target in
-//! `schema/fuzz` goes further.
+//! validate to the same thing, and `weft.schema.json` takes it too. A few seconds in the
+//! normal test run; the fuzz target in `schema/fuzz` goes further.
 
 mod support;
 
 use std::collections::HashSet;
 use std::net::{Ipv4Addr, Ipv6Addr};
+use std::sync::LazyLock;
 
 use proptest::collection::vec;
 use proptest::prelude::*;
 use proptest::sample::Index;
 use proptest::test_runner::FileFailurePersistence;
 use serde_json::Value;
+use support::json_schema;
 use support::*;
 use weft_schema::validate::{limits, Protocol, Rule};
 use weft_schema::{
@@ -23,6 +25,8 @@ use weft_schema::{
 };
 
 const ENCODINGS: [Encoding; 2] = [Encoding::Json, Encoding::Bincode];
+
+static SCHEMA: LazyLock<Value> = LazyLock::new(json_schema::load);
 
 /// Decodes `body` as `encoding`, then checks everything that follows from what it holds.
 fn check_body(encoding: Encoding, body: &[u8]) {
@@ -48,6 +52,11 @@ fn check_spec(spec: &PodSpec) {
     }
     match ValidSpec::validate(spec, &pod()) {
         Ok(valid) => {
+            // The JSON Schema may be looser than validation, never stricter.
+            let doc = serde_json::to_value(spec).unwrap();
+            if let Err(e) = json_schema::check(&SCHEMA, "PodSpec", &doc) {
+                panic!("the agent takes a spec weft.schema.json refuses: {e:?}");
+            }
             check_invariants(&valid);
             // Normalisation is idempotent: the typed values written back as a spec validate
             // to the very same values.

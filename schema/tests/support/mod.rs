@@ -4,6 +4,8 @@
 //! Each test binary uses only part of this module.
 #![allow(dead_code)]
 
+pub mod json_schema;
+
 use std::path::PathBuf;
 
 use weft_schema::codec::decode_message;
