@@ -298,6 +298,17 @@ fn cases() -> Vec<Case> {
             r#"PodId: "" must be 1 to 63 characters"#,
         ),
         json(
+            "pod id of 64 characters",
+            &format!(r#"{{"PodId":"{}","Generation":1}}"#, "p".repeat(64)),
+            &format!(r#"PodId: "{}" must be 1 to 63 characters"#, "p".repeat(64)),
+        ),
+        json(
+            "generation past u64",
+            r#"{"PodId":"web-1","Generation":18446744073709551616}"#,
+            "invalid JSON at Generation: invalid type: floating point `1.8446744073709552e+19`, \
+             expected u64 at line 1 column 50",
+        ),
+        json(
             "generation 0",
             r#"{"PodId":"web-1","Generation":0}"#,
             "Generation: must be at least 1 (0 means nothing applied)",
