@@ -777,7 +777,7 @@ fn edit_tree(value: &mut Value, path: &[Index], edit: &TreeEdit) {
 
 proptest! {
     #![proptest_config(ProptestConfig {
-        cases: 2048,
+        cases: 1024,
         failure_persistence: Some(Box::new(FileFailurePersistence::WithSource("regressions"))),
         ..ProptestConfig::default()
     })]
@@ -819,7 +819,7 @@ proptest! {
 // Generating whole specs costs more per case; fewer cases keep the run within seconds.
 proptest! {
     #![proptest_config(ProptestConfig {
-        cases: 384,
+        cases: 256,
         failure_persistence: Some(Box::new(FileFailurePersistence::WithSource("regressions"))),
         ..ProptestConfig::default()
     })]
