@@ -171,7 +171,21 @@ impl DecodeError {
             line.push_str(&err.to_string());
             cause = err.source();
         }
-        line
+        // serde names an unknown field as the body spelled it, and JSON can spell a newline
+        // ("Sources\n"): escape control characters so the line stays one line in logs and
+        // statuses.
+        if !line.contains(char::is_control) {
+            return line;
+        }
+        let mut escaped = String::with_capacity(line.len() + 8);
+        for c in line.chars() {
+            if c.is_control() {
+                escaped.extend(c.escape_default());
+            } else {
+                escaped.push(c);
+            }
+        }
+        escaped
     }
 }
 
@@ -199,6 +213,17 @@ mod tests {
             .to_line();
         assert!(err.contains("Firewall.Ingress[0]"), "{err}");
         assert!(err.contains("unknown field `Source`"), "{err}");
+    }
+
+    #[test]
+    fn error_lines_stay_one_line() {
+        let body = br#"{"PodId":"a","Generation":1,"Sources\n\u0000":[]}"#;
+        let err = Encoding::Json
+            .decode::<PodSpec>(body)
+            .unwrap_err()
+            .to_line();
+        assert!(!err.contains(char::is_control), "{err:?}");
+        assert!(err.contains(r"unknown field `Sources\n\u{0}`"), "{err}");
     }
 
     #[test]
