@@ -16,6 +16,7 @@
 mod abi;
 mod batch;
 mod decode;
+pub mod events;
 mod netlink;
 mod render;
 
