@@ -210,12 +210,11 @@ fn outside_changes_are_prevented_or_repaired_and_foreign_objects_left_alone() {
                 false,
             ),
         ];
-        let mut repairs = 0;
-        for (what, args, holds, named) in cases {
+        for (n, (what, args, holds, named)) in cases.into_iter().enumerate() {
+            let repairs = n as u64 + 1;
             let since = Instant::now();
             ns.ip(&args).unwrap();
             let took = repaired_within(what, holds);
-            repairs += 1;
             println!("{what:<48} repaired in {:.1} ms", took.as_secs_f64() * 1e3);
             let s: PodStatus = dash
                 .wait_for(Duration::from_secs(5), what, since, |s| {
