@@ -246,6 +246,19 @@ impl WireGuardManager {
             self.remove(rtnl)?;
         }
         let key = self.private_key(desired)?;
+        if self.active.is_some()
+            && rtnl
+                .link(ifname)
+                .map_err(|e| Error::Link(ifname.into(), e))?
+                .is_none()
+        {
+            // Someone deleted the interface: the device behind it is an orphan. Start over.
+            warn!(
+                interface = ifname,
+                "WireGuard interface vanished; recreating it"
+            );
+            self.discard();
+        }
         if self.active.is_none() {
             let device = self.create(rtnl, ifname)?;
             self.active = Some(Active {
@@ -296,6 +309,12 @@ impl WireGuardManager {
         let Some(active) = self.active.as_mut().filter(|a| a.ifname == ifname) else {
             return Some(degraded(format!("interface {ifname} does not exist")));
         };
+        // Without its interface a userspace device no longer answers: do not wait on it.
+        match rtnl.link(ifname) {
+            Ok(Some(_)) => {}
+            Ok(None) => return Some(degraded(format!("interface {ifname} does not exist"))),
+            Err(e) => return Some(degraded(error_chain(&Error::Link(ifname.into(), e)))),
+        }
         let observed = match active.device.get(ifname) {
             Ok(o) => o,
             Err(e) => return Some(degraded(error_chain(&Error::GetDevice(ifname.into(), e)))),
@@ -591,6 +610,12 @@ pub fn error_chain(e: &dyn std::error::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_manager_can_move_to_the_reconciler_thread() {
+        fn assert_send<T: Send>() {}
+        assert_send::<WireGuardManager>();
+    }
 
     #[test]
     fn mode_parses_and_prints() {
