@@ -281,6 +281,17 @@ fn userspace_overlay_carries_traffic_and_follows_peer_changes_without_loss() {
     assert_eq!(dump[1][0], pub_b.to_base64());
     assert_eq!(dump[1][2], "198.51.100.2:51821");
     assert_eq!(dump[1][3], "10.77.0.2/32");
+    // The latest handshake is a time (boringtun's elapsed seconds are translated for `wg`).
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let handshake: u64 = dump[1][4].parse().unwrap();
+    assert!(handshake > now - 60 && handshake <= now + 1, "{dump:?}");
+    assert!(
+        dump[1][5].parse::<u64>().unwrap() > 0,
+        "rx bytes in {dump:?}"
+    );
 
     // The status: read from the device, healthy, with the handshake and byte counts.
     let st = observe(&pod_a, Some(&spec_a)).unwrap();
@@ -289,10 +300,6 @@ fn userspace_overlay_carries_traffic_and_follows_peer_changes_without_loss() {
     assert_eq!(st.public_key, pub_a.to_base64());
     assert_eq!(st.listen_port, 51820);
     assert_eq!(st.peers.len(), 1);
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs();
     let p = &st.peers[0];
     assert!(
         p.last_handshake_unix > now - 60 && p.last_handshake_unix <= now + 1,
@@ -545,4 +552,30 @@ fn observe_reports_outside_changes_to_the_link() {
     let st = observe(&pod, Some(&spec)).unwrap();
     assert_eq!(st.overall, Overall::Healthy, "{}", st.last_error);
     assert!(wg_dump(&ns, &ifn).is_ok(), "wg reaches the new device");
+}
+
+/// The generic netlink path of the kernel backend, exercised as far as this host allows:
+/// the `wireguard` family exists exactly when the kernel can create a wireguard link.
+#[test]
+fn kernel_genl_family_lookup_matches_the_link_probe() {
+    require_root();
+    let ns = Netns::new("wggenl").unwrap();
+    let ifn = ifname();
+    let (probe, lookup) = ns.enter(|| {
+        let mut rtnl = Rtnl::open().unwrap();
+        let probe = rtnl.create_link(&ifn, "wireguard").map_err(|e| e.errno());
+        let lookup = weft_agent::dataplane::wireguard::kernel::Genl::open().map(|_| ());
+        (probe, lookup.map_err(|e| error_chain(&e)))
+    });
+    match probe {
+        Ok(()) => assert!(lookup.is_ok(), "{lookup:?}"),
+        Err(errno) => {
+            assert_eq!(errno, Some(libc::EOPNOTSUPP));
+            let err = lookup.unwrap_err();
+            assert!(
+                err.starts_with("look up the wireguard genl family: No such file or directory"),
+                "{err}"
+            );
+        }
+    }
 }
