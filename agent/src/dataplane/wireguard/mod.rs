@@ -32,6 +32,10 @@ use crate::dataplane::rtnl::{self, Family, LinkInfo, Route, Rtnl};
 use plan::ObservedDevice;
 use userspace::UserspaceDevice;
 
+/// The MTU a new TUN has, which is all boringtun 0.7 ever reads in fd mode (it re-reads the
+/// MTU only in socket mode).
+const USERSPACE_READ_MTU: u32 = 1500;
+
 /// Which WireGuard implementation to use (`--wireguard`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub enum Mode {
@@ -267,6 +271,14 @@ impl WireGuardManager {
             });
         }
         let active = self.active.as_mut().expect("created above");
+        if matches!(active.device, Device::Userspace(_)) && desired.mtu > USERSPACE_READ_MTU {
+            // boringtun (fd mode) sizes its TUN reads by the MTU the TUN had when it started.
+            warn!(
+                interface = ifname,
+                mtu = desired.mtu,
+                "boringtun reads at most {USERSPACE_READ_MTU}-byte packets: larger ones are truncated"
+            );
+        }
         let result = configure_device(&mut active.device, ifname, desired, &key);
         if let Err(Error::GetDevice(_, e) | Error::SetDevice(_, e)) = &result {
             if e.is_stuck() {
