@@ -32,6 +32,10 @@ use crate::dataplane::rtnl::{self, Family, LinkInfo, Route, Rtnl};
 use plan::ObservedDevice;
 use userspace::UserspaceDevice;
 
+/// The MTU a new TUN has, which is all boringtun 0.7 ever reads in fd mode (it re-reads the
+/// MTU only in socket mode).
+const USERSPACE_READ_MTU: u32 = 1500;
+
 /// Which WireGuard implementation to use (`--wireguard`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub enum Mode {
@@ -133,6 +137,14 @@ pub enum DeviceError {
     Kernel(#[from] kernel::Error),
     #[error(transparent)]
     Userspace(#[from] userspace::Error),
+}
+
+impl DeviceError {
+    /// True when the device no longer answers (a userspace device that timed out or went
+    /// away), as opposed to refusing a request.
+    pub fn is_stuck(&self) -> bool {
+        matches!(self, DeviceError::Userspace(userspace::Error::Talk(_)))
+    }
 }
 
 /// The running device behind the interface.
@@ -238,6 +250,19 @@ impl WireGuardManager {
             self.remove(rtnl)?;
         }
         let key = self.private_key(desired)?;
+        if self.active.is_some()
+            && rtnl
+                .link(ifname)
+                .map_err(|e| Error::Link(ifname.into(), e))?
+                .is_none()
+        {
+            // Someone deleted the interface: the device behind it is an orphan. Start over.
+            warn!(
+                interface = ifname,
+                "WireGuard interface vanished; recreating it"
+            );
+            self.discard();
+        }
         if self.active.is_none() {
             let device = self.create(rtnl, ifname)?;
             self.active = Some(Active {
@@ -246,26 +271,27 @@ impl WireGuardManager {
             });
         }
         let active = self.active.as_mut().expect("created above");
-        let observed = active
-            .device
-            .get(ifname)
-            .map_err(|e| Error::GetDevice(ifname.into(), e))?;
-        let plan = plan::plan(desired, &key, &observed);
-        if plan.is_empty() {
-            tracing::debug!(interface = ifname, "peers are already up to date");
-        } else {
-            info!(
+        if matches!(active.device, Device::Userspace(_)) && desired.mtu > USERSPACE_READ_MTU {
+            // boringtun (fd mode) sizes its TUN reads by the MTU the TUN had when it started.
+            warn!(
                 interface = ifname,
-                added = plan.added.len(),
-                changed = plan.changed.len(),
-                removed = plan.removed.len(),
-                "updating WireGuard device"
+                mtu = desired.mtu,
+                "boringtun reads at most {USERSPACE_READ_MTU}-byte packets: larger ones are truncated"
             );
-            active
-                .device
-                .set(ifname, &plan)
-                .map_err(|e| Error::SetDevice(ifname.into(), e))?;
         }
+        let result = configure_device(&mut active.device, ifname, desired, &key);
+        if let Err(Error::GetDevice(_, e) | Error::SetDevice(_, e)) = &result {
+            if e.is_stuck() {
+                // A device that stopped answering does not recover: replace it on the next
+                // apply rather than time out on it forever.
+                warn!(
+                    interface = ifname,
+                    "WireGuard device stopped answering; it will be restarted"
+                );
+                self.discard();
+            }
+        }
+        result?;
         configure_link(rtnl, desired)
     }
 
@@ -295,6 +321,12 @@ impl WireGuardManager {
         let Some(active) = self.active.as_mut().filter(|a| a.ifname == ifname) else {
             return Some(degraded(format!("interface {ifname} does not exist")));
         };
+        // Without its interface a userspace device no longer answers: do not wait on it.
+        match rtnl.link(ifname) {
+            Ok(Some(_)) => {}
+            Ok(None) => return Some(degraded(format!("interface {ifname} does not exist"))),
+            Err(e) => return Some(degraded(error_chain(&Error::Link(ifname.into(), e)))),
+        }
         let observed = match active.device.get(ifname) {
             Ok(o) => o,
             Err(e) => return Some(degraded(error_chain(&Error::GetDevice(ifname.into(), e)))),
@@ -315,6 +347,12 @@ impl WireGuardManager {
     /// Stops a userspace device (its interface goes with it). A kernel interface stays: it
     /// keeps the overlay up while the agent restarts, and the next agent adopts it.
     pub fn shutdown(&mut self) {
+        self.discard();
+    }
+
+    /// Drops the active device without touching the kernel (its interface goes with it
+    /// when it is a userspace one).
+    fn discard(&mut self) {
         if let Some(active) = self.active.take() {
             if let Device::Userspace(mut dev) = active.device {
                 dev.stop();
@@ -391,6 +429,33 @@ impl Drop for WireGuardManager {
     fn drop(&mut self) {
         self.shutdown();
     }
+}
+
+/// Reads the device, diffs it against the spec and sends only the difference.
+fn configure_device(
+    device: &mut Device,
+    ifname: &str,
+    desired: &WireGuard,
+    key: &SecretKey,
+) -> Result<(), Error> {
+    let observed = device
+        .get(ifname)
+        .map_err(|e| Error::GetDevice(ifname.into(), e))?;
+    let plan = plan::plan(desired, key, &observed);
+    if plan.is_empty() {
+        tracing::debug!(interface = ifname, "peers are already up to date");
+        return Ok(());
+    }
+    info!(
+        interface = ifname,
+        added = plan.added.len(),
+        changed = plan.changed.len(),
+        removed = plan.removed.len(),
+        "updating WireGuard device"
+    );
+    device
+        .set(ifname, &plan)
+        .map_err(|e| Error::SetDevice(ifname.into(), e))
 }
 
 fn start_userspace(ifname: &str) -> Result<Device, Error> {
@@ -557,6 +622,12 @@ pub fn error_chain(e: &dyn std::error::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_manager_can_move_to_the_reconciler_thread() {
+        fn assert_send<T: Send>() {}
+        assert_send::<WireGuardManager>();
+    }
 
     #[test]
     fn mode_parses_and_prints() {

@@ -177,7 +177,12 @@ impl UserspaceDevice {
                 let control = self.control.lock().unwrap_or_else(|p| p.into_inner());
                 let _ = control.writer.shutdown(std::net::Shutdown::Both);
             }
-            device.wait();
+            // boringtun's wait() unwraps each worker's join: a worker that panicked would
+            // take the reconciler down with it. Contain that here.
+            let joined = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| device.wait()));
+            if joined.is_err() {
+                warn!(interface = %self.name, "a boringtun worker had panicked");
+            }
             debug!(interface = %self.name, "userspace device stopped");
         }
     }
@@ -301,8 +306,14 @@ fn relay(client: &UnixStream, control: &Mutex<Control>) -> io::Result<()> {
             // Drain the request's terminating empty line.
             let mut rest = String::new();
             reader.read_line(&mut rest)?;
-            let mut control = control.lock().unwrap_or_else(|p| p.into_inner());
-            control.request("get=1\n\n")?
+            let reply = {
+                let mut control = control.lock().unwrap_or_else(|p| p.into_inner());
+                control.request("get=1\n\n")?
+            };
+            let now = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .unwrap_or_default();
+            uapi::handshake_elapsed_to_epoch(&reply, now)
         }
         "set=1" => {
             warn!("refused a set=1 on the WireGuard control socket: the agent owns this device");
