@@ -284,3 +284,39 @@ fn only_the_last_message_asks_for_an_ack() {
     assert_eq!(b.label(8), Some(Label::DeleteTable));
     assert_eq!(b.label(9), Some(Label::CreateTable));
 }
+
+/// Needs root: a batch planned at an old generation is refused whole, and `apply` plans
+/// again.
+#[test]
+fn a_batch_planned_at_an_old_generation_is_refused_and_replanned() {
+    weft_testkit::require_root();
+    let ns = weft_testkit::Netns::new("fwgen").unwrap();
+    let first = render(&varied(), None);
+    let second = render(&FirewallSpec::default(), None);
+    ns.enter(|| {
+        let mut fw = super::Firewall::open().unwrap();
+        fw.apply(&first).unwrap();
+        let planned_at = fw.genid().unwrap();
+        // Someone else commits something (anything) in between.
+        ns.run("nft", &["add", "table", "inet", "elsewhere"])
+            .unwrap();
+        let stale = batch::replace(&second, fw.flags, true, planned_at, 42);
+        let err = fw.send(&stale, &second).unwrap_err();
+        assert!(err.is_restart(), "{err:?}");
+        assert!(
+            err.to_string().contains("older ruleset generation"),
+            "{err}"
+        );
+        // Nothing of it took effect; the cache is not trusted across the refusal.
+        fw.verified = None;
+        assert_eq!(
+            fw.observe(Some(&first)).overall,
+            weft_schema::Overall::Healthy
+        );
+        assert!(fw.apply(&second).unwrap());
+        assert_eq!(
+            fw.observe(Some(&second)).overall,
+            weft_schema::Overall::Healthy
+        );
+    });
+}
