@@ -7,7 +7,14 @@
 //!   is decided from what the kernel holds, not from memory (a restarted agent writes
 //!   nothing when the table is already right), and [`Ruleset::hash`] is equal for equal
 //!   rulesets whether rendered or read back.
+//! - `netlink`, `abi`: a minimal nfnetlink writer/reader and blocking socket, and the
+//!   kernel's constants.
 //! - [`Firewall`] (thin): the netlink socket, apply and observe.
+//!
+//! Every batch carries the nftables generation it was planned at, so the kernel refuses it
+//! whole when anyone committed in between (the plan is then made again from a fresh read).
+//! The same generation makes re-reads cheap: a handle that read or wrote the table at the
+//! generation the kernel still reports knows the table without dumping it again.
 //!
 //! Where the kernel has them (6.9+), the table is created with the owner and persist flags:
 //! only this agent's socket can change it, `nft flush ruleset` leaves it, and when the agent
@@ -283,7 +290,9 @@ impl Firewall {
     }
 
     /// Reads the table back and compares it with `desired`. Errors are folded into
-    /// `Overall: Degraded` and `LastError`, never raised.
+    /// `Overall: Degraded` and `LastError`, never raised. `IngressRules` counts the rules of
+    /// chain input after the baseline (and the WireGuard allow), `EgressRules` those of
+    /// chain output; `RulesetHash` is [`Ruleset::hash`] of what the kernel holds.
     pub fn observe(&mut self, desired: Option<&Ruleset>) -> FirewallStatus {
         let mut status = FirewallStatus {
             overall: Overall::Healthy,
