@@ -464,7 +464,7 @@ impl Firewall {
         };
         let mut interrupted = false;
         for rule in &rules {
-            let Some(chain) = CHAINS.iter().find(|c| c.name == rule.chain) else {
+            let Some(chain) = rule.chain.map(|i| &CHAINS[i]) else {
                 // A rule in a chain that is not ours: the chain check already fails.
                 continue;
             };

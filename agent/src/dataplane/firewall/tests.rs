@@ -95,7 +95,7 @@ fn decode_batch(bytes: &[u8]) -> Ruleset {
             NFT_MSG_NEWRULE => {
                 pending.extend(sets.drain(..).map(|(_, e)| e));
                 let seen = decode::rule(&msg).expect("a rule of our table");
-                let chain = super::CHAINS.iter().find(|c| c.name == seen.chain).unwrap();
+                let chain = &super::CHAINS[seen.chain.unwrap()];
                 let mut next = |_: &str| pending.pop_front();
                 let line = decode::line(&seen, chain.dir, &mut next);
                 if chain.name == "input" {
@@ -211,7 +211,7 @@ fn ten_thousand_sources_split_into_element_messages_under_64_kib() {
 
 #[test]
 fn interval_elements_back_to_ranges() {
-    let e = |k: u32, end: bool| (k.to_be_bytes().to_vec(), end);
+    let e = |k: u32, end: bool| (decode::Value::new(&k.to_be_bytes()).unwrap(), end);
     // nft's leading end at 0, a range, and an open range up to the top.
     let elements = vec![e(0, true), e(10, false), e(20, true), e(0xffff_ff00, false)];
     assert_eq!(
@@ -225,7 +225,8 @@ fn interval_elements_back_to_ranges() {
     // An end without its start is not ours.
     assert_eq!(decode::ranges(&[e(5, true)], 4), None);
     // Keys of the wrong width are not ours.
-    assert_eq!(decode::ranges(&[(vec![1, 2], false)], 4), None);
+    let short = decode::Value::new(&[1, 2]).unwrap();
+    assert_eq!(decode::ranges(&[(short, false)], 4), None);
 }
 
 #[test]
