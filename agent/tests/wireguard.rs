@@ -10,9 +10,10 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use weft_agent::dataplane::error_line;
 use weft_agent::dataplane::rtnl::Rtnl;
 use weft_agent::dataplane::wireguard::keys::{self, KEY_FILE};
-use weft_agent::dataplane::wireguard::{error_chain, Mode, WireGuardManager};
+use weft_agent::dataplane::wireguard::{Mode, WireGuardManager};
 use weft_schema::key::{PublicKey, SecretKey};
 use weft_schema::validate::{IfName, Peer, WireGuard};
 use weft_schema::{Backend, Overall, WireGuardStatus};
@@ -66,7 +67,7 @@ fn apply(pod: &Pod, spec: Option<&WireGuard>) -> Result<(), String> {
     let spec = spec.cloned();
     pod.run(move |a| {
         a.wg.apply(&mut a.rtnl, spec.as_ref())
-            .map_err(|e| error_chain(&e))
+            .map_err(|e| error_line(&e))
     })
 }
 
@@ -467,7 +468,7 @@ fn auto_mode_falls_back_to_userspace_and_says_why() {
     let s = spec.clone();
     let (backend, reason, status) = pod.run(move |(a, _)| {
         a.wg.apply(&mut a.rtnl, Some(&s))
-            .map_err(|e| error_chain(&e))
+            .map_err(|e| error_line(&e))
             .unwrap();
         let st = a.wg.observe(&mut a.rtnl, Some(&s)).unwrap();
         (
@@ -565,7 +566,7 @@ fn kernel_genl_family_lookup_matches_the_link_probe() {
         let mut rtnl = Rtnl::open().unwrap();
         let probe = rtnl.create_link(&ifn, "wireguard").map_err(|e| e.errno());
         let lookup = weft_agent::dataplane::wireguard::kernel::Genl::open().map(|_| ());
-        (probe, lookup.map_err(|e| error_chain(&e)))
+        (probe, lookup.map_err(|e| error_line(&e)))
     });
     match probe {
         Ok(()) => assert!(lookup.is_ok(), "{lookup:?}"),

@@ -28,6 +28,7 @@ use weft_schema::key::SecretKey;
 use weft_schema::validate::WireGuard;
 use weft_schema::{Backend, Overall, WireGuardStatus};
 
+use crate::dataplane::error_line;
 use crate::dataplane::rtnl::{self, Family, LinkInfo, Route, Rtnl};
 use plan::ObservedDevice;
 use userspace::UserspaceDevice;
@@ -315,7 +316,7 @@ impl WireGuardManager {
         };
         let key = match self.private_key(desired) {
             Ok(key) => key,
-            Err(e) => return Some(degraded(error_chain(&e))),
+            Err(e) => return Some(degraded(error_line(&e))),
         };
         let ifname = desired.interface.as_str();
         let Some(active) = self.active.as_mut().filter(|a| a.ifname == ifname) else {
@@ -325,15 +326,15 @@ impl WireGuardManager {
         match rtnl.link(ifname) {
             Ok(Some(_)) => {}
             Ok(None) => return Some(degraded(format!("interface {ifname} does not exist"))),
-            Err(e) => return Some(degraded(error_chain(&Error::Link(ifname.into(), e)))),
+            Err(e) => return Some(degraded(error_line(&Error::Link(ifname.into(), e)))),
         }
         let observed = match active.device.get(ifname) {
             Ok(o) => o,
-            Err(e) => return Some(degraded(error_chain(&Error::GetDevice(ifname.into(), e)))),
+            Err(e) => return Some(degraded(error_line(&Error::GetDevice(ifname.into(), e)))),
         };
         let problems = match link_problems(rtnl, desired) {
             Ok(p) => p,
-            Err(e) => vec![error_chain(&e)],
+            Err(e) => vec![error_line(&e)],
         };
         Some(plan::status(
             active.device.backend(),
@@ -607,18 +608,6 @@ fn link_problems(rtnl: &mut Rtnl, desired: &WireGuard) -> Result<Vec<String>, Er
     Ok(problems)
 }
 
-/// An error and its causes on one line (`set peers on wg0: talk to the device: ...`).
-pub fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut cause = e.source();
-    while let Some(c) = cause {
-        out.push_str(": ");
-        out.push_str(&c.to_string());
-        cause = c.source();
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -653,7 +642,7 @@ mod tests {
             DeviceError::Userspace(userspace::Error::Refused(22)),
         );
         assert_eq!(
-            error_chain(&e),
+            error_line(&e),
             "set peers on wg0: the device refused the configuration (errno 22)"
         );
     }
