@@ -102,7 +102,7 @@ fn secrets_stay_out_of_debug_prints() {
     }
 }
 
-fn decode_contract_example<T: DeserializeOwned>(name: &str) -> T {
+fn decode_contract_example<T: DeserializeOwned + serde::Serialize>(name: &str) -> T {
     Encoding::Json
         .decode(&read_fixture(name))
         .unwrap_or_else(|e| panic!("{name} does not decode: {}", e.to_line()))

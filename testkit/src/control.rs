@@ -21,7 +21,9 @@ pub fn headers(encoding: Encoding) -> HeaderMap {
 }
 
 /// Decodes a message body by its `Content-Type`, checking `Weft-Schema` is 1.
-pub fn decode<T: serde::de::DeserializeOwned>(msg: &async_nats::Message) -> Result<T> {
+pub fn decode<T: serde::de::DeserializeOwned + serde::Serialize>(
+    msg: &async_nats::Message,
+) -> Result<T> {
     let h = msg.headers.as_ref().context("message without headers")?;
     let ct = h.get(HEADER_CONTENT_TYPE).map(|v| v.as_str());
     anyhow::ensure!(
