@@ -187,7 +187,10 @@ fn run(opts: &Options) -> Result<bool> {
                     false
                 }
             },
-            () = stopped(deadline) => false,
+            () = stopped(deadline) => {
+                println!("weft-demo: stopped before both pods were Healthy and the pings got through");
+                false
+            }
         };
         match deadline {
             Some(_) => println!("weft-demo: showing statuses until the end of --for"),
