@@ -72,6 +72,7 @@ fn main() {
 
         // Request latency, agent and bare NATS interleaved.
         let mut agent = Vec::new();
+        let mut apply = Vec::new();
         let mut nats = Vec::new();
         let mut generation = 1;
         for _ in 0..sizes.requests {
@@ -87,6 +88,7 @@ fn main() {
             agent.push(start.elapsed());
             assert_eq!(r.result, ApplyResult::Applied, "{r:?}");
             assert_eq!(r.generation, generation);
+            apply.push(Duration::from_micros(r.apply_micros));
         }
 
         // Burst: publish without waiting, then watch the status.
@@ -141,6 +143,7 @@ fn main() {
 
         Report {
             agent,
+            apply,
             nats,
             before_burst,
             last,
@@ -170,6 +173,9 @@ fn main() {
 
 struct Report {
     agent: Vec<Duration>,
+    /// `ApplyMicros` of each reply: the agent's own time from taking the spec to reading
+    /// the kernel back.
+    apply: Vec<Duration>,
     nats: Vec<Duration>,
     before_burst: u64,
     last: u64,
@@ -183,10 +189,12 @@ struct Report {
 impl Report {
     fn print(mut self, burst: u64, applies: usize) {
         self.agent.sort();
+        self.apply.sort();
         self.nats.sort();
         let n = self.agent.len();
         let (a50, a99) = (pct(&self.agent, 50), pct(&self.agent, 99));
         let (n50, n99) = (pct(&self.nats, 50), pct(&self.nats, 99));
+        let (k50, k99) = (pct(&self.apply, 50), pct(&self.apply, 99));
         println!("weft-agent (release) in a pod namespace, nats-server and clients in the hub");
         println!();
         println!("request latency, {n} requests each, interleaved     p50 (us)    p99 (us)");
@@ -204,6 +212,11 @@ impl Report {
             "  difference (what the agent adds)                  {:>9.0}   {:>9.0}",
             us(a50) - us(n50),
             us(a99) - us(n99)
+        );
+        println!(
+            "  of which the apply itself (reply's ApplyMicros)   {:>9.0}   {:>9.0}",
+            us(k50),
+            us(k99)
         );
         println!();
         println!("burst convergence");
