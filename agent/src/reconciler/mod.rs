@@ -401,13 +401,20 @@ fn run(
             }
         }
         let new = rec.status();
-        status.send_if_modified(|old| {
-            let changed = *old != new;
-            if changed {
-                *old = new;
-            }
-            changed
-        });
+        if due {
+            // A timed read-back is what the periodic snapshot should carry: hand it to the
+            // emitter even when nothing changed, so a snapshot is never an interval stale
+            // (WireGuard handshakes and byte counters move between reads).
+            status.send_replace(new);
+        } else {
+            status.send_if_modified(|old| {
+                let changed = *old != new;
+                if changed {
+                    *old = new;
+                }
+                changed
+            });
+        }
     }
 }
 
