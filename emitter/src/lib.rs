@@ -103,12 +103,18 @@ impl<S: Sink> Sink for Mirrored<S> {
 #[derive(Debug, thiserror::Error)]
 pub enum BucketError {
     #[error("create bucket {0}")]
-    Create(String, #[source] jetstream::context::CreateKeyValueError),
+    Create(String, #[source] jetstream::context::CreateStreamError),
+    #[error("open bucket {0}")]
+    Open(String, #[source] jetstream::context::KeyValueError),
 }
 
 /// Opens bucket `name`, creating it (file storage, `history` values per key) when it does not
 /// exist yet. Creating is idempotent on the server: agents racing to create the same bucket
 /// with the same settings all succeed.
+///
+/// The bucket's stream is created directly, with the settings `create_key_value` would use:
+/// async-nats 0.51's `create_key_value` first reads the account info, whose reply from
+/// nats-server 2.9 it cannot parse ("data did not match any variant of untagged enum").
 pub async fn open_bucket(
     js: &jetstream::Context,
     name: &str,
@@ -117,16 +123,41 @@ pub async fn open_bucket(
     if let Ok(store) = js.get_key_value(name).await {
         return Ok(store);
     }
-    let store = js
-        .create_key_value(kv::Config {
-            bucket: name.to_owned(),
-            history,
-            ..Default::default()
-        })
-        .await
-        .map_err(|e| BucketError::Create(name.to_owned(), e))?;
+    js.create_stream(jetstream::stream::Config {
+        name: format!("KV_{name}"),
+        subjects: vec![format!("$KV.{name}.>")],
+        max_messages_per_subject: history,
+        storage: jetstream::stream::StorageType::File,
+        allow_rollup: true,
+        deny_delete: true,
+        allow_direct: true,
+        discard: jetstream::stream::DiscardPolicy::New,
+        num_replicas: 1,
+        ..Default::default()
+    })
+    .await
+    .map_err(|e| BucketError::Create(name.to_owned(), e))?;
     info!(bucket = name, history, "created KV bucket");
-    Ok(store)
+    js.get_key_value(name)
+        .await
+        .map_err(|e| BucketError::Open(name.to_owned(), e))
+}
+
+/// An error with its causes on one line (`a: b: c`), for log fields: a bucket that cannot be
+/// created says why only in its sources.
+#[derive(Debug, Clone, Copy)]
+pub struct Causes<'a>(pub &'a (dyn std::error::Error + 'static));
+
+impl std::fmt::Display for Causes<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0)?;
+        let mut next = self.0.source();
+        while let Some(e) = next {
+            write!(f, ": {e}")?;
+            next = e.source();
+        }
+        Ok(())
+    }
 }
 
 /// How long a failed mirror put waits before it tries the newest snapshot again.
@@ -156,7 +187,7 @@ pub async fn mirror_to_kv(
             match put(&js, &bucket, &mut opened, &subject, headers, body).await {
                 Ok(()) => break,
                 Err(e) => {
-                    warn!(bucket, cause = %e, "status KV mirror failed");
+                    warn!(bucket, cause = %Causes(e.as_ref()), "status KV mirror failed");
                     tokio::time::sleep(MIRROR_RETRY).await;
                 }
             }
