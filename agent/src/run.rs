@@ -66,7 +66,9 @@ pub async fn run(args: DaemonArgs, shutdown: impl Future<Output = ()>) -> anyhow
                 }
             }
         })
-        .connect(args.nats_url.join(","))
+        // Each URL on its own: async-nats parses a single string as one URL, so a joined
+        // "a,b,c" would be refused as an invalid port.
+        .connect(args.nats_url.as_slice())
         .await
         .context("NATS URL")?;
 

@@ -92,11 +92,11 @@ impl NatsCluster {
             .unwrap_or(0))
     }
 
-    /// The node whose `/connz` lists a client named `name`, if exactly one does.
+    /// The running node whose `/connz` lists a client named `name`, if exactly one does.
     pub fn node_of(&self, ns: &Netns, name: &str) -> Result<Option<usize>> {
         let mut found = Vec::new();
         for i in 0..self.nodes.len() {
-            if self.clients_named(ns, i, name)? > 0 {
+            if self.nodes[i].is_running() && self.clients_named(ns, i, name)? > 0 {
                 found.push(i);
             }
         }
