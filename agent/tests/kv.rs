@@ -193,4 +193,31 @@ fn specs_come_from_the_bucket_even_written_while_the_agent_was_down() {
     std::thread::sleep(Duration::from_millis(1500));
     assert_eq!(nft_ruleset_text(&stack.pods[0].ns.ns).unwrap(), before);
     assert!(stack.pods[0].agent.as_mut().unwrap().running());
+
+    // The watch outlives a server restart: the next put is applied.
+    stack.kill_nats();
+    stack.restart_nats().unwrap();
+    let back = Instant::now();
+    stack.block_on(|| async {
+        let cp = ControlPlane::connect(&stack.nats_url()).await.unwrap();
+        let specs = bucket(&jetstream::new(cp.client.clone()), "weft-specs").await;
+        let dash = Dashboard::watch(&cp.client, "weft", "web-1").await.unwrap();
+        let since = Instant::now();
+        specs
+            .put("web-1", Encoding::Json.encode(&spec("web-1", 5)).into())
+            .await
+            .unwrap();
+        dash.wait_for(
+            Duration::from_secs(15),
+            "generation 5 after the restart",
+            since,
+            |s| s.observed_generation == 5 && s.overall == Overall::Healthy,
+        )
+        .await;
+    });
+    println!(
+        "a put after a server restart applied {:?} after the server was back",
+        back.elapsed()
+    );
+    assert!(holds(&stack.pods[0], 5));
 }
