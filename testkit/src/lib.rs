@@ -11,6 +11,7 @@
 //! - [`eventually`]: bounded waits for eventual conditions, never a fixed sleep.
 
 pub mod agent;
+pub mod cluster;
 pub mod control;
 pub mod eventually;
 pub mod hub;
@@ -18,6 +19,7 @@ pub mod nats;
 pub mod netns;
 pub mod observe;
 pub mod stack;
+pub mod status_log;
 pub mod wireguard;
 
 pub use eventually::{wait_until, wait_until_async};
