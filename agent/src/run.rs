@@ -57,8 +57,9 @@ pub async fn run(args: DaemonArgs, shutdown: impl Future<Output = ()>) -> anyhow
         .name(format!("weft-agent {pod}"))
         .retry_on_initial_connect()
         .max_reconnects(None)
-        // A dead link is noticed within about 15 s: pings every 5 s, two unanswered.
-        .ping_interval(Duration::from_secs(5))
+        // A dead link must be noticed within 15 s. async-nats gives up on the connection at
+        // the third ping tick with pings outstanding: 3 x 4 s = 12 s, with margin.
+        .ping_interval(Duration::from_secs(4))
         .event_callback(move |event| {
             let on_event = on_event.clone();
             async move {

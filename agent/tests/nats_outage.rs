@@ -183,7 +183,8 @@ fn a_silently_dead_control_link_is_noticed_within_15_s_and_recovers() {
         },
     );
     println!("dead link noticed after {noticed:?}");
-    assert!(noticed <= Duration::from_millis(15_500), "{noticed:?}");
+    // The contract's bound; the agent pings every 4 s and gives up at the third tick (~12 s).
+    assert!(noticed <= Duration::from_secs(15), "{noticed:?}");
     assert_eq!(kernel_snapshot(&stack.pods[0]), before);
 
     // The link returns: the agent reconnects and statuses flow again, newer than the cut.
