@@ -11,14 +11,10 @@ use weft_schema::{ApplyResult, Encoding, Overall, PodSpec, PodStatus, Subsystem}
 use weft_testkit::control::{ControlPlane, Dashboard};
 use weft_testkit::observe::{ip_json, ipv4_addrs, nft_table, nft_table_text};
 use weft_testkit::stack::{Pod, Stack};
-use weft_testkit::{require_root, wait_until, Netns};
+use weft_testkit::{require_root, unique_ifname, wait_until, Netns};
 
 fn agent_bin() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_weft-agent"))
-}
-
-fn wg_name(n: u32) -> String {
-    format!("wgd{}x{n}", std::process::id() % 100_000)
 }
 
 fn spec(pod: &Pod, generation: u64, wg_if: &str, rules: usize) -> PodSpec {
@@ -37,23 +33,6 @@ fn spec(pod: &Pod, generation: u64, wg_if: &str, rules: usize) -> PodSpec {
                          "AllowedIps": ["10.9.200.0/24"] } ] }
     }))
     .unwrap()
-}
-
-async fn request_when_ready(
-    cp: &ControlPlane,
-    pod: &str,
-    spec: &PodSpec,
-) -> weft_schema::ApplyReply {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        match cp.request(pod, spec, Encoding::Json).await {
-            Ok(r) => return r,
-            Err(_) if Instant::now() < deadline => {
-                tokio::time::sleep(Duration::from_millis(50)).await
-            }
-            Err(e) => panic!("agent did not answer: {e}"),
-        }
-    }
 }
 
 /// Runs a command in the namespace; returns whether it succeeded.
@@ -125,7 +104,7 @@ fn outside_changes_are_prevented_or_repaired_and_foreign_objects_left_alone() {
             &["--status-interval", "1s", "--wireguard", "userspace"],
         )
         .unwrap();
-    let wg = wg_name(1);
+    let wg = unique_ifname("wg", 1);
     let desired = spec(&stack.pods[0], 1, &wg, 3);
     let addr = stack.pods[0].address();
     let gw = stack.pods[0].gateway();
@@ -133,7 +112,9 @@ fn outside_changes_are_prevented_or_repaired_and_foreign_objects_left_alone() {
     stack.block_on(|| async {
         let cp = ControlPlane::connect(&stack.nats_url()).await.unwrap();
         let dash = Dashboard::watch(&cp.client, "weft", "drift").await.unwrap();
-        let r = request_when_ready(&cp, "drift", &desired).await;
+        let r = cp
+            .request_when_ready("drift", &desired, Encoding::Json)
+            .await;
         assert_eq!(r.result, ApplyResult::Applied, "{r:?}");
         // A foreign route, added after the agent's: never removed. (On ctl0: removing eth0's
         // address or downing eth0 makes the kernel itself drop routes through eth0.)
@@ -278,13 +259,13 @@ fn foreign_table_is_byte_identical_across_applies_and_repairs() {
     stack
         .start_agent("fgn", &["--status-interval", "1s"])
         .unwrap();
-    let wg = wg_name(2);
+    let wg = unique_ifname("wg", 2);
     stack.block_on(|| async {
         let cp = ControlPlane::connect(&stack.nats_url()).await.unwrap();
         for g in 1..=3 {
             let mut s = spec(&stack.pods[0], g, &wg, g as usize);
             s.wireguard = None;
-            let r = request_when_ready(&cp, "fgn", &s).await;
+            let r = cp.request_when_ready("fgn", &s, Encoding::Json).await;
             assert_eq!(r.result, ApplyResult::Applied, "{r:?}");
         }
         let ns = &stack.pods[0].ns.ns;
@@ -328,12 +309,12 @@ fn a_restart_rewrites_nothing_and_kill_9_never_opens_the_firewall() {
     stack
         .start_agent("crash", &["--status-interval", "1s"])
         .unwrap();
-    let wg = wg_name(3);
+    let wg = unique_ifname("wg", 3);
     let mut first = spec(&stack.pods[0], 1, &wg, 50);
     first.wireguard = None;
     stack.block_on(|| async {
         let cp = ControlPlane::connect(&stack.nats_url()).await.unwrap();
-        let r = request_when_ready(&cp, "crash", &first).await;
+        let r = cp.request_when_ready("crash", &first, Encoding::Json).await;
         assert_eq!(r.result, ApplyResult::Applied, "{r:?}");
     });
 
@@ -405,7 +386,7 @@ fn a_restart_rewrites_nothing_and_kill_9_never_opens_the_firewall() {
     last.wireguard = None;
     stack.block_on(|| async {
         let cp = ControlPlane::connect(&stack.nats_url()).await.unwrap();
-        let r = request_when_ready(&cp, "crash", &last).await;
+        let r = cp.request_when_ready("crash", &last, Encoding::Json).await;
         assert_eq!(r.result, ApplyResult::Applied, "{r:?}");
     });
     let ns = &stack.pods[0].ns.ns;

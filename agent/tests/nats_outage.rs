@@ -7,9 +7,9 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use serde_json::json;
-use weft_schema::{ApplyReply, ApplyResult, Encoding, Overall, PodSpec};
+use weft_schema::{ApplyResult, Encoding, Overall, PodSpec};
 use weft_testkit::control::{ControlPlane, Dashboard};
-use weft_testkit::observe::{ip_json, nft_ruleset_text, nft_table};
+use weft_testkit::observe::{kernel_snapshot, nft_table};
 use weft_testkit::stack::{Pod, Stack};
 use weft_testkit::status_log::{now_unix_ms, StatusLog};
 use weft_testkit::{require_root, wait_until};
@@ -27,35 +27,6 @@ fn spec(pod: &Pod, generation: u64) -> PodSpec {
             "Comment": format!("generation {generation}") } ] }
     }))
     .unwrap()
-}
-
-async fn request_when_ready(cp: &ControlPlane, pod: &str, spec: &PodSpec) -> ApplyReply {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        match tokio::time::timeout(
-            Duration::from_secs(3),
-            cp.request(pod, spec, Encoding::Json),
-        )
-        .await
-        {
-            Ok(Ok(r)) => return r,
-            _ if Instant::now() < deadline => tokio::time::sleep(Duration::from_millis(50)).await,
-            other => panic!("agent did not answer within 20 s: {other:?}"),
-        }
-    }
-}
-
-/// What the kernel holds that the agent could touch, as text. IPv6 link-local addresses
-/// finish duplicate address detection on their own time: their `tentative` flag is not ours.
-fn kernel_snapshot(pod: &Pod) -> String {
-    let ns = &pod.ns.ns;
-    format!(
-        "{}\n{}\n{}",
-        nft_ruleset_text(ns).unwrap(),
-        ip_json(ns, &["addr"]).unwrap(),
-        ip_json(ns, &["route"]).unwrap(),
-    )
-    .replace("\"tentative\":true,", "")
 }
 
 fn count(log: &str, what: &str) -> usize {
@@ -77,10 +48,10 @@ fn a_server_restart_leaves_the_kernel_alone_and_the_status_resumes_at_once() {
         StatusLog::create(&cp.client, "weft", "web-1")
             .await
             .unwrap();
-        let r = request_when_ready(&cp, "web-1", &first).await;
+        let r = cp.request_when_ready("web-1", &first, Encoding::Json).await;
         assert_eq!(r.result, ApplyResult::Applied, "{r:?}");
     });
-    let before = kernel_snapshot(&stack.pods[0]);
+    let before = kernel_snapshot(&stack.pods[0].ns.ns).unwrap();
     assert!(before.contains("generation 1"), "{before}");
 
     stack.kill_nats();
@@ -94,7 +65,7 @@ fn a_server_restart_leaves_the_kernel_alone_and_the_status_resumes_at_once() {
     // Long enough for a few reconnect attempts and resync ticks against an absent server.
     std::thread::sleep(Duration::from_secs(3));
     assert_eq!(
-        kernel_snapshot(&stack.pods[0]),
+        kernel_snapshot(&stack.pods[0].ns.ns).unwrap(),
         before,
         "the kernel changed while the server was away"
     );
@@ -128,7 +99,7 @@ fn a_server_restart_leaves_the_kernel_alone_and_the_status_resumes_at_once() {
         .await;
     });
     assert_eq!(
-        kernel_snapshot(&stack.pods[0]),
+        kernel_snapshot(&stack.pods[0].ns.ns).unwrap(),
         before
             .replace("generation 1", "generation 2")
             .replace("1001", "1002")
@@ -146,10 +117,10 @@ fn a_silently_dead_control_link_is_noticed_within_15_s_and_recovers() {
     let first = spec(&stack.pods[0], 1);
     stack.block_on(|| async {
         let cp = ControlPlane::connect(&stack.nats_url()).await.unwrap();
-        let r = request_when_ready(&cp, "web-1", &first).await;
+        let r = cp.request_when_ready("web-1", &first, Encoding::Json).await;
         assert_eq!(r.result, ApplyResult::Applied, "{r:?}");
     });
-    let before = kernel_snapshot(&stack.pods[0]);
+    let before = kernel_snapshot(&stack.pods[0].ns.ns).unwrap();
 
     // The hub drops everything on the pod's control link: the agent's TCP connection gets
     // neither a reset nor a close, only silence. The table lives in the hub namespace,
@@ -185,7 +156,7 @@ fn a_silently_dead_control_link_is_noticed_within_15_s_and_recovers() {
     println!("dead link noticed after {noticed:?}");
     // The contract's bound; the agent pings every 4 s and gives up at the third tick (~12 s).
     assert!(noticed <= Duration::from_secs(15), "{noticed:?}");
-    assert_eq!(kernel_snapshot(&stack.pods[0]), before);
+    assert_eq!(kernel_snapshot(&stack.pods[0].ns.ns).unwrap(), before);
 
     // The link returns: the agent reconnects and statuses flow again, newer than the cut.
     let connects =

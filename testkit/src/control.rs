@@ -86,6 +86,28 @@ impl ControlPlane {
         .await
     }
 
+    /// A request, repeated until the agent has subscribed (NATS answers "no responders"
+    /// until then) and answers, within 20 s; panics after that.
+    pub async fn request_when_ready(
+        &self,
+        pod: &str,
+        spec: &PodSpec,
+        encoding: Encoding,
+    ) -> ApplyReply {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            match tokio::time::timeout(Duration::from_secs(3), self.request(pod, spec, encoding))
+                .await
+            {
+                Ok(Ok(r)) => return r,
+                _ if Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(50)).await
+                }
+                other => panic!("agent {pod} did not answer within 20 s: {other:?}"),
+            }
+        }
+    }
+
     /// A request with any headers and body, for bad-input tests.
     pub async fn request_raw(
         &self,

@@ -25,6 +25,18 @@ pub mod wireguard;
 pub use eventually::{wait_until, wait_until_async};
 pub use netns::{veth, Netns};
 
+/// An interface name unique on this host across parallel tests and test processes (the
+/// userspace WireGuard control socket path is per host, not per namespace): `<tag><pid>x<n>`,
+/// at most 15 characters for a tag of up to 3.
+pub fn unique_ifname(tag: &str, n: u32) -> String {
+    let name = format!("{tag}{}x{n}", std::process::id() % 100_000);
+    assert!(
+        name.len() <= 15,
+        "{name} is longer than an interface name may be"
+    );
+    name
+}
+
 /// True when the process can create network namespaces (root with CAP_SYS_ADMIN).
 pub fn is_root() -> bool {
     // SAFETY: geteuid has no preconditions and cannot fail.
