@@ -154,11 +154,9 @@ fn start() -> Builder {
 fn finish(mut b: Builder, seq: u32, genid: u32) -> Batch {
     b.labels.push(Label::Batch);
     let finalized = b.batch.finalize();
-    let mut joined = Vec::new();
-    for page in &finalized {
-        joined.extend_from_slice(page);
-    }
-    let bytes = seal(&joined, seq, genid);
+    let pages: Vec<&[u8]> = finalized.iter().collect();
+    let bytes = seal(&pages, seq, genid);
+    debug_assert_eq!(super::netlink::messages(&bytes).count(), b.labels.len());
     Batch {
         bytes,
         first_seq: seq,
@@ -170,39 +168,53 @@ const NLMSG_HDRLEN: usize = 16;
 const NLM_SEQ: usize = 8;
 const NLM_FLAGS: usize = 6;
 
-/// Numbers the messages from `first_seq` (the crate always starts at 1, and skips the
-/// batch markers on kernels before 6.10), asks for an ack only on the last message before
-/// the batch end (the kernel then answers a batch with one error per refused message and
-/// this one ack, instead of one ack per rule), and adds `NFNL_BATCH_GENID` to the batch
-/// begin when `genid` is not 0, so the kernel commits only at that generation.
-fn seal(joined: &[u8], first_seq: u32, genid: u32) -> Vec<u8> {
-    let mut out = Vec::with_capacity(joined.len() + 8);
-    let mut starts = Vec::new();
-    let mut at = 0;
-    while at + NLMSG_HDRLEN <= joined.len() {
-        let len = u32::from_ne_bytes(joined[at..at + 4].try_into().expect("4 bytes")) as usize;
-        let len = ((len + 3) & !3).clamp(NLMSG_HDRLEN, joined.len() - at);
-        let start = out.len();
-        out.extend_from_slice(&joined[at..at + len]);
-        if starts.is_empty() && genid != 0 {
+/// Joins `pages` into one datagram (one copy) and seals it: adds `NFNL_BATCH_GENID` to the
+/// batch begin when `genid` is not 0, so the kernel commits only at that generation;
+/// numbers the messages from `first_seq` (the crate always starts at 1, and skips the batch
+/// markers on kernels before 6.10); asks for an ack only on the last message before the
+/// batch end (the kernel then answers a batch with one error per refused message and this
+/// one ack, instead of one ack per rule).
+fn seal(pages: &[&[u8]], first_seq: u32, genid: u32) -> Vec<u8> {
+    let total: usize = pages.iter().map(|p| p.len()).sum();
+    let mut out = Vec::with_capacity(total + 8);
+    for (i, page) in pages.iter().enumerate() {
+        if i == 0 && genid != 0 && page.len() >= NLMSG_HDRLEN {
+            let len = message_len(page, 0);
+            out.extend_from_slice(&page[..len]);
             out.extend_from_slice(&8u16.to_ne_bytes());
             out.extend_from_slice(&NFNL_BATCH_GENID.to_ne_bytes());
             out.extend_from_slice(&genid.to_be_bytes());
-            let grown = (out.len() - start) as u32;
-            out[start..start + 4].copy_from_slice(&grown.to_ne_bytes());
+            let grown = out.len() as u32;
+            out[..4].copy_from_slice(&grown.to_ne_bytes());
+            out.extend_from_slice(&page[len..]);
+        } else {
+            out.extend_from_slice(page);
         }
-        let seq = first_seq.wrapping_add(starts.len() as u32);
-        out[start + NLM_SEQ..start + NLM_SEQ + 4].copy_from_slice(&seq.to_ne_bytes());
-        set_ack(&mut out[start..], false);
-        starts.push(start);
-        at += len;
     }
-    if let [.., last, _end] = starts[..] {
-        if starts.len() > 2 {
-            set_ack(&mut out[last..], true);
-        }
+    let mut at = 0;
+    let mut index = 0u32;
+    let mut last = None;
+    let mut before_last = None;
+    while at + NLMSG_HDRLEN <= out.len() {
+        let seq = first_seq.wrapping_add(index);
+        out[at + NLM_SEQ..at + NLM_SEQ + 4].copy_from_slice(&seq.to_ne_bytes());
+        set_ack(&mut out[at..], false);
+        before_last = last;
+        last = Some(at);
+        index += 1;
+        at += message_len(&out, at);
+    }
+    // Batch begin, at least one message, batch end.
+    if let (true, Some(at)) = (index > 2, before_last) {
+        set_ack(&mut out[at..], true);
     }
     out
+}
+
+/// The aligned length of the message at `at`, never past the end nor under a header.
+fn message_len(buf: &[u8], at: usize) -> usize {
+    let len = u32::from_ne_bytes(buf[at..at + 4].try_into().expect("4 bytes")) as usize;
+    ((len + 3) & !3).clamp(NLMSG_HDRLEN, buf.len() - at)
 }
 
 fn set_ack(msg: &mut [u8], on: bool) {
@@ -291,9 +303,7 @@ struct RuleMsg {
 }
 
 impl RuleMsg {
-    fn new(chain: &str) -> RuleMsg {
-        let table = CString::new(TABLE).expect("the table name has no NUL");
-        let chain = CString::new(chain).expect("chain names have no NUL");
+    fn new(table: &CStr, chain: &CStr) -> RuleMsg {
         // SAFETY: a fresh libnftnl rule, checked for NULL; the setters copy their values.
         unsafe {
             let rule = NonNull::new(sys::nftnl_rule_alloc()).expect("allocate an nftnl rule");
@@ -443,7 +453,7 @@ fn rule(
         }
     }
 
-    let mut r = RuleMsg::new(chain.name);
+    let mut r = RuleMsg::new(table.get_name(), context.get_chain().get_name());
     match line {
         Line::Established => {
             r.push(context, &Conntrack::State);

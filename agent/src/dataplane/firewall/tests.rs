@@ -325,3 +325,23 @@ fn a_batch_planned_at_an_old_generation_is_refused_and_replanned() {
         );
     });
 }
+
+#[test]
+fn the_batch_begin_carries_the_planned_generation_only_when_given() {
+    let r = render(&varied(), None);
+    let genid_of = |bytes: &[u8]| {
+        let begin = messages(bytes).next().unwrap();
+        assert_eq!(begin.ty, 0x10, "batch begin first");
+        begin
+            .nf_attrs()
+            .find(|(t, _)| *t == NFNL_BATCH_GENID)
+            .and_then(|(_, v)| be32(v))
+    };
+    let b = batch::replace(&r, 0, true, 77, 1);
+    assert_eq!(genid_of(&b.bytes), Some(77));
+    assert_eq!(decode_batch(&b.bytes), r);
+    assert_eq!(genid_of(&batch::delete(1).bytes), None);
+    // Every message numbered in order from the first sequence number.
+    let seqs: Vec<u32> = messages(&b.bytes).map(|m| m.seq).collect();
+    assert_eq!(seqs, (1..=b.last_seq()).collect::<Vec<_>>());
+}
