@@ -195,7 +195,7 @@ impl Firewall {
                         }
                         Err(e) if e.is_restart() => return Err(e),
                         Err(e) => tracing::warn!(
-                            cause = %chain(&e),
+                            cause = %super::error_line(&e),
                             "could not adopt table inet weft-fw; replacing it"
                         ),
                     }
@@ -307,7 +307,7 @@ impl Firewall {
         };
         let current = self.current();
         let problem = match &current {
-            Err(e) => Some(chain(e)),
+            Err(e) => Some(super::error_line(e)),
             Ok((_, None)) => desired.map(|_| "table inet weft-fw is missing".to_owned()),
             Ok((_, Some(seen))) => {
                 status.table_present = true;
@@ -605,18 +605,6 @@ fn describe(label: Option<Label>, desired: &Ruleset) -> String {
             )
         }
     }
-}
-
-/// An error and its causes on one line, for `LastError` and logs.
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
 }
 
 #[cfg(test)]
