@@ -20,11 +20,12 @@ use async_nats::jetstream::{self, consumer};
 use async_nats::{Client, HeaderMap};
 use futures::StreamExt;
 use tracing::{debug, info, warn};
-use weft_emitter::{open_bucket, Causes};
+use weft_emitter::open_bucket;
 use weft_schema::codec::{HEADER_CONTENT_TYPE, HEADER_SCHEMA};
 use weft_schema::{PodId, Subjects};
 
 use super::{header, read_spec, Intake};
+use crate::dataplane::error_line;
 use crate::reconciler::{Handle, Replier, Submission};
 
 /// Values kept per key in a spec bucket the agent creates: a few past generations, for
@@ -68,7 +69,7 @@ pub async fn watch(client: Client, subjects: Subjects, reconciler: Handle) {
             Err(e) => {
                 // An agent started before NATS fails here every second: say it once.
                 if !failing {
-                    warn!(bucket, key, cause = %Causes(e.as_ref()), "spec KV watch failed; retrying every second");
+                    warn!(bucket, key, cause = %error_line(e.as_ref()), "spec KV watch failed; retrying every second");
                 }
                 failing = true;
             }
@@ -108,7 +109,7 @@ async fn watch_once(
         match msg {
             Ok(msg) => on_value(reconciler, pod, bucket, &msg),
             Err(e) => {
-                warn!(bucket, key, cause = %Causes(&e), "spec KV watch interrupted");
+                warn!(bucket, key, cause = %error_line(&e), "spec KV watch interrupted");
                 tokio::time::sleep(RETRY / 4).await;
             }
         }
