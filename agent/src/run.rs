@@ -179,6 +179,7 @@ pub fn apply_once(args: &ApplyArgs) -> Result<PodStatus, ApplyOnceError> {
     let state = StateDir::open(&settings.state_dir).map_err(anyhow::Error::from)?;
     let dataplane = Dataplane::open(&settings).map_err(anyhow::Error::from)?;
     let mut rec = Reconciler::new(pod, dataplane, state);
+    rec.inherit_kept();
     rec.handle(Submission {
         spec,
         wire,

@@ -154,6 +154,12 @@ impl Dataplane {
         }
     }
 
+    /// Names the WireGuard interface an earlier agent process made (see
+    /// [`wireguard::WireGuardManager::inherit`]).
+    pub fn inherit_wireguard(&mut self, ifname: &str) {
+        self.wireguard.inherit(ifname);
+    }
+
     /// The netlink port of our rtnetlink socket (see [`events::RouteChange::port`]).
     pub fn rtnl_port(&self) -> u32 {
         self.rtnl.portid()

@@ -66,8 +66,6 @@ pub struct Inbox {
     /// The newest rejection from intake (a spec that did not decode or validate).
     pub rejection: Option<String>,
     pub shutdown: bool,
-    /// Asks for an observation now (a dashboard or emitter needs fresh state).
-    pub observe: bool,
 }
 
 impl Inbox {

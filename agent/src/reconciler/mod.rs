@@ -103,6 +103,20 @@ impl Reconciler {
         }
     }
 
+    /// Learns from the kept spec which objects an earlier agent process made, without
+    /// applying it, so the next apply can remove what the new spec drops (the one-shot
+    /// `weft-agent apply`; the daemon re-asserts the kept spec instead, see [`Self::restore`]).
+    pub fn inherit_kept(&mut self) {
+        let Ok(Some(kept)) = self.state.load_spec() else {
+            return;
+        };
+        if let Ok(spec) = ValidSpec::validate(&kept, &self.pod) {
+            if let Some(wg) = &spec.wireguard {
+                self.dataplane.inherit_wireguard(wg.interface.as_str());
+            }
+        }
+    }
+
     /// Takes one spec through the generation rules, applies it, and answers it.
     pub fn handle(&mut self, sub: Submission) {
         let generation = sub.spec.generation;
@@ -119,7 +133,7 @@ impl Reconciler {
             }
             Decision::Conflict => {
                 let e = format!("generation {generation} was already applied with other content");
-                warn!(generation, "spec rejected: {e}");
+                warn!(generation, error = %e, "spec rejected");
                 self.rejection = Some(e.clone());
                 sub.answer(ApplyResult::Rejected, e);
             }
@@ -327,11 +341,6 @@ impl Handle {
         self.mailbox.update(|inbox| inbox.rejection = Some(why));
     }
 
-    /// Asks for a fresh read of the kernel.
-    pub fn observe_now(&self) {
-        self.mailbox.update(|inbox| inbox.observe = true);
-    }
-
     /// Stops the thread after the apply in progress, if any. Kernel state stays.
     pub fn shutdown(&self) {
         self.mailbox.update(|inbox| inbox.shutdown = true);
@@ -389,7 +398,7 @@ fn run(
         let now = Instant::now();
         let touched = !drift::touched(&hints, rec.dataplane.rtnl_port()).is_empty();
         let resync = now >= next_resync || hints.overrun;
-        let due = inbox.observe || now >= next_observe || held_back.is_some_and(|t| now >= t);
+        let due = now >= next_observe || held_back.is_some_and(|t| now >= t);
         if touched || resync || due {
             if hints.overrun {
                 warn!("kernel events were lost; checking everything");

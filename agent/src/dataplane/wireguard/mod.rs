@@ -193,6 +193,9 @@ pub struct WireGuardManager {
     mode: Mode,
     state_dir: PathBuf,
     active: Option<Active>,
+    /// The interface a previous agent process made for this pod (the kept spec names it),
+    /// until this process adopts or removes it.
+    inherited: Option<String>,
     /// The generated key, once loaded (only when the spec leaves `PrivateKey` null).
     generated: Option<SecretKey>,
     /// Auto mode's decision, made once, with the reason when it fell back.
@@ -217,6 +220,7 @@ impl WireGuardManager {
             mode,
             state_dir: state_dir.to_owned(),
             active: None,
+            inherited: None,
             generated: None,
             decided: match mode {
                 Mode::Auto => None,
@@ -240,9 +244,23 @@ impl WireGuardManager {
         self.fallback_reason.as_deref()
     }
 
+    /// Names the interface an earlier agent process created for this pod (from the spec it
+    /// kept), so that a spec without WireGuard, or naming another interface, removes it even
+    /// though this process did not create it (`weft-agent apply` runs are separate processes).
+    pub fn inherit(&mut self, ifname: &str) {
+        if self.active.is_none() {
+            self.inherited = Some(ifname.to_owned());
+        }
+    }
+
     /// Makes the kernel hold `desired`: the interface with its key, port, exactly its peers,
     /// MTU, address and connected route; or no interface when `desired` is `None`.
     pub fn apply(&mut self, rtnl: &mut Rtnl, desired: Option<&WireGuard>) -> Result<(), Error> {
+        if let Some(old) = self.inherited.take() {
+            if desired.map(|d| d.interface.as_str()) != Some(old.as_str()) {
+                remove_inherited(rtnl, &old)?;
+            }
+        }
         let Some(desired) = desired else {
             return self.remove(rtnl);
         };
@@ -423,6 +441,27 @@ impl WireGuardManager {
         }
         info!(interface = %ifname, "removed WireGuard interface");
         Ok(())
+    }
+}
+
+/// Deletes an earlier process's interface: a kernel WireGuard link, or the TUN link of a
+/// userspace device whose process is gone. A link of any other kind by that name is not ours.
+fn remove_inherited(rtnl: &mut Rtnl, ifname: &str) -> Result<(), Error> {
+    let Some(link) = rtnl
+        .link(ifname)
+        .map_err(|e| Error::Link(ifname.into(), e))?
+    else {
+        return Ok(());
+    };
+    if !matches!(link.kind.as_deref(), Some("wireguard" | "tun")) {
+        return Ok(());
+    }
+    match rtnl.delete_link(link.index) {
+        Err(e) if e.errno() != Some(libc::ENODEV) => Err(Error::DeleteLink(ifname.into(), e)),
+        _ => {
+            info!(interface = %ifname, "removed the WireGuard interface an earlier agent made");
+            Ok(())
+        }
     }
 }
 
