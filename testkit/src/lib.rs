@@ -4,10 +4,12 @@
 //!   way to run a closure on a thread inside a namespace.
 //! - [`observe`]: independent observers (`nft -j`, `ip -j`, `wg show`) for assertions.
 //! - [`eventually`]: bounded waits for eventual conditions, never a fixed sleep.
+//! - [`vm`]: a QEMU guest running Debian's stock kernel, for kernel features the host lacks.
 
 pub mod eventually;
 pub mod netns;
 pub mod observe;
+pub mod vm;
 
 pub use eventually::{wait_until, wait_until_async};
 pub use netns::{veth, Netns};
