@@ -7,8 +7,11 @@
 //! only sorts (peer order and allowed-IP order are the kernel's business, not ours).
 
 use std::process::{Command, Stdio};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use weft_schema::key::Secret;
+use weft_schema::spec::{PeerSpec, PodSpec, WireGuardSpec};
+use weft_schema::status::{Backend, Overall, PodStatus};
 use weft_testkit::require_root;
 use weft_testkit::vm::{Guest, Kernel, Outcome, Verdict};
 
@@ -31,24 +34,15 @@ wg_normal() {
 }
 "#;
 
-/// A WireGuard peer as `wg show dump` reports it.
-#[derive(Debug, Clone)]
-struct PeerView {
-    public_key: String,
-    preshared_key: Option<String>,
-    endpoint: Option<String>,
-    allowed_ips: Vec<String>,
-    keepalive: Option<u16>,
-}
-
-/// What [`WG_NORMAL`] must print for an interface with this key, port and peers.
-fn wg_normal(private_key: &str, listen_port: u16, peers: &[PeerView]) -> String {
+/// What [`WG_NORMAL`] must print for an interface with this key, port and peers. The spec's
+/// CIDRs are written in canonical form, which is how the kernel prints them back.
+fn wg_normal(private_key: &str, listen_port: u32, peers: &[PeerSpec]) -> String {
     let mut lines = vec![format!(
         "interface\t{private_key}\t{}\t{listen_port}",
         public_key(private_key)
     )];
+    let none = || "(none)".to_owned();
     for p in peers {
-        let none = || "(none)".to_owned();
         let ips = if p.allowed_ips.is_empty() {
             vec![none()]
         } else {
@@ -58,9 +52,14 @@ fn wg_normal(private_key: &str, listen_port: u16, peers: &[PeerView]) -> String 
             lines.push(format!(
                 "peer\t{}\t{}\t{}\t{ip}\t{}",
                 p.public_key,
-                p.preshared_key.clone().unwrap_or_else(none),
+                p.preshared_key
+                    .as_ref()
+                    .map_or_else(none, |k| k.expose().to_owned()),
                 p.endpoint.clone().unwrap_or_else(none),
-                p.keepalive.map_or("off".to_owned(), |k| k.to_string()),
+                match p.persistent_keepalive_seconds {
+                    None | Some(0) => "off".to_owned(),
+                    Some(k) => k.to_string(),
+                },
             ));
         }
     }
@@ -96,13 +95,13 @@ fn public_key(private_key: &str) -> String {
     String::from_utf8(out.stdout).unwrap().trim().to_owned()
 }
 
-fn new_peer(allowed_ips: &[&str], endpoint: Option<&str>, keepalive: Option<u16>) -> PeerView {
-    PeerView {
+fn new_peer(allowed_ips: &[&str], endpoint: Option<&str>, keepalive: Option<u32>) -> PeerSpec {
+    PeerSpec {
         public_key: public_key(&private_key()),
-        preshared_key: None,
         endpoint: endpoint.map(str::to_owned),
         allowed_ips: allowed_ips.iter().map(|s| s.to_string()).collect(),
-        keepalive,
+        persistent_keepalive_seconds: keepalive,
+        preshared_key: None,
     }
 }
 
@@ -110,12 +109,15 @@ fn kernel() -> Kernel {
     Kernel::debian(MODULES).unwrap_or_else(|e| panic!("prepare the guest kernel: {e:#}"))
 }
 
-fn report(test: &str, outcome: &Outcome) {
+/// Prints the verdict, the boot time (QEMU start to the share mounted), QEMU's run time and
+/// the whole test's time, kernel preparation included.
+fn report(test: &str, started: Instant, outcome: &Outcome) {
     eprintln!(
-        "{test}: verdict {:?}, boot {:?}, total {:?} (console: {})",
+        "{test}: verdict {:?}, boot {:.1?}, vm {:.1?}, test total {:.1?} (console: {})",
         outcome.verdict,
-        outcome.boot_time,
+        outcome.boot_time.unwrap_or_default(),
         outcome.total,
+        started.elapsed(),
         outcome.console_path.display()
     );
 }
@@ -124,6 +126,7 @@ fn report(test: &str, outcome: &Outcome) {
 /// WireGuard link and `wg` configures it exactly as asked.
 #[test]
 fn guest_kernel_runs_wireguard() {
+    let started = Instant::now();
     require_root();
     let kernel = kernel();
     let mut guest = Guest::new(&kernel, "wireguard-kernel-harness").unwrap();
@@ -137,13 +140,13 @@ fn guest_kernel_runs_wireguard() {
     );
     let b = new_peer(&["2001:db8:9::/64"], None, None);
     let mut b_psk = b.clone();
-    b_psk.preshared_key = Some(private_key());
+    b_psk.preshared_key = Some(Secret::new(private_key()));
     guest
         .share_file("wg0.key", format!("{key}\n"))
         .unwrap()
         .share_file(
             "b.psk",
-            format!("{}\n", b_psk.preshared_key.as_ref().unwrap()),
+            format!("{}\n", b_psk.preshared_key.as_ref().unwrap().expose()),
         )
         .unwrap()
         .share_file("want", wg_normal(&key, 51821, &[a.clone(), b_psk.clone()]))
@@ -165,7 +168,7 @@ echo WEFT-CHECK wg-show-matches
         b = b.public_key,
     );
     let outcome = guest.boot(&script, TIMEOUT).unwrap();
-    report("guest_kernel_runs_wireguard", &outcome);
+    report("guest_kernel_runs_wireguard", started, &outcome);
     assert!(outcome.passed(), "guest failed:\n{}", outcome.console);
     assert!(outcome.console.contains("WEFT-CHECK wg-show-matches"));
 }
@@ -173,6 +176,7 @@ echo WEFT-CHECK wg-show-matches
 /// The verdict channel can say no: a failing script is a failure, not a pass.
 #[test]
 fn guest_failure_is_reported() {
+    let started = Instant::now();
     require_root();
     let kernel = kernel();
     let guest = Guest::new(&kernel, "wireguard-kernel-negative").unwrap();
@@ -182,7 +186,7 @@ fn guest_failure_is_reported() {
             TIMEOUT,
         )
         .unwrap();
-    report("guest_failure_is_reported", &outcome);
+    report("guest_failure_is_reported", started, &outcome);
     assert_eq!(outcome.verdict, Verdict::Fail, "{}", outcome.console);
     assert!(outcome.console.contains("WEFT-BEFORE-FALSE"));
     assert!(
@@ -190,4 +194,148 @@ fn guest_failure_is_reported() {
         "{}",
         outcome.console
     );
+}
+
+/// A spec with only the overlay (the firewall stays at its baseline, the pod interface
+/// unmanaged).
+fn spec(generation: u64, wireguard: Option<WireGuardSpec>) -> PodSpec {
+    PodSpec {
+        pod_id: "vm-1".into(),
+        generation,
+        network: None,
+        firewall: None,
+        wireguard,
+    }
+}
+
+/// The status the agent printed for `apply` number `n`, parsed with the wire type (unknown
+/// fields are an error there too).
+fn status(outcome: &Outcome, n: u32) -> PodStatus {
+    let text = outcome
+        .section(
+            &format!("WEFT-STATUS-{n}-BEGIN"),
+            &format!("WEFT-STATUS-{n}-END"),
+        )
+        .unwrap_or_else(|| panic!("no status {n} on the console:\n{}", outcome.console));
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("status {n}: {e}: {text:?}"))
+}
+
+/// The real agent binary, in the guest, applies three specs with `--wireguard kernel`
+/// through its one-shot `apply` form: create wg0, then add, change and remove peers (and
+/// move the port), then drop the overlay. After each, the guest's own `wg` and `ip` must show
+/// exactly the spec, and the status must name the kernel backend.
+#[test]
+fn agent_apply_drives_kernel_wireguard() {
+    let started = Instant::now();
+    require_root();
+    let kernel = kernel();
+    let mut guest = Guest::new(&kernel, "wireguard-kernel-agent").unwrap();
+    guest.tool("wg").unwrap().tool("ip").unwrap();
+    guest
+        .share_binary(std::path::Path::new(env!("CARGO_BIN_EXE_weft-agent")))
+        .unwrap();
+
+    let key = private_key();
+    let a = new_peer(&["10.9.0.2/32"], Some("192.0.2.7:51820"), Some(25));
+    let b = new_peer(&["10.9.0.3/32", "10.9.3.0/24"], None, None);
+    let mut c = new_peer(&["2001:db8:9::3/128"], Some("[2001:db8::3]:51820"), None);
+    c.preshared_key = Some(Secret::new(private_key()));
+    let first = WireGuardSpec {
+        interface: "wg0".into(),
+        address: "10.9.0.1/24".into(),
+        listen_port: 51820,
+        private_key: Some(Secret::new(key.clone())),
+        peers: vec![a.clone(), b.clone(), c.clone()],
+        mtu: None,
+    };
+    // a changes (allowed IPs, endpoint, keepalive off), b goes, c stays, d arrives.
+    let mut a2 = a.clone();
+    a2.allowed_ips = vec!["10.9.0.2/32".into(), "10.9.2.0/24".into()];
+    a2.endpoint = Some("198.51.100.7:51830".into());
+    a2.persistent_keepalive_seconds = None;
+    let d = new_peer(&["10.9.0.4/32"], Some("203.0.113.4:51820"), Some(10));
+    let second = WireGuardSpec {
+        listen_port: 51821,
+        peers: vec![a2.clone(), c.clone(), d.clone()],
+        ..first.clone()
+    };
+
+    let specs = [
+        spec(1, Some(first.clone())),
+        spec(2, Some(second.clone())),
+        spec(3, None),
+    ];
+    for (i, s) in specs.iter().enumerate() {
+        guest
+            .share_file(
+                &format!("spec-{}.json", i + 1),
+                serde_json::to_vec(s).unwrap(),
+            )
+            .unwrap();
+    }
+    guest
+        .share_file("want-1", wg_normal(&key, first.listen_port, &first.peers))
+        .unwrap()
+        .share_file("want-2", wg_normal(&key, second.listen_port, &second.peers))
+        .unwrap();
+
+    let script = format!(
+        r#"{WG_NORMAL}
+for m in {modules}; do modprobe "$m"; done
+mkdir -p /tmp/state
+fail() {{ echo "WEFT-FAIL $*"; exit 1; }}
+
+apply() {{
+    set +e
+    weft-agent apply /mnt/host/spec-$1.json --state-dir /tmp/state --wireguard kernel > /tmp/status-$1.json
+    rc=$?
+    set -e
+    echo "WEFT-STATUS-$1-BEGIN"; cat /tmp/status-$1.json; echo; echo "WEFT-STATUS-$1-END"
+    [ "$rc" -eq 0 ] || fail "apply $1 exited $rc"
+}}
+
+overlay_matches() {{
+    grep -Eq '"Backend" *: *"kernel"' /tmp/status-$1.json || fail "status $1 does not name the kernel backend"
+    ip -d link show wg0 | grep -q wireguard || fail "wg0 is not a kernel wireguard link after spec $1"
+    wg_normal wg0 > /tmp/got-$1
+    diff -u /mnt/host/want-$1 /tmp/got-$1 || fail "wg show wg0 differs from spec $1"
+    ip -o -4 addr show dev wg0 | grep -q 'inet 10.9.0.1/24 ' || fail "wg0 lacks 10.9.0.1/24 after spec $1"
+    ip -4 route show 10.9.0.0/24 dev wg0 | grep -q . || fail "no route to 10.9.0.0/24 via wg0 after spec $1"
+    echo "WEFT-CHECK spec $1 matches"
+}}
+
+apply 1
+overlay_matches 1
+apply 2
+overlay_matches 2
+apply 3
+! ip link show wg0 2>/dev/null || fail "wg0 outlived its spec"
+echo "WEFT-CHECK spec 3 removed wg0"
+"#,
+        modules = MODULES.join(" "),
+    );
+    let outcome = guest.boot(&script, TIMEOUT).unwrap();
+    report("agent_apply_drives_kernel_wireguard", started, &outcome);
+    assert!(outcome.passed(), "guest failed:\n{}", outcome.console);
+
+    // The guest checked the kernel; here the statuses are checked against the specs.
+    for (n, wg) in [(1, &first), (2, &second)] {
+        let st = status(&outcome, n);
+        assert_eq!(st.overall, Overall::Healthy, "status {n}: {st:?}");
+        assert_eq!(st.observed_generation, u64::from(n));
+        let overlay = st.wireguard.expect("WireGuard status");
+        assert_eq!(overlay.backend, Backend::Kernel);
+        assert_eq!(overlay.interface, "wg0");
+        assert_eq!(overlay.public_key, public_key(&key));
+        assert_eq!(u32::from(overlay.listen_port), wg.listen_port);
+        let mut reported: Vec<_> = overlay.peers.iter().map(|p| &p.public_key).collect();
+        let mut wanted: Vec<_> = wg.peers.iter().map(|p| &p.public_key).collect();
+        reported.sort();
+        wanted.sort();
+        assert_eq!(reported, wanted, "status {n} peers");
+    }
+    let last = status(&outcome, 3);
+    assert_eq!(last.overall, Overall::Healthy, "status 3: {last:?}");
+    assert_eq!(last.observed_generation, 3);
+    assert!(last.wireguard.is_none(), "status 3: {last:?}");
 }
