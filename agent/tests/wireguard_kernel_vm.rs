@@ -113,9 +113,11 @@ fn kernel() -> Kernel {
 /// the whole test's time, kernel preparation included.
 fn report(test: &str, started: Instant, outcome: &Outcome) {
     eprintln!(
-        "{test}: verdict {:?}, boot {:.1?}, vm {:.1?}, test total {:.1?} (console: {})",
+        "{test}: verdict {:?}, boot {}, vm {:.1?}, test total {:.1?} (console: {})",
         outcome.verdict,
-        outcome.boot_time.unwrap_or_default(),
+        outcome
+            .boot_time
+            .map_or("none".to_owned(), |d| format!("{d:.1?}")),
         outcome.total,
         started.elapsed(),
         outcome.console_path.display()
@@ -338,4 +340,22 @@ echo "WEFT-CHECK spec 3 removed wg0"
     assert_eq!(last.overall, Overall::Healthy, "status 3: {last:?}");
     assert_eq!(last.observed_generation, 3);
     assert!(last.wireguard.is_none(), "status 3: {last:?}");
+}
+
+/// A guest that overruns its time is killed and reported as such, promptly.
+#[test]
+fn guest_overrun_is_killed() {
+    let started = Instant::now();
+    require_root();
+    let kernel = kernel();
+    let guest = Guest::new(&kernel, "wireguard-kernel-overrun").unwrap();
+    let timeout = Duration::from_secs(3);
+    let outcome = guest.boot("sleep 3600\n", timeout).unwrap();
+    report("guest_overrun_is_killed", started, &outcome);
+    assert_eq!(outcome.verdict, Verdict::TimedOut, "{}", outcome.console);
+    assert!(
+        outcome.total < timeout + Duration::from_secs(5),
+        "{:?}",
+        outcome.total
+    );
 }
