@@ -7,6 +7,16 @@
 //! dashboards <--NATS-- emitter (stamps PublishedAtUnix) <
 //! ```
 //!
-//! [`dataplane`] holds one module per kernel subsystem, each a pure plan and a thin apply.
+//! - [`config`]: the command line, parsed once into typed settings.
+//! - [`intake`]: NATS subscriptions; decode, validate, hand over, reply.
+//! - [`reconciler`]: the one actor owning every kernel socket; generations, apply, read back.
+//! - [`dataplane`]: one module per kernel subsystem, each a pure plan and a thin apply.
+//! - [`state`]: the state directory (last applied spec, WireGuard key).
+//! - [`run`]: the daemon and the one-shot apply as library functions.
 
+pub mod config;
 pub mod dataplane;
+pub mod intake;
+pub mod reconciler;
+pub mod run;
+pub mod state;

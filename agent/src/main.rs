@@ -1,1 +1,83 @@
-fn main() {}
+//! `weft-agent`: parse the command line (exit 64 on a bad one, before any socket opens), set
+//! up logging, and run the daemon until SIGTERM or SIGINT, or apply one spec file.
+
+use std::process::ExitCode;
+
+use tokio::signal::unix::{signal, SignalKind};
+use tracing_subscriber::EnvFilter;
+use weft_agent::config::{self, Command, Exit, LogFormat};
+use weft_agent::dataplane::error_line;
+use weft_schema::Overall;
+
+/// EX_USAGE from sysexits.h: the command line was wrong.
+const EX_USAGE: u8 = 64;
+
+fn main() -> ExitCode {
+    let cli = match config::parse(std::env::args_os()) {
+        Ok(cli) => cli,
+        Err(Exit::Info(text)) => {
+            print!("{text}");
+            return ExitCode::SUCCESS;
+        }
+        Err(Exit::Usage(line)) => {
+            eprintln!("{line}");
+            return ExitCode::from(EX_USAGE);
+        }
+    };
+    init_logging(cli.log.log_format);
+
+    match cli.command {
+        Some(Command::Apply(args)) => match weft_agent::run::apply_once(&args) {
+            Ok(status) => {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&status).expect("status serializes")
+                );
+                if status.overall == Overall::Healthy {
+                    ExitCode::SUCCESS
+                } else {
+                    ExitCode::FAILURE
+                }
+            }
+            Err(e) => {
+                eprintln!("weft-agent: {}", error_line(&e));
+                ExitCode::FAILURE
+            }
+        },
+        None => {
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .expect("tokio runtime");
+            match runtime.block_on(weft_agent::run::run(cli.daemon, terminated())) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    tracing::error!(cause = %format!("{e:#}"), "agent failed");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}
+
+/// Completes on the first SIGTERM or SIGINT.
+async fn terminated() {
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM"),
+        _ = int.recv() => tracing::info!("SIGINT"),
+    }
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = EnvFilter::try_from_env("WEFT_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}

@@ -1,1 +1,301 @@
-//! placeholder
+//! The status emitter: turns the newest observed [`PodStatus`] into published snapshots.
+//!
+//! It publishes at once when the observed status changes (an apply, a drift repair, a
+//! reconnect), and otherwise every `interval`, so a dashboard never waits longer than one
+//! interval for a sign of life. `PublishedAtUnix` and `PublishedAtUnixMs` are stamped just
+//! before each publish and nowhere else. A failed publish is logged and folded into the next
+//! snapshot (`Overall: Degraded`, `LastError`); the emitter never stops on an error.
+
+use std::future::Future;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use async_nats::HeaderMap;
+use tokio::sync::{watch, Notify};
+use tracing::{debug, warn};
+use weft_schema::codec::{HEADER_CONTENT_TYPE, HEADER_SCHEMA};
+use weft_schema::{Encoding, Overall, PodStatus, SCHEMA_VERSION};
+
+/// Where the time comes from; tests inject their own.
+pub trait Clock: Send + Sync + 'static {
+    /// Milliseconds since the Unix epoch.
+    fn now_unix_ms(&self) -> u64;
+}
+
+/// The system's wall clock.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now_unix_ms(&self) -> u64 {
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0)
+    }
+}
+
+/// Stamps a snapshot with the publication time.
+pub fn stamp(status: &mut PodStatus, now_unix_ms: u64) {
+    status.published_at_unix_ms = now_unix_ms;
+    status.published_at_unix = now_unix_ms / 1000;
+}
+
+/// The two headers every weft message carries.
+pub fn headers(encoding: Encoding) -> HeaderMap {
+    let mut h = HeaderMap::new();
+    h.insert(HEADER_CONTENT_TYPE, encoding.content_type());
+    h.insert(HEADER_SCHEMA, SCHEMA_VERSION.to_string().as_str());
+    h
+}
+
+/// Somewhere snapshots go: a NATS subject in production, a buffer in timing tests.
+pub trait Sink: Send + Sync + 'static {
+    type Error: std::error::Error + Send + Sync + 'static;
+
+    fn publish(
+        &self,
+        headers: HeaderMap,
+        body: bytes::Bytes,
+    ) -> impl Future<Output = Result<(), Self::Error>> + Send;
+}
+
+/// Publishes on a subject of a NATS connection.
+#[derive(Clone, Debug)]
+pub struct NatsSink {
+    pub client: async_nats::Client,
+    pub subject: String,
+}
+
+impl Sink for NatsSink {
+    type Error = async_nats::PublishError;
+
+    async fn publish(&self, headers: HeaderMap, body: bytes::Bytes) -> Result<(), Self::Error> {
+        self.client
+            .publish_with_headers(self.subject.clone(), headers, body)
+            .await
+    }
+}
+
+/// The emitter's settings.
+#[derive(Debug, Clone)]
+pub struct Emitter<S, C> {
+    pub sink: S,
+    pub clock: C,
+    pub encoding: Encoding,
+    /// The longest time between two snapshots.
+    pub interval: Duration,
+}
+
+impl<S: Sink, C: Clock> Emitter<S, C> {
+    /// Runs until `shutdown` completes. `status` carries the newest observed status; `now`
+    /// asks for a snapshot at once without a change (after a reconnect).
+    pub async fn run(
+        self,
+        mut status: watch::Receiver<PodStatus>,
+        now: std::sync::Arc<Notify>,
+        shutdown: impl Future<Output = ()>,
+    ) {
+        tokio::pin!(shutdown);
+        let mut publish_error: Option<String> = None;
+        let mut published: u64 = 0;
+        loop {
+            let mut snapshot = status.borrow_and_update().clone();
+            if let Some(err) = publish_error.take() {
+                snapshot.overall = Overall::Degraded;
+                let line = format!("status publish failed: {err}");
+                snapshot.last_error = if snapshot.last_error.is_empty() {
+                    line
+                } else {
+                    format!("{}; {line}", snapshot.last_error)
+                };
+            }
+            stamp(&mut snapshot, self.clock.now_unix_ms());
+            let body = bytes::Bytes::from(self.encoding.encode(&snapshot));
+            match self.sink.publish(headers(self.encoding), body).await {
+                Ok(()) => {
+                    published += 1;
+                    debug!(
+                        published,
+                        generation = snapshot.observed_generation,
+                        overall = ?snapshot.overall,
+                        "status published"
+                    );
+                }
+                Err(err) => {
+                    warn!(cause = %err, "status publish failed");
+                    publish_error = Some(err.to_string());
+                }
+            }
+            // The interval restarts after every publish: a snapshot that went out because of
+            // a change counts as this interval's sign of life.
+            tokio::select! {
+                _ = &mut shutdown => return,
+                changed = status.changed() => {
+                    if changed.is_err() {
+                        return; // the reconciler is gone: the agent is stopping
+                    }
+                }
+                _ = now.notified() => {}
+                _ = tokio::time::sleep(self.interval) => {}
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::{Arc, Mutex};
+
+    /// A sink that records what it was given, with tokio's (paused) time of each publish.
+    #[derive(Clone, Default)]
+    struct Recorder {
+        seen: Arc<Mutex<Vec<(tokio::time::Instant, PodStatus)>>>,
+        fail_next: Arc<Mutex<bool>>,
+    }
+
+    #[derive(Debug)]
+    struct Refused;
+
+    impl std::fmt::Display for Refused {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("server refused")
+        }
+    }
+
+    impl std::error::Error for Refused {}
+
+    impl Sink for Recorder {
+        type Error = Refused;
+
+        async fn publish(&self, headers: HeaderMap, body: bytes::Bytes) -> Result<(), Refused> {
+            if std::mem::take(&mut *self.fail_next.lock().unwrap()) {
+                return Err(Refused);
+            }
+            let encoding =
+                Encoding::from_content_type(headers.get(HEADER_CONTENT_TYPE).map(|v| v.as_str()))
+                    .unwrap();
+            assert_eq!(headers.get(HEADER_SCHEMA).unwrap().as_str(), "1");
+            let status: PodStatus = encoding.decode(&body).unwrap();
+            self.seen
+                .lock()
+                .unwrap()
+                .push((tokio::time::Instant::now(), status));
+            Ok(())
+        }
+    }
+
+    /// A clock that follows tokio's paused time from a fixed epoch.
+    struct PausedClock(tokio::time::Instant);
+
+    impl Clock for PausedClock {
+        fn now_unix_ms(&self) -> u64 {
+            1_763_779_200_000 + self.0.elapsed().as_millis() as u64
+        }
+    }
+
+    fn pending() -> PodStatus {
+        PodStatus {
+            pod_id: "web-1".into(),
+            agent_version: "0.1.0".into(),
+            observed_generation: 0,
+            overall: Overall::Pending,
+            last_error: String::new(),
+            published_at_unix: 0,
+            published_at_unix_ms: 0,
+            drift_repairs: 0,
+            last_drift: None,
+            network: None,
+            firewall: None,
+            wireguard: None,
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn publishes_every_interval_and_at_once_on_change() {
+        let rec = Recorder::default();
+        let (tx, rx) = watch::channel(pending());
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let start = tokio::time::Instant::now();
+        let emitter = Emitter {
+            sink: rec.clone(),
+            clock: PausedClock(start),
+            encoding: Encoding::Bincode,
+            interval: Duration::from_secs(5),
+        };
+        let task = tokio::spawn(emitter.run(rx, Arc::new(Notify::new()), async {
+            let _ = stop_rx.await;
+        }));
+
+        tokio::time::sleep(Duration::from_millis(12_500)).await;
+        // At 0, 5 and 10 s.
+        assert_eq!(rec.seen.lock().unwrap().len(), 3);
+
+        // A change at 12.5 s goes out at once, and the next tick is 5 s after it.
+        tx.send_modify(|s| {
+            s.observed_generation = 7;
+            s.overall = Overall::Healthy;
+        });
+        tokio::time::sleep(Duration::from_millis(5_100)).await;
+        {
+            let seen = rec.seen.lock().unwrap();
+            let at: Vec<u128> = seen.iter().map(|(t, _)| (*t - start).as_millis()).collect();
+            assert_eq!(at, vec![0, 5_000, 10_000, 12_500, 17_500]);
+            assert_eq!(seen[3].1.observed_generation, 7);
+            // Stamped just before publishing, from the injected clock.
+            assert_eq!(seen[3].1.published_at_unix_ms, 1_763_779_212_500);
+            assert_eq!(seen[3].1.published_at_unix, 1_763_779_212);
+            assert_eq!(seen[4].1.published_at_unix_ms, 1_763_779_217_500);
+        }
+        stop_tx.send(()).unwrap();
+        task.await.unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_failed_publish_is_folded_into_the_next_snapshot() {
+        let rec = Recorder::default();
+        *rec.fail_next.lock().unwrap() = true;
+        let (_tx, rx) = watch::channel(pending());
+        let start = tokio::time::Instant::now();
+        let emitter = Emitter {
+            sink: rec.clone(),
+            clock: PausedClock(start),
+            encoding: Encoding::Json,
+            interval: Duration::from_secs(1),
+        };
+        let task = tokio::spawn(emitter.run(
+            rx,
+            Arc::new(Notify::new()),
+            tokio::time::sleep(Duration::from_millis(2_500)),
+        ));
+        task.await.unwrap();
+        let seen = rec.seen.lock().unwrap();
+        // 0 s failed, 1 s carries the failure, 2 s is clean again.
+        assert_eq!(seen.len(), 2);
+        assert_eq!(seen[0].1.overall, Overall::Degraded);
+        assert_eq!(
+            seen[0].1.last_error,
+            "status publish failed: server refused"
+        );
+        assert_eq!(seen[1].1.overall, Overall::Pending);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn notify_publishes_without_a_change() {
+        let rec = Recorder::default();
+        let (_tx, rx) = watch::channel(pending());
+        let now = Arc::new(Notify::new());
+        let emitter = Emitter {
+            sink: rec.clone(),
+            clock: SystemClock,
+            encoding: Encoding::Json,
+            interval: Duration::from_secs(60),
+        };
+        let task =
+            tokio::spawn(emitter.run(rx, now.clone(), tokio::time::sleep(Duration::from_secs(2))));
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        now.notify_one();
+        task.await.unwrap();
+        assert_eq!(rec.seen.lock().unwrap().len(), 2);
+    }
+}

@@ -3,20 +3,29 @@
 //! - [`netns`]: network namespaces and veth pairs with unique names, deleted on drop, and a
 //!   way to run a closure on a thread inside a namespace.
 //! - [`observe`]: independent observers (`nft -j`, `ip -j`, `wg show`) for assertions.
+//! - [`nats`]: a real `nats-server` on a free port.
+//! - [`agent`]: the real `weft-agent` binary inside a namespace.
+//! - [`control`]: a control plane publishing specs and a dashboard collecting statuses.
+//! - [`hub`]: a hub namespace (NATS, the test's clients) and pod namespaces joined to it.
+//! - [`stack`]: a whole local stack: hub, LAN router, pods with their agents.
 //! - [`eventually`]: bounded waits for eventual conditions, never a fixed sleep.
 //! - [`vm`]: a QEMU guest running Debian's stock kernel, for kernel features the host lacks.
 
+pub mod agent;
+pub mod control;
 pub mod eventually;
+pub mod hub;
+pub mod nats;
 pub mod netns;
 pub mod observe;
+pub mod stack;
 pub mod vm;
+pub mod wireguard;
 
 pub use eventually::{wait_until, wait_until_async};
 pub use netns::{veth, Netns};
 
 /// True when the process can create network namespaces (root with CAP_SYS_ADMIN).
-/// Privileged tests call [`require_root`] so that a run without it fails loudly rather than
-/// passing vacuously.
 pub fn is_root() -> bool {
     // SAFETY: geteuid has no preconditions and cannot fail.
     unsafe { libc::geteuid() == 0 }

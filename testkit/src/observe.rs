@@ -6,12 +6,16 @@ use serde_json::Value;
 
 use crate::netns::{run, Netns};
 
-/// `nft -j list table <family> <name>`: the `nftables` array, or `None` when the table does
-/// not exist.
+/// The table as `nft -j` shows it: a metainfo object, a `table` object (family and name
+/// only), then each chain and its rules, or `None` when the table does not exist.
+///
+/// Built from `nft -j list chain` of each chain rather than `nft -j list table`: nft 1.0.6
+/// prints table flags it does not know (`persist`) from out-of-bounds memory in JSON, which
+/// sometimes truncates the whole document. Chain listings carry no table flags.
 pub fn nft_table(ns: &Netns, family: &str, name: &str) -> Result<Option<Value>> {
     let out = ns
         .command("nft")
-        .args(["-j", "list", "table", family, name])
+        .args(["list", "table", family, name])
         .output()
         .context("spawn nft")?;
     if !out.status.success() {
@@ -21,8 +25,42 @@ pub fn nft_table(ns: &Netns, family: &str, name: &str) -> Result<Option<Value>> 
         }
         anyhow::bail!("nft list table {family} {name}: {}", err.trim());
     }
-    let v: Value = serde_json::from_slice(&out.stdout).context("parse nft -j")?;
-    Ok(Some(v["nftables"].clone()))
+    let chains = nft_json(ns, &["list", "chains", family])?;
+    let mut objects = vec![
+        chains[0].clone(),
+        serde_json::json!({ "table": { "family": family, "name": name } }),
+    ];
+    for chain in chains.as_array().into_iter().flatten() {
+        let c = &chain["chain"];
+        if c["table"] != name {
+            continue;
+        }
+        let listed = nft_json(
+            ns,
+            &[
+                "list",
+                "chain",
+                family,
+                name,
+                c["name"].as_str().unwrap_or_default(),
+            ],
+        )?;
+        objects.extend(listed.as_array().into_iter().flatten().skip(1).cloned());
+    }
+    Ok(Some(Value::Array(objects)))
+}
+
+/// `nft -j <args..>`: the `nftables` array.
+fn nft_json(ns: &Netns, args: &[&str]) -> Result<Value> {
+    let out = ns.run("nft", &[&["-j"], args].concat())?;
+    let v: Value = serde_json::from_slice(&out.stdout).with_context(|| {
+        format!(
+            "parse nft -j {}: {:?}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stdout)
+        )
+    })?;
+    Ok(v["nftables"].clone())
 }
 
 /// `nft list table <family> <name>` as text (for byte-identical comparisons).

@@ -8,3 +8,142 @@ pub mod link;
 pub mod resolv;
 pub mod rtnl;
 pub mod wireguard;
+
+use std::path::PathBuf;
+
+use tracing::warn;
+use weft_schema::validate::ValidSpec;
+use weft_schema::{FirewallStatus, NetworkStatus, Subsystem, WireGuardStatus};
+
+/// Where the dataplane keeps and writes things.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub state_dir: PathBuf,
+    pub resolv_conf: PathBuf,
+    pub wireguard: wireguard::Mode,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    #[error("open rtnetlink socket")]
+    Rtnl(#[source] rtnl::Error),
+    #[error("open nftables socket")]
+    Firewall(#[source] firewall::Error),
+}
+
+/// One part of a spec the kernel refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Failure {
+    pub subsystem: Subsystem,
+    pub error: String,
+}
+
+/// What the kernel holds, per subsystem (`None`: not managed).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Observed {
+    pub network: Option<NetworkStatus>,
+    pub firewall: FirewallStatus,
+    pub wireguard: Option<WireGuardStatus>,
+}
+
+/// Every kernel socket the agent owns.
+#[derive(Debug)]
+pub struct Dataplane {
+    rtnl: rtnl::Rtnl,
+    firewall: firewall::Firewall,
+    wireguard: wireguard::WireGuardManager,
+    resolv_conf: PathBuf,
+}
+
+impl Dataplane {
+    /// Opens the sockets. Changes nothing in the kernel.
+    pub fn open(settings: &Settings) -> Result<Dataplane, OpenError> {
+        Ok(Dataplane {
+            rtnl: rtnl::Rtnl::open().map_err(OpenError::Rtnl)?,
+            firewall: firewall::Firewall::open().map_err(OpenError::Firewall)?,
+            wireguard: wireguard::WireGuardManager::new(settings.wireguard, &settings.state_dir),
+            resolv_conf: settings.resolv_conf.clone(),
+        })
+    }
+
+    /// Makes the kernel match `spec`. Each subsystem is applied on its own: a WireGuard
+    /// failure does not keep the firewall from being applied. Returns what failed.
+    pub fn apply(&mut self, spec: &ValidSpec) -> Vec<Failure> {
+        let mut failures = Vec::new();
+        let mut fail = |subsystem, error: String| {
+            warn!(?subsystem, %error, generation = spec.generation, "apply failed");
+            failures.push(Failure { subsystem, error });
+        };
+        if let Some(net) = &spec.network {
+            if let Err(e) = link::apply(&mut self.rtnl, net) {
+                fail(Subsystem::Network, error_line(&e));
+            }
+            if !net.nameservers.is_empty() {
+                if let Err(e) =
+                    resolv::write(&self.resolv_conf, &net.nameservers, &net.search_domains)
+                {
+                    fail(
+                        Subsystem::Network,
+                        format!("write {}: {e}", self.resolv_conf.display()),
+                    );
+                }
+            }
+        }
+        if let Err(e) = self
+            .wireguard
+            .apply(&mut self.rtnl, spec.wireguard.as_ref())
+        {
+            fail(Subsystem::WireGuard, error_line(&e));
+        }
+        let ruleset = self.ruleset(spec);
+        if let Err(e) = self.firewall.apply(&ruleset) {
+            fail(Subsystem::Firewall, error_line(&e));
+        }
+        failures
+    }
+
+    /// Reads back what the kernel holds for `spec`'s subsystems.
+    pub fn observe(&mut self, spec: &ValidSpec) -> Observed {
+        let ruleset = self.ruleset(spec);
+        Observed {
+            network: spec
+                .network
+                .as_ref()
+                .map(|n| link::observe(&mut self.rtnl, n)),
+            firewall: self.firewall.observe(Some(&ruleset)),
+            wireguard: self
+                .wireguard
+                .observe(&mut self.rtnl, spec.wireguard.as_ref()),
+        }
+    }
+
+    /// Stops what lives only in this process (a userspace WireGuard device). Kernel state
+    /// stays in place.
+    pub fn shutdown(&mut self) {
+        self.wireguard.shutdown();
+    }
+
+    fn ruleset(&self, spec: &ValidSpec) -> firewall::Ruleset {
+        firewall::render(
+            &spec.firewall,
+            spec.wireguard.as_ref().map(|w| w.listen_port),
+        )
+    }
+}
+
+/// An error and its causes on one line (`add address ...: File exists (os error 17)`), for
+/// statuses and replies.
+pub fn error_line(err: &dyn std::error::Error) -> String {
+    let mut line = err.to_string();
+    let mut cause = err.source();
+    while let Some(e) = cause {
+        let text = e.to_string();
+        // Some errors repeat their source in their own message; say it once.
+        if !line.ends_with(&text) {
+            line.push_str(": ");
+            line.push_str(&text);
+        }
+        cause = e.source();
+    }
+    line
+}

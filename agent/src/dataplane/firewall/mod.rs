@@ -1,0 +1,519 @@
+//! The firewall: table `inet weft-fw`, which this agent owns and nothing else.
+//!
+//! - [`render`] (pure): validated spec -> [`Ruleset`], the exact table, and its `nft` text.
+//! - `batch` (pure): ruleset -> one nf_tables batch that replaces the whole table in one
+//!   transaction, so no observer ever sees a half-applied policy.
+//! - `decode` (pure): the kernel's dump -> the same [`Ruleset`] model, so "already in force"
+//!   is decided from what the kernel holds, not from memory (a restarted agent writes
+//!   nothing when the table is already right), and [`Ruleset::hash`] is equal for equal
+//!   rulesets whether rendered or read back.
+//! - [`Firewall`] (thin): the netlink socket, apply and observe.
+//!
+//! Where the kernel has them (6.9+), the table is created with the owner and persist flags:
+//! only this agent's socket can change it, `nft flush ruleset` leaves it, and when the agent
+//! exits it stays in force (policy drop included) until the next agent adopts it.
+
+mod abi;
+mod batch;
+mod decode;
+mod netlink;
+mod render;
+
+use std::collections::HashMap;
+use std::io;
+
+use weft_schema::{FirewallStatus, Overall};
+
+use abi::*;
+use batch::{Batch, Label};
+use netlink::{Socket, NFNL_SUBSYS_NFTABLES, NLMSG_DONE, NLMSG_ERROR, NLM_F_DUMP, NLM_F_REQUEST};
+use render::Dir;
+pub use render::{render, Ruleset};
+
+/// The one table the agent owns, in family `inet`. Everything that names it goes through
+/// here (and [`CHAINS`]), so drift detection can filter on the same names.
+pub const TABLE: &str = "weft-fw";
+
+/// A base chain of the table, as the contract fixes it.
+#[derive(Debug)]
+pub(crate) struct Chain {
+    pub name: &'static str,
+    pub hook: u32,
+    pub policy: u32,
+    /// Which address a rule of this chain matches.
+    pub dir: Dir,
+}
+
+/// `input` (hook input, priority filter, policy drop) and `output` (hook output, priority
+/// filter, policy accept), in that order.
+pub(crate) const CHAINS: [Chain; 2] = [
+    Chain {
+        name: "input",
+        hook: NF_INET_LOCAL_IN,
+        policy: NF_DROP,
+        dir: Dir::Src,
+    },
+    Chain {
+        name: "output",
+        hook: NF_INET_LOCAL_OUT,
+        policy: NF_ACCEPT,
+        dir: Dir::Dst,
+    },
+];
+
+/// The owner and persist flags, or none when the kernel lacks them.
+const OWNED: u32 = NFT_TABLE_F_OWNER | NFT_TABLE_F_PERSIST;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("open a netlink socket to nf_tables")]
+    OpenSocket(#[source] io::Error),
+    #[error("size the socket buffers for a {bytes}-byte batch")]
+    SizeBuffers {
+        bytes: usize,
+        #[source]
+        source: io::Error,
+    },
+    #[error("send the batch for table inet weft-fw")]
+    SendBatch(#[source] io::Error),
+    #[error("receive the kernel's answer")]
+    Receive(#[source] io::Error),
+    #[error("the kernel did not answer the batch for table inet weft-fw")]
+    NoAnswer,
+    /// The kernel refused the batch; nothing of it took effect.
+    #[error("the kernel refused {what}{}", detail.as_ref().map(|d| format!(" ({d})")).unwrap_or_default())]
+    Refused {
+        /// The message that failed, e.g. ``rule 3 of chain input (`tcp dport 22 accept`)``.
+        what: String,
+        /// The kernel's extended-ack text, when it gave one.
+        detail: Option<String>,
+        #[source]
+        source: io::Error,
+    },
+    #[error("read back {what} of table inet weft-fw")]
+    ReadBack {
+        what: &'static str,
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// What the kernel holds: table flags, chains and rules decoded into the renderer's model.
+#[derive(Debug)]
+struct Seen {
+    table: decode::TableSeen,
+    chains_ok: bool,
+    ruleset: Ruleset,
+}
+
+/// The table's handle: a netlink socket that, with the owner flag, is the only one allowed
+/// to change the table. It lives on the reconciler's thread for the agent's life (a table
+/// with the owner flag but without persist would vanish with it).
+#[derive(Debug)]
+pub struct Firewall {
+    socket: Socket,
+    seq: u32,
+    /// Table flags to create the table with: owner and persist, or none after the kernel
+    /// refused them.
+    flags: u32,
+    /// The message of the last batch the kernel refused.
+    refused: Option<Label>,
+}
+
+impl Firewall {
+    pub fn open() -> Result<Firewall, Error> {
+        let socket = Socket::open().map_err(Error::OpenSocket)?;
+        let seq = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs() as u32)
+            .unwrap_or(1);
+        Ok(Firewall {
+            socket,
+            seq,
+            flags: OWNED,
+            refused: None,
+        })
+    }
+
+    /// True when the table is created owned and persistent (the kernel supports it).
+    pub fn owned(&self) -> bool {
+        self.flags == OWNED
+    }
+
+    /// Makes the kernel's table `desired`. Returns whether the rules were written: when the
+    /// kernel already holds exactly `desired` nothing is (rule counters survive); a
+    /// persistent table left by a previous agent is only adopted. On error the previous
+    /// ruleset stays in force: the batch is one transaction.
+    pub fn apply(&mut self, desired: &Ruleset) -> Result<bool, Error> {
+        let seen = self.read()?;
+        if let Some(seen) = &seen {
+            if seen.chains_ok && seen.ruleset == *desired {
+                // Already in force. Owned by another live socket, it cannot be adopted (nor
+                // replaced); `observe` reports that.
+                if self.flags == 0 || seen.table.owner.is_some() {
+                    return Ok(false);
+                }
+                if seen.table.flags & NFT_TABLE_F_PERSIST != 0 && seen.table.owner.is_none() {
+                    let batch = batch::adopt(self.flags, self.next_seq());
+                    match self.send(&batch, desired) {
+                        Ok(()) => {
+                            tracing::info!(table = TABLE, "adopted the table left in force");
+                            return Ok(false);
+                        }
+                        Err(e) => tracing::warn!(
+                            cause = %chain(&e),
+                            "could not adopt table inet weft-fw; replacing it"
+                        ),
+                    }
+                }
+            }
+        }
+        let present = seen.is_some();
+        let batch = batch::replace(desired, self.flags, present, self.next_seq());
+        match self.send(&batch, desired) {
+            Err(Error::Refused { source, .. })
+                if self.flags != 0
+                    && source.raw_os_error() == Some(libc::EOPNOTSUPP)
+                    && self.refused == Some(Label::CreateTable) =>
+            {
+                tracing::warn!(
+                    table = TABLE,
+                    "the kernel lacks owned persistent tables (Linux 6.9+): using a plain \
+                     table, which other processes can change and which nft flush ruleset removes"
+                );
+                self.flags = 0;
+                let batch = batch::replace(desired, 0, present, self.next_seq());
+                self.send(&batch, desired)?;
+            }
+            other => other?,
+        }
+        Ok(true)
+    }
+
+    /// Reads the table back and compares it with `desired`. Errors are folded into
+    /// `Overall: Degraded` and `LastError`, never raised.
+    pub fn observe(&mut self, desired: Option<&Ruleset>) -> FirewallStatus {
+        let mut status = FirewallStatus {
+            overall: Overall::Healthy,
+            last_error: String::new(),
+            table_present: false,
+            ingress_rules: 0,
+            egress_rules: 0,
+            ruleset_hash: String::new(),
+        };
+        let problem = match self.read() {
+            Err(e) => Some(chain(&e)),
+            Ok(None) => desired.map(|_| "table inet weft-fw is missing".to_owned()),
+            Ok(Some(seen)) => {
+                status.table_present = true;
+                status.ingress_rules = seen.ruleset.ingress_rules();
+                status.egress_rules = seen.ruleset.egress_rules();
+                status.ruleset_hash = seen.ruleset.hash();
+                if !seen.chains_ok {
+                    Some("table inet weft-fw does not have the contract's two chains".to_owned())
+                } else if desired.is_some_and(|d| *d != seen.ruleset) {
+                    Some(format!(
+                        "table inet weft-fw differs from the desired ruleset (hash {}, want {})",
+                        status.ruleset_hash,
+                        desired.map(Ruleset::hash).unwrap_or_default()
+                    ))
+                } else if self.flags != 0 && seen.table.owner != Some(self.socket.portid()) {
+                    Some("table inet weft-fw is not owned by this agent".to_owned())
+                } else {
+                    None
+                }
+            }
+        };
+        if let Some(p) = problem {
+            status.overall = Overall::Degraded;
+            status.last_error = p;
+        }
+        status
+    }
+
+    fn next_seq(&mut self) -> u32 {
+        let seq = self.seq;
+        // Leave room for every message of the largest batch.
+        self.seq = self.seq.wrapping_add(1 << 20);
+        seq
+    }
+
+    /// Sends a batch as one datagram and collects the kernel's answers, which it queues
+    /// before `sendmsg` returns.
+    fn send(&mut self, batch: &Batch, desired: &Ruleset) -> Result<(), Error> {
+        self.socket
+            .fit_send(batch.bytes.len())
+            .map_err(|source| Error::SizeBuffers {
+                bytes: batch.bytes.len(),
+                source,
+            })?;
+        self.socket.send(&batch.bytes).map_err(Error::SendBatch)?;
+        let mut refused = None;
+        let mut acked = false;
+        while let Some(data) = self.socket.recv(false).map_err(Error::Receive)? {
+            for msg in netlink::messages(data) {
+                if msg.ty != NLMSG_ERROR {
+                    continue;
+                }
+                let Some((errno, seq, text)) = msg.error() else {
+                    continue;
+                };
+                if errno == 0 {
+                    acked |= seq == batch.last_seq() - 1;
+                } else if refused.is_none() {
+                    refused = Some((errno, seq, text));
+                }
+            }
+        }
+        if let Some((errno, seq, detail)) = refused {
+            self.refused = batch.label(seq);
+            return Err(Error::Refused {
+                what: describe(batch.label(seq), desired),
+                detail,
+                source: io::Error::from_raw_os_error(errno),
+            });
+        }
+        if !acked {
+            return Err(Error::NoAnswer);
+        }
+        Ok(())
+    }
+
+    /// The table as the kernel holds it, or `None` when there is none.
+    fn read(&mut self) -> Result<Option<Seen>, Error> {
+        // A dump interrupted by a concurrent change (NLM_F_DUMP_INTR) is read again.
+        for _ in 0..3 {
+            match self.read_once()? {
+                Some(seen) => return Ok(seen),
+                None => continue,
+            }
+        }
+        Err(Error::ReadBack {
+            what: "the rules",
+            source: io::Error::new(
+                io::ErrorKind::Interrupted,
+                "the ruleset kept changing during the dump",
+            ),
+        })
+    }
+
+    /// `None` when a dump was interrupted.
+    fn read_once(&mut self) -> Result<Option<Option<Seen>>, Error> {
+        let mut table = None;
+        let found = self.request(
+            NFT_MSG_GETTABLE,
+            false,
+            "the table",
+            |w| {
+                w.str(NFTA_TABLE_NAME, TABLE);
+            },
+            |msg| {
+                if table.is_none() {
+                    table = decode::table(msg);
+                }
+            },
+        )?;
+        let Some(true) = found else {
+            return Ok(found.map(|_| None));
+        };
+        let Some(table) = table else {
+            return Ok(Some(None));
+        };
+        let mut chains = Vec::new();
+        if self
+            .request(
+                NFT_MSG_GETCHAIN,
+                true,
+                "the chains",
+                |_| {},
+                |msg| {
+                    chains.extend(decode::chain(msg));
+                },
+            )?
+            .is_none()
+        {
+            return Ok(None);
+        }
+        let mut rules = Vec::new();
+        if self
+            .request(
+                NFT_MSG_GETRULE,
+                true,
+                "the rules",
+                |w| {
+                    w.str(NFTA_RULE_TABLE, TABLE);
+                },
+                |msg| {
+                    rules.extend(decode::rule(msg));
+                },
+            )?
+            .is_none()
+        {
+            return Ok(None);
+        }
+
+        let mut sets: HashMap<String, Option<decode::Elements>> = HashMap::new();
+        let mut ruleset = Ruleset {
+            input: Vec::new(),
+            output: Vec::new(),
+        };
+        let mut interrupted = false;
+        for rule in &rules {
+            let Some(chain) = CHAINS.iter().find(|c| c.name == rule.chain) else {
+                // A rule in a chain that is not ours: the chain check already fails.
+                continue;
+            };
+            let mut lookup = |name: &str| -> Option<decode::Elements> {
+                if let Some(cached) = sets.get(name) {
+                    return cached.clone();
+                }
+                let mut elements = Vec::new();
+                let got = self.request(
+                    NFT_MSG_GETSETELEM,
+                    true,
+                    "a set's elements",
+                    |w| {
+                        w.str(NFTA_SET_ELEM_LIST_TABLE, TABLE);
+                        w.str(NFTA_SET_ELEM_LIST_SET, name);
+                    },
+                    |msg| decode::set_elements(msg, &mut elements),
+                );
+                let value = match got {
+                    Ok(Some(true)) => Some(elements),
+                    Ok(None) => {
+                        interrupted = true;
+                        None
+                    }
+                    _ => None,
+                };
+                sets.insert(name.to_owned(), value.clone());
+                value
+            };
+            let line = decode::line(rule, chain.dir, &mut lookup);
+            if chain.name == CHAINS[0].name {
+                ruleset.input.push(line);
+            } else {
+                ruleset.output.push(line);
+            }
+        }
+        if interrupted {
+            return Ok(None);
+        }
+        Ok(Some(Some(Seen {
+            table,
+            chains_ok: decode::chains_as_contract(&chains),
+            ruleset: ruleset.canonical(),
+        })))
+    }
+
+    /// Sends one request (a dump when `dump`) and feeds every answer message to `each`.
+    /// Returns `Some(true)` when done, `Some(false)` when the kernel answered ENOENT, `None`
+    /// when a dump was interrupted by a concurrent change.
+    fn request(
+        &mut self,
+        ty: u16,
+        dump: bool,
+        what: &'static str,
+        attrs: impl FnOnce(&mut netlink::Writer),
+        mut each: impl FnMut(&netlink::Message<'_>),
+    ) -> Result<Option<bool>, Error> {
+        let seq = self.seq;
+        self.seq = self.seq.wrapping_add(1);
+        let mut w = netlink::Writer::with_capacity(128);
+        let flags = if dump { NLM_F_DUMP } else { 0 } | netlink::NLM_F_ACK;
+        w.begin(
+            (NFNL_SUBSYS_NFTABLES << 8) | ty,
+            NLM_F_REQUEST | flags,
+            seq,
+            NFPROTO_INET,
+            0,
+        );
+        attrs(&mut w);
+        w.end();
+        let read_err = |source| Error::ReadBack { what, source };
+        self.socket.send(&w.buf).map_err(read_err)?;
+        let mut interrupted = false;
+        loop {
+            let data = self
+                .socket
+                .recv(true)
+                .map_err(read_err)?
+                .expect("blocking recv");
+            for msg in netlink::messages(data) {
+                if msg.seq != seq {
+                    continue;
+                }
+                if msg.flags & NLM_F_DUMP_INTR != 0 {
+                    interrupted = true;
+                }
+                match msg.ty {
+                    NLMSG_DONE => return Ok((!interrupted).then_some(true)),
+                    NLMSG_ERROR => {
+                        let (errno, _, _) = msg.error().unwrap_or((libc::EPROTO, seq, None));
+                        return match errno {
+                            0 => Ok((!interrupted).then_some(true)),
+                            libc::ENOENT => Ok(Some(false)),
+                            e => Err(read_err(io::Error::from_raw_os_error(e))),
+                        };
+                    }
+                    _ => each(&msg),
+                }
+            }
+        }
+    }
+}
+
+/// `NLM_F_DUMP_INTR`: the dump saw the ruleset change under it.
+const NLM_F_DUMP_INTR: u16 = 0x10;
+
+/// Names the message of a batch the kernel refused.
+fn describe(label: Option<Label>, desired: &Ruleset) -> String {
+    let rule_text = |chain: &str, index: usize| {
+        let lines = if chain == CHAINS[0].name {
+            &desired.input
+        } else {
+            &desired.output
+        };
+        lines
+            .get(index)
+            .map(|l| {
+                render::line_text(
+                    l,
+                    if chain == CHAINS[0].name {
+                        Dir::Src
+                    } else {
+                        Dir::Dst
+                    },
+                )
+            })
+            .unwrap_or_default()
+    };
+    match label {
+        Some(Label::Batch) | None => "the batch for table inet weft-fw".to_owned(),
+        Some(Label::DeleteTable) => "deleting the old table inet weft-fw".to_owned(),
+        Some(Label::CreateTable) => "creating table inet weft-fw".to_owned(),
+        Some(Label::Chain(name)) => format!("chain {name} of table inet weft-fw"),
+        Some(Label::Set { chain, index }) => format!(
+            "the set of rule {index} of chain {chain} (`{}`)",
+            rule_text(chain, index)
+        ),
+        Some(Label::Rule { chain, index }) => {
+            format!(
+                "rule {index} of chain {chain} (`{}`)",
+                rule_text(chain, index)
+            )
+        }
+    }
+}
+
+/// An error and its causes on one line, for `LastError` and logs.
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}

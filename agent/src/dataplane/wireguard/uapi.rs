@@ -1,0 +1,411 @@
+//! The cross-platform WireGuard configuration protocol (`set=1` / `get=1`) that boringtun
+//! serves: rendering of a [`DevicePlan`] as one `set=1` request and parsing of a `get=1` reply.
+//!
+//! Keys travel in hex: boringtun silently takes a malformed base64 key as all zeros.
+//! boringtun cannot modify a peer in place (it panics a worker and the device hangs), so a
+//! changed peer is removed and added again within the same request, which boringtun applies
+//! under one write lock: no packet sees the peer missing.
+
+use std::fmt;
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+
+use ipnet::IpNet;
+use weft_schema::key::{PublicKey, SecretKey};
+use weft_schema::validate::Peer;
+
+use super::plan::{DevicePlan, ObservedDevice, ObservedPeer};
+
+/// A `set=1` request. It may hold the private key, so its `Debug` is redacted and it has no
+/// `Display`: it goes to the device and nowhere else.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SetRequest(String);
+
+impl SetRequest {
+    /// The request text; handle with care.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for SetRequest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "SetRequest(<{} bytes, redacted>)", self.0.len())
+    }
+}
+
+/// The `set=1` request that carries out `plan`, or `None` when there is nothing to do.
+///
+/// boringtun carries `remove`, `endpoint`, `persistent_keepalive_interval` and
+/// `preshared_key` over from one peer section to the next, so every added section states
+/// `remove=false`, its keepalive (0 for off) and its preshared key (zeros for none)
+/// explicitly. An endpoint cannot be unset, so sections without one come before those with
+/// one, and every removal comes first.
+pub fn render_set(plan: &DevicePlan<'_>) -> Option<SetRequest> {
+    if plan.is_empty() {
+        return None;
+    }
+    let mut out = String::from("set=1\n");
+    if let Some(key) = plan.private_key {
+        let _ = writeln!(out, "private_key={}", hex::encode(key.expose()));
+    }
+    if let Some(port) = plan.listen_port {
+        let _ = writeln!(out, "listen_port={port}");
+    }
+    for key in plan
+        .removed
+        .iter()
+        .chain(plan.changed.iter().map(|p| &p.public_key))
+    {
+        let _ = writeln!(
+            out,
+            "public_key={}\nremove=true",
+            hex::encode(key.as_bytes())
+        );
+    }
+    let mut adds: Vec<&Peer> = plan.added.iter().chain(&plan.changed).copied().collect();
+    // Stable: the spec's order is kept within each group.
+    adds.sort_by_key(|p| p.endpoint.is_some());
+    for peer in adds {
+        render_peer(&mut out, peer);
+    }
+    out.push('\n');
+    Some(SetRequest(out))
+}
+
+fn render_peer(out: &mut String, peer: &Peer) {
+    let psk = peer
+        .preshared_key
+        .as_ref()
+        .map(|k| *k.expose())
+        .unwrap_or([0; 32]);
+    let _ = writeln!(
+        out,
+        "public_key={}\nremove=false\npreshared_key={}\npersistent_keepalive_interval={}",
+        hex::encode(peer.public_key.as_bytes()),
+        hex::encode(psk),
+        peer.persistent_keepalive.unwrap_or(0),
+    );
+    if let Some(endpoint) = peer.endpoint {
+        let _ = writeln!(out, "endpoint={endpoint}");
+    }
+    out.push_str("replace_allowed_ips=true\n");
+    for net in &peer.allowed_ips {
+        let _ = writeln!(out, "allowed_ip={net}");
+    }
+}
+
+/// How a `get=1` reply states the last handshake.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HandshakeClock {
+    /// Seconds since the epoch (the protocol as written; wireguard-go).
+    SinceEpoch,
+    /// Seconds elapsed since the handshake: what boringtun 0.7 actually sends.
+    Elapsed { now_unix: u64 },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ParseError {
+    #[error("the device answered errno={0}")]
+    Errno(i32),
+    #[error("line {0} is not key=value")]
+    NotKeyValue(usize),
+    #[error("line {line}: bad value for {key}")]
+    BadValue { line: usize, key: String },
+    #[error("line {line}: {key} outside a peer section")]
+    OutsidePeer { line: usize, key: String },
+    #[error("the reply ended without errno")]
+    Truncated,
+}
+
+/// Parses a `get=1` reply (up to and including `errno=0`).
+pub fn parse_get(reply: &str, clock: HandshakeClock) -> Result<ObservedDevice, ParseError> {
+    let mut device = ObservedDevice::default();
+    let mut handshake_secs: Vec<Option<u64>> = Vec::new();
+    for (i, line) in reply.lines().enumerate() {
+        let n = i + 1;
+        if line.is_empty() {
+            continue;
+        }
+        let (key, value) = line.split_once('=').ok_or(ParseError::NotKeyValue(n))?;
+        let bad = || ParseError::BadValue {
+            line: n,
+            key: key.to_owned(),
+        };
+        let peer = |device: &mut ObservedDevice| -> Result<usize, ParseError> {
+            match device.peers.len() {
+                0 => Err(ParseError::OutsidePeer {
+                    line: n,
+                    key: key.to_owned(),
+                }),
+                len => Ok(len - 1),
+            }
+        };
+        match key {
+            "errno" => {
+                let errno: i32 = value.parse().map_err(|_| bad())?;
+                if errno != 0 {
+                    return Err(ParseError::Errno(errno));
+                }
+                finish(&mut device, &handshake_secs, clock);
+                return Ok(device);
+            }
+            "own_public_key" => device.public_key = Some(PublicKey(hex32(value).ok_or_else(bad)?)),
+            "private_key" => {
+                let secret = SecretKey::from_bytes(hex32(value).ok_or_else(bad)?);
+                if secret.expose() != &[0; 32] {
+                    device.public_key = Some(super::keys::public_key(&secret));
+                }
+            }
+            "listen_port" => device.listen_port = value.parse().map_err(|_| bad())?,
+            "fwmark" | "protocol_version" | "last_handshake_time_nsec" => {}
+            "public_key" => {
+                device.peers.push(ObservedPeer {
+                    public_key: PublicKey(hex32(value).ok_or_else(bad)?),
+                    endpoint: None,
+                    allowed_ips: Vec::new(),
+                    persistent_keepalive: 0,
+                    preshared_key: None,
+                    last_handshake_unix: 0,
+                    rx_bytes: 0,
+                    tx_bytes: 0,
+                });
+                handshake_secs.push(None);
+            }
+            "preshared_key" => {
+                let i = peer(&mut device)?;
+                let key = hex32(value).ok_or_else(bad)?;
+                device.peers[i].preshared_key =
+                    (key != [0; 32]).then(|| SecretKey::from_bytes(key));
+            }
+            "endpoint" => {
+                let i = peer(&mut device)?;
+                device.peers[i].endpoint = Some(value.parse::<SocketAddr>().map_err(|_| bad())?);
+            }
+            "persistent_keepalive_interval" => {
+                let i = peer(&mut device)?;
+                device.peers[i].persistent_keepalive = value.parse().map_err(|_| bad())?;
+            }
+            "allowed_ip" => {
+                let i = peer(&mut device)?;
+                let net: IpNet = value.parse().map_err(|_| bad())?;
+                device.peers[i].allowed_ips.push(net.trunc());
+            }
+            "last_handshake_time_sec" => {
+                let i = peer(&mut device)?;
+                handshake_secs[i] = Some(value.parse().map_err(|_| bad())?);
+            }
+            "rx_bytes" => {
+                let i = peer(&mut device)?;
+                device.peers[i].rx_bytes = value.parse().map_err(|_| bad())?;
+            }
+            "tx_bytes" => {
+                let i = peer(&mut device)?;
+                device.peers[i].tx_bytes = value.parse().map_err(|_| bad())?;
+            }
+            // Later protocol versions may add keys: ignoring them is what `wg` does too.
+            _ => {}
+        }
+    }
+    Err(ParseError::Truncated)
+}
+
+fn finish(device: &mut ObservedDevice, handshake_secs: &[Option<u64>], clock: HandshakeClock) {
+    for (peer, secs) in device.peers.iter_mut().zip(handshake_secs) {
+        peer.allowed_ips.sort();
+        peer.allowed_ips.dedup();
+        // A peer section without the key has never shaken hands.
+        peer.last_handshake_unix = match (clock, secs) {
+            (_, None) => 0,
+            (HandshakeClock::SinceEpoch, Some(secs)) => *secs,
+            (HandshakeClock::Elapsed { now_unix }, Some(secs)) => now_unix.saturating_sub(*secs),
+        };
+    }
+}
+
+fn hex32(text: &str) -> Option<[u8; 32]> {
+    let mut out = [0; 32];
+    hex::decode_to_slice(text, &mut out).ok()?;
+    Some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::plan::tests::{peer, pk, spec};
+    use super::super::plan::{plan, ObservedDevice};
+    use super::*;
+
+    #[test]
+    fn a_new_device_is_one_request_with_keys_in_hex() {
+        let mut s = spec(vec![
+            peer(1, &["10.9.0.2/32", "2001:db8::/64"]),
+            peer(2, &[]),
+        ]);
+        s.peers[0].endpoint = Some("[2001:db8::1]:51820".parse().unwrap());
+        s.peers[0].persistent_keepalive = Some(25);
+        s.peers[1].preshared_key = Some(SecretKey::from_bytes([3; 32]));
+        let key = s.private_key.clone().unwrap();
+        let req = render_set(&plan(&s, &key, &ObservedDevice::default())).unwrap();
+        let h = |b: u8| hex::encode([b; 32]);
+        // Peer 2 has no endpoint, so it comes first: the endpoint would carry over otherwise.
+        let expected = format!(
+            "set=1\nprivate_key={}\nlisten_port=51820\n\
+             public_key={}\nremove=false\npreshared_key={}\npersistent_keepalive_interval=0\n\
+             replace_allowed_ips=true\n\
+             public_key={}\nremove=false\npreshared_key={}\npersistent_keepalive_interval=25\n\
+             endpoint=[2001:db8::1]:51820\nreplace_allowed_ips=true\n\
+             allowed_ip=10.9.0.2/32\nallowed_ip=2001:db8::/64\n\n",
+            h(9),
+            h(2),
+            h(3),
+            h(1),
+            h(0),
+        );
+        assert_eq!(req.expose(), expected);
+        assert_eq!(
+            format!("{req:?}"),
+            format!("SetRequest(<{} bytes, redacted>)", expected.len())
+        );
+    }
+
+    #[test]
+    fn a_changed_peer_is_removed_then_added_and_unchanged_peers_are_absent() {
+        let before = spec(vec![
+            peer(1, &["10.9.0.2/32"]),
+            peer(2, &["10.9.0.3/32"]),
+            peer(5, &[]),
+        ]);
+        let key = before.private_key.clone().unwrap();
+        let observed = parse_get(&get_reply_for(&before), HandshakeClock::SinceEpoch).unwrap();
+        let after = spec(vec![
+            peer(1, &["10.9.0.2/32"]),
+            peer(2, &["10.9.0.9/32"]),
+            peer(3, &[]),
+        ]);
+        let req = render_set(&plan(&after, &key, &observed)).unwrap();
+        let h = |b: u8| hex::encode([b; 32]);
+        let expected = format!(
+            "set=1\npublic_key={}\nremove=true\npublic_key={}\nremove=true\n\
+             public_key={}\nremove=false\npreshared_key={}\npersistent_keepalive_interval=0\n\
+             replace_allowed_ips=true\n\
+             public_key={}\nremove=false\npreshared_key={}\npersistent_keepalive_interval=0\n\
+             replace_allowed_ips=true\nallowed_ip=10.9.0.9/32\n\n",
+            h(5),
+            h(2),
+            h(3),
+            h(0),
+            h(2),
+            h(0),
+        );
+        assert_eq!(req.expose(), expected);
+        assert!(
+            !req.expose().contains(&h(1)),
+            "unchanged peer 1 must not be touched"
+        );
+        // Nothing to do renders nothing.
+        let done = parse_get(&get_reply_for(&after), HandshakeClock::SinceEpoch).unwrap();
+        assert_eq!(render_set(&plan(&after, &key, &done)), None);
+    }
+
+    /// A reply as boringtun would give for a device configured exactly as `s`.
+    fn get_reply_for(s: &weft_schema::validate::WireGuard) -> String {
+        let key = s.private_key.as_ref().unwrap();
+        let mut out = format!(
+            "own_public_key={}\nlisten_port={}\n",
+            hex::encode(super::super::keys::public_key(key).as_bytes()),
+            s.listen_port
+        );
+        for p in &s.peers {
+            out += &format!("public_key={}\n", hex::encode(p.public_key.as_bytes()));
+            for net in &p.allowed_ips {
+                out += &format!("allowed_ip={net}\n");
+            }
+            out += "rx_bytes=0\ntx_bytes=0\n";
+        }
+        out + "errno=0\n\n"
+    }
+
+    #[test]
+    fn parses_a_boringtun_reply() {
+        let reply = format!(
+            "own_public_key={}\nlisten_port=51820\nfwmark=0\n\
+             public_key={}\npreshared_key={}\npersistent_keepalive_interval=25\n\
+             endpoint=192.0.2.1:51820\nallowed_ip=10.9.0.0/24\nallowed_ip=10.9.0.2/32\n\
+             last_handshake_time_sec=7\nlast_handshake_time_nsec=500\nrx_bytes=100\ntx_bytes=200\n\
+             public_key={}\nrx_bytes=0\ntx_bytes=0\nerrno=0\n\n",
+            hex::encode([1; 32]),
+            hex::encode([2; 32]),
+            hex::encode([0; 32]),
+            hex::encode([3; 32]),
+        );
+        let d = parse_get(&reply, HandshakeClock::Elapsed { now_unix: 1_000 }).unwrap();
+        assert_eq!(d.public_key, Some(pk(1)));
+        assert_eq!(d.listen_port, 51820);
+        assert_eq!(d.peers.len(), 2);
+        let p = &d.peers[0];
+        assert_eq!(p.public_key, pk(2));
+        assert_eq!(p.preshared_key, None);
+        assert_eq!(p.persistent_keepalive, 25);
+        assert_eq!(p.endpoint, Some("192.0.2.1:51820".parse().unwrap()));
+        assert_eq!(
+            p.allowed_ips,
+            [
+                "10.9.0.0/24".parse::<IpNet>().unwrap(),
+                "10.9.0.2/32".parse().unwrap()
+            ]
+        );
+        assert_eq!(
+            (p.last_handshake_unix, p.rx_bytes, p.tx_bytes),
+            (993, 100, 200)
+        );
+        assert_eq!(d.peers[1].last_handshake_unix, 0);
+        let epoch = parse_get(&reply, HandshakeClock::SinceEpoch).unwrap();
+        assert_eq!(epoch.peers[0].last_handshake_unix, 7);
+    }
+
+    #[test]
+    fn a_private_key_in_a_reply_yields_only_its_public_key() {
+        let secret = SecretKey::from_bytes([9; 32]);
+        let reply = format!("private_key={}\nerrno=0\n\n", hex::encode([9; 32]));
+        let d = parse_get(&reply, HandshakeClock::SinceEpoch).unwrap();
+        assert_eq!(d.public_key, Some(super::super::keys::public_key(&secret)));
+        assert!(!format!("{d:?}").contains(&hex::encode([9; 32])));
+    }
+
+    #[test]
+    fn bad_replies_are_errors() {
+        let cases = [
+            ("errno=5\n\n", ParseError::Errno(5)),
+            ("listen_port=1\n", ParseError::Truncated),
+            ("garbage\n", ParseError::NotKeyValue(1)),
+            (
+                "listen_port=x\nerrno=0\n",
+                ParseError::BadValue {
+                    line: 1,
+                    key: "listen_port".into(),
+                },
+            ),
+            (
+                "rx_bytes=1\nerrno=0\n",
+                ParseError::OutsidePeer {
+                    line: 1,
+                    key: "rx_bytes".into(),
+                },
+            ),
+            (
+                "public_key=zz\nerrno=0\n",
+                ParseError::BadValue {
+                    line: 1,
+                    key: "public_key".into(),
+                },
+            ),
+        ];
+        for (reply, err) in cases {
+            assert_eq!(
+                parse_get(reply, HandshakeClock::SinceEpoch),
+                Err(err),
+                "{reply:?}"
+            );
+        }
+    }
+}

@@ -1,0 +1,200 @@
+//! The reconciler's mailbox. It keeps only the newest pending spec, so a burst of specs costs
+//! one apply; a spec pushed out of the slot before it was applied is answered `Stale` at once.
+//! An eventfd wakes the reconciler's thread, which also polls kernel event sockets: one
+//! `poll(2)` waits for all of them.
+
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::sync::{Mutex, MutexGuard};
+use std::time::Instant;
+
+use tokio::sync::oneshot;
+use weft_schema::validate::ValidSpec;
+use weft_schema::{ApplyReply, ApplyResult, PodId, PodSpec};
+
+/// A valid spec on its way to the kernel.
+#[derive(Debug)]
+pub struct Submission {
+    pub spec: ValidSpec,
+    /// As received, kept in the state directory once applied.
+    pub wire: PodSpec,
+    pub reply: Replier,
+}
+
+impl Submission {
+    /// Answers the spec's request, if it was one.
+    pub fn answer(self, result: ApplyResult, error: String) {
+        self.reply
+            .send(&self.spec.pod_id, self.spec.generation, result, error);
+    }
+}
+
+/// Where a spec's `ApplyReply` goes (when it came as a request), and when it arrived.
+#[derive(Debug)]
+pub struct Replier {
+    tx: Option<oneshot::Sender<ApplyReply>>,
+    received: Instant,
+}
+
+impl Replier {
+    pub fn new(tx: Option<oneshot::Sender<ApplyReply>>) -> Replier {
+        Replier {
+            tx,
+            received: Instant::now(),
+        }
+    }
+
+    /// Sends the reply; `ApplyMicros` counts from arrival. A requester that stopped waiting
+    /// is not an error.
+    pub fn send(self, pod: &PodId, generation: u64, result: ApplyResult, error: String) {
+        if let Some(tx) = self.tx {
+            let _ = tx.send(ApplyReply {
+                pod_id: pod.to_string(),
+                generation,
+                result,
+                error,
+                apply_micros: self.received.elapsed().as_micros() as u64,
+            });
+        }
+    }
+}
+
+/// What the reconciler finds when it wakes.
+#[derive(Debug, Default)]
+pub struct Inbox {
+    pub pending: Option<Submission>,
+    /// The newest rejection from intake (a spec that did not decode or validate).
+    pub rejection: Option<String>,
+    pub shutdown: bool,
+    /// Asks for an observation now (a dashboard or emitter needs fresh state).
+    pub observe: bool,
+}
+
+impl Inbox {
+    /// Puts `new` in the slot; returns the spec that lost its place, if any. The higher
+    /// generation wins; on a tie the newer arrival does.
+    pub fn offer(&mut self, new: Submission) -> Option<Submission> {
+        match self.pending.take() {
+            None => {
+                self.pending = Some(new);
+                None
+            }
+            Some(old) if new.spec.generation >= old.spec.generation => {
+                self.pending = Some(new);
+                Some(old)
+            }
+            Some(old) => {
+                self.pending = Some(old);
+                Some(new)
+            }
+        }
+    }
+}
+
+/// The inbox behind a lock, and the eventfd that says it changed.
+#[derive(Debug)]
+pub struct Mailbox {
+    inbox: Mutex<Inbox>,
+    wake: OwnedFd,
+}
+
+impl Mailbox {
+    pub fn new() -> io::Result<Mailbox> {
+        // SAFETY: eventfd takes no pointers; a non-negative return is a new fd we own.
+        let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(Mailbox {
+            inbox: Mutex::new(Inbox::default()),
+            // SAFETY: fd was just returned by eventfd and is owned by nobody else.
+            wake: unsafe { OwnedFd::from_raw_fd(fd) },
+        })
+    }
+
+    /// Changes the inbox and wakes the reconciler.
+    pub fn update<R>(&self, f: impl FnOnce(&mut Inbox) -> R) -> R {
+        let r = f(&mut self.lock());
+        let one: u64 = 1;
+        // SAFETY: writes 8 bytes from a live u64 to our eventfd. It can only fail with
+        // EAGAIN when the counter is saturated, which still leaves the fd readable.
+        unsafe { libc::write(self.wake.as_raw_fd(), (&one as *const u64).cast(), 8) };
+        r
+    }
+
+    /// Takes everything in the inbox and clears the wakeup.
+    pub fn take(&self) -> Inbox {
+        let mut buf: u64 = 0;
+        // SAFETY: reads at most 8 bytes into a live u64; EAGAIN (nothing pending) is fine.
+        unsafe { libc::read(self.wake.as_raw_fd(), (&mut buf as *mut u64).cast(), 8) };
+        std::mem::take(&mut *self.lock())
+    }
+
+    /// The fd that becomes readable when the inbox changes.
+    pub fn wake_fd(&self) -> RawFd {
+        self.wake.as_raw_fd()
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inbox> {
+        // A panic while holding the lock leaves a consistent Inbox (plain assignments).
+        self.inbox.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sub(generation: u64) -> (Submission, oneshot::Receiver<ApplyReply>) {
+        let pod = PodId::parse("p").unwrap();
+        let wire = PodSpec {
+            pod_id: "p".into(),
+            generation,
+            network: None,
+            firewall: None,
+            wireguard: None,
+        };
+        let spec = ValidSpec::validate(&wire, &pod).unwrap();
+        let (tx, rx) = oneshot::channel();
+        (
+            Submission {
+                spec,
+                wire,
+                reply: Replier::new(Some(tx)),
+            },
+            rx,
+        )
+    }
+
+    #[test]
+    fn the_highest_generation_keeps_the_slot() {
+        let mut inbox = Inbox::default();
+        assert!(inbox.offer(sub(5).0).is_none());
+        assert_eq!(inbox.offer(sub(7).0).unwrap().spec.generation, 5);
+        assert_eq!(inbox.offer(sub(6).0).unwrap().spec.generation, 6);
+        assert_eq!(inbox.offer(sub(7).0).unwrap().spec.generation, 7);
+        assert_eq!(inbox.pending.as_ref().unwrap().spec.generation, 7);
+    }
+
+    #[test]
+    fn the_wakeup_fd_is_readable_until_taken() {
+        let mb = Mailbox::new().unwrap();
+        let (s, mut rx) = sub(1);
+        mb.update(|i| i.offer(s));
+        let mut pfd = libc::pollfd {
+            fd: mb.wake_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd, zero timeout.
+        assert_eq!(unsafe { libc::poll(&mut pfd, 1, 0) }, 1);
+        let inbox = mb.take();
+        // SAFETY: as above.
+        assert_eq!(unsafe { libc::poll(&mut pfd, 1, 0) }, 0);
+        inbox
+            .pending
+            .unwrap()
+            .answer(ApplyResult::Applied, String::new());
+        assert_eq!(rx.try_recv().unwrap().result, ApplyResult::Applied);
+    }
+}

@@ -1,0 +1,524 @@
+//! WireGuard against the real kernel and a real boringtun device: pods are namespaces, each
+//! with a manager on its own thread in that namespace; `wg`, `ip -j` and `ping` observe.
+//!
+//! Interface names are unique per test process and test (`/var/run/wireguard` is per host).
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::{Child, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use weft_agent::dataplane::rtnl::Rtnl;
+use weft_agent::dataplane::wireguard::keys::{self, KEY_FILE};
+use weft_agent::dataplane::wireguard::{error_chain, Mode, WireGuardManager};
+use weft_schema::key::{PublicKey, SecretKey};
+use weft_schema::validate::{IfName, Peer, WireGuard};
+use weft_schema::{Backend, Overall, WireGuardStatus};
+use weft_testkit::observe::{ip_json, wg_dump};
+use weft_testkit::wireguard::NsThread;
+use weft_testkit::{require_root, veth, wait_until, Netns};
+
+static IFNAMES: AtomicU32 = AtomicU32::new(0);
+
+/// `wgt<pid%1000><n>`: unique across parallel tests and concurrent test processes.
+fn ifname() -> String {
+    let n = IFNAMES.fetch_add(1, Ordering::Relaxed);
+    format!("wgt{}x{n}", std::process::id() % 100_000)
+}
+
+fn temp_state_dir(tag: &str) -> TempDir {
+    let dir = std::env::temp_dir().join(format!(
+        "weft-wg-{tag}-{}-{}",
+        std::process::id(),
+        IFNAMES.fetch_add(1, Ordering::Relaxed)
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    TempDir(dir)
+}
+
+struct TempDir(PathBuf);
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A manager and its rtnetlink socket, living on a thread in a pod's namespace.
+struct Agent {
+    rtnl: Rtnl,
+    wg: WireGuardManager,
+}
+
+type Pod = NsThread<Agent>;
+
+fn agent(ns: &Netns, mode: Mode, state_dir: &std::path::Path) -> Pod {
+    let dir = state_dir.to_owned();
+    NsThread::spawn(ns, move || Agent {
+        rtnl: Rtnl::open().expect("open rtnetlink"),
+        wg: WireGuardManager::new(mode, &dir),
+    })
+}
+
+fn apply(pod: &Pod, spec: Option<&WireGuard>) -> Result<(), String> {
+    let spec = spec.cloned();
+    pod.run(move |a| {
+        a.wg.apply(&mut a.rtnl, spec.as_ref())
+            .map_err(|e| error_chain(&e))
+    })
+}
+
+fn observe(pod: &Pod, spec: Option<&WireGuard>) -> Option<WireGuardStatus> {
+    let spec = spec.cloned();
+    pod.run(move |a| a.wg.observe(&mut a.rtnl, spec.as_ref()))
+}
+
+fn peer(key: PublicKey, endpoint: Option<&str>, allowed: &[&str]) -> Peer {
+    Peer {
+        public_key: key,
+        endpoint: endpoint.map(|e| e.parse().unwrap()),
+        allowed_ips: allowed.iter().map(|a| a.parse().unwrap()).collect(),
+        persistent_keepalive: None,
+        preshared_key: None,
+    }
+}
+
+fn device(ifname: &str, address: &str, port: u16, key: &SecretKey, peers: Vec<Peer>) -> WireGuard {
+    WireGuard {
+        interface: IfName::parse(ifname).unwrap(),
+        address: address.parse().unwrap(),
+        listen_port: port,
+        private_key: Some(key.clone()),
+        peers,
+        mtu: 1420,
+    }
+}
+
+/// Two pods joined through a router namespace:
+/// `a` 192.0.2.2/24 -- router -- 198.51.100.2/24 `b`.
+struct Topology {
+    a: Netns,
+    b: Netns,
+    _router: Netns,
+}
+
+fn topology(tag: &str) -> Topology {
+    require_root();
+    let a = Netns::new(&format!("{tag}a")).unwrap();
+    let b = Netns::new(&format!("{tag}b")).unwrap();
+    let router = Netns::new(&format!("{tag}r")).unwrap();
+    veth(&a, "eth0", &router, "toa").unwrap();
+    veth(&b, "eth0", &router, "tob").unwrap();
+    router
+        .ip(&["addr", "add", "192.0.2.1/24", "dev", "toa"])
+        .unwrap();
+    router
+        .ip(&["addr", "add", "198.51.100.1/24", "dev", "tob"])
+        .unwrap();
+    router
+        .run("sysctl", &["-qw", "net.ipv4.ip_forward=1"])
+        .unwrap();
+    a.ip(&["addr", "add", "192.0.2.2/24", "dev", "eth0"])
+        .unwrap();
+    a.ip(&["route", "add", "default", "via", "192.0.2.1"])
+        .unwrap();
+    b.ip(&["addr", "add", "198.51.100.2/24", "dev", "eth0"])
+        .unwrap();
+    b.ip(&["route", "add", "default", "via", "198.51.100.1"])
+        .unwrap();
+    Topology {
+        a,
+        b,
+        _router: router,
+    }
+}
+
+fn ping_ok(ns: &Netns, dst: &str) -> bool {
+    ns.run("ping", &["-c", "1", "-W", "1", "-q", dst]).is_ok()
+}
+
+/// A ping running in the background, killed (by pid) if the test ends early.
+struct PingRun(Option<Child>);
+
+impl PingRun {
+    fn start(ns: &Netns, dst: &str, count: u32, interval: &str) -> PingRun {
+        let child = ns
+            .command("ping")
+            .args([
+                "-q",
+                "-n",
+                "-i",
+                interval,
+                "-W",
+                "1",
+                "-c",
+                &count.to_string(),
+                dst,
+            ])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        PingRun(Some(child))
+    }
+
+    /// (transmitted, received)
+    fn finish(mut self) -> (u32, u32) {
+        let out = self.0.take().unwrap().wait_with_output().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let line = text
+            .lines()
+            .find(|l| l.contains("packets transmitted"))
+            .unwrap_or_else(|| panic!("no ping summary in {text:?}"));
+        let nums: Vec<u32> = line
+            .split(|c: char| !c.is_ascii_digit())
+            .filter(|s| !s.is_empty())
+            .take(2)
+            .map(|s| s.parse().unwrap())
+            .collect();
+        (nums[0], nums[1])
+    }
+}
+
+impl Drop for PingRun {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.0.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+fn link_exists(ns: &Netns, ifname: &str) -> bool {
+    ns.ip(&["link", "show", "dev", ifname]).is_ok()
+}
+
+#[test]
+fn userspace_overlay_carries_traffic_and_follows_peer_changes_without_loss() {
+    let t = topology("wgov");
+    let state = temp_state_dir("ov");
+    let (if_a, if_b) = (ifname(), ifname());
+    let (key_a, key_b) = (keys::generate(), keys::generate());
+    let (pub_a, pub_b) = (keys::public_key(&key_a), keys::public_key(&key_b));
+    let spec_a = device(
+        &if_a,
+        "10.77.0.1/24",
+        51820,
+        &key_a,
+        vec![peer(pub_b, Some("198.51.100.2:51821"), &["10.77.0.2/32"])],
+    );
+    let spec_b = device(
+        &if_b,
+        "10.77.0.2/24",
+        51821,
+        &key_b,
+        vec![peer(pub_a, Some("192.0.2.2:51820"), &["10.77.0.1/32"])],
+    );
+    let pod_a = agent(&t.a, Mode::Userspace, &state.0);
+    let pod_b = agent(&t.b, Mode::Userspace, &state.0);
+    apply(&pod_a, Some(&spec_a)).unwrap();
+    apply(&pod_b, Some(&spec_b)).unwrap();
+
+    // The link as the spec wants it, seen by `ip -j`.
+    let link = ip_json(&t.a, &["link", "show", "dev", &if_a]).unwrap();
+    assert_eq!(link[0]["mtu"], 1420);
+    assert!(link[0]["flags"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|f| f == "UP"));
+    let addrs = ip_json(&t.a, &["addr", "show", "dev", &if_a]).unwrap();
+    let local: Vec<String> = addrs[0]["addr_info"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|a| a["scope"] != "link")
+        .map(|a| format!("{}/{}", a["local"].as_str().unwrap(), a["prefixlen"]))
+        .collect();
+    assert_eq!(
+        local,
+        ["10.77.0.1/24"],
+        "the overlay address is the only global one"
+    );
+    let routes = ip_json(&t.a, &["route", "show", "dev", &if_a]).unwrap();
+    assert!(
+        routes
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["dst"] == "10.77.0.0/24"),
+        "connected route: {routes}"
+    );
+
+    // Traffic crosses the overlay.
+    wait_until(Duration::from_secs(10), "ping over the overlay", || {
+        ping_ok(&t.a, "10.77.0.2")
+            .then_some(())
+            .ok_or("no reply".to_owned())
+    });
+
+    // `wg` (wireguard-tools) reads our socket and sees exactly the spec's peers.
+    let dump = wg_dump(&t.a, &if_a).unwrap();
+    assert_eq!(dump[0][2], "51820", "listen port in {dump:?}");
+    assert_eq!(dump.len(), 2, "one peer in {dump:?}");
+    assert_eq!(dump[1][0], pub_b.to_base64());
+    assert_eq!(dump[1][2], "198.51.100.2:51821");
+    assert_eq!(dump[1][3], "10.77.0.2/32");
+
+    // The status: read from the device, healthy, with the handshake and byte counts.
+    let st = observe(&pod_a, Some(&spec_a)).unwrap();
+    assert_eq!(st.overall, Overall::Healthy, "{}", st.last_error);
+    assert_eq!(st.backend, Backend::Userspace);
+    assert_eq!(st.public_key, pub_a.to_base64());
+    assert_eq!(st.listen_port, 51820);
+    assert_eq!(st.peers.len(), 1);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let p = &st.peers[0];
+    assert!(
+        p.last_handshake_unix > now - 60 && p.last_handshake_unix <= now + 1,
+        "{p:?}"
+    );
+    assert!(p.rx_bytes > 0 && p.tx_bytes > 0, "{p:?}");
+    assert_eq!(p.endpoint.as_deref(), Some("198.51.100.2:51821"));
+    assert!(!format!("{st:?}").contains(&key_a.expose_base64()));
+
+    // A third peer arrives, then its allowed IPs change, while A pings B: nothing is lost,
+    // because peer B is never touched.
+    let third = keys::public_key(&keys::generate());
+    let ping = PingRun::start(&t.a, "10.77.0.2", 60, "0.05");
+    std::thread::sleep(Duration::from_millis(300));
+    let mut spec_a2 = spec_a.clone();
+    spec_a2
+        .peers
+        .push(peer(third, Some("203.0.113.9:51820"), &["10.77.0.3/32"]));
+    apply(&pod_a, Some(&spec_a2)).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let mut spec_a3 = spec_a2.clone();
+    spec_a3.peers[1].allowed_ips = vec![
+        "10.77.0.3/32".parse().unwrap(),
+        "10.77.3.0/24".parse().unwrap(),
+    ];
+    apply(&pod_a, Some(&spec_a3)).unwrap();
+    // The changed peer was removed and re-added in one request: the device neither panicked
+    // nor hangs, and it reports the new allowed IPs.
+    let (sent, received) = ping.finish();
+    assert_eq!((sent, received), (60, 60), "pings lost during peer updates");
+    let dump = wg_dump(&t.a, &if_a).unwrap();
+    assert_eq!(dump.len(), 3, "{dump:?}");
+    let third_line = dump.iter().find(|l| l[0] == third.to_base64()).unwrap();
+    assert_eq!(third_line[3], "10.77.0.3/32,10.77.3.0/24");
+    let st = observe(&pod_a, Some(&spec_a3)).unwrap();
+    assert_eq!(st.overall, Overall::Healthy, "{}", st.last_error);
+    assert_eq!(st.peers.len(), 2);
+
+    // Changing the live peer B (keepalive, allowed IPs) does not wedge the device either.
+    let mut spec_a4 = spec_a3.clone();
+    spec_a4.peers[0].persistent_keepalive = Some(5);
+    spec_a4.peers[0]
+        .allowed_ips
+        .push("10.77.9.0/24".parse().unwrap());
+    apply(&pod_a, Some(&spec_a4)).unwrap();
+    assert_eq!(
+        observe(&pod_a, Some(&spec_a4)).unwrap().overall,
+        Overall::Healthy
+    );
+    wait_until(
+        Duration::from_secs(10),
+        "ping after changing the peer",
+        || {
+            ping_ok(&t.a, "10.77.0.2")
+                .then_some(())
+                .ok_or("no reply".to_owned())
+        },
+    );
+    // A re-apply of the same spec sends nothing and keeps it healthy.
+    apply(&pod_a, Some(&spec_a4)).unwrap();
+
+    // `wg set` through our socket is refused: the agent owns the device.
+    let refused =
+        t.a.run("wg", &["set", &if_a, "peer", &third.to_base64(), "remove"]);
+    assert!(refused.is_err());
+    assert_eq!(wg_dump(&t.a, &if_a).unwrap().len(), 3);
+
+    // Removing peer B stops its traffic, both ways.
+    let mut spec_a5 = spec_a4.clone();
+    spec_a5.peers.remove(0);
+    apply(&pod_a, Some(&spec_a5)).unwrap();
+    assert!(!ping_ok(&t.a, "10.77.0.2"));
+    assert!(!ping_ok(&t.b, "10.77.0.1"));
+    let dump = wg_dump(&t.a, &if_a).unwrap();
+    assert_eq!(dump.len(), 2);
+    assert_eq!(dump[1][0], third.to_base64());
+
+    // Dropping the section removes the interface and its socket.
+    apply(&pod_a, None).unwrap();
+    assert!(!link_exists(&t.a, &if_a));
+    assert!(!std::path::Path::new(&format!("/var/run/wireguard/{if_a}.sock")).exists());
+    assert_eq!(observe(&pod_a, None), None);
+    // B still runs until its pod goes; then its interface goes with it.
+    assert!(link_exists(&t.b, &if_b));
+    drop(pod_b);
+    assert!(!link_exists(&t.b, &if_b));
+    assert!(!std::path::Path::new(&format!("/var/run/wireguard/{if_b}.sock")).exists());
+}
+
+#[test]
+fn a_generated_key_is_kept_and_survives_a_restart() {
+    require_root();
+    let ns = Netns::new("wgkey").unwrap();
+    let state = temp_state_dir("key");
+    let ifn = ifname();
+    let mut spec = device(&ifn, "10.78.0.1/24", 51830, &keys::generate(), vec![]);
+    spec.private_key = None;
+
+    let first = agent(&ns, Mode::Userspace, &state.0);
+    apply(&first, Some(&spec)).unwrap();
+    let st = observe(&first, Some(&spec)).unwrap();
+    assert_eq!(st.overall, Overall::Healthy, "{}", st.last_error);
+    drop(first);
+    assert!(
+        !link_exists(&ns, &ifn),
+        "shutdown removes the userspace interface"
+    );
+
+    use std::os::unix::fs::PermissionsExt;
+    let path = state.0.join(KEY_FILE);
+    let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600);
+    let stored = SecretKey::parse(std::fs::read_to_string(&path).unwrap().trim()).unwrap();
+    assert_eq!(st.public_key, keys::public_key(&stored).to_base64());
+    assert!(!format!("{st:?}").contains(&stored.expose_base64()));
+
+    let second = agent(&ns, Mode::Userspace, &state.0);
+    apply(&second, Some(&spec)).unwrap();
+    let again = observe(&second, Some(&spec)).unwrap();
+    assert_eq!(again.public_key, st.public_key, "same key after a restart");
+}
+
+/// Collects the log lines the manager emits on its thread.
+#[derive(Clone, Default)]
+struct Captured(Arc<Mutex<Vec<u8>>>);
+
+impl Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[test]
+fn auto_mode_falls_back_to_userspace_and_says_why() {
+    require_root();
+    let ns = Netns::new("wgauto").unwrap();
+    let state = temp_state_dir("auto");
+    let ifn = ifname();
+    let key = keys::generate();
+    let spec = device(&ifn, "10.79.0.1/24", 51840, &key, vec![]);
+    let logs = Captured::default();
+    let sink = logs.clone();
+    let dir = state.0.clone();
+    // The subscriber is installed on the pod's thread for its whole life.
+    let pod: NsThread<(Agent, tracing::subscriber::DefaultGuard)> =
+        NsThread::spawn(&ns, move || {
+            let subscriber = tracing_subscriber::fmt()
+                .with_max_level(tracing::Level::TRACE)
+                .with_ansi(false)
+                .with_writer(move || sink.clone())
+                .finish();
+            let guard = tracing::subscriber::set_default(subscriber);
+            (
+                Agent {
+                    rtnl: Rtnl::open().unwrap(),
+                    wg: WireGuardManager::new(Mode::Auto, &dir),
+                },
+                guard,
+            )
+        });
+    let s = spec.clone();
+    let (backend, reason, status) = pod.run(move |(a, _)| {
+        a.wg.apply(&mut a.rtnl, Some(&s))
+            .map_err(|e| error_chain(&e))
+            .unwrap();
+        let st = a.wg.observe(&mut a.rtnl, Some(&s)).unwrap();
+        (
+            a.wg.backend(),
+            a.wg.fallback_reason().map(str::to_owned),
+            st,
+        )
+    });
+    assert_eq!(backend, Some(Backend::Userspace));
+    assert_eq!(status.backend, Backend::Userspace);
+    assert_eq!(status.overall, Overall::Healthy, "{}", status.last_error);
+    let reason = reason.expect("a fallback reason");
+    assert!(reason.contains("Operation not supported"), "{reason}");
+    let log = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
+    let warning = log
+        .lines()
+        .find(|l| l.contains("WARN") && l.contains("falling back to userspace"))
+        .unwrap_or_else(|| panic!("no fallback warning in:\n{log}"));
+    assert!(warning.contains("Operation not supported"), "{warning}");
+    assert_eq!(log.matches("falling back").count(), 1, "warned once");
+    // Secrets stay out of the log, in both encodings.
+    assert!(!log.contains(&key.expose_base64()));
+    assert!(!log.contains(&hex::encode(key.expose())));
+    drop(pod);
+    assert!(!link_exists(&ns, &ifn));
+}
+
+#[test]
+fn kernel_mode_without_kernel_wireguard_names_what_failed() {
+    require_root();
+    let ns = Netns::new("wgkern").unwrap();
+    let state = temp_state_dir("kern");
+    let ifn = ifname();
+    let spec = device(&ifn, "10.80.0.1/24", 51850, &keys::generate(), vec![]);
+    let pod = agent(&ns, Mode::Kernel, &state.0);
+    let err = apply(&pod, Some(&spec)).unwrap_err();
+    assert!(
+        err.starts_with(&format!(
+            "create wireguard interface {ifn}: Operation not supported"
+        )),
+        "{err}"
+    );
+    let st = observe(&pod, Some(&spec)).unwrap();
+    assert_eq!(st.overall, Overall::Degraded);
+    assert_eq!(st.backend, Backend::Kernel);
+    assert!(!link_exists(&ns, &ifn));
+}
+
+#[test]
+fn observe_reports_outside_changes_to_the_link() {
+    require_root();
+    let ns = Netns::new("wgdrift").unwrap();
+    let state = temp_state_dir("drift");
+    let ifn = ifname();
+    let spec = device(&ifn, "10.81.0.1/24", 51860, &keys::generate(), vec![]);
+    let pod = agent(&ns, Mode::Userspace, &state.0);
+    apply(&pod, Some(&spec)).unwrap();
+    ns.ip(&["addr", "del", "10.81.0.1/24", "dev", &ifn])
+        .unwrap();
+    ns.ip(&["link", "set", &ifn, "mtu", "1380"]).unwrap();
+    let st = observe(&pod, Some(&spec)).unwrap();
+    assert_eq!(st.overall, Overall::Degraded);
+    assert!(
+        st.last_error.contains("MTU 1380, not 1420"),
+        "{}",
+        st.last_error
+    );
+    assert!(
+        st.last_error.contains("lacks address 10.81.0.1/24"),
+        "{}",
+        st.last_error
+    );
+    apply(&pod, Some(&spec)).unwrap();
+    let st = observe(&pod, Some(&spec)).unwrap();
+    assert_eq!(st.overall, Overall::Healthy, "{}", st.last_error);
+}

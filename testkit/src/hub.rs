@@ -1,0 +1,67 @@
+//! A small world for end-to-end tests: a hub namespace where `nats-server` and the test's own
+//! clients run, and pod namespaces joined to it by a control link (`ctl0`), so each agent
+//! reaches NATS without touching the interface it manages (`eth0`). Nothing is created in the
+//! root namespace; everything goes when the values drop.
+
+use std::future::Future;
+
+use anyhow::Result;
+
+use crate::netns::{veth, Netns};
+
+/// The hub namespace.
+#[derive(Debug)]
+pub struct Hub {
+    pub ns: Netns,
+    pods: u8,
+}
+
+/// A pod namespace with its control link to the hub.
+#[derive(Debug)]
+pub struct PodNs {
+    pub ns: Netns,
+    /// The hub's address on this pod's control link: where the pod reaches NATS.
+    pub hub_addr: String,
+}
+
+impl Hub {
+    pub fn new() -> Result<Hub> {
+        Ok(Hub {
+            ns: Netns::new("hub")?,
+            pods: 0,
+        })
+    }
+
+    /// A new pod namespace joined to the hub by `ctl0` (10.255.<n>.2/30 in the pod,
+    /// 10.255.<n>.1/30 in the hub).
+    pub fn add_pod(&mut self, tag: &str) -> Result<PodNs> {
+        self.pods += 1;
+        let n = self.pods;
+        let ns = Netns::new(tag)?;
+        let hub_if = format!("ctl{n}");
+        veth(&ns, "ctl0", &self.ns, &hub_if)?;
+        let hub_addr = format!("10.255.{n}.1");
+        self.ns
+            .ip(&["addr", "add", &format!("{hub_addr}/30"), "dev", &hub_if])?;
+        ns.ip(&["addr", "add", &format!("10.255.{n}.2/30"), "dev", "ctl0"])?;
+        Ok(PodNs { ns, hub_addr })
+    }
+
+    /// Runs an async test body on a tokio runtime whose threads live in the hub namespace,
+    /// so every socket it opens (and every process it spawns, nats-server included) is there.
+    pub fn block_on<F, Fut, R>(&self, body: F) -> R
+    where
+        F: FnOnce() -> Fut + Send,
+        Fut: Future<Output = R>,
+        R: Send,
+    {
+        self.ns.enter(|| {
+            tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .expect("tokio runtime")
+                .block_on(body())
+        })
+    }
+}
