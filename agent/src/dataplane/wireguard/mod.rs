@@ -135,6 +135,14 @@ pub enum DeviceError {
     Userspace(#[from] userspace::Error),
 }
 
+impl DeviceError {
+    /// True when the device no longer answers (a userspace device that timed out or went
+    /// away), as opposed to refusing a request.
+    pub fn is_stuck(&self) -> bool {
+        matches!(self, DeviceError::Userspace(userspace::Error::Talk(_)))
+    }
+}
+
 /// The running device behind the interface.
 #[derive(Debug)]
 enum Device {
@@ -246,26 +254,19 @@ impl WireGuardManager {
             });
         }
         let active = self.active.as_mut().expect("created above");
-        let observed = active
-            .device
-            .get(ifname)
-            .map_err(|e| Error::GetDevice(ifname.into(), e))?;
-        let plan = plan::plan(desired, &key, &observed);
-        if plan.is_empty() {
-            tracing::debug!(interface = ifname, "peers are already up to date");
-        } else {
-            info!(
-                interface = ifname,
-                added = plan.added.len(),
-                changed = plan.changed.len(),
-                removed = plan.removed.len(),
-                "updating WireGuard device"
-            );
-            active
-                .device
-                .set(ifname, &plan)
-                .map_err(|e| Error::SetDevice(ifname.into(), e))?;
+        let result = configure_device(&mut active.device, ifname, desired, &key);
+        if let Err(Error::GetDevice(_, e) | Error::SetDevice(_, e)) = &result {
+            if e.is_stuck() {
+                // A device that stopped answering does not recover: replace it on the next
+                // apply rather than time out on it forever.
+                warn!(
+                    interface = ifname,
+                    "WireGuard device stopped answering; it will be restarted"
+                );
+                self.discard();
+            }
         }
+        result?;
         configure_link(rtnl, desired)
     }
 
@@ -315,6 +316,12 @@ impl WireGuardManager {
     /// Stops a userspace device (its interface goes with it). A kernel interface stays: it
     /// keeps the overlay up while the agent restarts, and the next agent adopts it.
     pub fn shutdown(&mut self) {
+        self.discard();
+    }
+
+    /// Drops the active device without touching the kernel (its interface goes with it
+    /// when it is a userspace one).
+    fn discard(&mut self) {
         if let Some(active) = self.active.take() {
             if let Device::Userspace(mut dev) = active.device {
                 dev.stop();
@@ -391,6 +398,33 @@ impl Drop for WireGuardManager {
     fn drop(&mut self) {
         self.shutdown();
     }
+}
+
+/// Reads the device, diffs it against the spec and sends only the difference.
+fn configure_device(
+    device: &mut Device,
+    ifname: &str,
+    desired: &WireGuard,
+    key: &SecretKey,
+) -> Result<(), Error> {
+    let observed = device
+        .get(ifname)
+        .map_err(|e| Error::GetDevice(ifname.into(), e))?;
+    let plan = plan::plan(desired, key, &observed);
+    if plan.is_empty() {
+        tracing::debug!(interface = ifname, "peers are already up to date");
+        return Ok(());
+    }
+    info!(
+        interface = ifname,
+        added = plan.added.len(),
+        changed = plan.changed.len(),
+        removed = plan.removed.len(),
+        "updating WireGuard device"
+    );
+    device
+        .set(ifname, &plan)
+        .map_err(|e| Error::SetDevice(ifname.into(), e))
 }
 
 fn start_userspace(ifname: &str) -> Result<Device, Error> {

@@ -120,13 +120,25 @@ fn peer_matches(desired: &Peer, seen: &ObservedPeer) -> bool {
     // An endpoint the spec leaves open is learned from the peer's packets (roaming): any
     // observed value is right. One the spec names must be there.
     let endpoint_ok = desired.endpoint.is_none() || desired.endpoint == seen.endpoint;
-    let mut allowed = seen.allowed_ips.clone();
-    allowed.sort();
-    allowed.dedup();
     endpoint_ok
-        && allowed == desired.allowed_ips
+        && same_set(&desired.allowed_ips, &seen.allowed_ips)
         && desired.persistent_keepalive.unwrap_or(0) == seen.persistent_keepalive
         && preshared(desired.preshared_key.as_ref()) == preshared(seen.preshared_key.as_ref())
+}
+
+/// Whether two lists of networks hold the same networks. Validated specs and parsed devices
+/// are both sorted and deduplicated, so this is usually a plain comparison.
+fn same_set(a: &[IpNet], b: &[IpNet]) -> bool {
+    if a == b {
+        return true;
+    }
+    let norm = |v: &[IpNet]| {
+        let mut v = v.to_vec();
+        v.sort();
+        v.dedup();
+        v
+    };
+    norm(a) == norm(b)
 }
 
 /// All zeros is what the protocol uses when there is no preshared key.

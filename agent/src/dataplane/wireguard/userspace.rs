@@ -177,7 +177,12 @@ impl UserspaceDevice {
                 let control = self.control.lock().unwrap_or_else(|p| p.into_inner());
                 let _ = control.writer.shutdown(std::net::Shutdown::Both);
             }
-            device.wait();
+            // boringtun's wait() unwraps each worker's join: a worker that panicked would
+            // take the reconciler down with it. Contain that here.
+            let joined = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| device.wait()));
+            if joined.is_err() {
+                warn!(interface = %self.name, "a boringtun worker had panicked");
+            }
             debug!(interface = %self.name, "userspace device stopped");
         }
     }
