@@ -15,8 +15,8 @@ use weft_schema::status::{Backend, Overall, PodStatus};
 use weft_testkit::require_root;
 use weft_testkit::vm::{Guest, Kernel, Outcome, Verdict};
 
-/// Modules the guest scripts load: WireGuard, and nftables for the agent's baseline
-/// firewall (`ct state` needs `nft_ct`).
+/// Modules in the guest: WireGuard, and nftables for the agent's baseline firewall
+/// (`ct state` needs `nft_ct`). [`agent_script`] loads them.
 const MODULES: &[&str] = &["wireguard", "nf_tables", "nft_ct"];
 
 /// Generous: TCG on two shared cores, booting takes about 8 s when the machine is idle.
@@ -210,6 +210,51 @@ fn spec(generation: u64, wireguard: Option<WireGuardSpec>) -> PodSpec {
     }
 }
 
+/// Shell functions for the agent tests:
+/// - `apply N`: `weft-agent apply /mnt/host/spec-N.json --wireguard kernel` with one state
+///   directory for every call, its status printed between `WEFT-STATUS-N-BEGIN`/`-END`; fails
+///   unless it exits 0 (Healthy).
+/// - `overlay_matches N`: the status names the kernel backend, wg0 is a kernel wireguard
+///   link, `wg show` is exactly `/mnt/host/want-N`, and wg0 has 10.9.0.1/24 and its route.
+/// - `overlay_gone`: no wg0 at all.
+const AGENT_PRELUDE: &str = r#"
+mkdir -p /tmp/state
+fail() { echo "WEFT-FAIL $*"; exit 1; }
+
+apply() {
+    set +e
+    weft-agent apply /mnt/host/spec-$1.json --state-dir /tmp/state --wireguard kernel > /tmp/status-$1.json
+    rc=$?
+    set -e
+    echo "WEFT-STATUS-$1-BEGIN"; cat /tmp/status-$1.json; echo; echo "WEFT-STATUS-$1-END"
+    [ "$rc" -eq 0 ] || fail "apply $1 exited $rc"
+}
+
+overlay_matches() {
+    grep -Eq '"Backend" *: *"kernel"' /tmp/status-$1.json || fail "status $1 does not name the kernel backend"
+    ip -d link show wg0 | grep -q wireguard || fail "wg0 is not a kernel wireguard link after spec $1"
+    wg_normal wg0 > /tmp/got-$1
+    diff -u /mnt/host/want-$1 /tmp/got-$1 || fail "wg show wg0 differs from spec $1"
+    ip -o -4 addr show dev wg0 | grep -q 'inet 10.9.0.1/24 ' || fail "wg0 lacks 10.9.0.1/24 after spec $1"
+    ip -4 route show 10.9.0.0/24 dev wg0 | grep -q . || fail "no route to 10.9.0.0/24 via wg0 after spec $1"
+    echo "WEFT-CHECK spec $1 matches"
+}
+
+overlay_gone() {
+    ! ip link show wg0 2>/dev/null || fail "wg0 outlived its spec"
+    echo "WEFT-CHECK wg0 removed"
+}
+"#;
+
+/// A guest script for the agent tests: the modules loaded, [`WG_NORMAL`] and
+/// [`AGENT_PRELUDE`] defined, then `body`.
+fn agent_script(body: &str) -> String {
+    format!(
+        "for m in {}; do modprobe \"$m\"; done\n{WG_NORMAL}{AGENT_PRELUDE}{body}",
+        MODULES.join(" ")
+    )
+}
+
 /// The status the agent printed for `apply` number `n`, parsed with the wire type (unknown
 /// fields are an error there too).
 fn status(outcome: &Outcome, n: u32) -> PodStatus {
@@ -222,51 +267,30 @@ fn status(outcome: &Outcome, n: u32) -> PodStatus {
     serde_json::from_str(&text).unwrap_or_else(|e| panic!("status {n}: {e}: {text:?}"))
 }
 
-/// The real agent binary, in the guest, applies three specs with `--wireguard kernel`
-/// through its one-shot `apply` form: create wg0, then add, change and remove peers (and
-/// move the port), then drop the overlay. After each, the guest's own `wg` and `ip` must show
-/// exactly the spec, and the status must name the kernel backend.
-#[test]
-fn agent_apply_drives_kernel_wireguard() {
-    let started = Instant::now();
-    require_root();
-    let kernel = kernel();
-    let mut guest = Guest::new(&kernel, "wireguard-kernel-agent").unwrap();
+/// The status of a Healthy apply of `wg` as generation `generation`.
+fn assert_overlay_status(st: &PodStatus, generation: u64, wg: &WireGuardSpec, key: &str) {
+    assert_eq!(st.overall, Overall::Healthy, "{st:?}");
+    assert_eq!(st.observed_generation, generation);
+    let overlay = st.wireguard.as_ref().expect("WireGuard status");
+    assert_eq!(overlay.backend, Backend::Kernel);
+    assert_eq!(overlay.interface, wg.interface);
+    assert_eq!(overlay.public_key, public_key(key));
+    assert_eq!(u32::from(overlay.listen_port), wg.listen_port);
+    let mut reported: Vec<_> = overlay.peers.iter().map(|p| &p.public_key).collect();
+    let mut wanted: Vec<_> = wg.peers.iter().map(|p| &p.public_key).collect();
+    reported.sort();
+    wanted.sort();
+    assert_eq!(reported, wanted, "peers of generation {generation}");
+}
+
+/// A guest with `wg`, `ip` and the agent binary, and `specs` on the share as
+/// `spec-1.json`, `spec-2.json`, ...
+fn agent_guest(name: &str, specs: &[PodSpec]) -> Guest {
+    let mut guest = Guest::new(&kernel(), name).unwrap();
     guest.tool("wg").unwrap().tool("ip").unwrap();
     guest
         .share_binary(std::path::Path::new(env!("CARGO_BIN_EXE_weft-agent")))
         .unwrap();
-
-    let key = private_key();
-    let a = new_peer(&["10.9.0.2/32"], Some("192.0.2.7:51820"), Some(25));
-    let b = new_peer(&["10.9.0.3/32", "10.9.3.0/24"], None, None);
-    let mut c = new_peer(&["2001:db8:9::3/128"], Some("[2001:db8::3]:51820"), None);
-    c.preshared_key = Some(Secret::new(private_key()));
-    let first = WireGuardSpec {
-        interface: "wg0".into(),
-        address: "10.9.0.1/24".into(),
-        listen_port: 51820,
-        private_key: Some(Secret::new(key.clone())),
-        peers: vec![a.clone(), b.clone(), c.clone()],
-        mtu: None,
-    };
-    // a changes (allowed IPs, endpoint, keepalive off), b goes, c stays, d arrives.
-    let mut a2 = a.clone();
-    a2.allowed_ips = vec!["10.9.0.2/32".into(), "10.9.2.0/24".into()];
-    a2.endpoint = Some("198.51.100.7:51830".into());
-    a2.persistent_keepalive_seconds = None;
-    let d = new_peer(&["10.9.0.4/32"], Some("203.0.113.4:51820"), Some(10));
-    let second = WireGuardSpec {
-        listen_port: 51821,
-        peers: vec![a2.clone(), c.clone(), d.clone()],
-        ..first.clone()
-    };
-
-    let specs = [
-        spec(1, Some(first.clone())),
-        spec(2, Some(second.clone())),
-        spec(3, None),
-    ];
     for (i, s) in specs.iter().enumerate() {
         guest
             .share_file(
@@ -276,70 +300,95 @@ fn agent_apply_drives_kernel_wireguard() {
             .unwrap();
     }
     guest
+}
+
+/// The first overlay of both agent tests: three peers (one IPv6 with a preshared key).
+fn first_overlay(key: &str) -> WireGuardSpec {
+    let a = new_peer(&["10.9.0.2/32"], Some("192.0.2.7:51820"), Some(25));
+    let b = new_peer(&["10.9.0.3/32", "10.9.3.0/24"], None, None);
+    let mut c = new_peer(&["2001:db8:9::3/128"], Some("[2001:db8::3]:51820"), None);
+    c.preshared_key = Some(Secret::new(private_key()));
+    WireGuardSpec {
+        interface: "wg0".into(),
+        address: "10.9.0.1/24".into(),
+        listen_port: 51820,
+        private_key: Some(Secret::new(key.to_owned())),
+        peers: vec![a, b, c],
+        mtu: None,
+    }
+}
+
+/// The real agent binary, in the guest, applies two specs with `--wireguard kernel` through
+/// its one-shot `apply` form: create wg0, then add, change and remove peers and move the
+/// port. After each, the guest's own `wg` and `ip` must show exactly the spec, and the status
+/// must name the kernel backend.
+#[test]
+fn agent_apply_drives_kernel_wireguard() {
+    let started = Instant::now();
+    require_root();
+    let key = private_key();
+    let first = first_overlay(&key);
+    // a changes (allowed IPs, endpoint, keepalive off), b goes, c stays, d arrives.
+    let [a, _b, c] = <[PeerSpec; 3]>::try_from(first.peers.clone()).unwrap();
+    let mut a2 = a.clone();
+    a2.allowed_ips = vec!["10.9.0.2/32".into(), "10.9.2.0/24".into()];
+    a2.endpoint = Some("198.51.100.7:51830".into());
+    a2.persistent_keepalive_seconds = None;
+    let d = new_peer(&["10.9.0.4/32"], Some("203.0.113.4:51820"), Some(10));
+    let second = WireGuardSpec {
+        listen_port: 51821,
+        peers: vec![a2, c, d],
+        ..first.clone()
+    };
+
+    let mut guest = agent_guest(
+        "wireguard-kernel-agent",
+        &[spec(1, Some(first.clone())), spec(2, Some(second.clone()))],
+    );
+    guest
         .share_file("want-1", wg_normal(&key, first.listen_port, &first.peers))
         .unwrap()
         .share_file("want-2", wg_normal(&key, second.listen_port, &second.peers))
         .unwrap();
-
-    let script = format!(
-        r#"{WG_NORMAL}
-for m in {modules}; do modprobe "$m"; done
-mkdir -p /tmp/state
-fail() {{ echo "WEFT-FAIL $*"; exit 1; }}
-
-apply() {{
-    set +e
-    weft-agent apply /mnt/host/spec-$1.json --state-dir /tmp/state --wireguard kernel > /tmp/status-$1.json
-    rc=$?
-    set -e
-    echo "WEFT-STATUS-$1-BEGIN"; cat /tmp/status-$1.json; echo; echo "WEFT-STATUS-$1-END"
-    [ "$rc" -eq 0 ] || fail "apply $1 exited $rc"
-}}
-
-overlay_matches() {{
-    grep -Eq '"Backend" *: *"kernel"' /tmp/status-$1.json || fail "status $1 does not name the kernel backend"
-    ip -d link show wg0 | grep -q wireguard || fail "wg0 is not a kernel wireguard link after spec $1"
-    wg_normal wg0 > /tmp/got-$1
-    diff -u /mnt/host/want-$1 /tmp/got-$1 || fail "wg show wg0 differs from spec $1"
-    ip -o -4 addr show dev wg0 | grep -q 'inet 10.9.0.1/24 ' || fail "wg0 lacks 10.9.0.1/24 after spec $1"
-    ip -4 route show 10.9.0.0/24 dev wg0 | grep -q . || fail "no route to 10.9.0.0/24 via wg0 after spec $1"
-    echo "WEFT-CHECK spec $1 matches"
-}}
-
-apply 1
-overlay_matches 1
-apply 2
-overlay_matches 2
-apply 3
-! ip link show wg0 2>/dev/null || fail "wg0 outlived its spec"
-echo "WEFT-CHECK spec 3 removed wg0"
-"#,
-        modules = MODULES.join(" "),
-    );
+    let script = agent_script("apply 1\noverlay_matches 1\napply 2\noverlay_matches 2\n");
     let outcome = guest.boot(&script, TIMEOUT).unwrap();
     report("agent_apply_drives_kernel_wireguard", started, &outcome);
     assert!(outcome.passed(), "guest failed:\n{}", outcome.console);
 
     // The guest checked the kernel; here the statuses are checked against the specs.
-    for (n, wg) in [(1, &first), (2, &second)] {
-        let st = status(&outcome, n);
-        assert_eq!(st.overall, Overall::Healthy, "status {n}: {st:?}");
-        assert_eq!(st.observed_generation, u64::from(n));
-        let overlay = st.wireguard.expect("WireGuard status");
-        assert_eq!(overlay.backend, Backend::Kernel);
-        assert_eq!(overlay.interface, "wg0");
-        assert_eq!(overlay.public_key, public_key(&key));
-        assert_eq!(u32::from(overlay.listen_port), wg.listen_port);
-        let mut reported: Vec<_> = overlay.peers.iter().map(|p| &p.public_key).collect();
-        let mut wanted: Vec<_> = wg.peers.iter().map(|p| &p.public_key).collect();
-        reported.sort();
-        wanted.sort();
-        assert_eq!(reported, wanted, "status {n} peers");
-    }
-    let last = status(&outcome, 3);
-    assert_eq!(last.overall, Overall::Healthy, "status 3: {last:?}");
-    assert_eq!(last.observed_generation, 3);
-    assert!(last.wireguard.is_none(), "status 3: {last:?}");
+    assert_overlay_status(&status(&outcome, 1), 1, &first, &key);
+    assert_overlay_status(&status(&outcome, 2), 2, &second, &key);
+}
+
+/// A spec without the WireGuard section removes the kernel interface an earlier apply (an
+/// earlier process, same state directory) created.
+#[test]
+fn agent_apply_without_overlay_removes_kernel_wireguard() {
+    let started = Instant::now();
+    require_root();
+    let key = private_key();
+    let first = first_overlay(&key);
+    let mut guest = agent_guest(
+        "wireguard-kernel-agent-remove",
+        &[spec(1, Some(first.clone())), spec(2, None)],
+    );
+    guest
+        .share_file("want-1", wg_normal(&key, first.listen_port, &first.peers))
+        .unwrap();
+    let script = agent_script("apply 1\noverlay_matches 1\napply 2\noverlay_gone\n");
+    let outcome = guest.boot(&script, TIMEOUT).unwrap();
+    report(
+        "agent_apply_without_overlay_removes_kernel_wireguard",
+        started,
+        &outcome,
+    );
+    assert!(outcome.passed(), "guest failed:\n{}", outcome.console);
+
+    assert_overlay_status(&status(&outcome, 1), 1, &first, &key);
+    let last = status(&outcome, 2);
+    assert_eq!(last.overall, Overall::Healthy, "{last:?}");
+    assert_eq!(last.observed_generation, 2);
+    assert!(last.wireguard.is_none(), "{last:?}");
 }
 
 /// A guest that overruns its time is killed and reported as such, promptly.

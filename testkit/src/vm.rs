@@ -4,7 +4,7 @@
 //! under the workspace's `target/` (never installed on the host), booted under TCG with a
 //! busybox-static initramfs built per boot. A per-boot directory is shared read-only over 9p
 //! and mounted on `/mnt/host`; the guest's `/init` (`testkit/vm/init`) runs
-//! `/mnt/host/script.sh` with `sh -e` and reports its exit status through QEMU's
+//! `/mnt/host/script.sh` with the host's `dash -e` and reports its exit status through QEMU's
 //! `isa-debug-exit` device, so the verdict is QEMU's own exit status and never depends on
 //! parsing console text.
 //!
@@ -295,7 +295,7 @@ impl Guest {
     /// (`target/weft-vm/console/<name>.log`), kept after the run for post-mortems.
     pub fn new(kernel: &Kernel, name: &str) -> Result<Guest> {
         let dir = TempDir::new(&std::env::temp_dir(), &format!("weft-vm-{name}"))?;
-        let guest = Guest {
+        let mut guest = Guest {
             kernel: kernel.clone(),
             name: name.to_owned(),
             dir,
@@ -323,6 +323,8 @@ impl Guest {
         let busybox = which("busybox")?;
         copy_file(&busybox, &root.join("bin/busybox"))?;
         guest.add_libraries(&busybox)?;
+        // The script's shell: busybox sh would run its own `ip` applet ahead of PATH.
+        guest.tool("dash")?;
         copy_tree(&kernel.modules_root, &root)?;
         let init = root.join("init");
         fs::write(&init, INIT)?;
@@ -364,7 +366,7 @@ impl Guest {
         Ok(self)
     }
 
-    /// Boots the guest, runs `script` (with `sh -e`, in `/tmp`) and waits at most `timeout`
+    /// Boots the guest, runs `script` (with `dash -e`, in `/tmp`) and waits at most `timeout`
     /// for QEMU to exit; on timeout QEMU is killed and the outcome is [`Verdict::TimedOut`].
     pub fn boot(self, script: &str, timeout: Duration) -> Result<Outcome> {
         fs::write(self.share().join("script.sh"), script)?;
