@@ -211,8 +211,8 @@ fn spec(generation: u64, wireguard: Option<WireGuardSpec>) -> PodSpec {
 }
 
 /// Shell functions for the agent tests:
-/// - `apply N`: `weft-agent apply /mnt/host/spec-N.json --wireguard kernel` with one state
-///   directory for every call, its status printed between `WEFT-STATUS-N-BEGIN`/`-END`; fails
+/// - `apply N [MODE]`: `weft-agent apply /mnt/host/spec-N.json --wireguard MODE` (default
+///   `kernel`) with one state directory for every call, its status printed between `WEFT-STATUS-N-BEGIN`/`-END`; fails
 ///   unless it exits 0 (Healthy).
 /// - `overlay_matches N`: the status names the kernel backend, wg0 is a kernel wireguard
 ///   link, `wg show` is exactly `/mnt/host/want-N`, and wg0 has 10.9.0.1/24 and its route.
@@ -223,7 +223,7 @@ fail() { echo "WEFT-FAIL $*"; exit 1; }
 
 apply() {
     set +e
-    weft-agent apply /mnt/host/spec-$1.json --state-dir /tmp/state --wireguard kernel > /tmp/status-$1.json
+    weft-agent apply /mnt/host/spec-$1.json --state-dir /tmp/state --wireguard "${2:-kernel}" > /tmp/status-$1.json
     rc=$?
     set -e
     echo "WEFT-STATUS-$1-BEGIN"; cat /tmp/status-$1.json; echo; echo "WEFT-STATUS-$1-END"
@@ -318,9 +318,9 @@ fn first_overlay(key: &str) -> WireGuardSpec {
     }
 }
 
-/// The real agent binary, in the guest, applies two specs with `--wireguard kernel` through
-/// its one-shot `apply` form: create wg0, then add, change and remove peers and move the
-/// port. After each, the guest's own `wg` and `ip` must show exactly the spec, and the status
+/// The real agent binary, in the guest, applies specs with `--wireguard kernel` through its
+/// one-shot `apply` form: create wg0, then add, change and remove peers and move the port,
+/// then the same again under `--wireguard auto`. After each, the guest's own `wg` and `ip` must show exactly the spec, and the status
 /// must name the kernel backend.
 #[test]
 fn agent_apply_drives_kernel_wireguard() {
@@ -341,16 +341,27 @@ fn agent_apply_drives_kernel_wireguard() {
         ..first.clone()
     };
 
+    // The third apply is the second overlay again under `--wireguard auto`: with a kernel
+    // that has WireGuard (never the case on the host), auto must keep the kernel device.
     let mut guest = agent_guest(
         "wireguard-kernel-agent",
-        &[spec(1, Some(first.clone())), spec(2, Some(second.clone()))],
+        &[
+            spec(1, Some(first.clone())),
+            spec(2, Some(second.clone())),
+            spec(3, Some(second.clone())),
+        ],
     );
+    let want_second = wg_normal(&key, second.listen_port, &second.peers);
     guest
         .share_file("want-1", wg_normal(&key, first.listen_port, &first.peers))
         .unwrap()
-        .share_file("want-2", wg_normal(&key, second.listen_port, &second.peers))
+        .share_file("want-2", &want_second)
+        .unwrap()
+        .share_file("want-3", &want_second)
         .unwrap();
-    let script = agent_script("apply 1\noverlay_matches 1\napply 2\noverlay_matches 2\n");
+    let script = agent_script(
+        "apply 1\noverlay_matches 1\napply 2\noverlay_matches 2\napply 3 auto\noverlay_matches 3\n",
+    );
     let outcome = guest.boot(&script, TIMEOUT).unwrap();
     report("agent_apply_drives_kernel_wireguard", started, &outcome);
     assert!(outcome.passed(), "guest failed:\n{}", outcome.console);
@@ -358,6 +369,7 @@ fn agent_apply_drives_kernel_wireguard() {
     // The guest checked the kernel; here the statuses are checked against the specs.
     assert_overlay_status(&status(&outcome, 1), 1, &first, &key);
     assert_overlay_status(&status(&outcome, 2), 2, &second, &key);
+    assert_overlay_status(&status(&outcome, 3), 3, &second, &key);
 }
 
 /// A spec without the WireGuard section removes the kernel interface an earlier apply (an
