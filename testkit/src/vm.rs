@@ -291,7 +291,8 @@ pub struct Guest {
 }
 
 impl Guest {
-    /// Prepares a guest with busybox and the kernel's modules; `name` names its console log
+    /// Prepares a guest with busybox, the host's `dash` (the script's shell) and the
+    /// kernel's modules; `name` names its console log
     /// (`target/weft-vm/console/<name>.log`), kept after the run for post-mortems.
     pub fn new(kernel: &Kernel, name: &str) -> Result<Guest> {
         let dir = TempDir::new(&std::env::temp_dir(), &format!("weft-vm-{name}"))?;
