@@ -11,11 +11,12 @@ use std::path::Path;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
+use weft_agent::dataplane::error_line;
 use weft_agent::dataplane::rtnl::Rtnl;
 use weft_agent::dataplane::wireguard::kernel;
 use weft_agent::dataplane::wireguard::keys;
 use weft_agent::dataplane::wireguard::plan::{self, ObservedDevice};
-use weft_agent::dataplane::wireguard::{error_chain, Mode, WireGuardManager};
+use weft_agent::dataplane::wireguard::{Mode, WireGuardManager};
 use weft_schema::key::{PublicKey, SecretKey};
 use weft_schema::validate::{IfName, Peer, WireGuard};
 use weft_testkit::wireguard::NsThread;
@@ -40,7 +41,7 @@ fn timed_apply(pod: &NsThread<Agent>, spec: Option<&WireGuard>) -> Duration {
     pod.run(move |a| {
         let start = Instant::now();
         a.wg.apply(&mut a.rtnl, spec.as_ref())
-            .map_err(|e| error_chain(&e))
+            .map_err(|e| error_line(&e))
             .expect("apply");
         start.elapsed()
     })

@@ -49,13 +49,16 @@ pub struct DaemonArgs {
     /// Longest time between two status snapshots (humantime: 5s, 1m30s).
     #[arg(long, env = "WEFT_STATUS_INTERVAL", default_value = "5s", value_parser = duration)]
     pub status_interval: Duration,
-    /// Where specs come from: the plain subject, or the JetStream KV bucket <prefix>-specs.
+    /// Where specs come from: the plain subject, or key <pod> of the JetStream KV bucket
+    /// <prefix>-specs (created with history 10 when missing; the plain subject is then not
+    /// consumed; deleting the key keeps the kernel as it is).
     #[arg(long, env = "WEFT_SPEC_SOURCE", value_enum, default_value_t = SpecSource::Subject)]
     pub spec_source: SpecSource,
     /// Encoding of published statuses.
     #[arg(long, env = "WEFT_STATUS_ENCODING", default_value = "json")]
     pub status_encoding: Encoding,
-    /// Also mirror every status into the JetStream KV bucket <prefix>-status.
+    /// Also mirror every status into key <pod> of the JetStream KV bucket <prefix>-status
+    /// (created with history 1 when missing), in --status-encoding.
     #[arg(long, env = "WEFT_STATUS_KV")]
     pub status_kv: bool,
     /// Full resync with the kernel at least this often, a safety net for lost events.

@@ -14,6 +14,7 @@
 //! - [`state`]: the state directory (last applied spec, WireGuard key).
 //! - [`run`]: the daemon and the one-shot apply as library functions.
 
+pub mod atomic_file;
 pub mod config;
 pub mod dataplane;
 pub mod intake;

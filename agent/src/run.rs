@@ -8,14 +8,14 @@ use std::time::Duration;
 use anyhow::Context;
 use tokio::sync::Notify;
 use tracing::{info, info_span, warn, Instrument};
-use weft_emitter::{stamp, Clock, Emitter, NatsSink, SystemClock};
+use weft_emitter::{mirror_to_kv, stamp, Clock, Emitter, Mirrored, NatsSink, SystemClock};
 use weft_schema::validate::ValidSpec;
 use weft_schema::{Encoding, PodId, PodSpec, PodStatus, Subjects};
 
 use crate::config::{ApplyArgs, DaemonArgs, KernelArgs, WireGuardMode};
 use crate::dataplane::{self, wireguard, Dataplane};
 use crate::intake;
-use crate::reconciler::{Handle, Reconciler, Replier, Submission};
+use crate::reconciler::{Handle, Reconciler, Replier, Submission, Timers};
 use crate::state::StateDir;
 
 /// How long shutdown waits for the last status and replies to leave.
@@ -40,8 +40,14 @@ fn settings(kernel: &KernelArgs) -> dataplane::Settings {
 pub async fn run(args: DaemonArgs, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
     let pod = args.pod_id.clone().context("--pod-id is required")?;
     let subjects = Subjects::new(&args.subject_prefix, pod.clone());
-    let (reconciler, thread) =
-        Handle::spawn(pod.clone(), settings(&args.kernel), args.status_interval)?;
+    let (reconciler, thread) = Handle::spawn(
+        pod.clone(),
+        settings(&args.kernel),
+        Timers {
+            observe: args.status_interval,
+            resync: args.resync_interval,
+        },
+    )?;
 
     // A reconnect publishes a fresh status at once: dashboards missed whatever happened
     // while the link was down.
@@ -51,8 +57,9 @@ pub async fn run(args: DaemonArgs, shutdown: impl Future<Output = ()>) -> anyhow
         .name(format!("weft-agent {pod}"))
         .retry_on_initial_connect()
         .max_reconnects(None)
-        // A dead link is noticed within about 15 s: pings every 5 s, two unanswered.
-        .ping_interval(Duration::from_secs(5))
+        // A dead link must be noticed within 15 s. async-nats gives up on the connection at
+        // the third ping tick with pings outstanding: 3 x 4 s = 12 s, with margin.
+        .ping_interval(Duration::from_secs(4))
         .event_callback(move |event| {
             let on_event = on_event.clone();
             async move {
@@ -66,32 +73,69 @@ pub async fn run(args: DaemonArgs, shutdown: impl Future<Output = ()>) -> anyhow
                 }
             }
         })
-        .connect(args.nats_url.join(","))
+        // Each URL on its own: async-nats parses a single string as one URL, so a joined
+        // "a,b,c" would be refused as an invalid port.
+        .connect(args.nats_url.as_slice())
         .await
         .context("NATS URL")?;
 
     let clock = Arc::new(SystemClock);
-    let emitter = Emitter {
-        sink: NatsSink {
-            client: client.clone(),
-            subject: subjects.status(),
-        },
-        clock: SystemClock,
-        encoding: args.status_encoding,
-        interval: args.status_interval,
+    let sink = NatsSink {
+        client: client.clone(),
+        subject: subjects.status(),
     };
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|s| *s).await;
     };
-    let emitter = tokio::spawn(
-        emitter
-            .run(reconciler.status(), publish_now, stopped(stop_rx.clone()))
-            .instrument(info_span!("emitter")),
-    );
+    let status = reconciler.status();
+    let emitter = if args.status_kv {
+        let (mirror, latest) = tokio::sync::watch::channel(None);
+        tokio::spawn(
+            mirror_to_kv(
+                async_nats::jetstream::new(client.clone()),
+                subjects.status_bucket(),
+                pod.to_string(),
+                latest,
+            )
+            .instrument(info_span!("status_kv")),
+        );
+        let emitter = Emitter {
+            sink: Mirrored {
+                primary: sink,
+                mirror,
+            },
+            clock: SystemClock,
+            encoding: args.status_encoding,
+            interval: args.status_interval,
+        };
+        tokio::spawn(
+            emitter
+                .run(status, publish_now, stopped(stop_rx.clone()))
+                .instrument(info_span!("emitter")),
+        )
+    } else {
+        let emitter = Emitter {
+            sink,
+            clock: SystemClock,
+            encoding: args.status_encoding,
+            interval: args.status_interval,
+        };
+        tokio::spawn(
+            emitter
+                .run(status, publish_now, stopped(stop_rx.clone()))
+                .instrument(info_span!("emitter")),
+        )
+    };
     let intake = tokio::spawn(
-        intake::run(client.clone(), subjects, reconciler.clone(), clock)
-            .instrument(info_span!("intake")),
+        intake::run(
+            client.clone(),
+            subjects,
+            args.spec_source,
+            reconciler.clone(),
+            clock,
+        )
+        .instrument(info_span!("intake")),
     );
 
     shutdown.await;

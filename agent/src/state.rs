@@ -1,14 +1,15 @@
 //! The agent's state directory: the last applied spec, so a restart (or a start while NATS
 //! is down) re-asserts it, and whatever a subsystem keeps there (the WireGuard key).
-//! Writes are atomic: a temp file in the same directory, fsync, rename, fsync the directory,
-//! so a crash leaves the old file or the new one, never a torn one.
+//! Writes are atomic ([`atomic_file`]): a crash leaves the old file or the new one.
 
-use std::fs::{self, File, OpenOptions};
-use std::io::{self, Write};
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::fs;
+use std::io;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use weft_schema::{Encoding, PodSpec};
+
+use crate::atomic_file;
 
 const SPEC_FILE: &str = "spec.json";
 
@@ -62,33 +63,9 @@ impl StateDir {
     /// Keeps `spec` as the last applied one.
     pub fn save_spec(&self, spec: &PodSpec) -> Result<(), Error> {
         let body = serde_json::to_vec_pretty(spec).expect("PodSpec serializes");
-        write_atomic(&self.path.join(SPEC_FILE), &body, 0o600)
+        let file = self.path.join(SPEC_FILE);
+        atomic_file::replace(&file, &body, 0o600).map_err(|e| Error::Write(file, e))
     }
-}
-
-/// Replaces `path` with `contents` atomically (same-directory temp file, fsync, rename,
-/// directory fsync), created with `mode`.
-pub fn write_atomic(path: &Path, contents: &[u8], mode: u32) -> Result<(), Error> {
-    let err = |e| Error::Write(path.to_owned(), e);
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let name = path.file_name().unwrap_or_default().to_string_lossy();
-    let tmp = dir.join(format!(".{name}.tmp.{}", std::process::id()));
-    let result = (|| {
-        let mut f = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(mode)
-            .open(&tmp)?;
-        f.write_all(contents)?;
-        f.sync_all()?;
-        fs::rename(&tmp, path)?;
-        File::open(dir)?.sync_all()
-    })();
-    if result.is_err() {
-        let _ = fs::remove_file(&tmp);
-    }
-    result.map_err(err)
 }
 
 #[cfg(test)]

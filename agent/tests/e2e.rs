@@ -6,19 +6,14 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use serde_json::json;
-use weft_schema::{ApplyReply, ApplyResult, Encoding, Overall, PodSpec};
+use weft_schema::{ApplyResult, Encoding, Overall, PodSpec};
 use weft_testkit::control::{headers, ControlPlane, Dashboard};
-use weft_testkit::observe::{ip_json, ipv4_addrs, nft_ruleset_text, nft_table, wg_dump};
+use weft_testkit::observe::{ip_json, ipv4_addrs, kernel_snapshot, nft_table, wg_dump};
 use weft_testkit::stack::{Pod, Stack};
-use weft_testkit::{require_root, wait_until};
+use weft_testkit::{require_root, unique_ifname, wait_until};
 
 fn agent_bin() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_weft-agent"))
-}
-
-/// A WireGuard interface name unique on this host (the UAPI socket path is per host).
-fn wg_name(n: u32) -> String {
-    format!("wge{}x{n}", std::process::id() % 100_000)
 }
 
 /// A spec touching every subsystem of `pod`.
@@ -68,38 +63,6 @@ fn small_spec(pod: &str, generation: u64) -> PodSpec {
     .unwrap()
 }
 
-/// Requests until the agent has subscribed (no responders until then), within 20 s.
-async fn request_when_ready(
-    cp: &ControlPlane,
-    pod: &str,
-    spec: &PodSpec,
-    enc: Encoding,
-) -> ApplyReply {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        match cp.request(pod, spec, enc).await {
-            Ok(r) => return r,
-            Err(e) if Instant::now() < deadline => {
-                let _ = e;
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-            Err(e) => panic!("agent did not answer within 20 s: {e}"),
-        }
-    }
-}
-
-/// Everything the kernel holds that the agent could touch, as text, for byte comparisons.
-fn kernel_snapshot(pod: &Pod) -> String {
-    let ns = &pod.ns.ns;
-    format!(
-        "{}\n{}\n{}\n{}",
-        nft_ruleset_text(ns).unwrap(),
-        ip_json(ns, &["addr"]).unwrap(),
-        ip_json(ns, &["route"]).unwrap(),
-        ip_json(ns, &["link"]).unwrap()
-    )
-}
-
 #[test]
 fn a_spec_request_is_applied_the_kernel_matches_and_the_status_says_so() {
     require_root();
@@ -111,14 +74,14 @@ fn a_spec_request_is_applied_the_kernel_matches_and_the_status_says_so() {
             &["--status-interval", "1s", "--wireguard", "userspace"],
         )
         .unwrap();
-    let wg = wg_name(1);
+    let wg = unique_ifname("wg", 1);
     let spec = full_spec(&stack.pods[0], 7, &wg);
 
     let (reply, status) = stack.block_on(|| async {
         let cp = ControlPlane::connect(&stack.nats_url()).await.unwrap();
         let dash = Dashboard::watch(&cp.client, "weft", "web-1").await.unwrap();
         let since = Instant::now();
-        let reply = request_when_ready(&cp, "web-1", &spec, Encoding::Json).await;
+        let reply = cp.request_when_ready("web-1", &spec, Encoding::Json).await;
         let status = dash
             .wait_for(
                 Duration::from_secs(5),
@@ -188,9 +151,9 @@ fn bad_input_is_rejected_named_and_changes_nothing() {
     stack.block_on(|| async {
         let cp = ControlPlane::connect(&stack.nats_url()).await.unwrap();
         let dash = Dashboard::watch(&cp.client, "weft", "web-1").await.unwrap();
-        let r = request_when_ready(&cp, "web-1", &good, Encoding::Json).await;
+        let r = cp.request_when_ready("web-1", &good, Encoding::Json).await;
         assert_eq!(r.result, ApplyResult::Applied, "{r:?}");
-        let before = kernel_snapshot(&stack.pods[0]);
+        let before = kernel_snapshot(&stack.pods[0].ns.ns).unwrap();
 
         let json = || Some(headers(Encoding::Json));
         let bincode = || Some(headers(Encoding::Bincode));
@@ -254,7 +217,7 @@ fn bad_input_is_rejected_named_and_changes_nothing() {
                 .await;
             assert_eq!(s.overall, Overall::Degraded, "{what}");
             assert_eq!(s.observed_generation, 5, "{what}");
-            assert_eq!(kernel_snapshot(&stack.pods[0]), before, "{what} changed the kernel");
+            assert_eq!(kernel_snapshot(&stack.pods[0].ns.ns).unwrap(), before, "{what} changed the kernel");
         }
         // A later clean apply clears the error.
         let since = Instant::now();
@@ -284,9 +247,11 @@ fn stale_specs_change_nothing_and_bursts_coalesce() {
     let converged = stack.block_on(|| async {
         let cp = ControlPlane::connect(&stack.nats_url()).await.unwrap();
         let dash = Dashboard::watch(&cp.client, "weft", "web-1").await.unwrap();
-        let r = request_when_ready(&cp, "web-1", &small_spec("web-1", 10), Encoding::Json).await;
+        let r = cp
+            .request_when_ready("web-1", &small_spec("web-1", 10), Encoding::Json)
+            .await;
         assert_eq!(r.result, ApplyResult::Applied);
-        let before = kernel_snapshot(&stack.pods[0]);
+        let before = kernel_snapshot(&stack.pods[0].ns.ns).unwrap();
         let r = cp
             .request("web-1", &small_spec("web-1", 9), Encoding::Json)
             .await
@@ -296,7 +261,7 @@ fn stale_specs_change_nothing_and_bursts_coalesce() {
             r.error,
             "generation 9 is older than the applied generation 10"
         );
-        assert_eq!(kernel_snapshot(&stack.pods[0]), before);
+        assert_eq!(kernel_snapshot(&stack.pods[0].ns.ns).unwrap(), before);
         // The same generation with other content is refused.
         let mut other = small_spec("web-1", 10);
         other.firewall.as_mut().unwrap().ingress[0].comment = Some("other".into());
@@ -383,7 +348,9 @@ fn statuses_come_every_interval_and_on_request_in_either_encoding() {
         // Raw subscription: the headers themselves are part of the contract.
         let mut raw = cp.client.subscribe("weft.pod.tick.status").await.unwrap();
         cp.client.flush().await.unwrap();
-        let r = request_when_ready(&cp, "tick", &small_spec("tick", 1), Encoding::Json).await;
+        let r = cp
+            .request_when_ready("tick", &small_spec("tick", 1), Encoding::Json)
+            .await;
         assert_eq!(r.result, ApplyResult::Applied);
         let mut stamps = Vec::new();
         while stamps.len() < 4 {
@@ -412,7 +379,9 @@ fn statuses_come_every_interval_and_on_request_in_either_encoding() {
         }
 
         // status.get answers at once, even with an hour between ticks, stamped now.
-        let r = request_when_ready(&cp, "slow", &small_spec("slow", 3), Encoding::Json).await;
+        let r = cp
+            .request_when_ready("slow", &small_spec("slow", 3), Encoding::Json)
+            .await;
         assert_eq!(r.result, ApplyResult::Applied);
         let asked = Instant::now();
         let s = cp.status_get("slow", Encoding::Bincode).await.unwrap();
@@ -441,7 +410,7 @@ fn an_agent_started_before_nats_applies_its_kept_spec_then_connects() {
     .unwrap();
     stack.block_on(|| async {
         let cp = ControlPlane::connect(&stack.nats_url()).await.unwrap();
-        let r = request_when_ready(&cp, "web-1", &spec, Encoding::Json).await;
+        let r = cp.request_when_ready("web-1", &spec, Encoding::Json).await;
         assert_eq!(r.result, ApplyResult::Applied, "{r:?}");
     });
     stack.stop_agent("web-1").unwrap();

@@ -10,7 +10,7 @@ use weft_agent::dataplane::firewall::{render, Firewall, Ruleset};
 use weft_schema::validate::Firewall as FirewallSpec;
 use weft_schema::{Overall, PodId, PodSpec, ValidSpec};
 use weft_testkit::observe::{nft_table, nft_table_text};
-use weft_testkit::{require_root, veth, Netns};
+use weft_testkit::{require_root, veth, wait_until, Netns};
 
 /// A validated firewall from the wire form of `"Firewall"`.
 fn spec(firewall: Value) -> FirewallSpec {
@@ -53,6 +53,24 @@ fn listed(ns: &Netns) -> String {
         out.push('\n');
     }
     out
+}
+
+/// Waits until the table has no owner. A closed socket is released only when every copy of
+/// its descriptor is gone, and a process another test thread is forking holds one until it
+/// execs (the descriptor is close-on-exec), so release can lag the close by a moment.
+fn wait_unowned(ns: &Netns) {
+    wait_until(
+        Duration::from_secs(5),
+        "the table to lose its owner",
+        || {
+            let text = nft_table_text(ns, "inet", "weft-fw").map_err(|e| e.to_string())?;
+            if text.contains("flags owner") {
+                Err(text)
+            } else {
+                Ok(())
+            }
+        },
+    );
 }
 
 /// Applies in the namespace with a fresh handle that lives only for the call.
@@ -224,6 +242,7 @@ fn typical_spec_ipv6_and_port_ranges() {
         // A restarted agent (a new socket, the old one closed) finds the table equal,
         // adopts it and writes no rule.
         drop(fw);
+        wait_unowned(&ns);
         let mut again = Firewall::open().unwrap();
         assert!(!again.apply(&ruleset).unwrap());
         assert_eq!(handles(&ns), before);
@@ -280,8 +299,7 @@ fn packets_follow_the_rules() {
     pod.enter(|| {
         let mut fw = Firewall::open().unwrap();
         fw.apply(&ruleset).unwrap();
-        // The owner stays alive for the test's packets (it would persist anyway).
-        std::mem::forget(fw);
+        // The handle closes here: the persistent table stays in force without its owner.
     });
 
     assert!(
@@ -414,6 +432,7 @@ fn owned_table_resists_others_and_outlives_its_owner() {
         // The owner goes away (its socket closes, as when the process exits).
         drop(fw);
     });
+    wait_unowned(&ns);
     // Checked as text: nft 1.0.6's JSON output stops at a table whose only flag is one it
     // does not know (persist, once the owner is gone).
     let text = nft_table_text(&ns, "inet", "weft-fw").unwrap();
@@ -431,7 +450,8 @@ fn owned_table_resists_others_and_outlives_its_owner() {
             .output()
             .unwrap();
         assert!(!out.status.success(), "owned again by the new agent");
-        assert_eq!(next.observe(Some(&ruleset)).overall, Overall::Healthy);
+        let status = next.observe(Some(&ruleset));
+        assert_eq!(status.overall, Overall::Healthy, "{status:?}");
         // And the new owner can change it.
         assert!(next.apply(&render(&FirewallSpec::default(), None)).unwrap());
         assert_eq!(listed(&ns), BASELINE);
@@ -544,4 +564,39 @@ fn observe_reports_missing_and_different_tables() {
             render(&FirewallSpec::default(), None).hash()
         );
     });
+}
+
+#[test]
+fn a_table_changed_while_the_agent_was_down_is_repaired_on_restart() {
+    require_root();
+    let ns = Netns::new("fw").unwrap();
+    let ruleset = render(&typical(), Some(51820));
+    ns.enter(|| {
+        let mut fw = Firewall::open().unwrap();
+        fw.apply(&ruleset).unwrap();
+        // Same handle, warm: a change elsewhere in the namespace moves the generation and
+        // is seen not to concern the table.
+        ns.run("nft", &["add", "table", "inet", "elsewhere"])
+            .unwrap();
+        assert!(!fw.apply(&ruleset).unwrap());
+    });
+    // Unowned while the agent is down, so nft may change it.
+    wait_unowned(&ns);
+    ns.run(
+        "nft",
+        &[
+            "add", "rule", "inet", "weft-fw", "input", "tcp", "dport", "9", "accept",
+        ],
+    )
+    .unwrap();
+    ns.enter(|| {
+        let mut fw = Firewall::open().unwrap();
+        let status = fw.observe(Some(&ruleset));
+        assert_eq!(status.overall, Overall::Degraded, "{status:?}");
+        assert_eq!(status.ingress_rules, ruleset.ingress_rules() + 1);
+        assert_ne!(status.ruleset_hash, ruleset.hash());
+        assert!(fw.apply(&ruleset).unwrap(), "the change is undone");
+        assert_eq!(fw.observe(Some(&ruleset)).overall, Overall::Healthy);
+    });
+    assert_eq!(listed(&ns), ruleset.nft_text());
 }

@@ -10,9 +10,10 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use weft_agent::dataplane::error_line;
 use weft_agent::dataplane::rtnl::Rtnl;
 use weft_agent::dataplane::wireguard::keys::{self, KEY_FILE};
-use weft_agent::dataplane::wireguard::{error_chain, Mode, WireGuardManager};
+use weft_agent::dataplane::wireguard::{Mode, WireGuardManager};
 use weft_schema::key::{PublicKey, SecretKey};
 use weft_schema::validate::{IfName, Peer, WireGuard};
 use weft_schema::{Backend, Overall, WireGuardStatus};
@@ -66,7 +67,7 @@ fn apply(pod: &Pod, spec: Option<&WireGuard>) -> Result<(), String> {
     let spec = spec.cloned();
     pod.run(move |a| {
         a.wg.apply(&mut a.rtnl, spec.as_ref())
-            .map_err(|e| error_chain(&e))
+            .map_err(|e| error_line(&e))
     })
 }
 
@@ -94,6 +95,22 @@ fn device(ifname: &str, address: &str, port: u16, key: &SecretKey, peers: Vec<Pe
         peers,
         mtu: 1420,
     }
+}
+
+/// The `WireGuard` section of a `PodSpec` in its wire form, decoded and validated as the
+/// agent does it (defaults included: the MTU is left to default to 1420).
+fn from_wire(section: serde_json::Value) -> WireGuard {
+    let spec: weft_schema::spec::PodSpec = serde_json::from_value(serde_json::json!({
+        "PodId": "wg-pod",
+        "Generation": 1,
+        "WireGuard": section,
+    }))
+    .expect("decode PodSpec");
+    let pod = weft_schema::subject::PodId::parse("wg-pod").unwrap();
+    weft_schema::validate::ValidSpec::validate(&spec, &pod)
+        .expect("valid spec")
+        .wireguard
+        .expect("a WireGuard section")
 }
 
 /// Two pods joined through a router namespace:
@@ -202,20 +219,19 @@ fn userspace_overlay_carries_traffic_and_follows_peer_changes_without_loss() {
     let (if_a, if_b) = (ifname(), ifname());
     let (key_a, key_b) = (keys::generate(), keys::generate());
     let (pub_a, pub_b) = (keys::public_key(&key_a), keys::public_key(&key_b));
-    let spec_a = device(
-        &if_a,
-        "10.77.0.1/24",
-        51820,
-        &key_a,
-        vec![peer(pub_b, Some("198.51.100.2:51821"), &["10.77.0.2/32"])],
-    );
-    let spec_b = device(
-        &if_b,
-        "10.77.0.2/24",
-        51821,
-        &key_b,
-        vec![peer(pub_a, Some("192.0.2.2:51820"), &["10.77.0.1/32"])],
-    );
+    let spec_a = from_wire(serde_json::json!({
+        "Interface": if_a, "Address": "10.77.0.1/24", "ListenPort": 51820,
+        "PrivateKey": key_a.expose_base64(),
+        "Peers": [{ "PublicKey": pub_b.to_base64(), "Endpoint": "198.51.100.2:51821",
+                    "AllowedIps": ["10.77.0.2/32"] }]
+    }));
+    let spec_b = from_wire(serde_json::json!({
+        "Interface": if_b, "Address": "10.77.0.2/24", "ListenPort": 51821,
+        "PrivateKey": key_b.expose_base64(),
+        "Peers": [{ "PublicKey": pub_a.to_base64(), "Endpoint": "192.0.2.2:51820",
+                    "AllowedIps": ["10.77.0.1/32"] }]
+    }));
+    assert_eq!(spec_a.mtu, 1420, "the validated default");
     let pod_a = agent(&t.a, Mode::Userspace, &state.0);
     let pod_b = agent(&t.b, Mode::Userspace, &state.0);
     apply(&pod_a, Some(&spec_a)).unwrap();
@@ -266,6 +282,17 @@ fn userspace_overlay_carries_traffic_and_follows_peer_changes_without_loss() {
     assert_eq!(dump[1][0], pub_b.to_base64());
     assert_eq!(dump[1][2], "198.51.100.2:51821");
     assert_eq!(dump[1][3], "10.77.0.2/32");
+    // The latest handshake is a time (boringtun's elapsed seconds are translated for `wg`).
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let handshake: u64 = dump[1][4].parse().unwrap();
+    assert!(handshake > now - 60 && handshake <= now + 1, "{dump:?}");
+    assert!(
+        dump[1][5].parse::<u64>().unwrap() > 0,
+        "rx bytes in {dump:?}"
+    );
 
     // The status: read from the device, healthy, with the handshake and byte counts.
     let st = observe(&pod_a, Some(&spec_a)).unwrap();
@@ -274,10 +301,6 @@ fn userspace_overlay_carries_traffic_and_follows_peer_changes_without_loss() {
     assert_eq!(st.public_key, pub_a.to_base64());
     assert_eq!(st.listen_port, 51820);
     assert_eq!(st.peers.len(), 1);
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs();
     let p = &st.peers[0];
     assert!(
         p.last_handshake_unix > now - 60 && p.last_handshake_unix <= now + 1,
@@ -445,7 +468,7 @@ fn auto_mode_falls_back_to_userspace_and_says_why() {
     let s = spec.clone();
     let (backend, reason, status) = pod.run(move |(a, _)| {
         a.wg.apply(&mut a.rtnl, Some(&s))
-            .map_err(|e| error_chain(&e))
+            .map_err(|e| error_line(&e))
             .unwrap();
         let st = a.wg.observe(&mut a.rtnl, Some(&s)).unwrap();
         (
@@ -521,4 +544,39 @@ fn observe_reports_outside_changes_to_the_link() {
     apply(&pod, Some(&spec)).unwrap();
     let st = observe(&pod, Some(&spec)).unwrap();
     assert_eq!(st.overall, Overall::Healthy, "{}", st.last_error);
+
+    // Deleting the interface outright: the orphaned device is replaced on the next apply.
+    ns.ip(&["link", "del", &ifn]).unwrap();
+    let st = observe(&pod, Some(&spec)).unwrap();
+    assert_eq!(st.overall, Overall::Degraded);
+    apply(&pod, Some(&spec)).unwrap();
+    let st = observe(&pod, Some(&spec)).unwrap();
+    assert_eq!(st.overall, Overall::Healthy, "{}", st.last_error);
+    assert!(wg_dump(&ns, &ifn).is_ok(), "wg reaches the new device");
+}
+
+/// The generic netlink path of the kernel backend, exercised as far as this host allows:
+/// the `wireguard` family exists exactly when the kernel can create a wireguard link.
+#[test]
+fn kernel_genl_family_lookup_matches_the_link_probe() {
+    require_root();
+    let ns = Netns::new("wggenl").unwrap();
+    let ifn = ifname();
+    let (probe, lookup) = ns.enter(|| {
+        let mut rtnl = Rtnl::open().unwrap();
+        let probe = rtnl.create_link(&ifn, "wireguard").map_err(|e| e.errno());
+        let lookup = weft_agent::dataplane::wireguard::kernel::Genl::open().map(|_| ());
+        (probe, lookup.map_err(|e| error_line(&e)))
+    });
+    match probe {
+        Ok(()) => assert!(lookup.is_ok(), "{lookup:?}"),
+        Err(errno) => {
+            assert_eq!(errno, Some(libc::EOPNOTSUPP));
+            let err = lookup.unwrap_err();
+            assert!(
+                err.starts_with("look up the wireguard genl family: No such file or directory"),
+                "{err}"
+            );
+        }
+    }
 }

@@ -9,9 +9,10 @@
 use std::future::Future;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use async_nats::jetstream::{self, kv};
 use async_nats::HeaderMap;
 use tokio::sync::{watch, Notify};
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 use weft_schema::codec::{HEADER_CONTENT_TYPE, HEADER_SCHEMA};
 use weft_schema::{Encoding, Overall, PodStatus, SCHEMA_VERSION};
 
@@ -74,6 +75,143 @@ impl Sink for NatsSink {
             .publish_with_headers(self.subject.clone(), headers, body)
             .await
     }
+}
+
+/// One encoded snapshot, as it left for the subject.
+pub type Snapshot = (HeaderMap, bytes::Bytes);
+
+/// A sink that also hands every snapshot to a KV mirror ([`mirror_to_kv`]) without waiting
+/// for it: a JetStream put waits for an acknowledgement, and a slow or absent JetStream must
+/// never hold up the plain status (the one that says "I am alive" after a reconnect).
+#[derive(Debug)]
+pub struct Mirrored<S> {
+    pub primary: S,
+    pub mirror: watch::Sender<Option<Snapshot>>,
+}
+
+impl<S: Sink> Sink for Mirrored<S> {
+    type Error = S::Error;
+
+    async fn publish(&self, headers: HeaderMap, body: bytes::Bytes) -> Result<(), Self::Error> {
+        self.mirror
+            .send_replace(Some((headers.clone(), body.clone())));
+        self.primary.publish(headers, body).await
+    }
+}
+
+/// Why a KV bucket could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum BucketError {
+    #[error("create bucket {0}")]
+    Create(String, #[source] jetstream::context::CreateStreamError),
+    #[error("open bucket {0}")]
+    Open(String, #[source] jetstream::context::KeyValueError),
+}
+
+/// Opens bucket `name`, creating it (file storage, `history` values per key) when it does not
+/// exist yet. Creating is idempotent on the server: agents racing to create the same bucket
+/// with the same settings all succeed.
+///
+/// The bucket's stream is created directly, with the settings `create_key_value` would use:
+/// async-nats 0.51's `create_key_value` first reads the account info, whose reply from
+/// nats-server 2.9 it cannot parse ("data did not match any variant of untagged enum").
+pub async fn open_bucket(
+    js: &jetstream::Context,
+    name: &str,
+    history: i64,
+) -> Result<kv::Store, BucketError> {
+    if let Ok(store) = js.get_key_value(name).await {
+        return Ok(store);
+    }
+    js.create_stream(jetstream::stream::Config {
+        name: format!("KV_{name}"),
+        subjects: vec![format!("$KV.{name}.>")],
+        max_messages_per_subject: history,
+        storage: jetstream::stream::StorageType::File,
+        allow_rollup: true,
+        deny_delete: true,
+        allow_direct: true,
+        discard: jetstream::stream::DiscardPolicy::New,
+        num_replicas: 1,
+        ..Default::default()
+    })
+    .await
+    .map_err(|e| BucketError::Create(name.to_owned(), e))?;
+    info!(bucket = name, history, "created KV bucket");
+    js.get_key_value(name)
+        .await
+        .map_err(|e| BucketError::Open(name.to_owned(), e))
+}
+
+/// An error with its causes on one line (`a: b: c`), for log fields: a bucket that cannot be
+/// created says why only in its sources.
+#[derive(Debug, Clone, Copy)]
+pub struct Causes<'a>(pub &'a (dyn std::error::Error + 'static));
+
+impl std::fmt::Display for Causes<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0)?;
+        let mut next = self.0.source();
+        while let Some(e) = next {
+            write!(f, ": {e}")?;
+            next = e.source();
+        }
+        Ok(())
+    }
+}
+
+/// How long a failed mirror put waits before it tries the newest snapshot again.
+const MIRROR_RETRY: Duration = Duration::from_secs(1);
+
+/// Mirrors the newest snapshot into key `key` of bucket `bucket` (created with history 1 when
+/// missing: only the newest status matters) until `latest`'s sender is gone. Snapshots that
+/// arrive while a put is in flight are skipped for the newest one. The value is the body as
+/// published on the subject, and the message keeps both headers, so a stream reader sees the
+/// encoding; plain KV readers (which see no headers) should leave `--status-encoding` at JSON.
+pub async fn mirror_to_kv(
+    js: jetstream::Context,
+    bucket: String,
+    key: String,
+    mut latest: watch::Receiver<Option<Snapshot>>,
+) {
+    let subject = format!("$KV.{bucket}.{key}");
+    let mut opened = false;
+    loop {
+        if latest.changed().await.is_err() {
+            return;
+        }
+        loop {
+            let Some((headers, body)) = latest.borrow_and_update().clone() else {
+                break;
+            };
+            match put(&js, &bucket, &mut opened, &subject, headers, body).await {
+                Ok(()) => break,
+                Err(e) => {
+                    warn!(bucket, cause = %Causes(e.as_ref()), "status KV mirror failed");
+                    tokio::time::sleep(MIRROR_RETRY).await;
+                }
+            }
+        }
+    }
+}
+
+/// One mirror put, acknowledged by JetStream.
+async fn put(
+    js: &jetstream::Context,
+    bucket: &str,
+    opened: &mut bool,
+    subject: &str,
+    headers: HeaderMap,
+    body: bytes::Bytes,
+) -> Result<(), async_nats::Error> {
+    if !*opened {
+        open_bucket(js, bucket, 1).await?;
+        *opened = true;
+    }
+    js.publish_with_headers(subject.to_owned(), headers, body)
+        .await?
+        .await?;
+    Ok(())
 }
 
 /// The emitter's settings.

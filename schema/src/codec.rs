@@ -66,8 +66,10 @@ impl Encoding {
         }
     }
 
-    /// Decodes a whole body; trailing bytes are an error.
-    pub fn decode<T: DeserializeOwned>(self, body: &[u8]) -> Result<T, DecodeError> {
+    /// Decodes a whole body; trailing bytes are an error. JSON objects must be objects:
+    /// serde's derive would also take a positional array (`["web-1",7]`) for a struct, which
+    /// skips every field-name check, so those are refused.
+    pub fn decode<T: DeserializeOwned + Serialize>(self, body: &[u8]) -> Result<T, DecodeError> {
         if body.len() > MAX_BODY_BYTES {
             return Err(DecodeError::TooLarge(body.len()));
         }
@@ -85,6 +87,11 @@ impl Encoding {
                     path: String::new(),
                     source,
                 })?;
+                // Both parse: the body just did, and our types always serialize.
+                let input: serde_json::Value =
+                    serde_json::from_slice(body).expect("the body parsed once already");
+                let typed = serde_json::to_value(&value).expect("wire types serialize to JSON");
+                objects_stay_objects(&input, &typed, &mut String::new())?;
                 Ok(value)
             }
             Encoding::Bincode => {
@@ -96,6 +103,47 @@ impl Encoding {
                 Ok(value)
             }
         }
+    }
+}
+
+/// Walks the body and the decoded value side by side: wherever the value has an object, the
+/// body must have had one too.
+fn objects_stay_objects(
+    input: &serde_json::Value,
+    typed: &serde_json::Value,
+    path: &mut String,
+) -> Result<(), DecodeError> {
+    use serde_json::Value;
+    match (input, typed) {
+        (Value::Array(_), Value::Object(_)) => Err(DecodeError::Positional(if path.is_empty() {
+            ".".into()
+        } else {
+            path.clone()
+        })),
+        (Value::Object(a), Value::Object(b)) => {
+            for (key, v) in a {
+                if let Some(t) = b.get(key) {
+                    let len = path.len();
+                    if !path.is_empty() {
+                        path.push('.');
+                    }
+                    path.push_str(key);
+                    objects_stay_objects(v, t, path)?;
+                    path.truncate(len);
+                }
+            }
+            Ok(())
+        }
+        (Value::Array(a), Value::Array(b)) => {
+            for (i, (v, t)) in a.iter().zip(b).enumerate() {
+                let len = path.len();
+                path.push_str(&format!("[{i}]"));
+                objects_stay_objects(v, t, path)?;
+                path.truncate(len);
+            }
+            Ok(())
+        }
+        _ => Ok(()),
     }
 }
 
@@ -130,7 +178,7 @@ pub fn check_schema_version(value: Option<&str>) -> Result<(), DecodeError> {
 }
 
 /// Reads a message: checks both headers, then decodes the body.
-pub fn decode_message<T: DeserializeOwned>(
+pub fn decode_message<T: DeserializeOwned + Serialize>(
     content_type: Option<&str>,
     schema_version: Option<&str>,
     body: &[u8],
@@ -155,6 +203,8 @@ pub enum DecodeError {
         #[source]
         source: serde_json::Error,
     },
+    #[error("invalid JSON at {0}: an object with field names is expected, not an array")]
+    Positional(String),
     #[error("invalid bincode")]
     Bincode(#[source] bincode::error::DecodeError),
     #[error("{0} bytes after the bincode value")]
@@ -171,7 +221,21 @@ impl DecodeError {
             line.push_str(&err.to_string());
             cause = err.source();
         }
-        line
+        // serde names an unknown field as the body spelled it, and JSON can spell a newline
+        // ("Sources\n"): escape control characters so the line stays one line in logs and
+        // statuses.
+        if !line.contains(char::is_control) {
+            return line;
+        }
+        let mut escaped = String::with_capacity(line.len() + 8);
+        for c in line.chars() {
+            if c.is_control() {
+                escaped.extend(c.escape_default());
+            } else {
+                escaped.push(c);
+            }
+        }
+        escaped
     }
 }
 
@@ -199,6 +263,39 @@ mod tests {
             .to_line();
         assert!(err.contains("Firewall.Ingress[0]"), "{err}");
         assert!(err.contains("unknown field `Source`"), "{err}");
+    }
+
+    #[test]
+    fn error_lines_stay_one_line() {
+        let body = br#"{"PodId":"a","Generation":1,"Sources\n\u0000":[]}"#;
+        let err = Encoding::Json
+            .decode::<PodSpec>(body)
+            .unwrap_err()
+            .to_line();
+        assert!(!err.contains(char::is_control), "{err:?}");
+        assert!(err.contains(r"unknown field `Sources\n\u{0}`"), "{err}");
+    }
+
+    #[test]
+    fn positional_arrays_are_not_objects() {
+        let err = Encoding::Json.decode::<PodSpec>(br#"["web-1",1,null,null,null]"#);
+        assert_eq!(
+            err.unwrap_err().to_line(),
+            "invalid JSON at .: an object with field names is expected, not an array"
+        );
+        let body =
+            br#"{"PodId":"a","Generation":1,"Firewall":{"Ingress":[["tcp",["22"],[],null]]}}"#;
+        assert_eq!(
+            Encoding::Json.decode::<PodSpec>(body).unwrap_err().to_line(),
+            "invalid JSON at Firewall.Ingress[0]: an object with field names is expected, not an array"
+        );
+        let body =
+            br#"{"PodId":"a","Generation":1,"Network":["eth0","10.0.0.5/24",null,null,[],[]]}"#;
+        assert!(Encoding::Json
+            .decode::<PodSpec>(body)
+            .unwrap_err()
+            .to_line()
+            .contains("at Network:"));
     }
 
     #[test]

@@ -8,9 +8,15 @@ use base64::Engine as _;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+/// Base64 of exactly 32 bytes, as a regular expression: 43 characters and one `=`, the last
+/// character carrying 4 bits and two zero bits (the decoder refuses non-zero trailing bits).
+pub const KEY_PATTERN: &str = r"^[A-Za-z0-9+/]{42}[AEIMQUYcgkosw048]=$";
+
 /// A secret string as it travels on the wire (a base64 private or preshared key).
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(transparent)]
+// The control plane writes it; nothing the agent sends ever carries one.
+#[schemars(extend("pattern" = KEY_PATTERN, "writeOnly" = true))]
 pub struct Secret(String);
 
 impl Secret {

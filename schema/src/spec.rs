@@ -7,15 +7,23 @@
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::key::Secret;
+use crate::key::{Secret, KEY_PATTERN};
+use crate::validate::limits;
+
+// Patterns for the JSON Schema (`weft.schema.json`). Validation is the full rule; these
+// never refuse what it accepts (interface names: it counts bytes, and refuses `.`/`..`).
+const IFNAME_PATTERN: &str = r"^[^/:\s]{1,15}$";
+const PORT_PATTERN: &str = r"^[0-9]+(-[0-9]+)?$";
 
 /// The desired state of one pod's network.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "PascalCase", deny_unknown_fields)]
 pub struct PodSpec {
     /// Must equal the agent's `--pod-id`.
+    #[schemars(pattern(r"^[A-Za-z0-9_-]{1,63}$"))]
     pub pod_id: String,
     /// Orders specs: lower than the last applied is stale, equal is re-asserted.
+    #[schemars(range(min = 1))]
     pub generation: u64,
     /// The pod interface; absent means the interface is not managed.
     #[serde(default)]
@@ -33,6 +41,7 @@ pub struct PodSpec {
 #[serde(rename_all = "PascalCase", deny_unknown_fields)]
 pub struct NetworkSpec {
     /// Interface name, 1-15 characters, no `/`, whitespace or `:`.
+    #[schemars(pattern(IFNAME_PATTERN))]
     pub interface: String,
     /// IPv4 CIDR with its prefix (`10.0.0.5/24`): made the only IPv4 address on the link.
     pub address: String,
@@ -41,12 +50,15 @@ pub struct NetworkSpec {
     pub gateway: Option<String>,
     /// 576-65535.
     #[serde(default)]
+    #[schemars(range(min = limits::MTU_MIN, max = limits::MTU_MAX))]
     pub mtu: Option<u32>,
     /// At most 3 IP addresses; when non-empty the resolver file is replaced.
     #[serde(default)]
+    #[schemars(length(max = limits::NAMESERVERS))]
     pub nameservers: Vec<String>,
     /// At most 6 DNS names.
     #[serde(default)]
+    #[schemars(length(max = limits::SEARCH_DOMAINS))]
     pub search_domains: Vec<String>,
 }
 
@@ -56,9 +68,11 @@ pub struct NetworkSpec {
 pub struct FirewallSpec {
     /// Each rule becomes one accept per address family it names.
     #[serde(default)]
+    #[schemars(length(max = limits::RULES_PER_DIRECTION))]
     pub ingress: Vec<IngressRule>,
     /// Each rule becomes one drop per address family it names.
     #[serde(default)]
+    #[schemars(length(max = limits::RULES_PER_DIRECTION))]
     pub egress: Vec<EgressRule>,
 }
 
@@ -68,15 +82,19 @@ pub struct FirewallSpec {
 pub struct IngressRule {
     /// `tcp`, `udp`, `icmp`, `icmpv6` or `any` (default).
     #[serde(default = "any")]
+    #[schemars(extend("enum" = ["tcp", "udp", "icmp", "icmpv6", "any"]))]
     pub protocol: String,
     /// `"N"` or `"N-M"` (1-65535), tcp and udp only; empty means every port.
     #[serde(default)]
+    #[schemars(length(max = limits::PORTS_PER_RULE), inner(pattern(PORT_PATTERN)))]
     pub ports: Vec<String>,
     /// IPv4 or IPv6 CIDRs (a bare address is a host); empty means any address.
     #[serde(default)]
+    #[schemars(length(max = limits::ADDRESSES_PER_RULE))]
     pub sources: Vec<String>,
-    /// Kept on the nftables rule.
+    /// At most 128 bytes of printable text; kept on the nftables rule.
     #[serde(default)]
+    #[schemars(length(max = limits::COMMENT_BYTES))]
     pub comment: Option<String>,
 }
 
@@ -86,15 +104,19 @@ pub struct IngressRule {
 pub struct EgressRule {
     /// `tcp`, `udp`, `icmp`, `icmpv6` or `any` (default).
     #[serde(default = "any")]
+    #[schemars(extend("enum" = ["tcp", "udp", "icmp", "icmpv6", "any"]))]
     pub protocol: String,
     /// `"N"` or `"N-M"` (1-65535), tcp and udp only; empty means every port.
     #[serde(default)]
+    #[schemars(length(max = limits::PORTS_PER_RULE), inner(pattern(PORT_PATTERN)))]
     pub ports: Vec<String>,
     /// IPv4 or IPv6 CIDRs (a bare address is a host); empty means any address.
     #[serde(default)]
+    #[schemars(length(max = limits::ADDRESSES_PER_RULE))]
     pub destinations: Vec<String>,
-    /// Kept on the nftables rule.
+    /// At most 128 bytes of printable text; kept on the nftables rule.
     #[serde(default)]
+    #[schemars(length(max = limits::COMMENT_BYTES))]
     pub comment: Option<String>,
 }
 
@@ -107,20 +129,27 @@ fn any() -> String {
 #[serde(rename_all = "PascalCase", deny_unknown_fields)]
 pub struct WireGuardSpec {
     /// Interface name, 1-15 characters, no `/`, whitespace or `:`.
+    #[schemars(pattern(IFNAME_PATTERN))]
     pub interface: String,
     /// Overlay address as a full CIDR (`10.9.0.1/24`); the connected route follows it.
     pub address: String,
     /// UDP port, 1-65535, default 51820.
     #[serde(default = "default_listen_port")]
+    #[schemars(range(min = 1, max = 65_535))]
     pub listen_port: u32,
     /// Base64 of 32 bytes; null means the agent generates one and keeps it.
     #[serde(default)]
     pub private_key: Option<Secret>,
     /// Exactly these peers.
     #[serde(default)]
+    #[schemars(length(max = limits::PEERS))]
     pub peers: Vec<PeerSpec>,
     /// Interface MTU, 576-65535, default 1420 (an addition to contract v1).
     #[serde(default)]
+    #[schemars(
+        range(min = limits::MTU_MIN, max = limits::MTU_MAX),
+        extend("default" = limits::WIREGUARD_MTU)
+    )]
     pub mtu: Option<u32>,
 }
 
@@ -133,15 +162,18 @@ fn default_listen_port() -> u32 {
 #[serde(rename_all = "PascalCase", deny_unknown_fields)]
 pub struct PeerSpec {
     /// Base64 of 32 bytes.
+    #[schemars(pattern(KEY_PATTERN))]
     pub public_key: String,
     /// `IP:port` or `[IPv6]:port`; no host names.
     #[serde(default)]
     pub endpoint: Option<String>,
     /// CIDRs routed to this peer.
     #[serde(default)]
+    #[schemars(length(max = limits::ALLOWED_IPS_PER_PEER))]
     pub allowed_ips: Vec<String>,
     /// 0 (off) to 65535.
     #[serde(default)]
+    #[schemars(range(max = 65_535))]
     pub persistent_keepalive_seconds: Option<u32>,
     /// Base64 of 32 bytes.
     #[serde(default)]

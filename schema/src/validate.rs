@@ -153,7 +153,12 @@ impl PortRange {
     /// `"N"` or `"N-M"` with 1 <= N <= M <= 65535.
     pub fn parse(text: &str) -> Result<Self, String> {
         let port = |t: &str| -> Result<u16, String> {
-            let t = t.trim();
+            // Digits only: `u32::from_str` would also take "+22", and " 22" is not "N" either.
+            if t.is_empty() || !t.bytes().all(|b| b.is_ascii_digit()) {
+                return Err(format!(
+                    "{text:?} is not a port or range (\"N\" or \"N-M\")"
+                ));
+            }
             match t.parse::<u32>() {
                 Ok(n) if (1..=65_535).contains(&n) => Ok(n as u16),
                 Ok(n) => Err(format!("{n} is not a port (1-65535)")),
@@ -789,5 +794,8 @@ mod tests {
         assert!(PortRange::parse("0").is_err());
         assert!(PortRange::parse("9-8").is_err());
         assert!(PortRange::parse("a").is_err());
+        assert!(PortRange::parse("+22").is_err());
+        assert!(PortRange::parse(" 22").is_err());
+        assert!(PortRange::parse("1 - 5").is_err());
     }
 }

@@ -21,7 +21,9 @@ pub fn headers(encoding: Encoding) -> HeaderMap {
 }
 
 /// Decodes a message body by its `Content-Type`, checking `Weft-Schema` is 1.
-pub fn decode<T: serde::de::DeserializeOwned>(msg: &async_nats::Message) -> Result<T> {
+pub fn decode<T: serde::de::DeserializeOwned + serde::Serialize>(
+    msg: &async_nats::Message,
+) -> Result<T> {
     let h = msg.headers.as_ref().context("message without headers")?;
     let ct = h.get(HEADER_CONTENT_TYPE).map(|v| v.as_str());
     anyhow::ensure!(
@@ -82,6 +84,28 @@ impl ControlPlane {
             Bytes::from(encoding.encode(spec)),
         )
         .await
+    }
+
+    /// A request, repeated until the agent has subscribed (NATS answers "no responders"
+    /// until then) and answers, within 20 s; panics after that.
+    pub async fn request_when_ready(
+        &self,
+        pod: &str,
+        spec: &PodSpec,
+        encoding: Encoding,
+    ) -> ApplyReply {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            match tokio::time::timeout(Duration::from_secs(3), self.request(pod, spec, encoding))
+                .await
+            {
+                Ok(Ok(r)) => return r,
+                _ if Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(50)).await
+                }
+                other => panic!("agent {pod} did not answer within 20 s: {other:?}"),
+            }
+        }
     }
 
     /// A request with any headers and body, for bad-input tests.

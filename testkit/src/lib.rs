@@ -12,6 +12,7 @@
 //! - [`vm`]: a QEMU guest running Debian's stock kernel, for kernel features the host lacks.
 
 pub mod agent;
+pub mod cluster;
 pub mod control;
 pub mod eventually;
 pub mod hub;
@@ -19,11 +20,24 @@ pub mod nats;
 pub mod netns;
 pub mod observe;
 pub mod stack;
+pub mod status_log;
 pub mod vm;
 pub mod wireguard;
 
 pub use eventually::{wait_until, wait_until_async};
 pub use netns::{veth, Netns};
+
+/// An interface name unique on this host across parallel tests and test processes (the
+/// userspace WireGuard control socket path is per host, not per namespace): `<tag><pid>x<n>`,
+/// at most 15 characters for a tag of up to 3.
+pub fn unique_ifname(tag: &str, n: u32) -> String {
+    let name = format!("{tag}{}x{n}", std::process::id() % 100_000);
+    assert!(
+        name.len() <= 15,
+        "{name} is longer than an interface name may be"
+    );
+    name
+}
 
 /// True when the process can create network namespaces (root with CAP_SYS_ADMIN).
 pub fn is_root() -> bool {

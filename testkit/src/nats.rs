@@ -101,6 +101,11 @@ impl NatsServer {
         format!("nats://{addr}:{}", self.port)
     }
 
+    /// True between a start and a kill.
+    pub fn is_running(&self) -> bool {
+        self.child.is_some()
+    }
+
     /// Kills the server (SIGKILL: an outage, not a goodbye).
     pub fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {

@@ -105,3 +105,17 @@ pub fn wg_dump(ns: &Netns, ifname: &str) -> Result<Vec<Vec<String>>> {
         .map(|l| l.split('\t').map(str::to_owned).collect())
         .collect())
 }
+
+/// Everything in the namespace's kernel that an agent could touch (the whole nftables ruleset,
+/// addresses, routes, links), as text for byte comparisons. IPv6 link-local addresses finish
+/// duplicate address detection on their own time: their `tentative` flag is nobody's change.
+pub fn kernel_snapshot(ns: &Netns) -> Result<String> {
+    Ok(format!(
+        "{}\n{}\n{}\n{}",
+        nft_ruleset_text(ns)?,
+        ip_json(ns, &["addr"])?,
+        ip_json(ns, &["route"])?,
+        ip_json(ns, &["link"])?
+    )
+    .replace("\"tentative\":true,", ""))
+}

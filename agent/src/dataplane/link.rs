@@ -642,6 +642,12 @@ mod tests {
     }
 
     #[test]
+    fn errors_cross_threads_and_into_anyhow() {
+        fn send_sync<T: Send + Sync + 'static>() {}
+        send_sync::<Error>();
+    }
+
+    #[test]
     fn failures_name_the_part_and_the_cause() {
         let e = Error::Incomplete {
             sent: 2,

@@ -3,6 +3,7 @@
 //! the socket I/O. All of them live on the reconciler's thread: their sockets are blocking,
 //! and a thread is the unit that lives in a network namespace.
 
+pub mod events;
 pub mod firewall;
 pub mod link;
 pub mod resolv;
@@ -13,7 +14,7 @@ use std::path::PathBuf;
 
 use tracing::warn;
 use weft_schema::validate::ValidSpec;
-use weft_schema::{FirewallStatus, NetworkStatus, Subsystem, WireGuardStatus};
+use weft_schema::{FirewallStatus, NetworkStatus, Overall, Subsystem, WireGuardStatus};
 
 /// Where the dataplane keeps and writes things.
 #[derive(Debug, Clone)]
@@ -55,6 +56,31 @@ pub struct Dataplane {
     resolv_conf: PathBuf,
 }
 
+impl Observed {
+    /// The managed subsystems that do not match the desired state, with what differs.
+    pub fn degraded(&self) -> Vec<(Subsystem, String)> {
+        let net = self
+            .network
+            .as_ref()
+            .map(|s| (Subsystem::Network, s.overall, &s.last_error));
+        let fw = Some((
+            Subsystem::Firewall,
+            self.firewall.overall,
+            &self.firewall.last_error,
+        ));
+        let wg = self
+            .wireguard
+            .as_ref()
+            .map(|s| (Subsystem::WireGuard, s.overall, &s.last_error));
+        [net, fw, wg]
+            .into_iter()
+            .flatten()
+            .filter(|(_, overall, _)| *overall != Overall::Healthy)
+            .map(|(s, _, e)| (s, e.clone()))
+            .collect()
+    }
+}
+
 impl Dataplane {
     /// Opens the sockets. Changes nothing in the kernel.
     pub fn open(settings: &Settings) -> Result<Dataplane, OpenError> {
@@ -69,37 +95,48 @@ impl Dataplane {
     /// Makes the kernel match `spec`. Each subsystem is applied on its own: a WireGuard
     /// failure does not keep the firewall from being applied. Returns what failed.
     pub fn apply(&mut self, spec: &ValidSpec) -> Vec<Failure> {
-        let mut failures = Vec::new();
-        let mut fail = |subsystem, error: String| {
+        // WireGuard before the firewall: the firewall opens the listen port the overlay uses.
+        [
+            Subsystem::Network,
+            Subsystem::WireGuard,
+            Subsystem::Firewall,
+        ]
+        .into_iter()
+        .filter_map(|subsystem| {
+            let error = self.apply_one(subsystem, spec).err()?;
             warn!(?subsystem, %error, generation = spec.generation, "apply failed");
-            failures.push(Failure { subsystem, error });
-        };
-        if let Some(net) = &spec.network {
-            if let Err(e) = link::apply(&mut self.rtnl, net) {
-                fail(Subsystem::Network, error_line(&e));
-            }
-            if !net.nameservers.is_empty() {
-                if let Err(e) =
+            Some(Failure { subsystem, error })
+        })
+        .collect()
+    }
+
+    /// Makes one subsystem match `spec`, writing only what differs. The error names the part
+    /// the kernel refused.
+    pub fn apply_one(&mut self, subsystem: Subsystem, spec: &ValidSpec) -> Result<(), String> {
+        match subsystem {
+            Subsystem::Network => {
+                let Some(net) = &spec.network else {
+                    return Ok(()); // not managed
+                };
+                link::apply(&mut self.rtnl, net).map_err(|e| error_line(&e))?;
+                if !net.nameservers.is_empty() {
                     resolv::write(&self.resolv_conf, &net.nameservers, &net.search_domains)
-                {
-                    fail(
-                        Subsystem::Network,
-                        format!("write {}: {e}", self.resolv_conf.display()),
-                    );
+                        .map_err(|e| format!("write {}: {e}", self.resolv_conf.display()))?;
                 }
+                Ok(())
+            }
+            Subsystem::WireGuard => self
+                .wireguard
+                .apply(&mut self.rtnl, spec.wireguard.as_ref())
+                .map_err(|e| error_line(&e)),
+            Subsystem::Firewall => {
+                let ruleset = self.ruleset(spec);
+                self.firewall
+                    .apply(&ruleset)
+                    .map(|_wrote| ())
+                    .map_err(|e| error_line(&e))
             }
         }
-        if let Err(e) = self
-            .wireguard
-            .apply(&mut self.rtnl, spec.wireguard.as_ref())
-        {
-            fail(Subsystem::WireGuard, error_line(&e));
-        }
-        let ruleset = self.ruleset(spec);
-        if let Err(e) = self.firewall.apply(&ruleset) {
-            fail(Subsystem::Firewall, error_line(&e));
-        }
-        failures
     }
 
     /// Reads back what the kernel holds for `spec`'s subsystems.
@@ -115,6 +152,11 @@ impl Dataplane {
                 .wireguard
                 .observe(&mut self.rtnl, spec.wireguard.as_ref()),
         }
+    }
+
+    /// The netlink port of our rtnetlink socket (see [`events::RouteChange::port`]).
+    pub fn rtnl_port(&self) -> u32 {
+        self.rtnl.portid()
     }
 
     /// Stops what lives only in this process (a userspace WireGuard device). Kernel state

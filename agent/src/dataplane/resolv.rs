@@ -9,12 +9,12 @@
 //! replaced by a regular file, and a path that is a bind mount cannot be renamed over
 //! (EBUSY, returned as is).
 
-use std::fs::{self, File, OpenOptions};
-use std::io::{self, Write};
+use std::fs;
+use std::io;
 use std::net::IpAddr;
-use std::os::unix::fs::OpenOptionsExt;
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::path::Path;
+
+use crate::atomic_file;
 
 /// The first line of every file the agent writes.
 pub const HEADER: &str =
@@ -48,50 +48,15 @@ pub fn write(path: &Path, nameservers: &[IpAddr], search: &[String]) -> io::Resu
         Err(e) if e.kind() == io::ErrorKind::NotFound => {}
         Err(e) => return Err(e),
     }
-    replace(path, content.as_bytes())?;
+    // Every process resolves names through this file, whatever the umask: 0644.
+    atomic_file::replace(path, content.as_bytes(), 0o644)?;
     Ok(true)
-}
-
-/// Temp file + fsync + rename + fsync of the directory.
-fn replace(path: &Path, content: &[u8]) -> io::Result<()> {
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    let temp = temp_path(&dir, path);
-    let result = (|| {
-        let mut file = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o644)
-            .open(&temp)?;
-        file.write_all(content)?;
-        file.sync_all()?;
-        fs::rename(&temp, path)
-    })();
-    if result.is_err() {
-        let _ = fs::remove_file(&temp);
-    }
-    result?;
-    File::open(&dir)?.sync_all()
-}
-
-/// A name no other writer uses: the target's name, this process and a counter.
-fn temp_path(dir: &Path, path: &Path) -> PathBuf {
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let name = path
-        .file_name()
-        .map_or_else(|| "resolv.conf".into(), |n| n.to_string_lossy());
-    dir.join(format!(
-        ".{name}.weft-{}-{}.tmp",
-        std::process::id(),
-        COUNTER.fetch_add(1, Ordering::Relaxed)
-    ))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::path::PathBuf;
 
     fn scratch(tag: &str) -> PathBuf {
         let dir =

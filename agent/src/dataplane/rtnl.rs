@@ -190,6 +190,12 @@ impl Rtnl {
         })
     }
 
+    /// The socket's netlink port: the kernel stamps it on the notifications our own requests
+    /// cause, which tells them apart from everyone else's.
+    pub fn portid(&self) -> u32 {
+        self.socket.pid()
+    }
+
     /// How many change requests (new/set/delete of links, addresses, routes) this socket has
     /// sent, whether or not the kernel accepted them. Reads do not count.
     pub fn changes_sent(&self) -> u64 {
@@ -741,6 +747,15 @@ mod tests {
         let parsed = parse_addr(&msg).unwrap();
         assert_eq!(parsed.addr, net);
         assert_eq!(parsed.index, 3);
+    }
+
+    #[test]
+    fn the_socket_can_move_to_the_reconciler_thread() {
+        fn send<T: Send>() {}
+        send::<Rtnl>();
+        fn sync<T: Sync>() {}
+        send::<Error>();
+        sync::<Error>();
     }
 
     #[test]

@@ -5,6 +5,7 @@
 //! it decides (stale? re-assert? conflict?), applies each subsystem independently, reads the
 //! kernel back and publishes the resulting [`PodStatus`] on a watch channel for the emitter.
 
+pub mod drift;
 pub mod mailbox;
 mod status;
 
@@ -16,8 +17,10 @@ use tracing::{error, info, info_span, warn};
 use weft_schema::validate::ValidSpec;
 use weft_schema::{ApplyResult, PodId, PodStatus};
 
+use crate::dataplane::events::{Hints, KernelEvents};
 use crate::dataplane::{self, Dataplane, Failure, Observed};
 use crate::state::StateDir;
+use drift::{Budgets, Drift};
 pub use mailbox::{Inbox, Mailbox, Replier, Submission};
 pub use status::compose;
 use status::failure_line;
@@ -60,6 +63,8 @@ pub struct Reconciler {
     /// What the kernel refused in the last apply.
     failures: Vec<Failure>,
     observed: Option<Observed>,
+    drift: Drift,
+    budgets: Budgets,
 }
 
 impl Reconciler {
@@ -72,6 +77,8 @@ impl Reconciler {
             rejection: None,
             failures: Vec::new(),
             observed: None,
+            drift: Drift::default(),
+            budgets: Budgets::new(Instant::now()),
         }
     }
 
@@ -165,6 +172,63 @@ impl Reconciler {
         }
     }
 
+    /// Reads the kernel back and repairs what drifted from the applied spec. `hints` are the
+    /// kernel's notifications since the last check (for the drift record's change and author);
+    /// `retry_failed` also re-applies subsystems whose last apply failed (an interface that
+    /// was missing may have appeared). Returns when to check again when a repair was held
+    /// back by its rate limit.
+    pub fn check(&mut self, hints: &Hints, retry_failed: bool) -> Option<Instant> {
+        let spec = self.applied.clone()?;
+        let observed = self.dataplane.observe(&spec);
+        let own_port = self.dataplane.rtnl_port();
+        let now = Instant::now();
+        let mut again: Option<Instant> = None;
+        let mut wrote = false;
+        for (subsystem, found) in observed.degraded() {
+            let failed = self.failures.iter().any(|f| f.subsystem == subsystem);
+            if failed && !retry_failed {
+                continue;
+            }
+            if let Err(wait) = self.budgets.of(subsystem).take(now) {
+                again = Some(again.map_or(now + wait, |a| a.min(now + wait)));
+                continue;
+            }
+            wrote = true;
+            let started = Instant::now();
+            let result = self.dataplane.apply_one(subsystem, &spec);
+            self.failures.retain(|f| f.subsystem != subsystem);
+            match result {
+                Ok(()) if failed => info!(?subsystem, "applied on retry"),
+                Ok(()) => {
+                    let event = drift::event(
+                        subsystem,
+                        drift::change(hints, subsystem, &found),
+                        drift::author(hints, subsystem, own_port),
+                    );
+                    warn!(
+                        ?subsystem,
+                        change = %event.change,
+                        by = %event.by,
+                        micros = started.elapsed().as_micros() as u64,
+                        "drift repaired"
+                    );
+                    self.drift.repairs += 1;
+                    self.drift.last = Some(event);
+                }
+                Err(error) => {
+                    warn!(?subsystem, %error, "repair failed");
+                    self.failures.push(Failure { subsystem, error });
+                }
+            }
+        }
+        self.observed = Some(if wrote {
+            self.dataplane.observe(&spec)
+        } else {
+            observed
+        });
+        again
+    }
+
     /// The status as of the last observation (unstamped: the emitter stamps it).
     pub fn status(&self) -> PodStatus {
         compose(
@@ -173,6 +237,7 @@ impl Reconciler {
             self.observed.as_ref(),
             self.rejection.as_deref(),
             &self.failures,
+            &self.drift,
         )
     }
 
@@ -195,15 +260,15 @@ pub struct Handle {
 impl Handle {
     /// Starts the reconciler thread: opens the dataplane there (its sockets must be created
     /// on the thread that uses them), restores the kept spec, then serves the mailbox.
-    /// `observe_every` is how often the kernel is read back without a change.
     pub fn spawn(
         pod: PodId,
         settings: dataplane::Settings,
-        observe_every: Duration,
+        timers: Timers,
     ) -> anyhow::Result<(Handle, std::thread::JoinHandle<()>)> {
         let mailbox = Arc::new(Mailbox::new()?);
         let state = StateDir::open(&settings.state_dir)?;
-        let (status_tx, status_rx) = watch::channel(compose(&pod, None, None, None, &[]));
+        let (status_tx, status_rx) =
+            watch::channel(compose(&pod, None, None, None, &[], &Drift::default()));
         let (opened_tx, opened_rx) = std::sync::mpsc::sync_channel(1);
         let mb = mailbox.clone();
         let thread = std::thread::Builder::new()
@@ -220,10 +285,15 @@ impl Handle {
                         return;
                     }
                 };
+                // Opened before the kept spec is restored, so nothing that happens from here
+                // on goes unnoticed.
+                let events = KernelEvents::open()
+                    .map_err(|e| warn!(cause = %e, "no kernel events; drift is found by the periodic checks only"))
+                    .ok();
                 let mut rec = Reconciler::new(pod, dataplane, state);
                 rec.restore();
                 status_tx.send_replace(rec.status());
-                run(&mut rec, &mb, &status_tx, observe_every);
+                run(&mut rec, &mb, events, &status_tx, timers);
                 rec.shutdown();
             })?;
         opened_rx
@@ -273,57 +343,95 @@ impl Handle {
     }
 }
 
-/// The actor loop: wait for mail or the observation timer, then act.
+/// How often the reconciler reads the kernel back without being asked.
+#[derive(Debug, Clone, Copy)]
+pub struct Timers {
+    /// Read back (and repair drift found): keeps the status current.
+    pub observe: Duration,
+    /// Also retry what failed to apply: the safety net for lost events.
+    pub resync: Duration,
+}
+
+/// The actor loop: wait for mail, a kernel event or a timer, then act.
 fn run(
     rec: &mut Reconciler,
     mailbox: &Mailbox,
+    mut events: Option<KernelEvents>,
     status: &watch::Sender<PodStatus>,
-    observe_every: Duration,
+    timers: Timers,
 ) {
-    let mut next_observe = Instant::now() + observe_every;
+    let mut next_observe = Instant::now() + timers.observe;
+    let mut next_resync = Instant::now() + timers.resync;
+    let mut held_back: Option<Instant> = None;
+    let mut fds = vec![mailbox.wake_fd()];
+    if let Some(ev) = &events {
+        fds.extend(ev.fds());
+    }
     loop {
-        wait_readable(
-            mailbox.wake_fd(),
-            next_observe.saturating_duration_since(Instant::now()),
-        );
+        let deadline = [Some(next_observe), Some(next_resync), held_back]
+            .into_iter()
+            .flatten()
+            .min()
+            .expect("timers are set");
+        wait_readable(&fds, deadline.saturating_duration_since(Instant::now()));
         let inbox = mailbox.take();
         if inbox.shutdown {
             return;
         }
-        let mut observe = inbox.observe || Instant::now() >= next_observe;
         if let Some(why) = inbox.rejection {
             rec.reject(why);
         }
         if let Some(sub) = inbox.pending {
             rec.handle(sub); // reads the kernel back itself
-            observe = false;
-            next_observe = Instant::now() + observe_every;
+            next_observe = Instant::now() + timers.observe;
         }
-        if observe {
-            rec.observe();
-            next_observe = Instant::now() + observe_every;
+        let hints = events.as_mut().map(KernelEvents::drain).unwrap_or_default();
+        let now = Instant::now();
+        let touched = !drift::touched(&hints, rec.dataplane.rtnl_port()).is_empty();
+        let resync = now >= next_resync || hints.overrun;
+        let due = inbox.observe || now >= next_observe || held_back.is_some_and(|t| now >= t);
+        if touched || resync || due {
+            if hints.overrun {
+                warn!("kernel events were lost; checking everything");
+            }
+            held_back = rec.check(&hints, touched || resync);
+            next_observe = now + timers.observe;
+            if resync {
+                next_resync = now + timers.resync;
+            }
         }
         let new = rec.status();
-        status.send_if_modified(|old| {
-            let changed = *old != new;
-            if changed {
-                *old = new;
-            }
-            changed
-        });
+        if due {
+            // A timed read-back is what the periodic snapshot should carry: hand it to the
+            // emitter even when nothing changed, so a snapshot is never an interval stale
+            // (WireGuard handshakes and byte counters move between reads).
+            status.send_replace(new);
+        } else {
+            status.send_if_modified(|old| {
+                let changed = *old != new;
+                if changed {
+                    *old = new;
+                }
+                changed
+            });
+        }
     }
 }
 
-/// Blocks until `fd` is readable or `timeout` passes.
-fn wait_readable(fd: std::os::fd::RawFd, timeout: Duration) {
-    let mut pfd = libc::pollfd {
-        fd,
-        events: libc::POLLIN,
-        revents: 0,
-    };
+/// Blocks until one of `fds` is readable or `timeout` passes.
+fn wait_readable(fds: &[std::os::fd::RawFd], timeout: Duration) {
+    let mut pfds: Vec<libc::pollfd> = fds
+        .iter()
+        .map(|&fd| libc::pollfd {
+            fd,
+            events: libc::POLLIN,
+            revents: 0,
+        })
+        .collect();
     let ms = timeout.as_millis().min(i32::MAX as u128) as i32;
-    // SAFETY: one valid pollfd for the duration of the call. EINTR just ends the wait early.
-    unsafe { libc::poll(&mut pfd, 1, ms) };
+    // SAFETY: `pfds` is a live array of `pfds.len()` pollfds for the duration of the call.
+    // EINTR just ends the wait early.
+    unsafe { libc::poll(pfds.as_mut_ptr(), pfds.len() as libc::nfds_t, ms) };
 }
 
 #[cfg(test)]

@@ -2,6 +2,7 @@
 
 use weft_schema::{Overall, PodId, PodStatus};
 
+use super::drift::Drift;
 use crate::dataplane::{Failure, Observed};
 
 /// The status of the pod, unstamped (`PublishedAt*` are 0: the emitter stamps them).
@@ -16,6 +17,7 @@ pub fn compose(
     observed: Option<&Observed>,
     rejection: Option<&str>,
     failures: &[Failure],
+    drift: &Drift,
 ) -> PodStatus {
     let (network, firewall, wireguard) = match observed {
         Some(o) => (
@@ -64,8 +66,8 @@ pub fn compose(
         last_error,
         published_at_unix: 0,
         published_at_unix_ms: 0,
-        drift_repairs: 0,
-        last_drift: None,
+        drift_repairs: drift.repairs,
+        last_drift: drift.last.clone(),
         network,
         firewall,
         wireguard,
@@ -85,6 +87,10 @@ pub(crate) fn failure_line(failures: &[Failure]) -> String {
 mod tests {
     use super::*;
     use weft_schema::{FirewallStatus, NetworkStatus, Subsystem};
+
+    fn none() -> Drift {
+        Drift::default()
+    }
 
     fn pod() -> PodId {
         PodId::parse("web-1").unwrap()
@@ -111,7 +117,7 @@ mod tests {
 
     #[test]
     fn before_any_spec_everything_is_pending_and_null() {
-        let s = compose(&pod(), None, None, None, &[]);
+        let s = compose(&pod(), None, None, None, &[], &none());
         assert_eq!(s.overall, Overall::Pending);
         assert_eq!(s.observed_generation, 0);
         assert!(s.network.is_none() && s.firewall.is_none() && s.wireguard.is_none());
@@ -126,6 +132,7 @@ mod tests {
             None,
             Some("generation 3 rejected: PodId: x"),
             &[],
+            &none(),
         );
         assert_eq!(s.overall, Overall::Degraded);
         assert_eq!(s.observed_generation, 0);
@@ -135,7 +142,7 @@ mod tests {
     #[test]
     fn healthy_when_every_subsystem_is() {
         let o = observed(firewall(Overall::Healthy, ""), None);
-        let s = compose(&pod(), Some(7), Some(&o), None, &[]);
+        let s = compose(&pod(), Some(7), Some(&o), None, &[], &none());
         assert_eq!(s.overall, Overall::Healthy);
         assert_eq!(s.observed_generation, 7);
         assert!(s.network.is_none());
@@ -157,7 +164,7 @@ mod tests {
             subsystem: Subsystem::Network,
             error: "interface eth9 does not exist".into(),
         }];
-        let s = compose(&pod(), Some(7), Some(&o), None, &failed);
+        let s = compose(&pod(), Some(7), Some(&o), None, &failed, &none());
         assert_eq!(s.overall, Overall::Degraded);
         assert_eq!(s.last_error, "Network: interface eth9 does not exist");
         assert_eq!(s.network.as_ref().unwrap().overall, Overall::Degraded);
@@ -165,7 +172,7 @@ mod tests {
 
         // Drift seen by an observation, with a clean last apply, still surfaces at the top.
         let o = observed(firewall(Overall::Degraded, "table missing"), None);
-        let s = compose(&pod(), Some(7), Some(&o), None, &[]);
+        let s = compose(&pod(), Some(7), Some(&o), None, &[], &none());
         assert_eq!(s.last_error, "Firewall: table missing");
     }
 }

@@ -17,6 +17,10 @@ pub const NFT_MSG_NEWSET: u16 = 9;
 pub const NFT_MSG_GETSET: u16 = 10;
 pub const NFT_MSG_NEWSETELEM: u16 = 12;
 pub const NFT_MSG_GETSETELEM: u16 = 13;
+pub const NFT_MSG_GETGEN: u16 = 16;
+pub const NFTA_GEN_ID: u16 = 1;
+/// Batch-begin attribute: commit only if the ruleset generation is still this one.
+pub const NFNL_BATCH_GENID: u16 = 1;
 
 pub const NLM_F_APPEND: u16 = 0x800;
 

@@ -12,6 +12,8 @@ use super::{Chain, CHAINS, TABLE};
 /// What a message of the batch does, so a refusal can say what failed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Label {
+    /// The batch's first message, which carries the generation it was planned at.
+    Begin,
     Batch,
     DeleteTable,
     CreateTable,
@@ -76,9 +78,19 @@ impl Builder {
 /// The batch that makes the kernel's table `ruleset`. `table_flags` are the table's flags
 /// (owner and persist, or none); `replace` deletes the existing table first, in the same
 /// transaction, so no observer sees the table missing or half-filled.
-pub(crate) fn replace(ruleset: &Ruleset, table_flags: u32, replace: bool, seq: u32) -> Batch {
+///
+/// `genid` is the ruleset generation the batch was planned at: the kernel refuses it
+/// (ERESTART) when anyone committed since, instead of deleting a table it did not read.
+pub(crate) fn replace(
+    ruleset: &Ruleset,
+    table_flags: u32,
+    replace: bool,
+    genid: u32,
+    seq: u32,
+) -> Batch {
     let mut b = start(
         seq,
+        genid,
         512 + 320 * (ruleset.input.len() + ruleset.output.len()),
     );
     if replace {
@@ -109,13 +121,23 @@ pub(crate) fn replace(ruleset: &Ruleset, table_flags: u32, replace: bool, seq: u
 
 /// The batch that re-creates the table with our flags and nothing else: a persistent table
 /// left by an agent that exited is adopted by its next owner without touching its rules.
-pub(crate) fn adopt(table_flags: u32, seq: u32) -> Batch {
-    let mut b = start(seq, 256);
+pub(crate) fn adopt(table_flags: u32, genid: u32, seq: u32) -> Batch {
+    let mut b = start(seq, genid, 256);
     table(&mut b, table_flags);
     finish(b)
 }
 
-fn start(seq: u32, capacity: usize) -> Builder {
+/// The batch that deletes the table.
+pub(crate) fn delete(seq: u32) -> Batch {
+    let mut b = start(seq, 0, 256);
+    b.begin(NFT_MSG_DELTABLE, 0, Label::DeleteTable);
+    b.w.str(NFTA_TABLE_NAME, TABLE);
+    b.w.end();
+    finish(b)
+}
+
+/// Opens a batch; a `genid` of 0 commits at any generation.
+fn start(seq: u32, genid: u32, capacity: usize) -> Builder {
     let mut b = Builder {
         w: Writer::with_capacity(capacity),
         seq,
@@ -130,9 +152,12 @@ fn start(seq: u32, capacity: usize) -> Builder {
         0,
         NFNL_SUBSYS_NFTABLES,
     );
+    if genid != 0 {
+        b.w.u32_be(NFNL_BATCH_GENID, genid);
+    }
     b.w.end();
     b.seq += 1;
-    b.labels.push(Label::Batch);
+    b.labels.push(Label::Begin);
     b
 }
 

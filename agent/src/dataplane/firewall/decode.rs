@@ -11,8 +11,37 @@ use super::render::{
 };
 use super::{CHAINS, TABLE};
 
-/// Set elements as (key bytes, is an interval end).
-pub(crate) type Elements = Vec<(Vec<u8>, bool)>;
+/// Set elements as (key, is an interval end).
+pub(crate) type Elements = Vec<(Value, bool)>;
+
+/// An expression's or element's data, at most 16 bytes (an IPv6 address), kept inline: a
+/// 10,000-rule read-back would otherwise allocate for every comparison.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Value {
+    len: u8,
+    bytes: [u8; 16],
+}
+
+impl Value {
+    pub fn new(data: &[u8]) -> Option<Value> {
+        let mut bytes = [0; 16];
+        bytes.get_mut(..data.len())?.copy_from_slice(data);
+        Some(Value {
+            len: data.len() as u8,
+            bytes,
+        })
+    }
+
+    pub fn as_slice(&self) -> &[u8] {
+        &self.bytes[..usize::from(self.len)]
+    }
+}
+
+impl std::fmt::Debug for Value {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&hex::encode(self.as_slice()))
+    }
+}
 
 /// Fetches the elements of a named anonymous set (`None` when it cannot be read).
 pub(crate) type SetReader<'a> = dyn FnMut(&str) -> Option<Elements> + 'a;
@@ -103,18 +132,19 @@ pub(crate) fn chains_as_contract(chains: &[ChainSeen]) -> bool {
 pub(crate) enum Expr {
     Meta(u32),
     Ct(u32),
-    Cmp(u32, Vec<u8>),
+    Cmp(u32, Value),
     Payload { base: u32, offset: u32, len: u32 },
-    Bitwise { mask: Vec<u8>, xor: Vec<u8> },
+    Bitwise { mask: Value, xor: Value },
     Lookup(String),
     Verdict(u32),
     Other(String),
 }
 
-/// A rule of a rule dump: its chain, expressions and comment.
+/// A rule of a rule dump: its chain (an index into [`CHAINS`], `None` for another chain),
+/// expressions and comment.
 #[derive(Clone, Debug)]
 pub(crate) struct RuleSeen {
-    pub chain: String,
+    pub chain: Option<usize>,
     pub exprs: Vec<Expr>,
     pub comment: Option<String>,
 }
@@ -122,14 +152,17 @@ pub(crate) struct RuleSeen {
 pub(crate) fn rule(msg: &Message<'_>) -> Option<RuleSeen> {
     let mut table = None;
     let mut seen = RuleSeen {
-        chain: String::new(),
+        chain: None,
         exprs: Vec::new(),
         comment: None,
     };
     for (ty, v) in msg.nf_attrs() {
         match ty {
             NFTA_RULE_TABLE => table = Some(string(v)),
-            NFTA_RULE_CHAIN => seen.chain = string(v).to_owned(),
+            NFTA_RULE_CHAIN => {
+                let name = string(v);
+                seen.chain = CHAINS.iter().position(|c| c.name == name);
+            }
             NFTA_RULE_EXPRESSIONS => {
                 seen.exprs = attrs(v)
                     .filter(|(t, _)| *t == NFTA_LIST_ELEM)
@@ -156,10 +189,10 @@ fn comment(mut ud: &[u8]) -> Option<String> {
     None
 }
 
-fn data_value(v: &[u8]) -> Option<Vec<u8>> {
+fn data_value(v: &[u8]) -> Option<Value> {
     attrs(v)
         .find(|(t, _)| *t == NFTA_DATA_VALUE)
-        .map(|(_, d)| d.to_vec())
+        .and_then(|(_, d)| Value::new(d))
 }
 
 fn expr(e: &[u8]) -> Expr {
@@ -251,7 +284,7 @@ pub(crate) fn set_elements(msg: &Message<'_>, out: &mut Elements) {
 }
 
 /// Interval elements back to merged inclusive ranges, for keys of `len` bytes.
-pub(crate) fn ranges(elements: &[(Vec<u8>, bool)], len: usize) -> Option<Vec<(u128, u128)>> {
+pub(crate) fn ranges(elements: &[(Value, bool)], len: usize) -> Option<Vec<(u128, u128)>> {
     let max = if len >= 16 {
         u128::MAX
     } else {
@@ -259,7 +292,7 @@ pub(crate) fn ranges(elements: &[(Vec<u8>, bool)], len: usize) -> Option<Vec<(u1
     };
     let mut keyed: Vec<(u128, bool)> = elements
         .iter()
-        .map(|(k, end)| (k.len() == len).then(|| (uint(k), *end)))
+        .map(|(k, end)| (k.as_slice().len() == len).then(|| (uint(k.as_slice()), *end)))
         .collect::<Option<_>>()?;
     // At one key an end (of the previous range) comes before a start.
     keyed.sort_unstable_by_key(|&(k, end)| (k, !end));
@@ -292,29 +325,28 @@ fn uint(bytes: &[u8]) -> u128 {
 /// Decodes the expressions of one rule of a chain whose addresses are `dir`. `set` returns
 /// the elements of a named anonymous set.
 pub(crate) fn line(rule: &RuleSeen, dir: Dir, set: &mut SetReader<'_>) -> Line {
-    let e = &rule.exprs;
-    let accept = Expr::Verdict(NF_ACCEPT);
-    let ct = [
-        Expr::Ct(NFT_CT_STATE),
-        Expr::Bitwise {
-            mask: CT_STATE_ESTABLISHED_RELATED.to_ne_bytes().to_vec(),
-            xor: vec![0; 4],
-        },
-        Expr::Cmp(NFT_CMP_NEQ, vec![0; 4]),
-        accept.clone(),
-    ];
-    let mut lo = vec![0u8; 16];
-    lo[..2].copy_from_slice(b"lo");
-    let loopback = [
-        Expr::Meta(NFT_META_IIFNAME),
-        Expr::Cmp(NFT_CMP_EQ, lo),
-        accept,
-    ];
-    if rule.comment.is_none() && e[..] == ct[..] {
-        return Line::Established;
-    }
-    if rule.comment.is_none() && e[..] == loopback[..] {
-        return Line::Loopback;
+    let e = &rule.exprs[..];
+    let zero = |v: &Value| v.as_slice().iter().all(|b| *b == 0);
+    if rule.comment.is_none() {
+        match e {
+            [Expr::Ct(NFT_CT_STATE), Expr::Bitwise { mask, xor }, Expr::Cmp(NFT_CMP_NEQ, z), Expr::Verdict(NF_ACCEPT)]
+                if mask.as_slice() == CT_STATE_ESTABLISHED_RELATED.to_ne_bytes()
+                    && xor.as_slice().len() == 4
+                    && zero(xor)
+                    && z.as_slice().len() == 4
+                    && zero(z) =>
+            {
+                return Line::Established;
+            }
+            [Expr::Meta(NFT_META_IIFNAME), Expr::Cmp(NFT_CMP_EQ, name), Expr::Verdict(NF_ACCEPT)]
+                if name.as_slice().len() == 16
+                    && name.as_slice()[..2] == *b"lo"
+                    && name.as_slice()[2..].iter().all(|b| *b == 0) =>
+            {
+                return Line::Loopback;
+            }
+            _ => {}
+        }
     }
     match generic(e, dir, set) {
         Some(mut m) => {
@@ -332,11 +364,9 @@ fn describe(rule: &RuleSeen) -> String {
         .map(|e| match e {
             Expr::Meta(k) => format!("meta({k})"),
             Expr::Ct(k) => format!("ct({k})"),
-            Expr::Cmp(op, d) => format!("cmp({op},{})", hex::encode(d)),
+            Expr::Cmp(op, d) => format!("cmp({op},{d:?})"),
             Expr::Payload { base, offset, len } => format!("payload({base},{offset},{len})"),
-            Expr::Bitwise { mask, xor } => {
-                format!("bitwise({},{})", hex::encode(mask), hex::encode(xor))
-            }
+            Expr::Bitwise { mask, xor } => format!("bitwise({mask:?},{xor:?})"),
             Expr::Lookup(s) => format!("lookup({s})"),
             Expr::Verdict(v) => format!("verdict({v})"),
             Expr::Other(n) => n.clone(),
@@ -372,7 +402,7 @@ impl<'a> Cursor<'a> {
         }
         self.next();
         match self.next()? {
-            Expr::Cmp(NFT_CMP_EQ, d) if d.len() == 1 => Some(Some(d[0])),
+            Expr::Cmp(NFT_CMP_EQ, d) if d.as_slice().len() == 1 => Some(Some(d.as_slice()[0])),
             _ => None,
         }
     }
@@ -385,25 +415,31 @@ impl<'a> Cursor<'a> {
         full: usize,
         set: &mut SetReader<'_>,
     ) -> Option<Vec<(u128, u128)>> {
-        let widen = |d: &[u8], fill: u8| {
-            let mut v = d.to_vec();
-            v.resize(full, fill);
-            uint(&v)
+        // A value of the first `len` bytes of a `full`-byte key, as the range of keys it
+        // covers.
+        let widen = |d: &[u8]| {
+            let pad = (full - d.len()) as u32 * 8;
+            let low = uint(d).checked_shl(pad).unwrap_or(0);
+            let host = 1u128.checked_shl(pad).map_or(u128::MAX, |b| b - 1);
+            (low, low | host)
         };
         match self.next()? {
-            Expr::Cmp(NFT_CMP_EQ, d) if d.len() == loaded => {
-                Some(vec![(widen(d, 0), widen(d, 0xff))])
+            Expr::Cmp(NFT_CMP_EQ, d) if d.as_slice().len() == loaded => {
+                Some(vec![widen(d.as_slice())])
             }
-            Expr::Cmp(NFT_CMP_GTE, lo) if lo.len() == full && loaded == full => {
+            Expr::Cmp(NFT_CMP_GTE, lo) if lo.as_slice().len() == full && loaded == full => {
+                let lo = uint(lo.as_slice());
                 match self.next()? {
-                    Expr::Cmp(NFT_CMP_LTE, hi) if hi.len() == full && uint(lo) <= uint(hi) => {
-                        Some(vec![(uint(lo), uint(hi))])
+                    Expr::Cmp(NFT_CMP_LTE, hi)
+                        if hi.as_slice().len() == full && lo <= uint(hi.as_slice()) =>
+                    {
+                        Some(vec![(lo, uint(hi.as_slice()))])
                     }
                     _ => None,
                 }
             }
-            Expr::Bitwise { mask, xor } if loaded == full && mask.len() == full => {
-                let m = uint(mask);
+            Expr::Bitwise { mask, xor } if loaded == full && mask.as_slice().len() == full => {
+                let m = uint(mask.as_slice());
                 let bits = full as u32 * 8;
                 let ones = m.count_ones();
                 let prefix_mask = if ones == 0 {
@@ -411,18 +447,16 @@ impl<'a> Cursor<'a> {
                 } else {
                     (u128::MAX << (128 - ones)) >> (128 - bits)
                 };
-                if xor.iter().any(|b| *b != 0) || m != prefix_mask {
+                if xor.as_slice().iter().any(|b| *b != 0) || m != prefix_mask {
                     return None;
                 }
                 match self.next()? {
-                    Expr::Cmp(NFT_CMP_EQ, d) if d.len() == full && uint(d) & !m == 0 => {
-                        let host = !m
-                            & if bits == 128 {
-                                u128::MAX
-                            } else {
-                                (1 << bits) - 1
-                            };
-                        Some(vec![(uint(d), uint(d) | host)])
+                    Expr::Cmp(NFT_CMP_EQ, d)
+                        if d.as_slice().len() == full && uint(d.as_slice()) & !m == 0 =>
+                    {
+                        let d = uint(d.as_slice());
+                        let host = !m & (u128::MAX >> (128 - bits));
+                        Some(vec![(d, d | host)])
                     }
                     _ => None,
                 }

@@ -7,7 +7,14 @@
 //!   is decided from what the kernel holds, not from memory (a restarted agent writes
 //!   nothing when the table is already right), and [`Ruleset::hash`] is equal for equal
 //!   rulesets whether rendered or read back.
+//! - `netlink`, `abi`: a minimal nfnetlink writer/reader and blocking socket, and the
+//!   kernel's constants.
 //! - [`Firewall`] (thin): the netlink socket, apply and observe.
+//!
+//! Every batch carries the nftables generation it was planned at, so the kernel refuses it
+//! whole when anyone committed in between (the plan is then made again from a fresh read).
+//! The same generation makes re-reads cheap: a handle that read or wrote the table at the
+//! generation the kernel still reports knows the table without dumping it again.
 //!
 //! Where the kernel has them (6.9+), the table is created with the owner and persist flags:
 //! only this agent's socket can change it, `nft flush ruleset` leaves it, and when the agent
@@ -16,6 +23,7 @@
 mod abi;
 mod batch;
 mod decode;
+pub mod events;
 mod netlink;
 mod render;
 
@@ -118,6 +126,9 @@ pub struct Firewall {
     flags: u32,
     /// The message of the last batch the kernel refused.
     refused: Option<Label>,
+    /// The table as this handle last read or wrote it, and the nftables generation at
+    /// which that was exact.
+    verified: Option<(u32, Option<Seen>)>,
 }
 
 impl Firewall {
@@ -132,6 +143,7 @@ impl Firewall {
             seq,
             flags: OWNED,
             refused: None,
+            verified: None,
         })
     }
 
@@ -145,21 +157,41 @@ impl Firewall {
     /// persistent table left by a previous agent is only adopted. On error the previous
     /// ruleset stays in force: the batch is one transaction.
     pub fn apply(&mut self, desired: &Ruleset) -> Result<bool, Error> {
-        let seen = self.read()?;
-        if let Some(seen) = &seen {
+        // A batch is committed only at the generation it was planned against; when someone
+        // else committed in between, plan again from a fresh read.
+        for _ in 0..3 {
+            match self.try_apply(desired) {
+                Err(Error::Refused { source, .. })
+                    if source.raw_os_error() == Some(libc::ERESTART) =>
+                {
+                    self.verified = None;
+                }
+                other => return other,
+            }
+        }
+        self.try_apply(desired)
+    }
+
+    fn try_apply(&mut self, desired: &Ruleset) -> Result<bool, Error> {
+        let (genid, seen) = self.current()?;
+        if let Some(seen) = seen {
             if seen.chains_ok && seen.ruleset == *desired {
                 // Already in force. Owned by another live socket, it cannot be adopted (nor
                 // replaced); `observe` reports that.
                 if self.flags == 0 || seen.table.owner.is_some() {
+                    self.verified = Some((genid, Some(seen)));
                     return Ok(false);
                 }
-                if seen.table.flags & NFT_TABLE_F_PERSIST != 0 && seen.table.owner.is_none() {
-                    let batch = batch::adopt(self.flags, self.next_seq());
+                if seen.table.flags & NFT_TABLE_F_PERSIST != 0 {
+                    let batch = batch::adopt(self.flags, genid, self.next_seq());
                     match self.send(&batch, desired) {
                         Ok(()) => {
                             tracing::info!(table = TABLE, "adopted the table left in force");
+                            self.verified =
+                                Some((next_genid(genid), Some(self.ours(seen.ruleset))));
                             return Ok(false);
                         }
+                        Err(e) if e.is_restart() => return Err(e),
                         Err(e) => tracing::warn!(
                             cause = %chain(&e),
                             "could not adopt table inet weft-fw; replacing it"
@@ -167,9 +199,16 @@ impl Firewall {
                     }
                 }
             }
+            self.replace(desired, genid, true)
+        } else {
+            self.replace(desired, genid, false)
         }
-        let present = seen.is_some();
-        let batch = batch::replace(desired, self.flags, present, self.next_seq());
+    }
+
+    /// Sends the batch that replaces (or first creates) the table.
+    fn replace(&mut self, desired: &Ruleset, genid: u32, present: bool) -> Result<bool, Error> {
+        self.verified = None;
+        let batch = batch::replace(desired, self.flags, present, genid, self.next_seq());
         match self.send(&batch, desired) {
             Err(Error::Refused { source, .. })
                 if self.flags != 0
@@ -182,16 +221,79 @@ impl Firewall {
                      table, which other processes can change and which nft flush ruleset removes"
                 );
                 self.flags = 0;
-                let batch = batch::replace(desired, 0, present, self.next_seq());
+                let batch = batch::replace(desired, 0, present, genid, self.next_seq());
                 self.send(&batch, desired)?;
             }
             other => other?,
         }
+        // Committed at exactly `genid`, so the kernel's table is now `desired` at the next
+        // generation.
+        self.verified = Some((next_genid(genid), Some(self.ours(desired.clone()))));
+        Ok(true)
+    }
+
+    /// What the kernel holds right after our own commit of `ruleset`.
+    fn ours(&self, ruleset: Ruleset) -> Seen {
+        Seen {
+            table: decode::TableSeen {
+                flags: self.flags,
+                owner: (self.flags != 0).then_some(self.socket.portid()),
+            },
+            chains_ok: true,
+            ruleset,
+        }
+    }
+
+    /// The nftables generation and the table at it. The table is dumped and decoded unless
+    /// this handle already saw it at this very generation: every commit by anyone bumps the
+    /// generation, so an unchanged generation means an unchanged table. A new process
+    /// always dumps.
+    fn current(&mut self) -> Result<(u32, Option<Seen>), Error> {
+        let genid = self.genid()?;
+        match self.verified.take() {
+            Some((g, seen)) if g == genid => Ok((genid, seen)),
+            _ => Ok((genid, self.read()?)),
+        }
+    }
+
+    /// `NFT_MSG_GETGEN`: the netns's nftables generation id.
+    fn genid(&mut self) -> Result<u32, Error> {
+        let mut genid = None;
+        self.request(
+            NFT_MSG_GETGEN,
+            false,
+            "the ruleset generation",
+            |_| {},
+            |msg| {
+                genid = msg
+                    .nf_attrs()
+                    .find(|(t, _)| *t == NFTA_GEN_ID)
+                    .and_then(|(_, v)| netlink::be32(v));
+            },
+        )?;
+        genid.ok_or(Error::ReadBack {
+            what: "the ruleset generation",
+            source: io::Error::new(io::ErrorKind::InvalidData, "NEWGEN without an id"),
+        })
+    }
+
+    /// Deletes the table, if there is one. The agent itself never does (its table stays in
+    /// force while it is down, fail closed); this is for tools and benchmarks that must
+    /// leave a namespace as they found it. Returns whether there was a table.
+    pub fn remove(&mut self) -> Result<bool, Error> {
+        self.verified = None;
+        if self.read()?.is_none() {
+            return Ok(false);
+        }
+        let batch = batch::delete(self.next_seq());
+        self.send(&batch, &Ruleset::default())?;
         Ok(true)
     }
 
     /// Reads the table back and compares it with `desired`. Errors are folded into
-    /// `Overall: Degraded` and `LastError`, never raised.
+    /// `Overall: Degraded` and `LastError`, never raised. `IngressRules` counts the rules of
+    /// chain input after the baseline (and the WireGuard allow), `EgressRules` those of
+    /// chain output; `RulesetHash` is [`Ruleset::hash`] of what the kernel holds.
     pub fn observe(&mut self, desired: Option<&Ruleset>) -> FirewallStatus {
         let mut status = FirewallStatus {
             overall: Overall::Healthy,
@@ -201,10 +303,11 @@ impl Firewall {
             egress_rules: 0,
             ruleset_hash: String::new(),
         };
-        let problem = match self.read() {
-            Err(e) => Some(chain(&e)),
-            Ok(None) => desired.map(|_| "table inet weft-fw is missing".to_owned()),
-            Ok(Some(seen)) => {
+        let current = self.current();
+        let problem = match &current {
+            Err(e) => Some(chain(e)),
+            Ok((_, None)) => desired.map(|_| "table inet weft-fw is missing".to_owned()),
+            Ok((_, Some(seen))) => {
                 status.table_present = true;
                 status.ingress_rules = seen.ruleset.ingress_rules();
                 status.egress_rules = seen.ruleset.egress_rules();
@@ -227,6 +330,9 @@ impl Firewall {
         if let Some(p) = problem {
             status.overall = Overall::Degraded;
             status.last_error = p;
+        }
+        if let Ok(verified) = current {
+            self.verified = Some(verified);
         }
         status
     }
@@ -359,7 +465,7 @@ impl Firewall {
         };
         let mut interrupted = false;
         for rule in &rules {
-            let Some(chain) = CHAINS.iter().find(|c| c.name == rule.chain) else {
+            let Some(chain) = rule.chain.map(|i| &CHAINS[i]) else {
                 // A rule in a chain that is not ours: the chain check already fails.
                 continue;
             };
@@ -466,6 +572,21 @@ impl Firewall {
 /// `NLM_F_DUMP_INTR`: the dump saw the ruleset change under it.
 const NLM_F_DUMP_INTR: u16 = 0x10;
 
+/// The generation after one commit (the kernel skips 0).
+fn next_genid(genid: u32) -> u32 {
+    match genid.wrapping_add(1) {
+        0 => 1,
+        g => g,
+    }
+}
+
+impl Error {
+    /// The batch was planned against a generation that is no longer current.
+    fn is_restart(&self) -> bool {
+        matches!(self, Error::Refused { source, .. } if source.raw_os_error() == Some(libc::ERESTART))
+    }
+}
+
 /// Names the message of a batch the kernel refused.
 fn describe(label: Option<Label>, desired: &Ruleset) -> String {
     let rule_text = |chain: &str, index: usize| {
@@ -490,6 +611,9 @@ fn describe(label: Option<Label>, desired: &Ruleset) -> String {
     };
     match label {
         Some(Label::Batch) | None => "the batch for table inet weft-fw".to_owned(),
+        Some(Label::Begin) => {
+            "the batch for table inet weft-fw (planned at an older ruleset generation)".to_owned()
+        }
         Some(Label::DeleteTable) => "deleting the old table inet weft-fw".to_owned(),
         Some(Label::CreateTable) => "creating table inet weft-fw".to_owned(),
         Some(Label::Chain(name)) => format!("chain {name} of table inet weft-fw"),
@@ -517,3 +641,6 @@ fn chain(e: &dyn std::error::Error) -> String {
     }
     text
 }
+
+#[cfg(test)]
+mod tests;

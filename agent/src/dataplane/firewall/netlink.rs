@@ -202,8 +202,8 @@ pub(crate) struct Socket {
     rx: Vec<u8>,
 }
 
-/// Receive buffer for one datagram; nf_tables dumps fill at most about 32 KiB per datagram.
-const RX_BYTES: usize = 1 << 18;
+/// Receive buffer for one datagram: the kernel fills a dump datagram up to 32 KiB.
+const RX_BYTES: usize = 1 << 16;
 /// The kernel queues every answer to a batch before `sendmsg` returns; this is room for
 /// them (one error per failed message) and for dump datagrams.
 const RCVBUF_BYTES: usize = 8 << 20;

@@ -22,7 +22,7 @@ pub(crate) const IPPROTO_ICMPV6: u8 = 58;
 /// The rendered table: the rules of chain `input` and chain `output`, in order. The chains
 /// themselves (hooks, priorities, policies) are fixed by the contract and not part of the
 /// value.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Ruleset {
     pub(crate) input: Vec<Line>,
     pub(crate) output: Vec<Line>,

@@ -3,14 +3,15 @@
 //! peers configured with our public key keep working after the agent restarts.
 
 use std::fs;
-use std::io::{self, Write};
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::io;
 use std::path::{Path, PathBuf};
 
 use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine as _;
 use rand_core::OsRng;
 use weft_schema::key::{PublicKey, SecretKey};
+
+use crate::atomic_file;
 
 /// The file name of the generated key inside the state directory.
 pub const KEY_FILE: &str = "wireguard.key";
@@ -58,38 +59,18 @@ pub fn load_or_generate(state_dir: &Path) -> Result<SecretKey, KeyFileError> {
     }
 }
 
-/// Writes the key to a temporary file created with mode 0600 (never readable by others,
-/// not even for an instant), syncs it and renames it over `path`, so a crash leaves either
-/// no key or the whole key.
+/// Keeps the key as base64 in a file of mode 0600 (never readable by others, not even for
+/// an instant), replaced atomically, so a crash leaves either no key or the whole key.
 fn write_atomically(path: &Path, key: &SecretKey) -> io::Result<()> {
-    let tmp = path.with_extension(format!("tmp.{}", std::process::id()));
-    let result = (|| {
-        let mut file = fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&tmp)?;
-        // The umask cannot widen the mode, but an odd umask could narrow it: set it exactly.
-        file.set_permissions(fs::Permissions::from_mode(0o600))?;
-        let mut text = BASE64.encode(key.expose());
-        text.push('\n');
-        file.write_all(text.as_bytes())?;
-        file.sync_all()?;
-        fs::rename(&tmp, path)?;
-        if let Some(dir) = path.parent() {
-            fs::File::open(dir)?.sync_all()?;
-        }
-        Ok(())
-    })();
-    if result.is_err() {
-        let _ = fs::remove_file(&tmp);
-    }
-    result
+    let mut text = BASE64.encode(key.expose());
+    text.push('\n');
+    atomic_file::replace(path, text.as_bytes(), 0o600)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::PermissionsExt;
 
     fn temp_dir(tag: &str) -> PathBuf {
         let dir = std::env::temp_dir().join(format!(

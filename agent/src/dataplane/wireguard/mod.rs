@@ -28,9 +28,14 @@ use weft_schema::key::SecretKey;
 use weft_schema::validate::WireGuard;
 use weft_schema::{Backend, Overall, WireGuardStatus};
 
+use crate::dataplane::error_line;
 use crate::dataplane::rtnl::{self, Family, LinkInfo, Route, Rtnl};
 use plan::ObservedDevice;
 use userspace::UserspaceDevice;
+
+/// The MTU a new TUN has, which is all boringtun 0.7 ever reads in fd mode (it re-reads the
+/// MTU only in socket mode).
+const USERSPACE_READ_MTU: u32 = 1500;
 
 /// Which WireGuard implementation to use (`--wireguard`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
@@ -246,6 +251,19 @@ impl WireGuardManager {
             self.remove(rtnl)?;
         }
         let key = self.private_key(desired)?;
+        if self.active.is_some()
+            && rtnl
+                .link(ifname)
+                .map_err(|e| Error::Link(ifname.into(), e))?
+                .is_none()
+        {
+            // Someone deleted the interface: the device behind it is an orphan. Start over.
+            warn!(
+                interface = ifname,
+                "WireGuard interface vanished; recreating it"
+            );
+            self.discard();
+        }
         if self.active.is_none() {
             let device = self.create(rtnl, ifname)?;
             self.active = Some(Active {
@@ -254,6 +272,14 @@ impl WireGuardManager {
             });
         }
         let active = self.active.as_mut().expect("created above");
+        if matches!(active.device, Device::Userspace(_)) && desired.mtu > USERSPACE_READ_MTU {
+            // boringtun (fd mode) sizes its TUN reads by the MTU the TUN had when it started.
+            warn!(
+                interface = ifname,
+                mtu = desired.mtu,
+                "boringtun reads at most {USERSPACE_READ_MTU}-byte packets: larger ones are truncated"
+            );
+        }
         let result = configure_device(&mut active.device, ifname, desired, &key);
         if let Err(Error::GetDevice(_, e) | Error::SetDevice(_, e)) = &result {
             if e.is_stuck() {
@@ -290,19 +316,25 @@ impl WireGuardManager {
         };
         let key = match self.private_key(desired) {
             Ok(key) => key,
-            Err(e) => return Some(degraded(error_chain(&e))),
+            Err(e) => return Some(degraded(error_line(&e))),
         };
         let ifname = desired.interface.as_str();
         let Some(active) = self.active.as_mut().filter(|a| a.ifname == ifname) else {
             return Some(degraded(format!("interface {ifname} does not exist")));
         };
+        // Without its interface a userspace device no longer answers: do not wait on it.
+        match rtnl.link(ifname) {
+            Ok(Some(_)) => {}
+            Ok(None) => return Some(degraded(format!("interface {ifname} does not exist"))),
+            Err(e) => return Some(degraded(error_line(&Error::Link(ifname.into(), e)))),
+        }
         let observed = match active.device.get(ifname) {
             Ok(o) => o,
-            Err(e) => return Some(degraded(error_chain(&Error::GetDevice(ifname.into(), e)))),
+            Err(e) => return Some(degraded(error_line(&Error::GetDevice(ifname.into(), e)))),
         };
         let problems = match link_problems(rtnl, desired) {
             Ok(p) => p,
-            Err(e) => vec![error_chain(&e)],
+            Err(e) => vec![error_line(&e)],
         };
         Some(plan::status(
             active.device.backend(),
@@ -576,21 +608,15 @@ fn link_problems(rtnl: &mut Rtnl, desired: &WireGuard) -> Result<Vec<String>, Er
     Ok(problems)
 }
 
-/// An error and its causes on one line (`set peers on wg0: talk to the device: ...`).
-pub fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut cause = e.source();
-    while let Some(c) = cause {
-        out.push_str(": ");
-        out.push_str(&c.to_string());
-        cause = c.source();
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_manager_can_move_to_the_reconciler_thread() {
+        fn assert_send<T: Send>() {}
+        assert_send::<WireGuardManager>();
+    }
 
     #[test]
     fn mode_parses_and_prints() {
@@ -616,7 +642,7 @@ mod tests {
             DeviceError::Userspace(userspace::Error::Refused(22)),
         );
         assert_eq!(
-            error_chain(&e),
+            error_line(&e),
             "set peers on wg0: the device refused the configuration (errno 22)"
         );
     }

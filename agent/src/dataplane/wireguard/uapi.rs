@@ -223,6 +223,41 @@ fn finish(device: &mut ObservedDevice, handshake_secs: &[Option<u64>], clock: Ha
     }
 }
 
+/// Rewrites boringtun's `get=1` reply so its handshake times are times, as the protocol
+/// says and `wg` expects (boringtun 0.7 sends the time elapsed since the handshake, which
+/// `wg show` would print as decades ago). `now` is the time since the epoch.
+pub fn handshake_elapsed_to_epoch(reply: &str, now: std::time::Duration) -> String {
+    let mut out = String::with_capacity(reply.len());
+    let mut lines = reply.split_inclusive('\n').peekable();
+    while let Some(line) = lines.next() {
+        let elapsed_secs = line
+            .trim_end()
+            .strip_prefix("last_handshake_time_sec=")
+            .and_then(|v| v.parse::<u64>().ok());
+        let Some(secs) = elapsed_secs else {
+            out.push_str(line);
+            continue;
+        };
+        let nanos = lines
+            .next_if(|l| l.starts_with("last_handshake_time_nsec="))
+            .and_then(|l| {
+                l.trim_end()
+                    .strip_prefix("last_handshake_time_nsec=")?
+                    .parse::<u32>()
+                    .ok()
+            })
+            .unwrap_or(0);
+        let at = now.saturating_sub(std::time::Duration::new(secs, nanos.min(999_999_999)));
+        let _ = writeln!(
+            out,
+            "last_handshake_time_sec={}\nlast_handshake_time_nsec={}",
+            at.as_secs(),
+            at.subsec_nanos()
+        );
+    }
+    out
+}
+
 fn hex32(text: &str) -> Option<[u8; 32]> {
     let mut out = [0; 32];
     hex::decode_to_slice(text, &mut out).ok()?;
@@ -370,6 +405,20 @@ mod tests {
         let d = parse_get(&reply, HandshakeClock::SinceEpoch).unwrap();
         assert_eq!(d.public_key, Some(super::super::keys::public_key(&secret)));
         assert!(!format!("{d:?}").contains(&hex::encode([9; 32])));
+    }
+
+    #[test]
+    fn elapsed_handshake_times_become_times() {
+        let reply = "listen_port=1\npublic_key=aa\nlast_handshake_time_sec=7\n\
+                     last_handshake_time_nsec=500000000\nrx_bytes=1\n\
+                     public_key=bb\nrx_bytes=0\nerrno=0\n";
+        let now = std::time::Duration::new(1_000, 0);
+        assert_eq!(
+            handshake_elapsed_to_epoch(reply, now),
+            "listen_port=1\npublic_key=aa\nlast_handshake_time_sec=992\n\
+             last_handshake_time_nsec=500000000\nrx_bytes=1\n\
+             public_key=bb\nrx_bytes=0\nerrno=0\n"
+        );
     }
 
     #[test]

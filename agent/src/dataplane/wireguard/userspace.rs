@@ -306,8 +306,14 @@ fn relay(client: &UnixStream, control: &Mutex<Control>) -> io::Result<()> {
             // Drain the request's terminating empty line.
             let mut rest = String::new();
             reader.read_line(&mut rest)?;
-            let mut control = control.lock().unwrap_or_else(|p| p.into_inner());
-            control.request("get=1\n\n")?
+            let reply = {
+                let mut control = control.lock().unwrap_or_else(|p| p.into_inner());
+                control.request("get=1\n\n")?
+            };
+            let now = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .unwrap_or_default();
+            uapi::handshake_elapsed_to_epoch(&reply, now)
         }
         "set=1" => {
             warn!("refused a set=1 on the WireGuard control socket: the agent owns this device");

@@ -2,6 +2,11 @@
 //! typed values, and hands valid ones to the reconciler. Bad input never reaches it: it is
 //! answered `Rejected` (when it came as a request), logged once with the reason, and shown in
 //! the status `LastError`. Also answers `status.get` with the newest status, stamped now.
+//!
+//! Specs come from one source, never two: the plain subject, or with `--spec-source kv` the
+//! pod's key in the JetStream KV bucket (see [`kv`]). `status.get` is answered either way.
+
+pub mod kv;
 
 use std::sync::Arc;
 
@@ -15,6 +20,7 @@ use weft_schema::codec::{decode_message, HEADER_CONTENT_TYPE, HEADER_SCHEMA};
 use weft_schema::validate::ValidSpec;
 use weft_schema::{ApplyReply, ApplyResult, Encoding, PodId, PodSpec, Subjects};
 
+use crate::config::SpecSource;
 use crate::reconciler::{Handle, Replier, Submission};
 
 /// A header's value, its name matched case-insensitively (NATS keeps names as sent).
@@ -64,21 +70,38 @@ fn reply_encoding(content_type: Option<&str>) -> Encoding {
     Encoding::from_content_type(content_type).unwrap_or(Encoding::Json)
 }
 
-/// Serves the spec and status.get subjects until the subscriptions end.
+/// Serves status.get, and specs from `source`, until the subscriptions end (or, for KV, for
+/// ever: the watch is re-made after any failure).
 pub async fn run<C: Clock>(
     client: Client,
     subjects: Subjects,
+    source: SpecSource,
     reconciler: Handle,
     clock: Arc<C>,
 ) -> Result<(), async_nats::SubscribeError> {
-    let mut specs = client.subscribe(subjects.spec()).await?;
     let mut gets = client.subscribe(subjects.status_get()).await?;
-    info!(subject = %subjects.spec(), "subscribed");
-    loop {
-        tokio::select! {
-            Some(msg) = specs.next() => on_spec(&client, &subjects, &reconciler, msg),
-            Some(msg) = gets.next() => on_status_get(&client, &reconciler, clock.as_ref(), msg).await,
-            else => return Ok(()),
+    match source {
+        SpecSource::Subject => {
+            let mut specs = client.subscribe(subjects.spec()).await?;
+            info!(subject = %subjects.spec(), "subscribed");
+            loop {
+                tokio::select! {
+                    Some(msg) = specs.next() => on_spec(&client, &subjects, &reconciler, msg),
+                    Some(msg) = gets.next() => on_status_get(&client, &reconciler, clock.as_ref(), msg).await,
+                    else => return Ok(()),
+                }
+            }
+        }
+        SpecSource::Kv => {
+            let watch = kv::watch(client.clone(), subjects.clone(), reconciler.clone());
+            tokio::pin!(watch);
+            loop {
+                tokio::select! {
+                    () = &mut watch => return Ok(()),
+                    Some(msg) = gets.next() => on_status_get(&client, &reconciler, clock.as_ref(), msg).await,
+                    else => return Ok(()),
+                }
+            }
         }
     }
 }

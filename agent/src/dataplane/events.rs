@@ -1,0 +1,196 @@
+//! Kernel change notifications that wake the reconciler: rtnetlink (links, IPv4 addresses,
+//! IPv4 routes) and nf_tables (`NFNLGRP_NFTABLES`). They only say *that* something may have
+//! drifted and, where the kernel tells, *who* did it; whether anything drifted is decided by
+//! reading the kernel back and comparing with the desired state. So the agent's own writes,
+//! which converge, never count as drift, and a lost event costs only latency (the periodic
+//! resync catches it; an overrun socket asks for one at once).
+
+use std::io;
+use std::os::fd::{AsRawFd, RawFd};
+
+use neli::consts::socket::{Msg, NlFamily};
+use neli::socket::NlSocket;
+use neli::utils::Groups;
+
+use super::firewall::events::{Decoder, Transaction};
+
+const RTNLGRP_LINK: u32 = 1;
+const RTNLGRP_IPV4_IFADDR: u32 = 5;
+const RTNLGRP_IPV4_ROUTE: u32 = 7;
+const NFNLGRP_NFTABLES: u32 = 7;
+/// Room for a burst of notifications (a 10,000-rule table replaced by someone else).
+const RCVBUF: usize = 4 << 20;
+
+/// A possible change to the pod's links, addresses or routes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RouteChange {
+    /// `address removed`, `route added`, `link changed` ...
+    pub what: &'static str,
+    /// The netlink port of the socket whose request caused it (0: the kernel itself). For
+    /// most tools, `ip` included, that is the process id.
+    pub port: u32,
+}
+
+/// What the event sockets said since the last drain.
+#[derive(Debug, Default)]
+pub struct Hints {
+    pub network: Vec<RouteChange>,
+    pub firewall: Vec<Transaction>,
+    /// A socket overflowed: events were lost, so everything must be checked.
+    pub overrun: bool,
+}
+
+impl Hints {
+    pub fn is_empty(&self) -> bool {
+        self.network.is_empty() && self.firewall.is_empty() && !self.overrun
+    }
+}
+
+/// The two notification sockets, opened on the reconciler's thread (so in its namespace).
+pub struct KernelEvents {
+    route: NlSocket,
+    nft: NlSocket,
+    decoder: Decoder,
+    buf: Vec<u8>,
+}
+
+impl std::fmt::Debug for KernelEvents {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KernelEvents").finish_non_exhaustive()
+    }
+}
+
+fn subscribe(family: NlFamily, groups: &[u32]) -> io::Result<NlSocket> {
+    let socket = NlSocket::connect(family, None, Groups::new_groups(groups))?;
+    socket.nonblock()?;
+    socket.set_recv_buffer_size(RCVBUF)?;
+    Ok(socket)
+}
+
+impl KernelEvents {
+    pub fn open() -> io::Result<KernelEvents> {
+        Ok(KernelEvents {
+            route: subscribe(
+                NlFamily::Route,
+                &[RTNLGRP_LINK, RTNLGRP_IPV4_IFADDR, RTNLGRP_IPV4_ROUTE],
+            )?,
+            nft: subscribe(NlFamily::Netfilter, &[NFNLGRP_NFTABLES])?,
+            decoder: Decoder::default(),
+            buf: vec![0; 64 << 10],
+        })
+    }
+
+    /// The descriptors to poll for readability.
+    pub fn fds(&self) -> [RawFd; 2] {
+        [self.route.as_raw_fd(), self.nft.as_raw_fd()]
+    }
+
+    /// Reads everything pending on both sockets without blocking.
+    pub fn drain(&mut self) -> Hints {
+        let mut hints = Hints::default();
+        loop {
+            match self.route.recv(&mut self.buf[..], Msg::empty()) {
+                Ok((n, _)) => hints.network.extend(route_changes(&self.buf[..n])),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                // ENOBUFS: the kernel dropped notifications; anything else: treat the same.
+                Err(_) => {
+                    hints.overrun = true;
+                    break;
+                }
+            }
+        }
+        loop {
+            match self.nft.recv(&mut self.buf[..], Msg::empty()) {
+                Ok((n, _)) => {
+                    let datagram = &self.buf[..n];
+                    hints.firewall.extend(self.decoder.feed(datagram));
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(_) => {
+                    hints.overrun = true;
+                    break;
+                }
+            }
+        }
+        hints
+    }
+}
+
+/// The rtnetlink notifications in one datagram.
+fn route_changes(mut data: &[u8]) -> Vec<RouteChange> {
+    const RTM_NEWLINK: u16 = 16;
+    const RTM_DELLINK: u16 = 17;
+    const RTM_NEWADDR: u16 = 20;
+    const RTM_DELADDR: u16 = 21;
+    const RTM_NEWROUTE: u16 = 24;
+    const RTM_DELROUTE: u16 = 25;
+    let mut out = Vec::new();
+    while data.len() >= 16 {
+        let len = u32::from_ne_bytes([data[0], data[1], data[2], data[3]]) as usize;
+        if len < 16 || len > data.len() {
+            break;
+        }
+        let ty = u16::from_ne_bytes([data[4], data[5]]);
+        let port = u32::from_ne_bytes([data[12], data[13], data[14], data[15]]);
+        let what = match ty {
+            RTM_NEWLINK => "link changed",
+            RTM_DELLINK => "link deleted",
+            RTM_NEWADDR => "address added",
+            RTM_DELADDR => "address removed",
+            RTM_NEWROUTE => "route added",
+            RTM_DELROUTE => "route removed",
+            _ => "",
+        };
+        if !what.is_empty() {
+            out.push(RouteChange { what, port });
+        }
+        data = &data[((len + 3) & !3).min(data.len())..];
+    }
+    out
+}
+
+/// `ip (pid 4242)` when the port is a live process's id, else `pid 4242`, or `the kernel`.
+pub fn describe_port(port: u32) -> String {
+    if port == 0 {
+        return "the kernel".into();
+    }
+    match std::fs::read_to_string(format!("/proc/{port}/comm")) {
+        Ok(comm) => format!("{} (pid {port})", comm.trim()),
+        Err(_) => format!("pid {port}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn route_notifications_name_the_change_and_its_port() {
+        let mut d = Vec::new();
+        for (ty, port) in [(21u16, 4242u32), (25, 0), (99, 1)] {
+            d.extend_from_slice(&20u32.to_ne_bytes());
+            d.extend_from_slice(&ty.to_ne_bytes());
+            d.extend_from_slice(&0u16.to_ne_bytes());
+            d.extend_from_slice(&0u32.to_ne_bytes());
+            d.extend_from_slice(&port.to_ne_bytes());
+            d.extend_from_slice(&[0; 4]);
+        }
+        assert_eq!(
+            route_changes(&d),
+            vec![
+                RouteChange {
+                    what: "address removed",
+                    port: 4242
+                },
+                RouteChange {
+                    what: "route removed",
+                    port: 0
+                },
+            ]
+        );
+        assert_eq!(describe_port(0), "the kernel");
+        assert!(
+            describe_port(std::process::id()).ends_with(&format!("(pid {})", std::process::id()))
+        );
+    }
+}

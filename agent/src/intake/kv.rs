@@ -1,0 +1,170 @@
+//! `--spec-source kv`: the pod's spec is the value of key `<pod>` in the JetStream KV bucket
+//! `<prefix>-specs`, so a spec written while the agent was down is applied when it starts.
+//!
+//! Choices the contract leaves open:
+//! - The agent creates the bucket when it is missing (file storage, history
+//!   [`SPEC_HISTORY`]), so starting an agent before its control plane works.
+//! - A value is decoded exactly like a message on the spec subject: by the `Content-Type` and
+//!   `Weft-Schema` headers of the message that put it (a plain `kv put` has none: JSON, as the
+//!   contract says for a message without headers). The watch reads the bucket's stream
+//!   directly because async-nats' KV entries drop the headers.
+//! - A put has no reply: a rejected value is logged and shown in the status `LastError`, as a
+//!   plain publish on the subject is.
+//! - Deleting or purging the key changes nothing in the kernel: the pod keeps its last
+//!   applied spec (and the state directory still holds it for restarts). The agent logs it.
+//!   Removing a pod's network is a spec, not the absence of one.
+
+use std::time::Duration;
+
+use async_nats::jetstream::{self, consumer};
+use async_nats::{Client, HeaderMap};
+use futures::StreamExt;
+use tracing::{debug, info, warn};
+use weft_emitter::{open_bucket, Causes};
+use weft_schema::codec::{HEADER_CONTENT_TYPE, HEADER_SCHEMA};
+use weft_schema::{PodId, Subjects};
+
+use super::{header, read_spec, Intake};
+use crate::reconciler::{Handle, Replier, Submission};
+
+/// Values kept per key in a spec bucket the agent creates: a few past generations, for
+/// whoever debugs a rollout.
+pub const SPEC_HISTORY: i64 = 10;
+
+/// How long a failed watch waits before it is made again.
+const RETRY: Duration = Duration::from_secs(1);
+
+/// The header JetStream KV sets on a delete or purge marker.
+const KV_OPERATION: &str = "KV-Operation";
+
+/// What one message of the bucket's stream means for the pod.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Operation {
+    Put,
+    /// A `DEL` or `PURGE` marker: the key no longer holds a spec.
+    Removed(String),
+}
+
+/// Reads a message's KV operation from its headers. Pure.
+pub fn operation(headers: Option<&HeaderMap>) -> Operation {
+    match header(headers, KV_OPERATION) {
+        Some(op) if op.eq_ignore_ascii_case("DEL") || op.eq_ignore_ascii_case("PURGE") => {
+            Operation::Removed(op.to_ascii_uppercase())
+        }
+        _ => Operation::Put,
+    }
+}
+
+/// Watches the pod's key for ever: first its newest value, then every change. Any failure
+/// (no server yet, JetStream away, the consumer lost) is logged and the watch made again; the
+/// generations make a re-delivered value harmless (the same content is re-asserted).
+pub async fn watch(client: Client, subjects: Subjects, reconciler: Handle) {
+    let bucket = subjects.spec_bucket();
+    let key = subjects.pod().to_string();
+    let mut failing = false;
+    loop {
+        match watch_once(&client, &subjects, &reconciler, &mut failing).await {
+            Ok(()) => warn!(bucket, key, "spec KV watch ended; watching again"),
+            Err(e) => {
+                // An agent started before NATS fails here every second: say it once.
+                if !failing {
+                    warn!(bucket, key, cause = %Causes(e.as_ref()), "spec KV watch failed; retrying every second");
+                }
+                failing = true;
+            }
+        }
+        tokio::time::sleep(RETRY).await;
+    }
+}
+
+async fn watch_once(
+    client: &Client,
+    subjects: &Subjects,
+    reconciler: &Handle,
+    failing: &mut bool,
+) -> Result<(), async_nats::Error> {
+    let (bucket, pod) = (&subjects.spec_bucket(), subjects.pod());
+    let key = pod.as_str();
+    let js = jetstream::new(client.clone());
+    let store = open_bucket(&js, bucket, SPEC_HISTORY).await?;
+    // An ordered push consumer on the key's subject: the newest value first, then changes,
+    // re-created by the client from the last sequence it saw when heartbeats stop.
+    let stream = js.get_stream(format!("KV_{bucket}")).await?;
+    let mut messages = stream
+        .create_consumer(consumer::push::OrderedConfig {
+            deliver_subject: client.new_inbox(),
+            description: Some(format!("weft-agent spec watch for {key}")),
+            filter_subject: format!("$KV.{bucket}.{key}"),
+            deliver_policy: consumer::DeliverPolicy::LastPerSubject,
+            ..Default::default()
+        })
+        .await?
+        .messages()
+        .await?;
+    drop(store);
+    info!(bucket, key, "watching spec KV");
+    *failing = false;
+    while let Some(msg) = messages.next().await {
+        match msg {
+            Ok(msg) => on_value(reconciler, pod, bucket, &msg),
+            Err(e) => {
+                warn!(bucket, key, cause = %Causes(&e), "spec KV watch interrupted");
+                tokio::time::sleep(RETRY / 4).await;
+            }
+        }
+    }
+    Ok(())
+}
+
+fn on_value(reconciler: &Handle, pod: &PodId, bucket: &str, msg: &jetstream::Message) {
+    let key = pod.as_str();
+    let revision = msg.info().map(|i| i.stream_sequence).unwrap_or(0);
+    let headers = msg.headers.as_ref();
+    if let Operation::Removed(op) = operation(headers) {
+        warn!(
+            bucket,
+            key,
+            revision,
+            operation = op,
+            "spec key removed; the kernel keeps the last applied spec"
+        );
+        return;
+    }
+    let content_type = header(headers, HEADER_CONTENT_TYPE);
+    let schema = header(headers, HEADER_SCHEMA);
+    match read_spec(pod, content_type, schema, &msg.payload) {
+        Intake::Rejected { generation, error } => {
+            warn!(revision, generation, %error, "spec rejected");
+            reconciler.reject(error);
+        }
+        Intake::Valid(spec, wire) => {
+            debug!(
+                revision,
+                generation = spec.generation,
+                "spec received from KV"
+            );
+            reconciler.submit(Submission {
+                spec: *spec,
+                wire: *wire,
+                reply: Replier::new(None),
+            });
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn delete_and_purge_markers_are_removals() {
+        let mut h = HeaderMap::new();
+        assert_eq!(operation(None), Operation::Put);
+        assert_eq!(operation(Some(&h)), Operation::Put);
+        h.insert("KV-Operation", "DEL");
+        assert_eq!(operation(Some(&h)), Operation::Removed("DEL".into()));
+        let mut h = HeaderMap::new();
+        h.insert("kv-operation", "purge");
+        assert_eq!(operation(Some(&h)), Operation::Removed("PURGE".into()));
+    }
+}
