@@ -266,7 +266,9 @@ pub(crate) fn set_elements(msg: &Message<'_>, out: &mut Elements) {
         if ty != NFTA_SET_ELEM_LIST_ELEMENTS {
             continue;
         }
-        for (_, elem) in attrs(v).filter(|(t, _)| *t == NFTA_LIST_ELEM) {
+        // Any nest type, as the kernel reads it: the kernel dumps NFTA_LIST_ELEM, libnftnl
+        // numbers the elements it writes 1, 2, 3...
+        for (_, elem) in attrs(v) {
             let mut key = None;
             let mut flags = 0;
             for (t, x) in attrs(elem) {

@@ -126,28 +126,60 @@ impl Decoder {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::dataplane::firewall::netlink::Writer;
+    /// Multicast messages as the kernel sends them, written byte by byte: a header, the
+    /// nfgenmsg, then the attributes.
+    #[derive(Default)]
+    struct Bytes(Vec<u8>);
 
-    fn msg(w: &mut Writer, kind: u16, table: &str, chain: Option<(u16, &str)>) {
-        w.begin((NFNL_SUBSYS_NFTABLES << 8) | kind, 0, 0, NFPROTO_INET, 0);
-        w.str(NFTA_X_TABLE, table);
-        if let Some((ty, name)) = chain {
-            w.str(ty, name);
+    impl Bytes {
+        fn message(&mut self, ty: u16, family: u8, attrs: &[(u16, Vec<u8>)]) {
+            let start = self.0.len();
+            self.0.extend_from_slice(&0u32.to_ne_bytes());
+            self.0
+                .extend_from_slice(&((NFNL_SUBSYS_NFTABLES << 8) | ty).to_ne_bytes());
+            self.0.extend_from_slice(&[0; 10]);
+            self.0.extend_from_slice(&[family, 0, 0, 0]);
+            for (ty, value) in attrs {
+                self.0
+                    .extend_from_slice(&(4 + value.len() as u16).to_ne_bytes());
+                self.0.extend_from_slice(&ty.to_ne_bytes());
+                self.0.extend_from_slice(value);
+                self.0.resize(self.0.len().next_multiple_of(4), 0);
+            }
+            let len = (self.0.len() - start) as u32;
+            self.0[start..start + 4].copy_from_slice(&len.to_ne_bytes());
         }
-        w.end();
     }
 
-    fn newgen(w: &mut Writer, pid: u32, name: &str) {
-        w.begin((NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_NEWGEN, 0, 0, 0, 0);
-        w.u32_be(1, 42);
-        w.u32_be(NFTA_GEN_PROC_PID, pid);
-        w.str(NFTA_GEN_PROC_NAME, name);
-        w.end();
+    fn strz(s: &str) -> Vec<u8> {
+        let mut v = s.as_bytes().to_vec();
+        v.push(0);
+        v
+    }
+
+    fn msg(w: &mut Bytes, kind: u16, table: &str, chain: Option<(u16, &str)>) {
+        let mut attrs = vec![(NFTA_X_TABLE, strz(table))];
+        if let Some((ty, name)) = chain {
+            attrs.push((ty, strz(name)));
+        }
+        w.message(kind, NFPROTO_INET, &attrs);
+    }
+
+    fn newgen(w: &mut Bytes, pid: u32, name: &str) {
+        w.message(
+            NFT_MSG_NEWGEN,
+            0,
+            &[
+                (1, 42u32.to_be_bytes().to_vec()),
+                (NFTA_GEN_PROC_PID, pid.to_be_bytes().to_vec()),
+                (NFTA_GEN_PROC_NAME, strz(name)),
+            ],
+        );
     }
 
     #[test]
     fn a_transaction_on_our_table_is_reported_with_its_author() {
-        let mut w = Writer::with_capacity(512);
+        let mut w = Bytes::default();
         msg(
             &mut w,
             NFT_MSG_NEWRULE,
@@ -156,7 +188,7 @@ mod tests {
         );
         msg(&mut w, NFT_MSG_DELTABLE, "other", None);
         newgen(&mut w, 4242, "nft");
-        let got = Decoder::default().feed(&w.buf);
+        let got = Decoder::default().feed(&w.0);
         assert_eq!(
             got,
             vec![Transaction {
@@ -171,7 +203,7 @@ mod tests {
     #[test]
     fn transactions_on_other_tables_are_ignored_and_may_span_datagrams() {
         let mut d = Decoder::default();
-        let mut w = Writer::with_capacity(512);
+        let mut w = Bytes::default();
         msg(
             &mut w,
             NFT_MSG_NEWRULE,
@@ -179,19 +211,19 @@ mod tests {
             Some((NFTA_RULE_CHAIN, "input")),
         );
         newgen(&mut w, 1, "iptables");
-        assert!(d.feed(&w.buf).is_empty());
+        assert!(d.feed(&w.0).is_empty());
 
-        let mut w = Writer::with_capacity(512);
+        let mut w = Bytes::default();
         msg(
             &mut w,
             NFT_MSG_DELCHAIN,
             TABLE,
             Some((NFTA_CHAIN_NAME, "output")),
         );
-        assert!(d.feed(&w.buf).is_empty());
-        let mut w = Writer::with_capacity(512);
+        assert!(d.feed(&w.0).is_empty());
+        let mut w = Bytes::default();
         newgen(&mut w, 7, "python3");
-        let got = d.feed(&w.buf);
+        let got = d.feed(&w.0);
         assert_eq!(got[0].changes, vec!["chain output deleted".to_owned()]);
         assert_eq!(got[0].by(), "python3 (pid 7)");
     }

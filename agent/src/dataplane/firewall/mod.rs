@@ -7,8 +7,8 @@
 //!   is decided from what the kernel holds, not from memory (a restarted agent writes
 //!   nothing when the table is already right), and [`Ruleset::hash`] is equal for equal
 //!   rulesets whether rendered or read back.
-//! - `netlink`, `abi`: a minimal nfnetlink writer/reader and blocking socket, and the
-//!   kernel's constants.
+//! - `socket`: the `mnl` socket and the read requests; `netlink`: the reader of the kernel's
+//!   answers; `abi`: the kernel's constants. Batches and requests are written by libnftnl.
 //! - [`Firewall`] (thin): the netlink socket, apply and observe.
 //!
 //! Every batch carries the nftables generation it was planned at, so the kernel refuses it
@@ -26,6 +26,7 @@ mod decode;
 pub mod events;
 mod netlink;
 mod render;
+mod socket;
 
 use std::collections::HashMap;
 use std::io;
@@ -34,9 +35,10 @@ use weft_schema::{FirewallStatus, Overall};
 
 use abi::*;
 use batch::{Batch, Label};
-use netlink::{Socket, NFNL_SUBSYS_NFTABLES, NLMSG_DONE, NLMSG_ERROR, NLM_F_DUMP, NLM_F_REQUEST};
+use netlink::{NLMSG_DONE, NLMSG_ERROR, NLM_F_DUMP};
 use render::Dir;
 pub use render::{render, Ruleset};
+use socket::{Socket, Target};
 
 /// The one table the agent owns, in family `inet`. Everything that names it goes through
 /// here (and [`CHAINS`]), so drift detection can filter on the same names.
@@ -263,7 +265,7 @@ impl Firewall {
             NFT_MSG_GETGEN,
             false,
             "the ruleset generation",
-            |_| {},
+            Target::All,
             |msg| {
                 genid = msg
                     .nf_attrs()
@@ -345,7 +347,8 @@ impl Firewall {
     }
 
     /// Sends a batch as one datagram and collects the kernel's answers, which it queues
-    /// before `sendmsg` returns.
+    /// before `sendmsg` returns: a generation request sent right after is answered after
+    /// all of them, so its answer ends the reading without a non-blocking poll.
     fn send(&mut self, batch: &Batch, desired: &Ruleset) -> Result<(), Error> {
         self.socket
             .fit_send(batch.bytes.len())
@@ -354,10 +357,21 @@ impl Firewall {
                 source,
             })?;
         self.socket.send(&batch.bytes).map_err(Error::SendBatch)?;
+        let fence = self.seq;
+        self.seq = self.seq.wrapping_add(1);
+        self.socket
+            .send(&socket::request(NFT_MSG_GETGEN, 0, fence, Target::All))
+            .map_err(Error::SendBatch)?;
         let mut refused = None;
         let mut acked = false;
-        while let Some(data) = self.socket.recv(false).map_err(Error::Receive)? {
+        let mut fenced = false;
+        while !fenced {
+            let data = self.socket.recv().map_err(Error::Receive)?;
             for msg in netlink::messages(data) {
+                if msg.seq == fence {
+                    fenced = true;
+                    continue;
+                }
                 if msg.ty != NLMSG_ERROR {
                     continue;
                 }
@@ -406,19 +420,11 @@ impl Firewall {
     /// `None` when a dump was interrupted.
     fn read_once(&mut self) -> Result<Option<Option<Seen>>, Error> {
         let mut table = None;
-        let found = self.request(
-            NFT_MSG_GETTABLE,
-            false,
-            "the table",
-            |w| {
-                w.str(NFTA_TABLE_NAME, TABLE);
-            },
-            |msg| {
-                if table.is_none() {
-                    table = decode::table(msg);
-                }
-            },
-        )?;
+        let found = self.request(NFT_MSG_GETTABLE, false, "the table", Target::Table, |msg| {
+            if table.is_none() {
+                table = decode::table(msg);
+            }
+        })?;
         let Some(true) = found else {
             return Ok(found.map(|_| None));
         };
@@ -427,32 +433,18 @@ impl Firewall {
         };
         let mut chains = Vec::new();
         if self
-            .request(
-                NFT_MSG_GETCHAIN,
-                true,
-                "the chains",
-                |_| {},
-                |msg| {
-                    chains.extend(decode::chain(msg));
-                },
-            )?
+            .request(NFT_MSG_GETCHAIN, true, "the chains", Target::All, |msg| {
+                chains.extend(decode::chain(msg));
+            })?
             .is_none()
         {
             return Ok(None);
         }
         let mut rules = Vec::new();
         if self
-            .request(
-                NFT_MSG_GETRULE,
-                true,
-                "the rules",
-                |w| {
-                    w.str(NFTA_RULE_TABLE, TABLE);
-                },
-                |msg| {
-                    rules.extend(decode::rule(msg));
-                },
-            )?
+            .request(NFT_MSG_GETRULE, true, "the rules", Target::Rules, |msg| {
+                rules.extend(decode::rule(msg));
+            })?
             .is_none()
         {
             return Ok(None);
@@ -478,10 +470,7 @@ impl Firewall {
                     NFT_MSG_GETSETELEM,
                     true,
                     "a set's elements",
-                    |w| {
-                        w.str(NFTA_SET_ELEM_LIST_TABLE, TABLE);
-                        w.str(NFTA_SET_ELEM_LIST_SET, name);
-                    },
+                    Target::Elements(name),
                     |msg| decode::set_elements(msg, &mut elements),
                 );
                 let value = match got {
@@ -520,31 +509,19 @@ impl Firewall {
         ty: u16,
         dump: bool,
         what: &'static str,
-        attrs: impl FnOnce(&mut netlink::Writer),
+        target: Target<'_>,
         mut each: impl FnMut(&netlink::Message<'_>),
     ) -> Result<Option<bool>, Error> {
         let seq = self.seq;
         self.seq = self.seq.wrapping_add(1);
-        let mut w = netlink::Writer::with_capacity(128);
         let flags = if dump { NLM_F_DUMP } else { 0 } | netlink::NLM_F_ACK;
-        w.begin(
-            (NFNL_SUBSYS_NFTABLES << 8) | ty,
-            NLM_F_REQUEST | flags,
-            seq,
-            NFPROTO_INET,
-            0,
-        );
-        attrs(&mut w);
-        w.end();
         let read_err = |source| Error::ReadBack { what, source };
-        self.socket.send(&w.buf).map_err(read_err)?;
+        self.socket
+            .send(&socket::request(ty, flags, seq, target))
+            .map_err(read_err)?;
         let mut interrupted = false;
         loop {
-            let data = self
-                .socket
-                .recv(true)
-                .map_err(read_err)?
-                .expect("blocking recv");
+            let data = self.socket.recv().map_err(read_err)?;
             for msg in netlink::messages(data) {
                 if msg.seq != seq {
                     continue;

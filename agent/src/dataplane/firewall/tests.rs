@@ -193,6 +193,7 @@ fn ten_thousand_sources_split_into_element_messages_under_64_kib() {
     let r = render(&spec, None);
     let b = batch::replace(&r, 0, false, 0, 1);
     let mut element_messages = 0;
+    let mut elements = 0;
     for msg in messages(&b.bytes) {
         if msg.ty & 0xff == NFT_MSG_NEWSETELEM && msg.ty >> 8 == 10 {
             element_messages += 1;
@@ -201,11 +202,14 @@ fn ten_thousand_sources_split_into_element_messages_under_64_kib() {
                 .find(|(t, _)| *t == NFTA_SET_ELEM_LIST_ELEMENTS)
                 .unwrap()
                 .1;
-            assert!(attrs(list).count() <= 1024);
+            // The list's length is a u16: a longer one would be cut short.
+            assert!(list.len() + 4 <= usize::from(u16::MAX));
+            elements += attrs(list).count();
         }
     }
-    // 10,000 starts, 10,000 ends and nft's leading end at 0.
-    assert_eq!(element_messages, 20_001usize.div_ceil(1024));
+    // 10,000 starts, 10,000 ends and nft's leading end at 0, in several messages.
+    assert_eq!(elements, 20_001);
+    assert!(element_messages > 1);
     assert_eq!(decode_batch(&b.bytes), r);
 }
 
@@ -320,4 +324,24 @@ fn a_batch_planned_at_an_old_generation_is_refused_and_replanned() {
             weft_schema::Overall::Healthy
         );
     });
+}
+
+#[test]
+fn the_batch_begin_carries_the_planned_generation_only_when_given() {
+    let r = render(&varied(), None);
+    let genid_of = |bytes: &[u8]| {
+        let begin = messages(bytes).next().unwrap();
+        assert_eq!(begin.ty, 0x10, "batch begin first");
+        begin
+            .nf_attrs()
+            .find(|(t, _)| *t == NFNL_BATCH_GENID)
+            .and_then(|(_, v)| be32(v))
+    };
+    let b = batch::replace(&r, 0, true, 77, 1);
+    assert_eq!(genid_of(&b.bytes), Some(77));
+    assert_eq!(decode_batch(&b.bytes), r);
+    assert_eq!(genid_of(&batch::delete(1).bytes), None);
+    // Every message numbered in order from the first sequence number.
+    let seqs: Vec<u32> = messages(&b.bytes).map(|m| m.seq).collect();
+    assert_eq!(seqs, (1..=b.last_seq()).collect::<Vec<_>>());
 }
