@@ -9,6 +9,7 @@
 //! - [`hub`]: a hub namespace (NATS, the test's clients) and pod namespaces joined to it.
 //! - [`stack`]: a whole local stack: hub, LAN router, pods with their agents.
 //! - [`eventually`]: bounded waits for eventual conditions, never a fixed sleep.
+//! - [`vm`]: a QEMU guest running Debian's stock kernel, for kernel features the host lacks.
 
 pub mod agent;
 pub mod cluster;
@@ -20,6 +21,7 @@ pub mod netns;
 pub mod observe;
 pub mod stack;
 pub mod status_log;
+pub mod vm;
 pub mod wireguard;
 
 pub use eventually::{wait_until, wait_until_async};
