@@ -89,7 +89,7 @@ pub async fn run(args: DaemonArgs, shutdown: impl Future<Output = ()>) -> anyhow
         let _ = rx.wait_for(|s| *s).await;
     };
     let status = reconciler.status();
-    let emitter = if args.status_kv {
+    let mirror = args.status_kv.then(|| {
         let (mirror, latest) = tokio::sync::watch::channel(None);
         tokio::spawn(
             mirror_to_kv(
@@ -100,33 +100,22 @@ pub async fn run(args: DaemonArgs, shutdown: impl Future<Output = ()>) -> anyhow
             )
             .instrument(info_span!("status_kv")),
         );
-        let emitter = Emitter {
-            sink: Mirrored {
-                primary: sink,
-                mirror,
-            },
-            clock: SystemClock,
-            encoding: args.status_encoding,
-            interval: args.status_interval,
-        };
-        tokio::spawn(
-            emitter
-                .run(status, publish_now, stopped(stop_rx.clone()))
-                .instrument(info_span!("emitter")),
-        )
-    } else {
-        let emitter = Emitter {
-            sink,
-            clock: SystemClock,
-            encoding: args.status_encoding,
-            interval: args.status_interval,
-        };
-        tokio::spawn(
-            emitter
-                .run(status, publish_now, stopped(stop_rx.clone()))
-                .instrument(info_span!("emitter")),
-        )
+        mirror
+    });
+    let emitter = Emitter {
+        sink: Mirrored {
+            primary: sink,
+            mirror,
+        },
+        clock: SystemClock,
+        encoding: args.status_encoding,
+        interval: args.status_interval,
     };
+    let emitter = tokio::spawn(
+        emitter
+            .run(status, publish_now, stopped(stop_rx.clone()))
+            .instrument(info_span!("emitter")),
+    );
     let intake = tokio::spawn(
         intake::run(
             client.clone(),

@@ -86,15 +86,17 @@ pub type Snapshot = (HeaderMap, bytes::Bytes);
 #[derive(Debug)]
 pub struct Mirrored<S> {
     pub primary: S,
-    pub mirror: watch::Sender<Option<Snapshot>>,
+    /// `None`: no mirror, the primary alone.
+    pub mirror: Option<watch::Sender<Option<Snapshot>>>,
 }
 
 impl<S: Sink> Sink for Mirrored<S> {
     type Error = S::Error;
 
     async fn publish(&self, headers: HeaderMap, body: bytes::Bytes) -> Result<(), Self::Error> {
-        self.mirror
-            .send_replace(Some((headers.clone(), body.clone())));
+        if let Some(mirror) = &self.mirror {
+            mirror.send_replace(Some((headers.clone(), body.clone())));
+        }
         self.primary.publish(headers, body).await
     }
 }
