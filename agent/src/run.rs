@@ -15,7 +15,7 @@ use weft_schema::{Encoding, PodId, PodSpec, PodStatus, Subjects};
 use crate::config::{ApplyArgs, DaemonArgs, KernelArgs, WireGuardMode};
 use crate::dataplane::{self, wireguard, Dataplane};
 use crate::intake;
-use crate::reconciler::{Handle, Reconciler, Replier, Submission, Timers};
+use crate::reconciler::{Handle, Reconciler, Replier, Submission};
 use crate::state::StateDir;
 
 /// How long shutdown waits for the last status and replies to leave.
@@ -40,14 +40,8 @@ fn settings(kernel: &KernelArgs) -> dataplane::Settings {
 pub async fn run(args: DaemonArgs, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
     let pod = args.pod_id.clone().context("--pod-id is required")?;
     let subjects = Subjects::new(&args.subject_prefix, pod.clone());
-    let (reconciler, thread) = Handle::spawn(
-        pod.clone(),
-        settings(&args.kernel),
-        Timers {
-            observe: args.status_interval,
-            resync: args.resync_interval,
-        },
-    )?;
+    let (reconciler, thread) =
+        Handle::spawn(pod.clone(), settings(&args.kernel), args.resync_interval)?;
 
     // A reconnect publishes a fresh status at once: dashboards missed whatever happened
     // while the link was down.
@@ -110,6 +104,10 @@ pub async fn run(args: DaemonArgs, shutdown: impl Future<Output = ()>) -> anyhow
         clock: SystemClock,
         encoding: args.status_encoding,
         interval: args.status_interval,
+        refresh: Some({
+            let reconciler = reconciler.clone();
+            Arc::new(move || reconciler.observe_now())
+        }),
     };
     let emitter = tokio::spawn(
         emitter

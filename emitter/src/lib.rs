@@ -217,14 +217,37 @@ async fn put(
 }
 
 /// The emitter's settings.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Emitter<S, C> {
     pub sink: S,
     pub clock: C,
     pub encoding: Encoding,
     /// The longest time between two snapshots.
     pub interval: Duration,
+    /// Asks for a fresh read of the kernel; called at each tick, so the periodic snapshot
+    /// carries what the kernel holds now (WireGuard handshakes and counters move on their
+    /// own), and the tick is the one thing that paces periodic snapshots.
+    pub refresh: Option<Refresh>,
 }
+
+impl<S: std::fmt::Debug, C: std::fmt::Debug> std::fmt::Debug for Emitter<S, C> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Emitter")
+            .field("sink", &self.sink)
+            .field("clock", &self.clock)
+            .field("encoding", &self.encoding)
+            .field("interval", &self.interval)
+            .field("refresh", &self.refresh.is_some())
+            .finish()
+    }
+}
+
+/// See [`Emitter::refresh`].
+pub type Refresh = std::sync::Arc<dyn Fn() + Send + Sync>;
+
+/// How long a tick waits for the fresh read it asked for before it publishes what it has: a
+/// read-back takes about a millisecond, but a long apply must not hold up the heartbeat.
+pub const REFRESH_WAIT: Duration = Duration::from_millis(250);
 
 impl<S: Sink, C: Clock> Emitter<S, C> {
     /// Runs until `shutdown` completes. `status` carries the newest observed status; `now`
@@ -276,7 +299,12 @@ impl<S: Sink, C: Clock> Emitter<S, C> {
                     }
                 }
                 _ = now.notified() => {}
-                _ = tokio::time::sleep(self.interval) => {}
+                _ = tokio::time::sleep(self.interval) => {
+                    if let Some(refresh) = &self.refresh {
+                        refresh();
+                        let _ = tokio::time::timeout(REFRESH_WAIT, status.changed()).await;
+                    }
+                }
             }
         }
     }
@@ -362,6 +390,7 @@ mod tests {
             clock: PausedClock(start),
             encoding: Encoding::Bincode,
             interval: Duration::from_secs(5),
+            refresh: None,
         };
         let task = tokio::spawn(emitter.run(rx, Arc::new(Notify::new()), async {
             let _ = stop_rx.await;
@@ -402,6 +431,7 @@ mod tests {
             clock: PausedClock(start),
             encoding: Encoding::Json,
             interval: Duration::from_secs(1),
+            refresh: None,
         };
         let task = tokio::spawn(emitter.run(
             rx,
@@ -421,6 +451,44 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn each_tick_publishes_one_fresh_read() {
+        let rec = Recorder::default();
+        let (tx, rx) = watch::channel(pending());
+        let tx = Arc::new(tx);
+        let reads = Arc::new(Mutex::new(0u64));
+        // The "reconciler": every refresh is a new read (a counter moved), sent right away.
+        let refresh: Refresh = {
+            let (tx, reads) = (tx.clone(), reads.clone());
+            Arc::new(move || {
+                let mut n = reads.lock().unwrap();
+                *n += 1;
+                let n = *n;
+                tx.send_modify(|s| s.drift_repairs = n);
+            })
+        };
+        let start = tokio::time::Instant::now();
+        let emitter = Emitter {
+            sink: rec.clone(),
+            clock: PausedClock(start),
+            encoding: Encoding::Json,
+            interval: Duration::from_secs(2),
+            refresh: Some(refresh),
+        };
+        let task = tokio::spawn(emitter.run(
+            rx,
+            Arc::new(Notify::new()),
+            tokio::time::sleep(Duration::from_millis(6_500)),
+        ));
+        task.await.unwrap();
+        let seen = rec.seen.lock().unwrap();
+        let at: Vec<u128> = seen.iter().map(|(t, _)| (*t - start).as_millis()).collect();
+        // Once at start, then once per tick, each carrying the read made for it.
+        assert_eq!(at, vec![0, 2_000, 4_000, 6_000]);
+        let reads: Vec<u64> = seen.iter().map(|(_, s)| s.drift_repairs).collect();
+        assert_eq!(reads, vec![0, 1, 2, 3]);
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn notify_publishes_without_a_change() {
         let rec = Recorder::default();
         let (_tx, rx) = watch::channel(pending());
@@ -430,6 +498,7 @@ mod tests {
             clock: SystemClock,
             encoding: Encoding::Json,
             interval: Duration::from_secs(60),
+            refresh: None,
         };
         let task =
             tokio::spawn(emitter.run(rx, now.clone(), tokio::time::sleep(Duration::from_secs(2))));

@@ -66,6 +66,8 @@ pub struct Inbox {
     /// The newest rejection from intake (a spec that did not decode or validate).
     pub rejection: Option<String>,
     pub shutdown: bool,
+    /// The emitter's tick wants a fresh read of the kernel for its snapshot.
+    pub observe: bool,
 }
 
 impl Inbox {

@@ -277,7 +277,7 @@ impl Handle {
     pub fn spawn(
         pod: PodId,
         settings: dataplane::Settings,
-        timers: Timers,
+        resync_every: Duration,
     ) -> anyhow::Result<(Handle, std::thread::JoinHandle<()>)> {
         let mailbox = Arc::new(Mailbox::new()?);
         let state = StateDir::open(&settings.state_dir)?;
@@ -307,7 +307,7 @@ impl Handle {
                 let mut rec = Reconciler::new(pod, dataplane, state);
                 rec.restore();
                 status_tx.send_replace(rec.status());
-                run(&mut rec, &mb, events, &status_tx, timers);
+                run(&mut rec, &mb, events, &status_tx, resync_every);
                 rec.shutdown();
             })?;
         opened_rx
@@ -341,6 +341,12 @@ impl Handle {
         self.mailbox.update(|inbox| inbox.rejection = Some(why));
     }
 
+    /// Asks for a fresh read of the kernel; the status watch is notified with it even when
+    /// nothing changed (the emitter's tick waits for it).
+    pub fn observe_now(&self) {
+        self.mailbox.update(|inbox| inbox.observe = true);
+    }
+
     /// Stops the thread after the apply in progress, if any. Kernel state stays.
     pub fn shutdown(&self) {
         self.mailbox.update(|inbox| inbox.shutdown = true);
@@ -352,36 +358,29 @@ impl Handle {
     }
 }
 
-/// How often the reconciler reads the kernel back without being asked.
-#[derive(Debug, Clone, Copy)]
-pub struct Timers {
-    /// Read back (and repair drift found): keeps the status current.
-    pub observe: Duration,
-    /// Also retry what failed to apply: the safety net for lost events.
-    pub resync: Duration,
-}
-
-/// The actor loop: wait for mail, a kernel event or a timer, then act.
+/// The actor loop: wait for mail, a kernel event or the resync timer, then act. Periodic
+/// reads come from the emitter's tick (`observe_now`), so each periodic snapshot carries a
+/// read made for it; `resync_every` is the safety net for lost events, and also retries what
+/// failed to apply.
 fn run(
     rec: &mut Reconciler,
     mailbox: &Mailbox,
     mut events: Option<KernelEvents>,
     status: &watch::Sender<PodStatus>,
-    timers: Timers,
+    resync_every: Duration,
 ) {
-    let mut next_observe = Instant::now() + timers.observe;
-    let mut next_resync = Instant::now() + timers.resync;
+    let mut next_resync = Instant::now() + resync_every;
     let mut held_back: Option<Instant> = None;
     let mut fds = vec![mailbox.wake_fd()];
     if let Some(ev) = &events {
         fds.extend(ev.fds());
     }
     loop {
-        let deadline = [Some(next_observe), Some(next_resync), held_back]
+        let deadline = [Some(next_resync), held_back]
             .into_iter()
             .flatten()
             .min()
-            .expect("timers are set");
+            .expect("the resync deadline is always set");
         wait_readable(&fds, deadline.saturating_duration_since(Instant::now()));
         let inbox = mailbox.take();
         if inbox.shutdown {
@@ -392,28 +391,25 @@ fn run(
         }
         if let Some(sub) = inbox.pending {
             rec.handle(sub); // reads the kernel back itself
-            next_observe = Instant::now() + timers.observe;
         }
         let hints = events.as_mut().map(KernelEvents::drain).unwrap_or_default();
         let now = Instant::now();
         let touched = !drift::touched(&hints, rec.dataplane.rtnl_port()).is_empty();
         let resync = now >= next_resync || hints.overrun;
-        let due = now >= next_observe || held_back.is_some_and(|t| now >= t);
+        let requested = inbox.observe;
+        let due = requested || held_back.is_some_and(|t| now >= t);
         if touched || resync || due {
             if hints.overrun {
                 warn!("kernel events were lost; checking everything");
             }
             held_back = rec.check(&hints, touched || resync);
-            next_observe = now + timers.observe;
             if resync {
-                next_resync = now + timers.resync;
+                next_resync = now + resync_every;
             }
         }
         let new = rec.status();
-        if due {
-            // A timed read-back is what the periodic snapshot should carry: hand it to the
-            // emitter even when nothing changed, so a snapshot is never an interval stale
-            // (WireGuard handshakes and byte counters move between reads).
+        if requested {
+            // The emitter's tick is waiting for this read, changed or not.
             status.send_replace(new);
         } else {
             status.send_if_modified(|old| {
