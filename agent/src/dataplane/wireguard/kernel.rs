@@ -413,16 +413,7 @@ fn parse_allowed_ip(payload: &[u8]) -> Result<IpNet, ParseError> {
 }
 
 fn parse_peer(payload: &[u8]) -> Result<ObservedPeer, ParseError> {
-    let mut peer = ObservedPeer {
-        public_key: PublicKey([0; 32]),
-        endpoint: None,
-        allowed_ips: Vec::new(),
-        persistent_keepalive: 0,
-        preshared_key: None,
-        last_handshake_unix: 0,
-        rx_bytes: 0,
-        tx_bytes: 0,
-    };
+    let mut peer = ObservedPeer::new(PublicKey([0; 32]));
     let mut has_key = false;
     for a in attrs(payload) {
         let a = a?;

@@ -36,6 +36,22 @@ pub struct ObservedPeer {
     pub tx_bytes: u64,
 }
 
+impl ObservedPeer {
+    /// A peer as a reply first names it: its key, everything else not yet read.
+    pub fn new(public_key: PublicKey) -> ObservedPeer {
+        ObservedPeer {
+            public_key,
+            endpoint: None,
+            allowed_ips: Vec::new(),
+            persistent_keepalive: 0,
+            preshared_key: None,
+            last_handshake_unix: 0,
+            rx_bytes: 0,
+            tx_bytes: 0,
+        }
+    }
+}
+
 /// What must change on a device to make it match the spec.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct DevicePlan<'a> {

@@ -160,16 +160,9 @@ pub fn parse_get(reply: &str, clock: HandshakeClock) -> Result<ObservedDevice, P
             "listen_port" => device.listen_port = value.parse().map_err(|_| bad())?,
             "fwmark" | "protocol_version" | "last_handshake_time_nsec" => {}
             "public_key" => {
-                device.peers.push(ObservedPeer {
-                    public_key: PublicKey(hex32(value).ok_or_else(bad)?),
-                    endpoint: None,
-                    allowed_ips: Vec::new(),
-                    persistent_keepalive: 0,
-                    preshared_key: None,
-                    last_handshake_unix: 0,
-                    rx_bytes: 0,
-                    tx_bytes: 0,
-                });
+                device
+                    .peers
+                    .push(ObservedPeer::new(PublicKey(hex32(value).ok_or_else(bad)?)));
                 handshake_secs.push(None);
             }
             "preshared_key" => {
