@@ -13,6 +13,7 @@ use neli::socket::NlSocket;
 use neli::utils::Groups;
 
 use super::firewall::events::{Decoder, Transaction};
+use super::firewall::netlink::messages;
 
 const RTNLGRP_LINK: u32 = 1;
 const RTNLGRP_IPV4_IFADDR: u32 = 5;
@@ -117,36 +118,30 @@ impl KernelEvents {
 }
 
 /// The rtnetlink notifications in one datagram.
-fn route_changes(mut data: &[u8]) -> Vec<RouteChange> {
+fn route_changes(data: &[u8]) -> Vec<RouteChange> {
     const RTM_NEWLINK: u16 = 16;
     const RTM_DELLINK: u16 = 17;
     const RTM_NEWADDR: u16 = 20;
     const RTM_DELADDR: u16 = 21;
     const RTM_NEWROUTE: u16 = 24;
     const RTM_DELROUTE: u16 = 25;
-    let mut out = Vec::new();
-    while data.len() >= 16 {
-        let len = u32::from_ne_bytes([data[0], data[1], data[2], data[3]]) as usize;
-        if len < 16 || len > data.len() {
-            break;
-        }
-        let ty = u16::from_ne_bytes([data[4], data[5]]);
-        let port = u32::from_ne_bytes([data[12], data[13], data[14], data[15]]);
-        let what = match ty {
-            RTM_NEWLINK => "link changed",
-            RTM_DELLINK => "link deleted",
-            RTM_NEWADDR => "address added",
-            RTM_DELADDR => "address removed",
-            RTM_NEWROUTE => "route added",
-            RTM_DELROUTE => "route removed",
-            _ => "",
-        };
-        if !what.is_empty() {
-            out.push(RouteChange { what, port });
-        }
-        data = &data[((len + 3) & !3).min(data.len())..];
-    }
-    out
+    messages(data)
+        .filter_map(|msg| {
+            let what = match msg.ty {
+                RTM_NEWLINK => "link changed",
+                RTM_DELLINK => "link deleted",
+                RTM_NEWADDR => "address added",
+                RTM_DELADDR => "address removed",
+                RTM_NEWROUTE => "route added",
+                RTM_DELROUTE => "route removed",
+                _ => return None,
+            };
+            Some(RouteChange {
+                what,
+                port: msg.port,
+            })
+        })
+        .collect()
 }
 
 /// `ip (pid 4242)` when the port is a live process's id, else `pid 4242`, or `the kernel`.

@@ -24,7 +24,8 @@ mod abi;
 mod batch;
 mod decode;
 pub mod events;
-mod netlink;
+/// Netlink message reading, shared with the rtnetlink event decoder (`dataplane::events`).
+pub(crate) mod netlink;
 mod render;
 mod socket;
 
