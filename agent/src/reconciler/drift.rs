@@ -67,17 +67,15 @@ impl Budgets {
     }
 }
 
-/// Which subsystems the hints say may have changed.
-pub fn touched(hints: &Hints, own_port: u32) -> Vec<Subsystem> {
-    let mut out = Vec::new();
-    if hints.overrun || hints.network.iter().any(|c| c.port != own_port) {
-        // Links, addresses and routes: the pod interface and the WireGuard interface alike.
-        out.extend([Subsystem::Network, Subsystem::WireGuard]);
-    }
-    if hints.overrun || !hints.firewall.is_empty() {
-        out.push(Subsystem::Firewall);
-    }
-    out
+/// Whether the hints name a change someone else may have made (our own requests carry our
+/// socket's port or our pid), or say events were lost.
+pub fn touched(hints: &Hints, own_port: u32) -> bool {
+    hints.overrun
+        || hints.network.iter().any(|c| c.port != own_port)
+        || hints
+            .firewall
+            .iter()
+            .any(|t| t.pid != Some(std::process::id()))
 }
 
 /// Who changed `subsystem`, as well as the hints tell; `unknown` otherwise.
@@ -160,18 +158,22 @@ mod tests {
             what: "address added",
             port: own,
         });
-        assert!(touched(&hints, own).is_empty());
+        assert!(!touched(&hints, own));
         hints.network.push(RouteChange {
             what: "address removed",
             port: std::process::id(),
         });
-        assert_eq!(
-            touched(&hints, own),
-            vec![Subsystem::Network, Subsystem::WireGuard]
-        );
+        assert!(touched(&hints, own));
         assert!(author(&hints, Subsystem::Network, own)
             .contains(&format!("pid {}", std::process::id())));
 
+        let mut own_fw = Hints::default();
+        own_fw.firewall.push(Transaction {
+            changes: vec!["table created or changed".into()],
+            pid: Some(std::process::id()),
+            process: Some("weft-agent".into()),
+        });
+        assert!(!touched(&own_fw, own));
         hints.firewall.push(Transaction {
             changes: vec!["rule added to chain input".into()],
             pid: Some(4242),

@@ -394,7 +394,7 @@ fn run(
         }
         let hints = events.as_mut().map(KernelEvents::drain).unwrap_or_default();
         let now = Instant::now();
-        let touched = !drift::touched(&hints, rec.dataplane.rtnl_port()).is_empty();
+        let touched = drift::touched(&hints, rec.dataplane.rtnl_port());
         let resync = now >= next_resync || hints.overrun;
         let requested = inbox.observe;
         let due = requested || held_back.is_some_and(|t| now >= t);
