@@ -24,6 +24,8 @@
 //!   `Comment` is at most 128 bytes of printable text. Both end up in files and kernel objects
 //!   where a newline or a NUL would be an injection.
 //! - `PodStatus.Network.Gateway` and a peer's `Endpoint` are `null` when there is none.
+//! - A list field may be absent (empty) but not `null`; an object must be a JSON object, not
+//!   a positional array (serde would otherwise take `["web-1",7]` for a `PodSpec`).
 
 pub mod codec;
 pub mod key;
