@@ -14,6 +14,7 @@ use async_nats::HeaderMap;
 use tokio::sync::{watch, Notify};
 use tracing::{debug, info, warn};
 use weft_schema::codec::{HEADER_CONTENT_TYPE, HEADER_SCHEMA};
+use weft_schema::text::ErrorLine;
 use weft_schema::{Encoding, Overall, PodStatus, SCHEMA_VERSION};
 
 /// Where the time comes from; tests inject their own.
@@ -145,23 +146,6 @@ pub async fn open_bucket(
         .map_err(|e| BucketError::Open(name.to_owned(), e))
 }
 
-/// An error with its causes on one line (`a: b: c`), for log fields: a bucket that cannot be
-/// created says why only in its sources.
-#[derive(Debug, Clone, Copy)]
-pub struct Causes<'a>(pub &'a (dyn std::error::Error + 'static));
-
-impl std::fmt::Display for Causes<'_> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}", self.0)?;
-        let mut next = self.0.source();
-        while let Some(e) = next {
-            write!(f, ": {e}")?;
-            next = e.source();
-        }
-        Ok(())
-    }
-}
-
 /// How long a failed mirror put waits before it tries the newest snapshot again.
 const MIRROR_RETRY: Duration = Duration::from_secs(1);
 
@@ -189,7 +173,7 @@ pub async fn mirror_to_kv(
             match put(&js, &bucket, &mut opened, &subject, headers, body).await {
                 Ok(()) => break,
                 Err(e) => {
-                    warn!(bucket, cause = %Causes(e.as_ref()), "status KV mirror failed");
+                    warn!(bucket, cause = %ErrorLine(e.as_ref()), "status KV mirror failed");
                     tokio::time::sleep(MIRROR_RETRY).await;
                 }
             }

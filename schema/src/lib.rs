@@ -32,6 +32,7 @@ pub mod key;
 pub mod spec;
 pub mod status;
 pub mod subject;
+pub mod text;
 pub mod validate;
 
 pub use codec::{DecodeError, Encoding};

@@ -341,15 +341,9 @@ pub fn status(desired: &Network, observed: &Result<LinkState, Error>) -> Network
     let state = match observed {
         Ok(state) => state,
         Err(e) => {
-            let mut text = e.to_string();
-            let mut source = std::error::Error::source(e);
-            while let Some(s) = source {
-                text.push_str(&format!(": {s}"));
-                source = s.source();
-            }
             return NetworkStatus {
                 overall: Overall::Degraded,
-                last_error: text,
+                last_error: crate::dataplane::error_line(e),
                 interface: desired.interface.to_string(),
                 up: false,
                 addresses: Vec::new(),

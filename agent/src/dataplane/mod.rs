@@ -179,19 +179,4 @@ impl Dataplane {
     }
 }
 
-/// An error and its causes on one line (`add address ...: File exists (os error 17)`), for
-/// statuses and replies.
-pub fn error_line(err: &dyn std::error::Error) -> String {
-    let mut line = err.to_string();
-    let mut cause = err.source();
-    while let Some(e) = cause {
-        let text = e.to_string();
-        // Some errors repeat their source in their own message; say it once.
-        if !line.ends_with(&text) {
-            line.push_str(": ");
-            line.push_str(&text);
-        }
-        cause = e.source();
-    }
-    line
-}
+pub use weft_schema::text::error_line;

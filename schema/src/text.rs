@@ -1,0 +1,163 @@
+//! Text that leaves the agent: error chains flattened to one line, values quoted into
+//! errors, and the bounds on both (CONTRACT.md v1.1 "Hostile input on the bus").
+//!
+//! Whatever a spec carries can end up in a `LastError`, a reply or a log line. These are the
+//! only functions that turn errors and foreign values into such text, so the bounds hold
+//! everywhere: a quoted value is at most [`QUOTE_BYTES`] bytes before escaping, a
+//! `LastError` at most [`LAST_ERROR_BYTES`].
+
+use std::fmt::{self, Write as _};
+
+/// How much of a foreign value an error quotes.
+pub const QUOTE_BYTES: usize = 64;
+/// The longest `LastError` (and `ApplyReply.Error`) the agent sends.
+pub const LAST_ERROR_BYTES: usize = 1024;
+/// What marks a cut.
+const CUT: &str = "...";
+
+/// An error and its causes on one line (`add address ...: File exists (os error 17)`), as a
+/// `Display` value, so a log field formats it without an intermediate `String`.
+#[derive(Clone, Copy)]
+pub struct ErrorLine<'a>(pub &'a (dyn std::error::Error + 'a));
+
+impl fmt::Debug for ErrorLine<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
+}
+
+impl fmt::Display for ErrorLine<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut last = self.0.to_string();
+        f.write_str(&last)?;
+        let mut cause = self.0.source();
+        while let Some(e) = cause {
+            let text = e.to_string();
+            // Some errors repeat their source in their own message; say it once.
+            if !last.ends_with(&text) {
+                f.write_str(": ")?;
+                f.write_str(&text)?;
+            }
+            last = text;
+            cause = e.source();
+        }
+        Ok(())
+    }
+}
+
+/// [`ErrorLine`] as a `String`, for statuses and replies (bound it with [`last_error`]).
+pub fn error_line(err: &dyn std::error::Error) -> String {
+    ErrorLine(err).to_string()
+}
+
+/// A foreign value as an error quotes it: its first [`QUOTE_BYTES`] bytes (cut on a character
+/// boundary, `...` marking the cut), then control characters escaped (`\n`, `\u{1b}`), in
+/// double quotes. The result is at most a few hundred bytes whatever the input.
+pub fn quote(value: &str) -> String {
+    let (head, cut) = cut_at(value, QUOTE_BYTES);
+    let mut out = String::with_capacity(head.len() + 8);
+    out.push('"');
+    for c in head.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if c.is_control() => {
+                let _ = write!(out, "{}", c.escape_default());
+            }
+            c => out.push(c),
+        }
+    }
+    if cut {
+        out.push_str(CUT);
+    }
+    out.push('"');
+    out
+}
+
+/// `text` bounded for a `LastError` or a reply's `Error`: at most [`LAST_ERROR_BYTES`] bytes,
+/// `...` marking a cut, control characters (which a quoted value has already escaped) replaced
+/// by spaces so one error stays one line.
+pub fn last_error(text: &str) -> String {
+    let (head, cut) = cut_at(
+        text,
+        LAST_ERROR_BYTES
+            - if text.len() > LAST_ERROR_BYTES {
+                CUT.len()
+            } else {
+                0
+            },
+    );
+    let mut out: String = head
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect();
+    if cut {
+        out.push_str(CUT);
+    }
+    out
+}
+
+/// The longest prefix of `s` of at most `max` bytes that ends on a character boundary, and
+/// whether anything was cut.
+fn cut_at(s: &str, max: usize) -> (&str, bool) {
+    if s.len() <= max {
+        return (s, false);
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    (&s[..end], true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug)]
+    struct E(&'static str, Option<Box<E>>);
+    impl fmt::Display for E {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str(self.0)
+        }
+    }
+    impl std::error::Error for E {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            self.1.as_deref().map(|e| e as _)
+        }
+    }
+
+    #[test]
+    fn error_chains_are_one_line_without_repeats() {
+        let e = E("add address", Some(Box::new(E("File exists", None))));
+        assert_eq!(error_line(&e), "add address: File exists");
+        let repeats = E("open: denied", Some(Box::new(E("denied", None))));
+        assert_eq!(error_line(&repeats), "open: denied");
+    }
+
+    #[test]
+    fn quotes_are_cut_and_escaped() {
+        assert_eq!(quote("eth0"), "\"eth0\"");
+        assert_eq!(quote("a\nb\u{1b}"), "\"a\\nb\\u{1b}\"");
+        let long = "x".repeat(1 << 20);
+        let q = quote(&long);
+        assert_eq!(q, format!("\"{}...\"", "x".repeat(QUOTE_BYTES)));
+        // A multi-byte character straddling the bound is dropped whole.
+        let s = format!("{}é", "x".repeat(QUOTE_BYTES - 1));
+        assert_eq!(quote(&s), format!("\"{}...\"", "x".repeat(QUOTE_BYTES - 1)));
+        // The worst case (every byte a control character) stays small.
+        assert!(quote(&"\u{1}".repeat(10_000)).len() < 8 * QUOTE_BYTES);
+    }
+
+    #[test]
+    fn last_errors_are_bounded_single_lines() {
+        assert_eq!(last_error("short"), "short");
+        assert_eq!(last_error("a\nb"), "a b");
+        let long = "é".repeat(LAST_ERROR_BYTES);
+        let bounded = last_error(&long);
+        assert!(bounded.len() <= LAST_ERROR_BYTES, "{}", bounded.len());
+        assert!(bounded.ends_with("..."));
+        let exact = "y".repeat(LAST_ERROR_BYTES);
+        assert_eq!(last_error(&exact), exact);
+    }
+}
