@@ -24,8 +24,12 @@
 //!   `Comment` is at most 128 bytes of printable text. Both end up in files and kernel objects
 //!   where a newline or a NUL would be an injection.
 //! - `PodStatus.Network.Gateway` and a peer's `Endpoint` are `null` when there is none.
-//! - A list field may be absent (empty) but not `null`; an object must be a JSON object, not
-//!   a positional array (serde would otherwise take `["web-1",7]` for a `PodSpec`).
+//! - `null` is taken wherever a field may be left out and means leaving it out (contract v1.1:
+//!   Go writes a nil slice or an unset pointer as `null`): a list is empty, `Protocol` is
+//!   `any`, `ListenPort` 51820, an optional section or value absent. `null` for a required
+//!   field, as a list's element, or as a whole rule or peer is refused, naming where it is.
+//! - An object must be a JSON object, not a positional array (serde would otherwise take
+//!   `["web-1",7]` for a `PodSpec`).
 
 pub mod codec;
 pub mod key;

@@ -10,6 +10,8 @@ use serde::{Deserialize, Serialize};
 use crate::key::{Secret, KEY_PATTERN};
 use crate::validate::limits;
 
+mod null;
+
 // Patterns for the JSON Schema (`weft.schema.json`). Validation is the full rule; these
 // never refuse what it accepts (interface names: it counts bytes, and refuses `.`/`..`).
 const IFNAME_PATTERN: &str = r"^[^/:\s]{1,15}$";
@@ -53,11 +55,13 @@ pub struct NetworkSpec {
     #[schemars(range(min = limits::MTU_MIN, max = limits::MTU_MAX))]
     pub mtu: Option<u32>,
     /// At most 3 IP addresses; when non-empty the resolver file is replaced.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null::or_empty")]
+    #[schemars(with = "Option<Vec<String>>")]
     #[schemars(length(max = limits::NAMESERVERS))]
     pub nameservers: Vec<String>,
     /// At most 6 DNS names.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null::or_empty")]
+    #[schemars(with = "Option<Vec<String>>")]
     #[schemars(length(max = limits::SEARCH_DOMAINS))]
     pub search_domains: Vec<String>,
 }
@@ -67,11 +71,13 @@ pub struct NetworkSpec {
 #[serde(rename_all = "PascalCase", deny_unknown_fields)]
 pub struct FirewallSpec {
     /// Each rule becomes one accept per address family it names.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null::or_empty")]
+    #[schemars(with = "Option<Vec<IngressRule>>")]
     #[schemars(length(max = limits::RULES_PER_DIRECTION))]
     pub ingress: Vec<IngressRule>,
     /// Each rule becomes one drop per address family it names.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null::or_empty")]
+    #[schemars(with = "Option<Vec<EgressRule>>")]
     #[schemars(length(max = limits::RULES_PER_DIRECTION))]
     pub egress: Vec<EgressRule>,
 }
@@ -81,15 +87,18 @@ pub struct FirewallSpec {
 #[serde(rename_all = "PascalCase", deny_unknown_fields)]
 pub struct IngressRule {
     /// `tcp`, `udp`, `icmp`, `icmpv6` or `any` (default).
-    #[serde(default = "any")]
-    #[schemars(extend("enum" = ["tcp", "udp", "icmp", "icmpv6", "any"]))]
+    #[serde(default = "any", deserialize_with = "null::or_any")]
+    #[schemars(with = "Option<String>")]
+    #[schemars(extend("enum" = ["tcp", "udp", "icmp", "icmpv6", "any", null]))]
     pub protocol: String,
     /// `"N"` or `"N-M"` (1-65535), tcp and udp only; empty means every port.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null::or_empty")]
+    #[schemars(with = "Option<Vec<String>>")]
     #[schemars(length(max = limits::PORTS_PER_RULE), inner(pattern(PORT_PATTERN)))]
     pub ports: Vec<String>,
     /// IPv4 or IPv6 CIDRs (a bare address is a host); empty means any address.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null::or_empty")]
+    #[schemars(with = "Option<Vec<String>>")]
     #[schemars(length(max = limits::ADDRESSES_PER_RULE))]
     pub sources: Vec<String>,
     /// At most 128 bytes of printable text; kept on the nftables rule.
@@ -103,15 +112,18 @@ pub struct IngressRule {
 #[serde(rename_all = "PascalCase", deny_unknown_fields)]
 pub struct EgressRule {
     /// `tcp`, `udp`, `icmp`, `icmpv6` or `any` (default).
-    #[serde(default = "any")]
-    #[schemars(extend("enum" = ["tcp", "udp", "icmp", "icmpv6", "any"]))]
+    #[serde(default = "any", deserialize_with = "null::or_any")]
+    #[schemars(with = "Option<String>")]
+    #[schemars(extend("enum" = ["tcp", "udp", "icmp", "icmpv6", "any", null]))]
     pub protocol: String,
     /// `"N"` or `"N-M"` (1-65535), tcp and udp only; empty means every port.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null::or_empty")]
+    #[schemars(with = "Option<Vec<String>>")]
     #[schemars(length(max = limits::PORTS_PER_RULE), inner(pattern(PORT_PATTERN)))]
     pub ports: Vec<String>,
     /// IPv4 or IPv6 CIDRs (a bare address is a host); empty means any address.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null::or_empty")]
+    #[schemars(with = "Option<Vec<String>>")]
     #[schemars(length(max = limits::ADDRESSES_PER_RULE))]
     pub destinations: Vec<String>,
     /// At most 128 bytes of printable text; kept on the nftables rule.
@@ -134,14 +146,19 @@ pub struct WireGuardSpec {
     /// Overlay address as a full CIDR (`10.9.0.1/24`); the connected route follows it.
     pub address: String,
     /// UDP port, 1-65535, default 51820.
-    #[serde(default = "default_listen_port")]
+    #[serde(
+        default = "default_listen_port",
+        deserialize_with = "null::or_default_listen_port"
+    )]
+    #[schemars(with = "Option<u32>")]
     #[schemars(range(min = 1, max = 65_535))]
     pub listen_port: u32,
     /// Base64 of 32 bytes; null means the agent generates one and keeps it.
     #[serde(default)]
     pub private_key: Option<Secret>,
     /// Exactly these peers.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null::or_empty")]
+    #[schemars(with = "Option<Vec<PeerSpec>>")]
     #[schemars(length(max = limits::PEERS))]
     pub peers: Vec<PeerSpec>,
     /// Interface MTU, 576-65535, default 1420 (an addition to contract v1).
@@ -168,7 +185,8 @@ pub struct PeerSpec {
     #[serde(default)]
     pub endpoint: Option<String>,
     /// CIDRs routed to this peer.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null::or_empty")]
+    #[schemars(with = "Option<Vec<String>>")]
     #[schemars(length(max = limits::ALLOWED_IPS_PER_PEER))]
     pub allowed_ips: Vec<String>,
     /// 0 (off) to 65535.

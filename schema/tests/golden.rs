@@ -8,6 +8,8 @@
 //!
 //! The `contract_*.json` fixtures are the examples of CONTRACT.md, copied as written (the
 //! `...` of the `LastDrift` example replaced by a number); they must decode.
+//! `go_pod_spec_nulls.json` is a spec as Go's `encoding/json` writes it when every slice is nil
+//! and every pointer unset: each such field `null`.
 
 mod support;
 
@@ -239,6 +241,32 @@ fn contract_apply_reply_example_decodes() {
     let reply: ApplyReply = decode_contract_example("contract_apply_reply.json");
     assert_eq!(reply, applied_reply());
     assert_eq!(reply.result, ApplyResult::Applied);
+}
+
+#[test]
+fn go_nulls_mean_what_leaving_the_fields_out_means() {
+    // Contract v1.1 "Go control planes: null means absent".
+    let spec: PodSpec = decode_contract_example("go_pod_spec_nulls.json");
+    let left_out = format!(
+        r#"{{"PodId":"web-1","Generation":3,
+            "Network":{{"Interface":"eth0","Address":"192.0.2.5/24"}},
+            "Firewall":{{"Ingress":[{{}}]}},
+            "WireGuard":{{"Interface":"wg0","Address":"10.9.0.1/24",
+                          "Peers":[{{"PublicKey":"{}"}}]}}}}"#,
+        public_key(0x21)
+    );
+    let expected: PodSpec = Encoding::Json.decode(left_out.as_bytes()).unwrap();
+    assert_eq!(spec, expected);
+    let wg = spec.wireguard.as_ref().unwrap();
+    assert_eq!(spec.firewall.as_ref().unwrap().ingress[0].protocol, "any");
+    assert_eq!(wg.listen_port, 51820);
+    assert!(spec.firewall.as_ref().unwrap().egress.is_empty());
+    assert!(wg.peers[0].allowed_ips.is_empty());
+    ValidSpec::validate(&spec, &pod()).expect("the Go spec validates");
+    // Bincode has no null: the same value is the same bytes, and they decode back.
+    let bytes = Encoding::Bincode.encode(&spec);
+    assert_eq!(bytes, Encoding::Bincode.encode(&expected));
+    assert_eq!(Encoding::Bincode.decode::<PodSpec>(&bytes).unwrap(), spec);
 }
 
 #[test]

@@ -138,7 +138,8 @@ fn defaults_are_the_contract_s() {
     ] {
         assert_eq!(prop(def, field)["default"], Value::Null, "{def}.{field}");
     }
-    let protocols = json!(["tcp", "udp", "icmp", "icmpv6", "any"]);
+    // `null` is in the list because it means "left out" (contract v1.1): `any`.
+    let protocols = json!(["tcp", "udp", "icmp", "icmpv6", "any", null]);
     assert_eq!(prop("IngressRule", "Protocol")["enum"], protocols);
     assert_eq!(prop("EgressRule", "Protocol")["enum"], protocols);
 }
@@ -174,6 +175,62 @@ fn limits_are_the_contract_s() {
         65535
     );
     assert_eq!(prop("PodSpec", "Generation")["minimum"], 1);
+}
+
+/// Contract v1.1 "Go control planes": wherever a field may be left out, `null` is taken and
+/// means leaving it out; `null` for a required field is refused naming it. Every property of
+/// every spec object, as the schema lists them, is tried in the agent and in the schema.
+#[test]
+fn null_is_left_out_wherever_a_field_may_be_left_out() {
+    let schema = load();
+    let defs = defs();
+    let full: Value = serde_json::from_slice(&Encoding::Json.encode(&full_spec())).unwrap();
+    // Where each spec object sits in the full spec (JSON pointer, and as errors name it).
+    let places = [
+        ("PodSpec", "", ""),
+        ("NetworkSpec", "/Network", "Network."),
+        ("FirewallSpec", "/Firewall", "Firewall."),
+        ("IngressRule", "/Firewall/Ingress/0", "Firewall.Ingress[0]."),
+        ("EgressRule", "/Firewall/Egress/0", "Firewall.Egress[0]."),
+        ("WireGuardSpec", "/WireGuard", "WireGuard."),
+        ("PeerSpec", "/WireGuard/Peers/0", "WireGuard.Peers[0]."),
+    ];
+    let spec_objects = object_defs()
+        .into_iter()
+        .filter(|(name, _)| name.ends_with("Spec") || name.ends_with("Rule"))
+        .count();
+    assert_eq!(places.len(), spec_objects, "a spec object is not tried");
+    let decode =
+        |doc: &Value| Encoding::Json.decode::<weft_schema::PodSpec>(doc.to_string().as_bytes());
+    for (def, at, prefix) in places {
+        let required = required(&defs[def]);
+        for field in properties(&defs[def]) {
+            let name = format!("{prefix}{field}");
+            let mut with_null = full.clone();
+            with_null.pointer_mut(at).unwrap()[&field] = Value::Null;
+            if required.contains(&field) {
+                let err = accept_json(&with_null.to_string()).expect_err(&name);
+                assert!(
+                    err.starts_with(&format!("invalid JSON at {name}: invalid type: null")),
+                    "{name}: {err}"
+                );
+                assert!(check(&schema, "PodSpec", &with_null).is_err(), "{name}");
+                continue;
+            }
+            let mut left_out = full.clone();
+            let object = left_out.pointer_mut(at).unwrap().as_object_mut().unwrap();
+            object
+                .remove(&field)
+                .expect("the full spec sets every field");
+            let decoded = decode(&with_null).unwrap_or_else(|e| panic!("{name}: {}", e.to_line()));
+            assert_eq!(
+                decoded,
+                decode(&left_out).unwrap(),
+                "{name}: null is not left out"
+            );
+            check(&schema, "PodSpec", &with_null).unwrap_or_else(|e| panic!("{name}: {e:?}"));
+        }
+    }
 }
 
 #[test]
@@ -241,6 +298,7 @@ fn every_fixture_is_valid_against_the_schema() {
         ("PodStatus", "contract_pod_status.json"),
         ("ApplyReply", "contract_apply_reply.json"),
         ("DriftEvent", "contract_last_drift.json"),
+        ("PodSpec", "go_pod_spec_nulls.json"),
     ] {
         if let Err(e) = check(&schema, def, &fixture_json(name)) {
             panic!("{name}: {e:?}");
@@ -288,7 +346,7 @@ fn the_schema_refuses_what_the_contract_refuses() {
         ),
         (
             spec(json!({"Firewall": {"Egress": [{"Protocol": "TCP"}]}})),
-            r#"Firewall.Egress[0].Protocol: "TCP" is not one of ["tcp","udp","icmp","icmpv6","any"]"#,
+            r#"Firewall.Egress[0].Protocol: "TCP" is not one of ["tcp","udp","icmp","icmpv6","any",null]"#,
         ),
         (
             spec(json!({"Firewall": {"Ingress": [{"Protocol": "tcp", "Ports": ["+22"]}]}})),

@@ -211,16 +211,58 @@ fn cases() -> Vec<Case> {
             "invalid JSON at Firewall.Ingress[0].Ports[0]: invalid type: integer `22`, \
              expected a string at line 1 column 84",
         ),
-        json(
-            "null list",
-            &ingress(r#"{"Sources":null}"#),
-            "invalid JSON at Firewall.Ingress[0].Sources: invalid type: null, expected a \
-             sequence at line 1 column 70",
-        ),
+        // `null` means "left out" (contract v1.1); for a required field that is an error
+        // naming it, and a list may be null but not hold one.
         json(
             "PodId null",
             r#"{"PodId":null,"Generation":1}"#,
             "invalid JSON at PodId: invalid type: null, expected a string at line 1 column 13",
+        ),
+        json(
+            "Generation null",
+            r#"{"PodId":"web-1","Generation":null}"#,
+            "invalid JSON at Generation: invalid type: null, expected u64 at line 1 column 34",
+        ),
+        json(
+            "Network.Address null",
+            &network(r#"{"Interface":"eth0","Address":null}"#),
+            "invalid JSON at Network.Address: invalid type: null, expected a string at line 1 \
+             column 76",
+        ),
+        json(
+            "WireGuard.Interface null",
+            r#"{"PodId":"web-1","Generation":1,"WireGuard":{"Interface":null,"Address":"10.9.0.1/24"}}"#,
+            "invalid JSON at WireGuard.Interface: invalid type: null, expected a string at line 1 \
+             column 61",
+        ),
+        json(
+            "peer PublicKey null",
+            &wireguard(r#""Peers":[{"PublicKey":null}]"#),
+            "invalid JSON at WireGuard.Peers[0].PublicKey: invalid type: null, expected a string \
+             at line 1 column 113",
+        ),
+        json(
+            "null in a list",
+            &ingress(r#"{"Protocol":"tcp","Ports":["22",null]}"#),
+            "invalid JSON at Firewall.Ingress[0].Ports[1]: invalid type: null, expected a string \
+             at line 1 column 91",
+        ),
+        json(
+            "null rule",
+            &ingress("null"),
+            "invalid JSON at Firewall.Ingress[0]: invalid type: null, expected struct IngressRule \
+             at line 1 column 59",
+        ),
+        json(
+            "null peer",
+            &wireguard(r#""Peers":[null]"#),
+            "invalid JSON at WireGuard.Peers[0]: invalid type: null, expected struct PeerSpec at \
+             line 1 column 100",
+        ),
+        json(
+            "null body",
+            "null",
+            "invalid JSON: invalid type: null, expected struct PodSpec at line 1 column 4",
         ),
         // Bincode bodies.
         with_headers(

@@ -9,12 +9,14 @@
 //! - [`hub`]: a hub namespace (NATS, the test's clients) and pod namespaces joined to it.
 //! - [`stack`]: a whole local stack: hub, LAN router, pods with their agents.
 //! - [`eventually`]: bounded waits for eventual conditions, never a fixed sleep.
+//! - [`go`]: `weftcp`, a control plane written in Go from the contract alone.
 //! - [`vm`]: a QEMU guest running Debian's stock kernel, for kernel features the host lacks.
 
 pub mod agent;
 pub mod cluster;
 pub mod control;
 pub mod eventually;
+pub mod go;
 pub mod hub;
 pub mod nats;
 pub mod netns;

@@ -41,7 +41,7 @@ pub fn generate() -> Value {
     json!({
         "$schema": "https://json-schema.org/draft/2020-12/schema",
         "title": "weft wire contract v1",
-        "description": "Message bodies on the weft NATS subjects: PodSpec (<prefix>.pod.<pod>.spec), PodStatus (<prefix>.pod.<pod>.status and the reply to .status.get) and ApplyReply (the reply to a spec sent as a request). Generated from the weft-schema types; the agent's validation is authoritative where this schema is looser (interface names and comments are limited in bytes, not characters; CIDRs and endpoints are checked by parsing).",
+        "description": "Message bodies on the weft NATS subjects: PodSpec (<prefix>.pod.<pod>.spec), PodStatus (<prefix>.pod.<pod>.status and the reply to .status.get) and ApplyReply (the reply to a spec sent as a request). null is accepted wherever a field may be left out and means leaving it out (contract v1.1). Generated from the weft-schema types; the agent's validation is authoritative where this schema is looser (interface names and comments are limited in bytes, not characters; CIDRs and endpoints are checked by parsing).",
         "anyOf": [spec, status, reply],
         "$defs": defs,
     })
