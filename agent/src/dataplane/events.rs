@@ -13,24 +13,11 @@ use neli::socket::NlSocket;
 use neli::utils::Groups;
 
 use super::firewall::events::{Decoder, Transaction};
-use super::firewall::netlink::messages;
+pub use super::rtnl::events::RouteChange;
 
-const RTNLGRP_LINK: u32 = 1;
-const RTNLGRP_IPV4_IFADDR: u32 = 5;
-const RTNLGRP_IPV4_ROUTE: u32 = 7;
 const NFNLGRP_NFTABLES: u32 = 7;
 /// Room for a burst of notifications (a 10,000-rule table replaced by someone else).
 const RCVBUF: usize = 4 << 20;
-
-/// A possible change to the pod's links, addresses or routes.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RouteChange {
-    /// `address removed`, `route added`, `link changed` ...
-    pub what: &'static str,
-    /// The netlink port of the socket whose request caused it (0: the kernel itself). For
-    /// most tools, `ip` included, that is the process id.
-    pub port: u32,
-}
 
 /// What the event sockets said since the last drain.
 #[derive(Debug, Default)]
@@ -71,10 +58,7 @@ fn subscribe(family: NlFamily, groups: &[u32]) -> io::Result<NlSocket> {
 impl KernelEvents {
     pub fn open() -> io::Result<KernelEvents> {
         Ok(KernelEvents {
-            route: subscribe(
-                NlFamily::Route,
-                &[RTNLGRP_LINK, RTNLGRP_IPV4_IFADDR, RTNLGRP_IPV4_ROUTE],
-            )?,
+            route: subscribe(NlFamily::Route, &super::rtnl::events::GROUPS)?,
             nft: subscribe(NlFamily::Netfilter, &[NFNLGRP_NFTABLES])?,
             decoder: Decoder::default(),
             buf: vec![0; 64 << 10],
@@ -91,7 +75,9 @@ impl KernelEvents {
         let mut hints = Hints::default();
         loop {
             match self.route.recv(&mut self.buf[..], Msg::empty()) {
-                Ok((n, _)) => hints.network.extend(route_changes(&self.buf[..n])),
+                Ok((n, _)) => hints
+                    .network
+                    .extend(super::rtnl::events::changes(&self.buf[..n])),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 // ENOBUFS: the kernel dropped notifications; anything else: treat the same.
                 Err(_) => {
@@ -117,33 +103,6 @@ impl KernelEvents {
     }
 }
 
-/// The rtnetlink notifications in one datagram.
-fn route_changes(data: &[u8]) -> Vec<RouteChange> {
-    const RTM_NEWLINK: u16 = 16;
-    const RTM_DELLINK: u16 = 17;
-    const RTM_NEWADDR: u16 = 20;
-    const RTM_DELADDR: u16 = 21;
-    const RTM_NEWROUTE: u16 = 24;
-    const RTM_DELROUTE: u16 = 25;
-    messages(data)
-        .filter_map(|msg| {
-            let what = match msg.ty {
-                RTM_NEWLINK => "link changed",
-                RTM_DELLINK => "link deleted",
-                RTM_NEWADDR => "address added",
-                RTM_DELADDR => "address removed",
-                RTM_NEWROUTE => "route added",
-                RTM_DELROUTE => "route removed",
-                _ => return None,
-            };
-            Some(RouteChange {
-                what,
-                port: msg.port,
-            })
-        })
-        .collect()
-}
-
 /// `ip (pid 4242)` when the port is a live process's id, else `pid 4242`, or `the kernel`.
 pub fn describe_port(port: u32) -> String {
     if port == 0 {
@@ -160,29 +119,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn route_notifications_name_the_change_and_its_port() {
-        let mut d = Vec::new();
-        for (ty, port) in [(21u16, 4242u32), (25, 0), (99, 1)] {
-            d.extend_from_slice(&20u32.to_ne_bytes());
-            d.extend_from_slice(&ty.to_ne_bytes());
-            d.extend_from_slice(&0u16.to_ne_bytes());
-            d.extend_from_slice(&0u32.to_ne_bytes());
-            d.extend_from_slice(&port.to_ne_bytes());
-            d.extend_from_slice(&[0; 4]);
-        }
-        assert_eq!(
-            route_changes(&d),
-            vec![
-                RouteChange {
-                    what: "address removed",
-                    port: 4242
-                },
-                RouteChange {
-                    what: "route removed",
-                    port: 0
-                },
-            ]
-        );
+    fn ports_name_their_process() {
         assert_eq!(describe_port(0), "the kernel");
         assert!(
             describe_port(std::process::id()).ends_with(&format!("(pid {})", std::process::id()))

@@ -649,12 +649,18 @@ mod tests {
                 Failure::Change {
                     interface: IfName::parse("eth0").unwrap(),
                     change: Change::AddAddress("10.0.0.5/24".parse().unwrap()),
-                    cause: rtnl::Error::Refused { errno: 17 },
+                    cause: rtnl::Error::Refused {
+                        errno: 17,
+                        text: None,
+                    },
                 },
                 Failure::Change {
                     interface: IfName::parse("eth0").unwrap(),
                     change: Change::ReplaceDefaultRoute("192.0.2.1".parse().unwrap()),
-                    cause: rtnl::Error::Refused { errno: 101 },
+                    cause: rtnl::Error::Refused {
+                        errno: 101,
+                        text: None,
+                    },
                 },
             ],
         };

@@ -6,8 +6,10 @@
 pub mod events;
 pub mod firewall;
 pub mod link;
+pub mod netlink;
 pub mod resolv;
 pub mod rtnl;
+
 pub mod wireguard;
 
 use std::path::PathBuf;
@@ -27,7 +29,7 @@ pub struct Settings {
 #[derive(Debug, thiserror::Error)]
 pub enum OpenError {
     #[error("open rtnetlink socket")]
-    Rtnl(#[source] rtnl::Error),
+    Rtnl(#[source] std::io::Error),
     #[error("open nftables socket")]
     Firewall(#[source] firewall::Error),
 }

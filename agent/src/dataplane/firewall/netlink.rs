@@ -55,8 +55,6 @@ pub(crate) struct Message<'a> {
     pub ty: u16,
     pub flags: u16,
     pub seq: u32,
-    /// `nlmsg_pid`: in a notification, the port of the socket whose request caused it.
-    pub port: u32,
     pub payload: &'a [u8],
 }
 
@@ -105,7 +103,6 @@ pub(crate) fn messages(mut data: &[u8]) -> impl Iterator<Item = Message<'_>> {
             ty: u16::from_ne_bytes(data[4..6].try_into().ok()?),
             flags: u16::from_ne_bytes(data[6..8].try_into().ok()?),
             seq: u32::from_ne_bytes(data[8..12].try_into().ok()?),
-            port: u32::from_ne_bytes(data[12..16].try_into().ok()?),
             payload: &data[NLMSG_HDRLEN..len],
         };
         data = &data[align4(len).min(data.len())..];
