@@ -3,7 +3,7 @@
 
 use std::io;
 
-use super::message::{Datagram, Message, MessageWriter, NLM_F_ACK, NLM_F_REQUEST};
+use super::message::{Datagram, Message, NLM_F_ACK, NLM_F_REQUEST};
 use super::socket::{Error, Protocol, Socket};
 
 /// `genlmsghdr`: command, version, reserved.
@@ -22,10 +22,8 @@ pub fn message(
     seq: u32,
     cmd: u8,
     version: u8,
-) -> MessageWriter<'_> {
-    let mut m = d.message(family, flags, seq);
-    m.fixed(&[cmd, version, 0, 0]);
-    m
+) -> &mut Datagram {
+    d.message(family, flags, seq).fixed(&[cmd, version, 0, 0])
 }
 
 /// The controller request that looks up `name`.
@@ -39,7 +37,7 @@ pub fn family_request(name: &str, seq: u32) -> Datagram {
         CTRL_CMD_GETFAMILY,
         1,
     )
-    .str(CTRL_ATTR_FAMILY_NAME, name);
+    .attr_str(CTRL_ATTR_FAMILY_NAME, name);
     d
 }
 
@@ -119,7 +117,7 @@ mod tests {
         );
         // A reply carries the id.
         let mut reply = Datagram::new();
-        message(&mut reply, GENL_ID_CTRL, 0, 4, 1, 1).u16(CTRL_ATTR_FAMILY_ID, 0x1c);
+        message(&mut reply, GENL_ID_CTRL, 0, 4, 1, 1).attr_u16(CTRL_ATTR_FAMILY_ID, 0x1c);
         let m = messages(reply.bytes()).next().unwrap();
         assert_eq!(family_id(&m), Some(0x1c));
     }

@@ -44,50 +44,61 @@ pub(crate) fn align4(n: usize) -> usize {
 }
 
 /// One or more messages laid out back to back: a request, or a batch sent as one datagram.
+///
+/// [`Datagram::message`] starts a message; the attribute writers add to the message last
+/// started, whose length is kept up to date as it grows. Nests are closed with
+/// [`Datagram::end_nest`].
 #[derive(Debug, Default)]
 pub struct Datagram {
     buf: Vec<u8>,
+    /// Where the message being written starts.
+    start: usize,
+    nests: Vec<usize>,
     count: usize,
+    /// Wipe the bytes when they are dropped or outgrown: they carry a secret.
+    secret: bool,
 }
+
+/// An open nest, closed with [`Datagram::end_nest`].
+#[derive(Debug)]
+#[must_use = "a nest is closed with end_nest"]
+pub struct Nest(usize);
 
 impl Datagram {
     pub fn new() -> Datagram {
         Datagram::default()
     }
 
-    /// A datagram that will not reallocate below `bytes`: a message carrying a secret is
-    /// built in one allocation, so no copy of it is left behind in freed memory.
-    pub fn with_capacity(bytes: usize) -> Datagram {
+    /// A datagram that will carry a secret (a WireGuard private or preshared key): its
+    /// bytes are wiped when it is dropped, and when it outgrows `capacity` the old buffer is
+    /// wiped before it is freed, so no copy of the secret is left behind.
+    pub fn secret(capacity: usize) -> Datagram {
         Datagram {
-            buf: Vec::with_capacity(bytes),
+            buf: Vec::with_capacity(capacity),
+            start: 0,
+            nests: Vec::new(),
             count: 0,
+            secret: true,
         }
     }
 
-    /// Starts a message. It ends (its length is written, open nests closed) when the
-    /// returned writer is dropped.
-    pub fn message(&mut self, ty: u16, flags: u16, seq: u32) -> MessageWriter<'_> {
-        let start = self.buf.len();
-        self.buf.extend_from_slice(&0u32.to_ne_bytes());
-        self.buf.extend_from_slice(&ty.to_ne_bytes());
-        self.buf.extend_from_slice(&flags.to_ne_bytes());
-        self.buf.extend_from_slice(&seq.to_ne_bytes());
-        // The port: 0 addresses the kernel, which fills in ours.
-        self.buf.extend_from_slice(&0u32.to_ne_bytes());
+    /// Starts a message; the attribute writers below add to it.
+    pub fn message(&mut self, ty: u16, flags: u16, seq: u32) -> &mut Datagram {
+        debug_assert!(self.nests.is_empty(), "the previous message has open nests");
+        self.start = self.buf.len();
         self.count += 1;
-        MessageWriter {
-            buf: &mut self.buf,
-            start,
-            nests: Vec::new(),
-        }
+        let mut header = [0u8; NLMSG_HDRLEN];
+        header[4..6].copy_from_slice(&ty.to_ne_bytes());
+        header[6..8].copy_from_slice(&flags.to_ne_bytes());
+        header[8..12].copy_from_slice(&seq.to_ne_bytes());
+        // The port stays 0: it addresses the kernel, which fills in ours.
+        self.put(&header);
+        self
     }
 
     pub fn bytes(&self) -> &[u8] {
+        debug_assert!(self.nests.is_empty(), "a nest is still open");
         &self.buf
-    }
-
-    pub fn into_bytes(self) -> Vec<u8> {
-        self.buf
     }
 
     pub fn len(&self) -> usize {
@@ -102,97 +113,78 @@ impl Datagram {
     pub fn count(&self) -> usize {
         self.count
     }
-}
 
-/// A message being written into a [`Datagram`].
-#[derive(Debug)]
-pub struct MessageWriter<'a> {
-    buf: &'a mut Vec<u8>,
-    start: usize,
-    nests: Vec<usize>,
-}
+    /// The length of the message being written.
+    pub fn message_len(&self) -> usize {
+        self.buf.len() - self.start
+    }
 
-/// An open nest, closed with [`MessageWriter::end_nest`].
-#[derive(Debug)]
-#[must_use = "a nest is closed with end_nest"]
-pub struct Nest(usize);
-
-impl MessageWriter<'_> {
     /// The family's fixed header (`ifinfomsg`, `nfgenmsg`, `genlmsghdr` ...), padded to 4.
-    pub fn fixed(&mut self, header: &[u8]) -> &mut Self {
-        self.buf.extend_from_slice(header);
+    pub fn fixed(&mut self, header: &[u8]) -> &mut Datagram {
+        self.put(header);
         self.pad();
         self
     }
 
-    /// The message's length so far.
-    pub fn len(&self) -> usize {
-        self.buf.len() - self.start
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
-    pub fn bytes(&mut self, ty: u16, payload: &[u8]) -> &mut Self {
+    pub fn attr(&mut self, ty: u16, payload: &[u8]) -> &mut Datagram {
         let len = NLA_HDRLEN + payload.len();
         debug_assert!(
             len <= usize::from(u16::MAX),
             "attribute {ty} of {len} bytes"
         );
-        self.buf.extend_from_slice(&(len as u16).to_ne_bytes());
-        self.buf.extend_from_slice(&ty.to_ne_bytes());
-        self.buf.extend_from_slice(payload);
+        self.put(&(len as u16).to_ne_bytes());
+        self.put(&ty.to_ne_bytes());
+        self.put(payload);
         self.pad();
         self
     }
 
-    pub fn u8(&mut self, ty: u16, v: u8) -> &mut Self {
-        self.bytes(ty, &[v])
+    pub fn attr_u8(&mut self, ty: u16, v: u8) -> &mut Datagram {
+        self.attr(ty, &[v])
     }
 
-    pub fn u16(&mut self, ty: u16, v: u16) -> &mut Self {
-        self.bytes(ty, &v.to_ne_bytes())
+    pub fn attr_u16(&mut self, ty: u16, v: u16) -> &mut Datagram {
+        self.attr(ty, &v.to_ne_bytes())
     }
 
-    pub fn u32(&mut self, ty: u16, v: u32) -> &mut Self {
-        self.bytes(ty, &v.to_ne_bytes())
+    pub fn attr_u32(&mut self, ty: u16, v: u32) -> &mut Datagram {
+        self.attr(ty, &v.to_ne_bytes())
     }
 
-    pub fn be16(&mut self, ty: u16, v: u16) -> &mut Self {
-        self.bytes(ty, &v.to_be_bytes())
+    pub fn attr_be16(&mut self, ty: u16, v: u16) -> &mut Datagram {
+        self.attr(ty, &v.to_be_bytes())
     }
 
-    pub fn be32(&mut self, ty: u16, v: u32) -> &mut Self {
-        self.bytes(ty, &v.to_be_bytes())
+    pub fn attr_be32(&mut self, ty: u16, v: u32) -> &mut Datagram {
+        self.attr(ty, &v.to_be_bytes())
     }
 
-    pub fn be64(&mut self, ty: u16, v: u64) -> &mut Self {
-        self.bytes(ty, &v.to_be_bytes())
+    pub fn attr_be64(&mut self, ty: u16, v: u64) -> &mut Datagram {
+        self.attr(ty, &v.to_be_bytes())
     }
 
     /// A string attribute, NUL-terminated as the kernel wants it.
-    pub fn str(&mut self, ty: u16, s: &str) -> &mut Self {
+    pub fn attr_str(&mut self, ty: u16, s: &str) -> &mut Datagram {
         let len = NLA_HDRLEN + s.len() + 1;
-        self.buf.extend_from_slice(&(len as u16).to_ne_bytes());
-        self.buf.extend_from_slice(&ty.to_ne_bytes());
-        self.buf.extend_from_slice(s.as_bytes());
-        self.buf.push(0);
+        self.put(&(len as u16).to_ne_bytes());
+        self.put(&ty.to_ne_bytes());
+        self.put(s.as_bytes());
+        self.put(&[0]);
         self.pad();
         self
     }
 
     /// Opens a nested attribute (`NLA_F_NESTED` set, as the kernel's strict policies want).
     pub fn nest(&mut self, ty: u16) -> Nest {
-        self.nest_flagged(ty | NLA_F_NESTED)
+        self.nest_as(ty | NLA_F_NESTED)
     }
 
-    /// Opens a nest whose type is written as given: nftables' own lists are validated by
-    /// type alone, and libnftnl writes them without the flag.
-    pub fn nest_flagged(&mut self, ty: u16) -> Nest {
+    /// Opens a nest whose type is written exactly as given: nftables validates its lists by
+    /// type alone, and libnftnl and nft write most of them without the flag.
+    pub fn nest_as(&mut self, ty: u16) -> Nest {
         let at = self.buf.len();
-        self.buf.extend_from_slice(&0u16.to_ne_bytes());
-        self.buf.extend_from_slice(&ty.to_ne_bytes());
+        self.put(&0u16.to_ne_bytes());
+        self.put(&ty.to_ne_bytes());
         self.nests.push(at);
         Nest(at)
     }
@@ -205,20 +197,31 @@ impl MessageWriter<'_> {
         self.buf[at..at + 2].copy_from_slice(&(len as u16).to_ne_bytes());
     }
 
+    /// Appends to the message being written and keeps its length current.
+    fn put(&mut self, bytes: &[u8]) {
+        if self.secret && self.buf.len() + bytes.len() > self.buf.capacity() {
+            let mut grown =
+                Vec::with_capacity((2 * self.buf.capacity()).max(self.buf.len() + bytes.len()));
+            grown.extend_from_slice(&self.buf);
+            zeroize::Zeroize::zeroize(&mut self.buf);
+            self.buf = grown;
+        }
+        self.buf.extend_from_slice(bytes);
+        let len = (self.buf.len() - self.start) as u32;
+        self.buf[self.start..self.start + 4].copy_from_slice(&len.to_ne_bytes());
+    }
+
     fn pad(&mut self) {
-        let padded = self.start + align4(self.buf.len() - self.start);
-        self.buf.resize(padded, 0);
+        let padding = align4(self.message_len()) - self.message_len();
+        self.put(&[0; 3][..padding]);
     }
 }
 
-impl Drop for MessageWriter<'_> {
+impl Drop for Datagram {
     fn drop(&mut self) {
-        while let Some(at) = self.nests.pop() {
-            let len = (self.buf.len() - at) as u16;
-            self.buf[at..at + 2].copy_from_slice(&len.to_ne_bytes());
+        if self.secret {
+            zeroize::Zeroize::zeroize(&mut self.buf);
         }
-        let len = (self.buf.len() - self.start) as u32;
-        self.buf[self.start..self.start + 4].copy_from_slice(&len.to_ne_bytes());
     }
 }
 
@@ -458,16 +461,13 @@ mod tests {
     #[test]
     fn a_message_with_nests_round_trips_and_is_padded() {
         let mut d = Datagram::new();
-        {
-            let mut m = d.message(16, NLM_F_REQUEST | NLM_F_ACK, 7);
-            m.fixed(&[1, 2, 3]);
-            m.str(3, "eth0");
-            let outer = m.nest(18);
-            m.u32(1, 0xdead_beef);
-            m.be16(2, 0x1234);
-            m.end_nest(outer);
-            m.u8(4, 9);
-        }
+        d.message(16, NLM_F_REQUEST | NLM_F_ACK, 7)
+            .fixed(&[1, 2, 3])
+            .attr_str(3, "eth0");
+        let outer = d.nest(18);
+        d.attr_u32(1, 0xdead_beef).attr_be16(2, 0x1234);
+        d.end_nest(outer);
+        d.attr_u8(4, 9);
         d.message(NLMSG_NOOP, NLM_F_ACK, 8);
         let bytes = d.bytes();
         assert_eq!(bytes.len() % 4, 0);
@@ -492,8 +492,8 @@ mod tests {
     #[test]
     fn malformed_input_ends_iteration_or_is_reported() {
         let mut d = Datagram::new();
-        d.message(20, 0, 1).u32(1, 5).u32(2, 6);
-        let mut bytes = d.into_bytes();
+        d.message(20, 0, 1).attr_u32(1, 5).attr_u32(2, 6);
+        let mut bytes = d.bytes().to_vec();
         // The second attribute claims more than there is.
         bytes[NLMSG_HDRLEN + 8] = 200;
         let m = messages(&bytes).next().unwrap();
@@ -509,23 +509,20 @@ mod tests {
 
     fn error_message(flags: u16, errno: i32, request: &[u8], tlvs: &[(u16, &str)]) -> Vec<u8> {
         let mut d = Datagram::new();
-        {
-            let mut m = d.message(NLMSG_ERROR, flags, 0);
-            let mut body = (-errno).to_ne_bytes().to_vec();
-            body.extend_from_slice(request);
-            m.fixed(&body);
-            for (ty, text) in tlvs {
-                m.str(*ty, text);
-            }
+        let mut body = (-errno).to_ne_bytes().to_vec();
+        body.extend_from_slice(request);
+        d.message(NLMSG_ERROR, flags, 0).fixed(&body);
+        for (ty, text) in tlvs {
+            d.attr_str(*ty, text);
         }
-        d.into_bytes()
+        d.bytes().to_vec()
     }
 
     #[test]
     fn errors_give_errno_seq_and_the_extended_ack_text() {
         let mut req = Datagram::new();
-        req.message(24, NLM_F_REQUEST, 42).u32(5, 1);
-        let req = req.into_bytes();
+        req.message(24, NLM_F_REQUEST, 42).attr_u32(5, 1);
+        let req = req.bytes().to_vec();
         // Not capped: the whole request is echoed before the attributes.
         let full = error_message(NLM_F_ACK_TLVS, 22, &req, &[(NLMSGERR_ATTR_MSG, "bad gw")]);
         let ack = messages(&full).next().unwrap().ack().unwrap();
@@ -558,6 +555,14 @@ mod tests {
         let noisy = error_message(NLM_F_ACK_TLVS | NLM_F_CAPPED, 1, &req[..16], &[(1, &long)]);
         let ack = messages(&noisy).next().unwrap().ack().unwrap();
         assert_eq!(ack.text.unwrap().len(), ACK_TEXT_BYTES);
+    }
+
+    #[test]
+    fn a_secret_datagram_outgrowing_its_capacity_keeps_its_bytes() {
+        let mut d = Datagram::secret(24);
+        d.message(1, 0, 1).attr(2, &[7; 100]);
+        let m = messages(d.bytes()).next().unwrap();
+        assert_eq!(m.attrs(0).get(2).unwrap().payload, &[7; 100]);
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! The one netlink layer: every byte the agent exchanges with the kernel's rtnetlink,
 //! nftables and generic netlink (WireGuard) goes through here.
 //!
-//! - [`message`]: messages and attributes, written ([`Datagram`], [`MessageWriter`]) and read
+//! - [`message`]: messages and attributes, written ([`Datagram`]) and read
 //!   ([`messages`], [`Attrs`], [`Message::ack`] with the kernel's extended-ack text), and the
 //!   netlink constants, once.
 //! - [`socket`]: the socket and the one exchange loop, which matches answers by sequence
@@ -30,7 +30,6 @@ pub mod message;
 pub mod socket;
 
 pub use message::{
-    attrs, c_str, messages, try_attrs, Ack, Attr, Attrs, Datagram, Message, MessageWriter, Nest,
-    Truncated,
+    attrs, c_str, messages, try_attrs, Ack, Attr, Attrs, Datagram, Message, Nest, Truncated,
 };
 pub use socket::{fence, request_seq, Error, Event, Protocol, Socket};

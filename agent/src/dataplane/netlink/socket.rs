@@ -382,16 +382,16 @@ impl Socket {
     }
 
     /// A dump: `build` writes the request with the sequence number it is given, `each`
-    /// reads every object of the answer into the list. An answer flagged `NLM_F_DUMP_INTR`
-    /// is thrown away and the dump made again, up to [`DUMP_ATTEMPTS`] times.
-    pub fn dump<T>(
+    /// folds every object of the answer into the result. An answer flagged
+    /// `NLM_F_DUMP_INTR` is thrown away and the dump made again from a fresh result, up to
+    /// [`DUMP_ATTEMPTS`] times.
+    pub fn dump<A: Default>(
         &mut self,
         mut build: impl FnMut(u32) -> Datagram,
-        mut each: impl FnMut(&Message<'_>, &mut Vec<T>),
-    ) -> Result<Vec<T>, Error> {
-        let mut out = Vec::new();
+        mut each: impl FnMut(&Message<'_>, &mut A),
+    ) -> Result<A, Error> {
         for _ in 0..DUMP_ATTEMPTS {
-            out.clear();
+            let mut out = A::default();
             let seq = self.next_seq();
             let request = build(seq);
             if !self.answer(request.bytes(), |m| each(m, &mut out))? {

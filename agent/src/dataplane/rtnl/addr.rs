@@ -9,7 +9,7 @@ use super::{family_of, ip_from, ip_octets, Error, Rtnl, AF_UNSPEC, RTPROT_WEFT};
 use crate::dataplane::netlink::message::{
     NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL, NLM_F_REQUEST,
 };
-use crate::dataplane::netlink::{Datagram, Message, MessageWriter};
+use crate::dataplane::netlink::{Datagram, Message};
 
 pub const RTM_NEWADDR: u16 = 20;
 pub const RTM_DELADDR: u16 = 21;
@@ -40,8 +40,8 @@ fn message(
     family: u8,
     prefix_len: u8,
     index: u32,
-) -> MessageWriter<'_> {
-    let mut m = d.message(ty, NLM_F_REQUEST | flags, seq);
+) -> &mut Datagram {
+    let m = d.message(ty, NLM_F_REQUEST | flags, seq);
     let mut h = [0u8; IFADDRMSG_LEN];
     h[0] = family;
     h[1] = prefix_len;
@@ -65,9 +65,9 @@ fn address(
     seq: u32,
     index: u32,
     addr: IpNet,
-) -> MessageWriter<'_> {
+) -> &mut Datagram {
     let octets = ip_octets(addr.addr());
-    let mut m = message(
+    let m = message(
         d,
         ty,
         flags,
@@ -76,13 +76,13 @@ fn address(
         addr.prefix_len(),
         index,
     );
-    m.bytes(IFA_LOCAL, &octets).bytes(IFA_ADDRESS, &octets);
+    m.attr(IFA_LOCAL, &octets).attr(IFA_ADDRESS, &octets);
     m
 }
 
 pub fn add_request(index: u32, addr: IpNet, seq: u32) -> Datagram {
     let mut d = Datagram::new();
-    let mut m = address(
+    let m = address(
         &mut d,
         RTM_NEWADDR,
         NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL,
@@ -90,14 +90,13 @@ pub fn add_request(index: u32, addr: IpNet, seq: u32) -> Datagram {
         index,
         addr,
     );
-    m.u8(IFA_PROTO, RTPROT_WEFT);
+    m.attr_u8(IFA_PROTO, RTPROT_WEFT);
     if let IpNet::V4(v4) = addr {
         // What `ip addr add ... brd +` sets; a /31 or /32 has no broadcast address.
         if v4.prefix_len() < 31 {
-            m.bytes(IFA_BROADCAST, &v4.broadcast().octets());
+            m.attr(IFA_BROADCAST, &v4.broadcast().octets());
         }
     }
-    drop(m);
     d
 }
 
@@ -143,7 +142,7 @@ impl Rtnl {
     /// Every address on every link of the namespace (to find an address held elsewhere).
     pub fn all_addresses(&mut self) -> Result<Vec<AddrInfo>, Error> {
         self.socket
-            .dump(dump_request, |m, out| out.extend(parse(m)))
+            .dump(dump_request, |m, out: &mut Vec<_>| out.extend(parse(m)))
     }
 
     /// Adds `addr` to link `index`, stamped [`RTPROT_WEFT`]. EEXIST when it is already there
@@ -167,7 +166,7 @@ mod tests {
     fn an_added_address_reads_back_with_our_protocol_and_a_broadcast() {
         let net: IpNet = "198.51.100.7/24".parse().unwrap();
         let d = add_request(3, net, 5);
-        let mut bytes = d.into_bytes();
+        let mut bytes = d.bytes().to_vec();
         // The kernel answers with the same layout.
         bytes[4..6].copy_from_slice(&RTM_NEWADDR.to_ne_bytes());
         let m = messages(&bytes).next().unwrap();
@@ -192,7 +191,7 @@ mod tests {
     #[test]
     fn ipv6_answers_name_only_the_address() {
         let mut d = Datagram::new();
-        message(&mut d, RTM_NEWADDR, 0, 1, libc::AF_INET6 as u8, 64, 2).bytes(
+        message(&mut d, RTM_NEWADDR, 0, 1, libc::AF_INET6 as u8, 64, 2).attr(
             IFA_ADDRESS,
             &"2001:db8::5"
                 .parse::<std::net::Ipv6Addr>()

@@ -5,7 +5,7 @@ use super::{Error, Rtnl, AF_INET, AF_UNSPEC};
 use crate::dataplane::netlink::message::{
     NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL, NLM_F_REQUEST,
 };
-use crate::dataplane::netlink::{Datagram, Message, MessageWriter};
+use crate::dataplane::netlink::{Datagram, Message};
 
 pub const RTM_NEWLINK: u16 = 16;
 pub const RTM_DELLINK: u16 = 17;
@@ -46,20 +46,18 @@ fn message(
     seq: u32,
     index: u32,
     set: (u32, u32),
-) -> MessageWriter<'_> {
-    let mut m = d.message(ty, NLM_F_REQUEST | flags, seq);
+) -> &mut Datagram {
     let mut h = [0u8; IFINFOMSG_LEN];
     h[0] = AF_UNSPEC;
     h[4..8].copy_from_slice(&index.to_ne_bytes());
     h[8..12].copy_from_slice(&set.0.to_ne_bytes());
     h[12..16].copy_from_slice(&set.1.to_ne_bytes());
-    m.fixed(&h);
-    m
+    d.message(ty, NLM_F_REQUEST | flags, seq).fixed(&h)
 }
 
 pub fn get_request(name: &str, seq: u32) -> Datagram {
     let mut d = Datagram::new();
-    message(&mut d, RTM_GETLINK, NLM_F_ACK, seq, 0, (0, 0)).str(IFLA_IFNAME, name);
+    message(&mut d, RTM_GETLINK, NLM_F_ACK, seq, 0, (0, 0)).attr_str(IFLA_IFNAME, name);
     d
 }
 
@@ -77,7 +75,7 @@ pub fn up_request(index: u32, seq: u32) -> Datagram {
 
 pub fn mtu_request(index: u32, mtu: u32, seq: u32) -> Datagram {
     let mut d = Datagram::new();
-    message(&mut d, RTM_NEWLINK, NLM_F_ACK, seq, index, (0, 0)).u32(IFLA_MTU, mtu);
+    message(&mut d, RTM_NEWLINK, NLM_F_ACK, seq, index, (0, 0)).attr_u32(IFLA_MTU, mtu);
     d
 }
 
@@ -85,33 +83,31 @@ pub fn mtu_request(index: u32, mtu: u32, seq: u32) -> Datagram {
 /// `AF_INET` > `IFLA_INET_CONF` > `IPV4_DEVCONF_PROMOTE_SECONDARIES`.
 pub fn promote_secondaries_request(index: u32, seq: u32) -> Datagram {
     let mut d = Datagram::new();
-    let mut m = message(&mut d, RTM_NEWLINK, NLM_F_ACK, seq, index, (0, 0));
-    let spec = m.nest(IFLA_AF_SPEC);
-    let inet = m.nest(u16::from(AF_INET));
-    let conf = m.nest(IFLA_INET_CONF);
-    m.u32(IPV4_DEVCONF_PROMOTE_SECONDARIES, 1);
-    m.end_nest(conf);
-    m.end_nest(inet);
-    m.end_nest(spec);
-    drop(m);
+    message(&mut d, RTM_NEWLINK, NLM_F_ACK, seq, index, (0, 0));
+    let spec = d.nest(IFLA_AF_SPEC);
+    let inet = d.nest(u16::from(AF_INET));
+    let conf = d.nest(IFLA_INET_CONF);
+    d.attr_u32(IPV4_DEVCONF_PROMOTE_SECONDARIES, 1);
+    d.end_nest(conf);
+    d.end_nest(inet);
+    d.end_nest(spec);
     d
 }
 
 pub fn create_request(name: &str, kind: &str, seq: u32) -> Datagram {
     let mut d = Datagram::new();
-    let mut m = message(
+    message(
         &mut d,
         RTM_NEWLINK,
         NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL,
         seq,
         0,
         (0, 0),
-    );
-    m.str(IFLA_IFNAME, name);
-    let info = m.nest(IFLA_LINKINFO);
-    m.str(IFLA_INFO_KIND, kind);
-    m.end_nest(info);
-    drop(m);
+    )
+    .attr_str(IFLA_IFNAME, name);
+    let info = d.nest(IFLA_LINKINFO);
+    d.attr_str(IFLA_INFO_KIND, kind);
+    d.end_nest(info);
     d
 }
 
@@ -166,7 +162,7 @@ impl Rtnl {
     /// Every link in the namespace.
     pub fn links(&mut self) -> Result<Vec<LinkInfo>, Error> {
         self.socket
-            .dump(dump_request, |m, out| out.extend(parse(m)))
+            .dump(dump_request, |m, out: &mut Vec<_>| out.extend(parse(m)))
     }
 
     /// Sets `IFF_UP` on the link.
@@ -204,15 +200,14 @@ mod tests {
     /// A link as the kernel describes it: the request's layout is the answer's.
     fn answer(index: u32, flags: u32, name: &str, mtu: u32, kind: Option<&str>) -> Vec<u8> {
         let mut d = Datagram::new();
-        let mut m = message(&mut d, RTM_NEWLINK, 0, 1, index, (flags, 0));
-        m.str(IFLA_IFNAME, name).u32(IFLA_MTU, mtu);
+        let m = message(&mut d, RTM_NEWLINK, 0, 1, index, (flags, 0));
+        m.attr_str(IFLA_IFNAME, name).attr_u32(IFLA_MTU, mtu);
         if let Some(kind) = kind {
             let info = m.nest(IFLA_LINKINFO);
-            m.str(IFLA_INFO_KIND, kind);
+            m.attr_str(IFLA_INFO_KIND, kind);
             m.end_nest(info);
         }
-        drop(m);
-        d.into_bytes()
+        d.bytes().to_vec()
     }
 
     #[test]

@@ -10,7 +10,7 @@ use super::{family_of, ip_from, ip_octets, Error, Rtnl, AF_INET, AF_INET6, RTPRO
 use crate::dataplane::netlink::message::{
     NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_REPLACE, NLM_F_REQUEST,
 };
-use crate::dataplane::netlink::{Datagram, Message, MessageWriter};
+use crate::dataplane::netlink::{Datagram, Message};
 
 pub const RTM_NEWROUTE: u16 = 24;
 pub const RTM_DELROUTE: u16 = 25;
@@ -87,8 +87,8 @@ struct Header {
     ty: u8,
 }
 
-fn message(d: &mut Datagram, ty: u16, flags: u16, seq: u32, h: Header) -> MessageWriter<'_> {
-    let mut m = d.message(ty, NLM_F_REQUEST | flags, seq);
+fn message(d: &mut Datagram, ty: u16, flags: u16, seq: u32, h: Header) -> &mut Datagram {
+    let m = d.message(ty, NLM_F_REQUEST | flags, seq);
     m.fixed(&[
         h.family, h.dst_len, 0, 0, h.table, h.protocol, h.scope, h.ty, 0, 0, 0, 0,
     ]);
@@ -127,7 +127,7 @@ fn route_message(
     scope: u8,
     kind: u8,
 ) {
-    let mut m = message(
+    let m = message(
         d,
         ty,
         flags,
@@ -142,12 +142,13 @@ fn route_message(
         },
     );
     if route.dst.prefix_len() > 0 {
-        m.bytes(RTA_DST, &ip_octets(route.dst.network()));
+        m.attr(RTA_DST, &ip_octets(route.dst.network()));
     }
     if let Some(gw) = route.gateway {
-        m.bytes(RTA_GATEWAY, &ip_octets(gw));
+        m.attr(RTA_GATEWAY, &ip_octets(gw));
     }
-    m.u32(RTA_OIF, route.oif).u32(RTA_PRIORITY, route.metric);
+    m.attr_u32(RTA_OIF, route.oif)
+        .attr_u32(RTA_PRIORITY, route.metric);
 }
 
 /// Installs `route` with `NLM_F_REPLACE`.
@@ -229,7 +230,7 @@ impl Rtnl {
     pub fn routes(&mut self, family: Family) -> Result<Vec<RouteInfo>, Error> {
         self.socket.dump(
             |seq| dump_request(family, seq),
-            |m, out| out.extend(parse(m)),
+            |m, out: &mut Vec<_>| out.extend(parse(m)),
         )
     }
 
@@ -252,7 +253,7 @@ mod tests {
     use crate::dataplane::netlink::messages;
 
     fn as_answer(d: Datagram) -> Vec<u8> {
-        let mut bytes = d.into_bytes();
+        let mut bytes = d.bytes().to_vec();
         bytes[4..6].copy_from_slice(&RTM_NEWROUTE.to_ne_bytes());
         bytes
     }
