@@ -8,14 +8,13 @@
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
 
-use neli::consts::socket::{Msg, NlFamily};
-use neli::socket::NlSocket;
-use neli::utils::Groups;
-
-use super::firewall::events::{Decoder, Transaction};
+use super::firewall::TABLE_REF;
+use super::netlink::{Protocol, Socket};
+use super::nftables::abi::NFNLGRP_NFTABLES;
+use super::nftables::events::Decoder;
+pub use super::nftables::events::Transaction;
 pub use super::rtnl::events::RouteChange;
 
-const NFNLGRP_NFTABLES: u32 = 7;
 /// Room for a burst of notifications (a 10,000-rule table replaced by someone else).
 const RCVBUF: usize = 4 << 20;
 
@@ -34,34 +33,20 @@ impl Hints {
     }
 }
 
-/// The two notification sockets, opened on the reconciler's thread (so in its namespace).
+/// The notification sockets, opened on the reconciler's thread (so in its namespace).
+#[derive(Debug)]
 pub struct KernelEvents {
-    route: NlSocket,
-    nft: NlSocket,
+    route: Socket,
+    nft: Socket,
     decoder: Decoder,
-    buf: Vec<u8>,
-}
-
-impl std::fmt::Debug for KernelEvents {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("KernelEvents").finish_non_exhaustive()
-    }
-}
-
-fn subscribe(family: NlFamily, groups: &[u32]) -> io::Result<NlSocket> {
-    let socket = NlSocket::connect(family, None, Groups::new_groups(groups))?;
-    socket.nonblock()?;
-    socket.set_recv_buffer_size(RCVBUF)?;
-    Ok(socket)
 }
 
 impl KernelEvents {
     pub fn open() -> io::Result<KernelEvents> {
         Ok(KernelEvents {
-            route: subscribe(NlFamily::Route, &super::rtnl::events::GROUPS)?,
-            nft: subscribe(NlFamily::Netfilter, &[NFNLGRP_NFTABLES])?,
-            decoder: Decoder::default(),
-            buf: vec![0; 64 << 10],
+            route: Socket::subscribe(Protocol::Route, &super::rtnl::events::GROUPS, RCVBUF)?,
+            nft: Socket::subscribe(Protocol::Netfilter, &[NFNLGRP_NFTABLES], RCVBUF)?,
+            decoder: Decoder::new(TABLE_REF),
         })
     }
 
@@ -73,33 +58,29 @@ impl KernelEvents {
     /// Reads everything pending on both sockets without blocking.
     pub fn drain(&mut self) -> Hints {
         let mut hints = Hints::default();
-        loop {
-            match self.route.recv(&mut self.buf[..], Msg::empty()) {
-                Ok((n, _)) => hints
-                    .network
-                    .extend(super::rtnl::events::changes(&self.buf[..n])),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                // ENOBUFS: the kernel dropped notifications; anything else: treat the same.
-                Err(_) => {
-                    hints.overrun = true;
-                    break;
-                }
-            }
-        }
-        loop {
-            match self.nft.recv(&mut self.buf[..], Msg::empty()) {
-                Ok((n, _)) => {
-                    let datagram = &self.buf[..n];
-                    hints.firewall.extend(self.decoder.feed(datagram));
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(_) => {
-                    hints.overrun = true;
-                    break;
-                }
-            }
-        }
+        drain(&mut self.route, &mut hints.overrun, |datagram| {
+            hints.network.extend(super::rtnl::events::changes(datagram))
+        });
+        let decoder = &mut self.decoder;
+        drain(&mut self.nft, &mut hints.overrun, |datagram| {
+            hints.firewall.extend(decoder.feed(datagram))
+        });
         hints
+    }
+}
+
+/// Hands every pending datagram of `socket` to `each`; sets `overrun` when the kernel
+/// dropped notifications (ENOBUFS) or the socket failed otherwise.
+fn drain(socket: &mut Socket, overrun: &mut bool, mut each: impl FnMut(&[u8])) {
+    loop {
+        match socket.recv() {
+            Ok(datagram) => each(datagram),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+            Err(_) => {
+                *overrun = true;
+                return;
+            }
+        }
     }
 }
 

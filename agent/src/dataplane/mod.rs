@@ -7,6 +7,7 @@ pub mod events;
 pub mod firewall;
 pub mod link;
 pub mod netlink;
+pub mod nftables;
 pub mod resolv;
 pub mod rtnl;
 

@@ -129,7 +129,7 @@ pub fn event(subsystem: Subsystem, change: String, by: String) -> DriftEvent {
 mod tests {
     use super::*;
     use crate::dataplane::events::RouteChange;
-    use crate::dataplane::firewall::events::Transaction;
+    use crate::dataplane::events::Transaction;
 
     #[test]
     fn the_budget_allows_a_burst_then_one_per_refill() {

@@ -7,9 +7,10 @@
 //!   is decided from what the kernel holds, not from memory (a restarted agent writes
 //!   nothing when the table is already right), and [`Ruleset::hash`] is equal for equal
 //!   rulesets whether rendered or read back.
-//! - `socket`: the `mnl` socket and the read requests; `netlink`: the reader of the kernel's
-//!   answers; `abi`: the kernel's constants. Batches and requests are written by libnftnl.
-//! - [`Firewall`] (thin): the netlink socket, apply and observe.
+//! - [`Firewall`] (thin): the table's nftables socket, apply and observe.
+//!
+//! Messages, expressions, reads and commits are the general nftables layer's
+//! (`dataplane::nftables`); this module says which table, chains and rules.
 //!
 //! Every batch carries the nftables generation it was planned at, so the kernel refuses it
 //! whole when anyone committed in between (the plan is then made again from a fresh read).
@@ -20,30 +21,33 @@
 //! only this agent's socket can change it, `nft flush ruleset` leaves it, and when the agent
 //! exits it stays in force (policy drop included) until the next agent adopts it.
 
-mod abi;
 mod batch;
+#[cfg(test)]
+mod batch_libnftnl;
 mod decode;
-pub mod events;
-/// Netlink message reading, shared with the rtnetlink event decoder (`dataplane::events`).
-pub(crate) mod netlink;
 mod render;
-mod socket;
 
 use std::collections::HashMap;
 use std::io;
 
 use weft_schema::{FirewallStatus, Overall};
 
-use abi::*;
-use batch::{Batch, Label};
-use netlink::{NLMSG_DONE, NLMSG_ERROR, NLM_F_DUMP};
+use super::netlink;
+use super::nftables::abi::*;
+use super::nftables::batch::Transaction;
+use super::nftables::{CommitError, Nft, TableRef};
+use batch::Label;
 use render::Dir;
 pub use render::{render, Ruleset};
-use socket::{Socket, Target};
 
 /// The one table the agent owns, in family `inet`. Everything that names it goes through
 /// here (and [`CHAINS`]), so drift detection can filter on the same names.
 pub const TABLE: &str = "weft-fw";
+/// [`TABLE`] in its family.
+pub const TABLE_REF: TableRef<'static> = TableRef {
+    family: NFPROTO_INET,
+    name: TABLE,
+};
 
 /// A base chain of the table, as the contract fixes it.
 #[derive(Debug)]
@@ -79,16 +83,8 @@ const OWNED: u32 = NFT_TABLE_F_OWNER | NFT_TABLE_F_PERSIST;
 pub enum Error {
     #[error("open a netlink socket to nf_tables")]
     OpenSocket(#[source] io::Error),
-    #[error("size the socket buffers for a {bytes}-byte batch")]
-    SizeBuffers {
-        bytes: usize,
-        #[source]
-        source: io::Error,
-    },
     #[error("send the batch for table inet weft-fw")]
-    SendBatch(#[source] io::Error),
-    #[error("receive the kernel's answer")]
-    Receive(#[source] io::Error),
+    SendBatch(#[source] netlink::Error),
     #[error("the kernel did not answer the batch for table inet weft-fw")]
     NoAnswer,
     /// The kernel refused the batch; nothing of it took effect.
@@ -105,14 +101,14 @@ pub enum Error {
     ReadBack {
         what: &'static str,
         #[source]
-        source: io::Error,
+        source: netlink::Error,
     },
 }
 
 /// What the kernel holds: table flags, chains and rules decoded into the renderer's model.
 #[derive(Debug)]
 struct Seen {
-    table: decode::TableSeen,
+    table: super::nftables::Table,
     chains_ok: bool,
     ruleset: Ruleset,
 }
@@ -122,8 +118,7 @@ struct Seen {
 /// with the owner flag but without persist would vanish with it).
 #[derive(Debug)]
 pub struct Firewall {
-    socket: Socket,
-    seq: u32,
+    nft: Nft,
     /// Table flags to create the table with: owner and persist, or none after the kernel
     /// refused them.
     flags: u32,
@@ -136,18 +131,17 @@ pub struct Firewall {
 
 impl Firewall {
     pub fn open() -> Result<Firewall, Error> {
-        let socket = Socket::open().map_err(Error::OpenSocket)?;
-        let seq = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs() as u32)
-            .unwrap_or(1);
-        Ok(Firewall {
-            socket,
-            seq,
+        Ok(Firewall::new(Nft::open().map_err(Error::OpenSocket)?))
+    }
+
+    /// The firewall on a socket opened elsewhere (in the namespace it is to manage).
+    pub fn new(nft: Nft) -> Firewall {
+        Firewall {
+            nft,
             flags: OWNED,
             refused: None,
             verified: None,
-        })
+        }
     }
 
     /// True when the table is created owned and persistent (the kernel supports it).
@@ -186,7 +180,7 @@ impl Firewall {
                     return Ok(false);
                 }
                 if seen.table.flags & NFT_TABLE_F_PERSIST != 0 {
-                    let batch = batch::adopt(self.flags, genid, self.next_seq());
+                    let batch = batch::adopt(self.flags, Some(genid), self.nft.batch_seq());
                     match self.send(&batch, desired) {
                         Ok(()) => {
                             tracing::info!(table = TABLE, "adopted the table left in force");
@@ -211,7 +205,13 @@ impl Firewall {
     /// Sends the batch that replaces (or first creates) the table.
     fn replace(&mut self, desired: &Ruleset, genid: u32, present: bool) -> Result<bool, Error> {
         self.verified = None;
-        let batch = batch::replace(desired, self.flags, present, genid, self.next_seq());
+        let batch = batch::replace(
+            desired,
+            self.flags,
+            present,
+            Some(genid),
+            self.nft.batch_seq(),
+        );
         match self.send(&batch, desired) {
             Err(Error::Refused { source, .. })
                 if self.flags != 0
@@ -224,7 +224,7 @@ impl Firewall {
                      table, which other processes can change and which nft flush ruleset removes"
                 );
                 self.flags = 0;
-                let batch = batch::replace(desired, 0, present, genid, self.next_seq());
+                let batch = batch::replace(desired, 0, present, Some(genid), self.nft.batch_seq());
                 self.send(&batch, desired)?;
             }
             other => other?,
@@ -238,9 +238,9 @@ impl Firewall {
     /// What the kernel holds right after our own commit of `ruleset`.
     fn ours(&self, ruleset: Ruleset) -> Seen {
         Seen {
-            table: decode::TableSeen {
+            table: super::nftables::Table {
                 flags: self.flags,
-                owner: (self.flags != 0).then_some(self.socket.portid()),
+                owner: (self.flags != 0).then_some(self.nft.port()),
             },
             chains_ok: true,
             ruleset,
@@ -261,22 +261,9 @@ impl Firewall {
 
     /// `NFT_MSG_GETGEN`: the netns's nftables generation id.
     fn genid(&mut self) -> Result<u32, Error> {
-        let mut genid = None;
-        self.request(
-            NFT_MSG_GETGEN,
-            false,
-            "the ruleset generation",
-            Target::All,
-            |msg| {
-                genid = msg
-                    .nf_attrs()
-                    .find(|(t, _)| *t == NFTA_GEN_ID)
-                    .and_then(|(_, v)| netlink::be32(v));
-            },
-        )?;
-        genid.ok_or(Error::ReadBack {
+        self.nft.genid().map_err(|source| Error::ReadBack {
             what: "the ruleset generation",
-            source: io::Error::new(io::ErrorKind::InvalidData, "NEWGEN without an id"),
+            source,
         })
     }
 
@@ -288,7 +275,7 @@ impl Firewall {
         if self.read()?.is_none() {
             return Ok(false);
         }
-        let batch = batch::delete(self.next_seq());
+        let batch = batch::delete(self.nft.batch_seq());
         self.send(&batch, &Ruleset::default())?;
         Ok(true)
     }
@@ -323,7 +310,7 @@ impl Firewall {
                         status.ruleset_hash,
                         desired.map(Ruleset::hash).unwrap_or_default()
                     ))
-                } else if self.flags != 0 && seen.table.owner != Some(self.socket.portid()) {
+                } else if self.flags != 0 && seen.table.owner != Some(self.nft.port()) {
                     Some("table inet weft-fw is not owned by this agent".to_owned())
                 } else {
                     None
@@ -340,148 +327,49 @@ impl Firewall {
         status
     }
 
-    fn next_seq(&mut self) -> u32 {
-        let seq = self.seq;
-        // Leave room for every message of the largest batch.
-        self.seq = self.seq.wrapping_add(1 << 20);
-        seq
-    }
-
-    /// Sends a batch as one datagram and collects the kernel's answers, which it queues
-    /// before `sendmsg` returns: a generation request sent right after is answered after
-    /// all of them, so its answer ends the reading without a non-blocking poll.
-    fn send(&mut self, batch: &Batch, desired: &Ruleset) -> Result<(), Error> {
-        self.socket
-            .fit_send(batch.bytes.len())
-            .map_err(|source| Error::SizeBuffers {
-                bytes: batch.bytes.len(),
-                source,
-            })?;
-        self.socket.send(&batch.bytes).map_err(Error::SendBatch)?;
-        let fence = self.seq;
-        self.seq = self.seq.wrapping_add(1);
-        self.socket
-            .send(&socket::request(NFT_MSG_GETGEN, 0, fence, Target::All))
-            .map_err(Error::SendBatch)?;
-        let mut refused = None;
-        let mut acked = false;
-        let mut fenced = false;
-        while !fenced {
-            let data = self.socket.recv().map_err(Error::Receive)?;
-            for msg in netlink::messages(data) {
-                if msg.seq == fence {
-                    fenced = true;
-                    continue;
-                }
-                if msg.ty != NLMSG_ERROR {
-                    continue;
-                }
-                let Some((errno, seq, text)) = msg.error() else {
-                    continue;
-                };
-                if errno == 0 {
-                    acked |= seq == batch.last_seq() - 1;
-                } else if refused.is_none() {
-                    refused = Some((errno, seq, text));
-                }
+    /// Commits a batch. The kernel refuses it whole or takes it whole.
+    fn send(&mut self, batch: &Transaction<Label>, desired: &Ruleset) -> Result<(), Error> {
+        match self.nft.commit(batch) {
+            Ok(()) => Ok(()),
+            Err(CommitError::Refused(r)) => {
+                self.refused = r.what;
+                Err(Error::Refused {
+                    what: describe(r.what, desired),
+                    detail: r.text,
+                    source: io::Error::from_raw_os_error(r.errno),
+                })
             }
+            Err(CommitError::Netlink(e)) => Err(Error::SendBatch(e)),
+            Err(CommitError::NoAnswer) => Err(Error::NoAnswer),
         }
-        if let Some((errno, seq, detail)) = refused {
-            self.refused = batch.label(seq);
-            return Err(Error::Refused {
-                what: describe(batch.label(seq), desired),
-                detail,
-                source: io::Error::from_raw_os_error(errno),
-            });
-        }
-        if !acked {
-            return Err(Error::NoAnswer);
-        }
-        Ok(())
     }
 
     /// The table as the kernel holds it, or `None` when there is none.
     fn read(&mut self) -> Result<Option<Seen>, Error> {
-        // A dump interrupted by a concurrent change (NLM_F_DUMP_INTR) is read again.
-        for _ in 0..3 {
-            match self.read_once()? {
-                Some(seen) => return Ok(seen),
-                None => continue,
-            }
-        }
-        Err(Error::ReadBack {
-            what: "the rules",
-            source: io::Error::new(
-                io::ErrorKind::Interrupted,
-                "the ruleset kept changing during the dump",
-            ),
-        })
-    }
-
-    /// `None` when a dump was interrupted.
-    fn read_once(&mut self) -> Result<Option<Option<Seen>>, Error> {
-        let mut table = None;
-        let found = self.request(NFT_MSG_GETTABLE, false, "the table", Target::Table, |msg| {
-            if table.is_none() {
-                table = decode::table(msg);
-            }
-        })?;
-        let Some(true) = found else {
-            return Ok(found.map(|_| None));
-        };
-        let Some(table) = table else {
-            return Ok(Some(None));
-        };
-        let mut chains = Vec::new();
-        if self
-            .request(NFT_MSG_GETCHAIN, true, "the chains", Target::All, |msg| {
-                chains.extend(decode::chain(msg));
-            })?
-            .is_none()
-        {
+        let read = |what| move |source| Error::ReadBack { what, source };
+        let Some(table) = self.nft.table(TABLE_REF).map_err(read("the table"))? else {
             return Ok(None);
-        }
-        let mut rules = Vec::new();
-        if self
-            .request(NFT_MSG_GETRULE, true, "the rules", Target::Rules, |msg| {
-                rules.extend(decode::rule(msg));
-            })?
-            .is_none()
-        {
-            return Ok(None);
-        }
+        };
+        let chains = self.nft.chains(TABLE_REF).map_err(read("the chains"))?;
+        let rules = self.nft.rules(TABLE_REF).map_err(read("the rules"))?;
 
-        let mut sets: HashMap<String, Option<decode::Elements>> = HashMap::new();
+        let mut sets: HashMap<String, Option<Vec<super::nftables::Element>>> = HashMap::new();
         let mut ruleset = Ruleset {
             input: Vec::new(),
             output: Vec::new(),
         };
-        let mut interrupted = false;
+        let nft = &mut self.nft;
         for rule in &rules {
-            let Some(chain) = rule.chain.map(|i| &CHAINS[i]) else {
+            let Some(chain) = CHAINS.iter().find(|c| c.name == rule.chain) else {
                 // A rule in a chain that is not ours: the chain check already fails.
                 continue;
             };
-            let mut lookup = |name: &str| -> Option<decode::Elements> {
+            let mut lookup = |name: &str| {
                 if let Some(cached) = sets.get(name) {
                     return cached.clone();
                 }
-                let mut elements = Vec::new();
-                let got = self.request(
-                    NFT_MSG_GETSETELEM,
-                    true,
-                    "a set's elements",
-                    Target::Elements(name),
-                    |msg| decode::set_elements(msg, &mut elements),
-                );
-                let value = match got {
-                    Ok(Some(true)) => Some(elements),
-                    Ok(None) => {
-                        interrupted = true;
-                        None
-                    }
-                    _ => None,
-                };
+                // A set that cannot be read makes its rule foreign, hence a difference.
+                let value = nft.elements(TABLE_REF, name).ok();
                 sets.insert(name.to_owned(), value.clone());
                 value
             };
@@ -492,63 +380,13 @@ impl Firewall {
                 ruleset.output.push(line);
             }
         }
-        if interrupted {
-            return Ok(None);
-        }
-        Ok(Some(Some(Seen {
+        Ok(Some(Seen {
             table,
             chains_ok: decode::chains_as_contract(&chains),
             ruleset: ruleset.canonical(),
-        })))
-    }
-
-    /// Sends one request (a dump when `dump`) and feeds every answer message to `each`.
-    /// Returns `Some(true)` when done, `Some(false)` when the kernel answered ENOENT, `None`
-    /// when a dump was interrupted by a concurrent change.
-    fn request(
-        &mut self,
-        ty: u16,
-        dump: bool,
-        what: &'static str,
-        target: Target<'_>,
-        mut each: impl FnMut(&netlink::Message<'_>),
-    ) -> Result<Option<bool>, Error> {
-        let seq = self.seq;
-        self.seq = self.seq.wrapping_add(1);
-        let flags = if dump { NLM_F_DUMP } else { 0 } | netlink::NLM_F_ACK;
-        let read_err = |source| Error::ReadBack { what, source };
-        self.socket
-            .send(&socket::request(ty, flags, seq, target))
-            .map_err(read_err)?;
-        let mut interrupted = false;
-        loop {
-            let data = self.socket.recv().map_err(read_err)?;
-            for msg in netlink::messages(data) {
-                if msg.seq != seq {
-                    continue;
-                }
-                if msg.flags & NLM_F_DUMP_INTR != 0 {
-                    interrupted = true;
-                }
-                match msg.ty {
-                    NLMSG_DONE => return Ok((!interrupted).then_some(true)),
-                    NLMSG_ERROR => {
-                        let (errno, _, _) = msg.error().unwrap_or((libc::EPROTO, seq, None));
-                        return match errno {
-                            0 => Ok((!interrupted).then_some(true)),
-                            libc::ENOENT => Ok(Some(false)),
-                            e => Err(read_err(io::Error::from_raw_os_error(e))),
-                        };
-                    }
-                    _ => each(&msg),
-                }
-            }
-        }
+        }))
     }
 }
-
-/// `NLM_F_DUMP_INTR`: the dump saw the ruleset change under it.
-const NLM_F_DUMP_INTR: u16 = 0x10;
 
 /// The generation after one commit (the kernel skips 0).
 fn next_genid(genid: u32) -> u32 {

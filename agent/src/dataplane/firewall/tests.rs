@@ -6,12 +6,15 @@ use std::net::{Ipv4Addr, Ipv6Addr};
 use ipnet::{Ipv4Net, Ipv6Net};
 use weft_schema::validate::{Firewall as FirewallSpec, PortRange, Protocol, Rule};
 
-use super::abi::*;
 use super::batch::{self, Label};
 use super::decode;
-use super::netlink::{attrs, be32, messages};
 use super::render::{prefix_of, Family, Line};
-use super::{describe, render, Ruleset};
+use super::{describe, render, Ruleset, TABLE};
+use crate::dataplane::netlink::message::NLM_F_ACK;
+use crate::dataplane::netlink::messages;
+use crate::dataplane::nftables::abi::*;
+use crate::dataplane::nftables::expr::Value;
+use crate::dataplane::nftables::{self, Element};
 
 fn rule(protocol: Protocol, ports: &[(u16, u16)], v4: &[&str], v6: &[&str]) -> Rule {
     Rule {
@@ -65,39 +68,38 @@ fn varied() -> FirewallSpec {
 
 /// Decodes the rules a batch creates, the way `Firewall::read` decodes a dump: the sets a
 /// rule looks up are those created just before it, in order.
-fn decode_batch(bytes: &[u8]) -> Ruleset {
-    let mut sets: Vec<(u32, decode::Elements)> = Vec::new();
+pub(crate) fn decode_batch(bytes: &[u8]) -> Ruleset {
+    let mut sets: Vec<(u32, Vec<Element>)> = Vec::new();
     let mut out = Ruleset::default();
-    let mut pending: std::collections::VecDeque<decode::Elements> = Default::default();
+    let mut pending: std::collections::VecDeque<Vec<Element>> = Default::default();
     for msg in messages(bytes) {
-        let ty = msg.ty & 0xff;
-        if msg.ty >> 8 != super::netlink::NFNL_SUBSYS_NFTABLES {
+        if msg.ty >> 8 != NFNL_SUBSYS_NFTABLES {
             continue;
         }
-        match ty {
+        match msg.ty & 0xff {
             NFT_MSG_NEWSET => {
-                let id = msg
-                    .nf_attrs()
-                    .find(|(t, _)| *t == NFTA_SET_ID)
-                    .and_then(|(_, v)| be32(v))
+                let id = nftables::attrs(&msg)
+                    .get(NFTA_SET_ID)
+                    .unwrap()
+                    .be32()
                     .unwrap();
                 sets.push((id, Vec::new()));
             }
             NFT_MSG_NEWSETELEM => {
-                let id = msg
-                    .nf_attrs()
-                    .find(|(t, _)| *t == NFTA_SET_ELEM_LIST_SET_ID)
-                    .and_then(|(_, v)| be32(v))
+                let id = nftables::attrs(&msg)
+                    .get(NFTA_SET_ELEM_LIST_SET_ID)
+                    .unwrap()
+                    .be32()
                     .unwrap();
                 let set = sets.iter_mut().find(|(i, _)| *i == id).unwrap();
-                decode::set_elements(&msg, &mut set.1);
+                nftables::elements_of(&msg, &mut set.1);
             }
             NFT_MSG_NEWRULE => {
                 pending.extend(sets.drain(..).map(|(_, e)| e));
-                let seen = decode::rule(&msg).expect("a rule of our table");
-                let chain = &super::CHAINS[seen.chain.unwrap()];
+                let rule = nftables::rule_of(&msg, TABLE).expect("a rule of our table");
+                let chain = super::CHAINS.iter().find(|c| c.name == rule.chain).unwrap();
                 let mut next = |_: &str| pending.pop_front();
-                let line = decode::line(&seen, chain.dir, &mut next);
+                let line = decode::line(&rule, chain.dir, &mut next);
                 if chain.name == "input" {
                     out.input.push(line);
                 } else {
@@ -152,7 +154,13 @@ fn mixed_families_split_and_ranges_merge() {
 fn the_batch_decodes_back_to_the_rendered_ruleset() {
     for wg in [None, Some(51820)] {
         let r = render(&varied(), wg);
-        let b = batch::replace(&r, NFT_TABLE_F_OWNER | NFT_TABLE_F_PERSIST, true, 5, 100);
+        let b = batch::replace(
+            &r,
+            NFT_TABLE_F_OWNER | NFT_TABLE_F_PERSIST,
+            true,
+            Some(5),
+            100,
+        );
         let back = decode_batch(&b.bytes);
         assert_eq!(back, r);
         assert_eq!(back.hash(), r.hash());
@@ -167,7 +175,7 @@ fn a_first_rule_shaped_like_the_wireguard_allow_compares_equal_both_ways() {
     };
     let r = render(&spec, None);
     assert_eq!(r, render(&FirewallSpec::default(), Some(51820)));
-    let b = batch::replace(&r, 0, false, 0, 1);
+    let b = batch::replace(&r, 0, false, None, 1);
     assert_eq!(decode_batch(&b.bytes), r);
 }
 
@@ -191,20 +199,18 @@ fn ten_thousand_sources_split_into_element_messages_under_64_kib() {
         egress: vec![],
     };
     let r = render(&spec, None);
-    let b = batch::replace(&r, 0, false, 0, 1);
+    let b = batch::replace(&r, 0, false, None, 1);
     let mut element_messages = 0;
     let mut elements = 0;
     for msg in messages(&b.bytes) {
         if msg.ty & 0xff == NFT_MSG_NEWSETELEM && msg.ty >> 8 == 10 {
             element_messages += 1;
-            let list = msg
-                .nf_attrs()
-                .find(|(t, _)| *t == NFTA_SET_ELEM_LIST_ELEMENTS)
-                .unwrap()
-                .1;
+            let list = nftables::attrs(&msg)
+                .get(NFTA_SET_ELEM_LIST_ELEMENTS)
+                .unwrap();
             // The list's length is a u16: a longer one would be cut short.
-            assert!(list.len() + 4 <= usize::from(u16::MAX));
-            elements += attrs(list).count();
+            assert!(list.payload.len() + 4 <= usize::from(u16::MAX));
+            elements += list.nested().count();
         }
     }
     // 10,000 starts, 10,000 ends and nft's leading end at 0, in several messages.
@@ -215,7 +221,7 @@ fn ten_thousand_sources_split_into_element_messages_under_64_kib() {
 
 #[test]
 fn interval_elements_back_to_ranges() {
-    let e = |k: u32, end: bool| (decode::Value::new(&k.to_be_bytes()).unwrap(), end);
+    let e = |k: u32, end: bool| (Value::new(&k.to_be_bytes()).unwrap(), end);
     // nft's leading end at 0, a range, and an open range up to the top.
     let elements = vec![e(0, true), e(10, false), e(20, true), e(0xffff_ff00, false)];
     assert_eq!(
@@ -229,7 +235,7 @@ fn interval_elements_back_to_ranges() {
     // An end without its start is not ours.
     assert_eq!(decode::ranges(&[e(5, true)], 4), None);
     // Keys of the wrong width are not ours.
-    let short = decode::Value::new(&[1, 2]).unwrap();
+    let short = Value::new(&[1, 2]).unwrap();
     assert_eq!(decode::ranges(&[(short, false)], 4), None);
 }
 
@@ -279,9 +285,9 @@ fn a_refusal_names_the_rule_and_its_text() {
 #[test]
 fn only_the_last_message_asks_for_an_ack() {
     let r = render(&varied(), None);
-    let b = batch::replace(&r, 0, true, 3, 7);
+    let b = batch::replace(&r, 0, true, Some(3), 7);
     let acked: Vec<u32> = messages(&b.bytes)
-        .filter(|m| m.flags & super::netlink::NLM_F_ACK != 0)
+        .filter(|m| m.flags & NLM_F_ACK != 0)
         .map(|m| m.seq)
         .collect();
     assert_eq!(acked, vec![b.last_seq() - 1]);
@@ -305,7 +311,7 @@ fn a_batch_planned_at_an_old_generation_is_refused_and_replanned() {
         // Someone else commits something (anything) in between.
         ns.run("nft", &["add", "table", "inet", "elsewhere"])
             .unwrap();
-        let stale = batch::replace(&second, fw.flags, true, planned_at, 42);
+        let stale = batch::replace(&second, fw.flags, true, Some(planned_at), 42);
         let err = fw.send(&stale, &second).unwrap_err();
         assert!(err.is_restart(), "{err:?}");
         assert!(
@@ -332,16 +338,102 @@ fn the_batch_begin_carries_the_planned_generation_only_when_given() {
     let genid_of = |bytes: &[u8]| {
         let begin = messages(bytes).next().unwrap();
         assert_eq!(begin.ty, 0x10, "batch begin first");
-        begin
-            .nf_attrs()
-            .find(|(t, _)| *t == NFNL_BATCH_GENID)
-            .and_then(|(_, v)| be32(v))
+        nftables::attrs(&begin)
+            .get(NFNL_BATCH_GENID)
+            .and_then(|a| a.be32())
     };
-    let b = batch::replace(&r, 0, true, 77, 1);
+    let b = batch::replace(&r, 0, true, Some(77), 1);
     assert_eq!(genid_of(&b.bytes), Some(77));
     assert_eq!(decode_batch(&b.bytes), r);
     assert_eq!(genid_of(&batch::delete(1).bytes), None);
     // Every message numbered in order from the first sequence number.
     let seqs: Vec<u32> = messages(&b.bytes).map(|m| m.seq).collect();
     assert_eq!(seqs, (1..=b.last_seq()).collect::<Vec<_>>());
+}
+
+/// Zeroes the padding after every attribute (libnftnl leaves whatever its buffer held there;
+/// the kernel never reads it), descending into nests.
+fn zero_padding(buf: &mut [u8]) {
+    fn attrs(buf: &mut [u8]) {
+        let mut at = 0;
+        while at + 4 <= buf.len() {
+            let len = u16::from_ne_bytes([buf[at], buf[at + 1]]) as usize;
+            let ty = u16::from_ne_bytes([buf[at + 2], buf[at + 3]]);
+            if len < 4 || at + len > buf.len() {
+                return;
+            }
+            if ty & 0x8000 != 0 {
+                attrs(&mut buf[at + 4..at + len]);
+            }
+            let end = (at + len + 3) & !3;
+            let stop = end.min(buf.len());
+            for b in &mut buf[at + len..stop] {
+                *b = 0;
+            }
+            at = end;
+        }
+    }
+    let mut at = 0;
+    while at + 16 <= buf.len() {
+        let len = u32::from_ne_bytes(buf[at..at + 4].try_into().unwrap()) as usize;
+        attrs(&mut buf[at + 20..at + len]);
+        at += (len + 3) & !3;
+    }
+}
+
+/// The transactions written by the nftables layer are byte for byte the ones libnftnl (the
+/// `nftnl` crate) wrote for the same rulesets, but for padding.
+#[test]
+fn batches_are_byte_identical_to_libnftnl() {
+    use super::batch_libnftnl as old;
+    let v4: Vec<String> = (0..10_000u32)
+        .map(|i| Ipv4Addr::from(0x0a00_0000 + 2 * i).to_string() + "/32")
+        .collect();
+    let refs: Vec<&str> = v4.iter().map(String::as_str).collect();
+    let mut big = rule(
+        Protocol::Tcp,
+        &[(443, 443)],
+        &refs,
+        &["2001:db8::/32", "2001:db9::1/128"],
+    );
+    big.comment = Some("x".repeat(128));
+    let large = FirewallSpec {
+        ingress: vec![big],
+        egress: vec![rule(Protocol::Udp, &[(1, 2), (4, 9)], &[], &[])],
+    };
+    for (spec, wg) in [
+        (varied(), Some(51820)),
+        (varied(), None),
+        (FirewallSpec::default(), None),
+        (large, Some(1)),
+    ] {
+        let r = render(&spec, wg);
+        for (flags, present, genid) in [
+            (NFT_TABLE_F_OWNER | NFT_TABLE_F_PERSIST, true, 5),
+            (0, false, 0),
+        ] {
+            let new = batch::replace(&r, flags, present, (genid != 0).then_some(genid), 100);
+            let mut before = old::replace(&r, flags, present, genid, 100);
+            zero_padding(&mut before.bytes);
+            assert_eq!(new.bytes.len(), before.bytes.len());
+            for (i, (a, b)) in messages(&new.bytes)
+                .zip(messages(&before.bytes))
+                .enumerate()
+            {
+                assert_eq!(
+                    (a.ty, a.flags, a.seq, hex::encode(a.payload)),
+                    (b.ty, b.flags, b.seq, hex::encode(b.payload)),
+                    "message {i}"
+                );
+            }
+            assert_eq!(new.bytes, before.bytes);
+        }
+    }
+    for (new, mut before) in [
+        (batch::adopt(6, Some(9), 3), old::adopt(6, 9, 3)),
+        (batch::delete(3), old::delete(3)),
+    ] {
+        zero_padding(&mut before.bytes);
+        assert_eq!(new.bytes, before.bytes);
+    }
 }

@@ -203,6 +203,11 @@ impl Socket {
         self.seq
     }
 
+    /// The sequence number [`Socket::next_seq`] will give.
+    pub fn peek_seq(&self) -> u32 {
+        self.seq.wrapping_add(1)
+    }
+
     /// `n` consecutive sequence numbers; returns the first.
     pub fn reserve_seqs(&mut self, n: u32) -> u32 {
         let first = self.seq.wrapping_add(1);
@@ -309,7 +314,7 @@ impl Socket {
         zeroize::Zeroize::zeroize(&mut self.rx[..]);
     }
 
-    /// The exchange loop. Sends `datagram`, whose requests are numbered `seqs`, and hands
+    /// The exchange loop. Sends `datagrams`, whose requests are numbered `seqs`, and hands
     /// every answer to `on` until the request numbered `seqs.end()` has ended. Messages of
     /// other sequence numbers or ports are skipped. Returns whether a dump answer was
     /// flagged `NLM_F_DUMP_INTR`. The last request must end with an ack, an error or a done
@@ -319,11 +324,13 @@ impl Socket {
     /// lets the answer be read to its end, so nothing of it is left on the socket.
     pub fn exchange(
         &mut self,
-        datagram: &[u8],
+        datagrams: &[&[u8]],
         seqs: RangeInclusive<u32>,
         mut on: impl FnMut(Event<'_, '_>),
     ) -> Result<bool, Error> {
-        self.send(datagram).map_err(Error::Send)?;
+        for datagram in datagrams {
+            self.send(datagram).map_err(Error::Send)?;
+        }
         let last = *seqs.end();
         let port = self.port;
         let mut interrupted = false;
@@ -364,7 +371,7 @@ impl Socket {
     ) -> Result<bool, Error> {
         let seq = request_seq(request);
         let mut refused = None;
-        let interrupted = self.exchange(request, seq..=seq, |event| match event {
+        let interrupted = self.exchange(&[request], seq..=seq, |event| match event {
             Event::Data(msg) => each(msg),
             Event::End(ack) if ack.errno != 0 => refused = Some(ack),
             Event::End(_) => {}
