@@ -22,8 +22,6 @@
 //! exits it stays in force (policy drop included) until the next agent adopts it.
 
 mod batch;
-#[cfg(test)]
-mod batch_libnftnl;
 mod decode;
 mod render;
 
