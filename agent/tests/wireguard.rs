@@ -11,7 +11,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use weft_agent::dataplane::error_line;
+use weft_agent::dataplane::netlink::genl::Genl;
 use weft_agent::dataplane::rtnl::Rtnl;
+use weft_agent::dataplane::subsystem::Subsystem;
 use weft_agent::dataplane::wireguard::keys::{self, KEY_FILE};
 use weft_agent::dataplane::wireguard::{Mode, WireGuardManager};
 use weft_schema::key::{PublicKey, SecretKey};
@@ -59,21 +61,22 @@ fn agent(ns: &Netns, mode: Mode, state_dir: &std::path::Path) -> Pod {
     let dir = state_dir.to_owned();
     NsThread::spawn(ns, move || Agent {
         rtnl: Rtnl::open().expect("open rtnetlink"),
-        wg: WireGuardManager::new(mode, &dir),
+        wg: WireGuardManager::new(mode, &dir, Genl::open().expect("open generic netlink")),
     })
 }
 
 fn apply(pod: &Pod, spec: Option<&WireGuard>) -> Result<(), String> {
     let spec = spec.cloned();
     pod.run(move |a| {
-        a.wg.apply(&mut a.rtnl, spec.as_ref())
+        a.wg.prepare(spec.as_ref())
+            .and_then(|()| a.wg.apply(&mut a.rtnl, &spec))
             .map_err(|e| error_line(&e))
     })
 }
 
 fn observe(pod: &Pod, spec: Option<&WireGuard>) -> Option<WireGuardStatus> {
     let spec = spec.cloned();
-    pod.run(move |a| a.wg.observe(&mut a.rtnl, spec.as_ref()))
+    pod.run(move |a| a.wg.observe(&mut a.rtnl, &spec))
 }
 
 fn peer(key: PublicKey, endpoint: Option<&str>, allowed: &[&str]) -> Peer {
@@ -460,17 +463,23 @@ fn auto_mode_falls_back_to_userspace_and_says_why() {
             (
                 Agent {
                     rtnl: Rtnl::open().unwrap(),
-                    wg: WireGuardManager::new(Mode::Auto, &dir),
+                    wg: WireGuardManager::new(
+                        Mode::Auto,
+                        &dir,
+                        Genl::open().expect("open generic netlink"),
+                    ),
                 },
                 guard,
             )
         });
     let s = spec.clone();
     let (backend, reason, status) = pod.run(move |(a, _)| {
-        a.wg.apply(&mut a.rtnl, Some(&s))
+        let s = Some(s);
+        a.wg.prepare(s.as_ref())
+            .and_then(|()| a.wg.apply(&mut a.rtnl, &s))
             .map_err(|e| error_line(&e))
             .unwrap();
-        let st = a.wg.observe(&mut a.rtnl, Some(&s)).unwrap();
+        let st = a.wg.observe(&mut a.rtnl, &s).unwrap();
         (
             a.wg.backend(),
             a.wg.fallback_reason().map(str::to_owned),
@@ -532,12 +541,12 @@ fn observe_reports_outside_changes_to_the_link() {
     let st = observe(&pod, Some(&spec)).unwrap();
     assert_eq!(st.overall, Overall::Degraded);
     assert!(
-        st.last_error.contains("MTU 1380, not 1420"),
+        st.last_error.contains("has mtu 1380, want 1420"),
         "{}",
         st.last_error
     );
     assert!(
-        st.last_error.contains("lacks address 10.81.0.1/24"),
+        st.last_error.contains("address 10.81.0.1/24 is missing on"),
         "{}",
         st.last_error
     );
@@ -565,8 +574,8 @@ fn kernel_genl_family_lookup_matches_the_link_probe() {
     let (probe, lookup) = ns.enter(|| {
         let mut rtnl = Rtnl::open().unwrap();
         let probe = rtnl.create_link(&ifn, "wireguard").map_err(|e| e.errno());
-        let lookup = weft_agent::dataplane::wireguard::kernel::Genl::open().map(|_| ());
-        (probe, lookup.map_err(|e| error_line(&e)))
+        let lookup = weft_agent::dataplane::wireguard::kernel::family(&mut Genl::open().unwrap());
+        (probe, lookup.map(drop).map_err(|e| error_line(&e)))
     });
     match probe {
         Ok(()) => assert!(lookup.is_ok(), "{lookup:?}"),

@@ -27,6 +27,7 @@ mod render;
 
 use std::collections::HashMap;
 use std::io;
+use std::sync::Arc;
 
 use weft_schema::{FirewallStatus, Overall};
 
@@ -34,6 +35,8 @@ use super::netlink;
 use super::nftables::abi::*;
 use super::nftables::batch::Transaction;
 use super::nftables::{CommitError, Nft, TableRef};
+use super::rtnl::Rtnl;
+use super::subsystem::Subsystem;
 use batch::Label;
 use render::Dir;
 pub use render::{render, Ruleset};
@@ -105,10 +108,31 @@ pub enum Error {
 
 /// What the kernel holds: table flags, chains and rules decoded into the renderer's model.
 #[derive(Debug)]
-struct Seen {
+pub struct Seen {
     table: super::nftables::Table,
     chains_ok: bool,
     ruleset: Ruleset,
+}
+
+/// A read: the nftables generation, and the table as it was at that generation (`None`:
+/// there is none). Shared, so a read can be kept without copying 10,000 rules.
+#[derive(Debug, Clone)]
+pub struct Current {
+    genid: u32,
+    seen: Option<Arc<Seen>>,
+}
+
+/// What an apply has to do.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Plan {
+    /// The kernel holds the desired table already (or one owned by another live socket,
+    /// which only its owner can change; the status says so).
+    Nothing,
+    /// The desired rules are in force in a persistent table no one owns (a previous agent
+    /// left it): take ownership without touching a rule.
+    Adopt,
+    /// Replace the table (delete it first when `present`) in one transaction.
+    Replace { present: bool },
 }
 
 /// The table's handle: a netlink socket that, with the owner flag, is the only one allowed
@@ -124,7 +148,9 @@ pub struct Firewall {
     refused: Option<Label>,
     /// The table as this handle last read or wrote it, and the nftables generation at
     /// which that was exact.
-    verified: Option<(u32, Option<Seen>)>,
+    verified: Option<Current>,
+    /// Whether the last apply wrote rules.
+    wrote: bool,
 }
 
 impl Firewall {
@@ -139,6 +165,7 @@ impl Firewall {
             flags: OWNED,
             refused: None,
             verified: None,
+            wrote: false,
         }
     }
 
@@ -154,54 +181,52 @@ impl Firewall {
     pub fn apply(&mut self, desired: &Ruleset) -> Result<bool, Error> {
         // A batch is committed only at the generation it was planned against; when someone
         // else committed in between, plan again from a fresh read.
-        for _ in 0..3 {
-            match self.try_apply(desired) {
-                Err(Error::Refused { source, .. })
-                    if source.raw_os_error() == Some(libc::ERESTART) =>
-                {
-                    self.verified = None;
-                }
-                other => return other,
+        self.wrote = false;
+        for attempt in 0.. {
+            let current = self.current()?;
+            let plan = plan(self.flags, desired, &current);
+            match self.carry_out(desired, &current, plan) {
+                Err(e) if e.is_restart() && attempt < 3 => self.verified = None,
+                other => return other.map(|()| self.wrote),
             }
         }
-        self.try_apply(desired)
+        unreachable!("the loop returns")
     }
 
-    fn try_apply(&mut self, desired: &Ruleset) -> Result<bool, Error> {
-        let (genid, seen) = self.current()?;
-        if let Some(seen) = seen {
-            if seen.chains_ok && seen.ruleset == *desired {
-                // Already in force. Owned by another live socket, it cannot be adopted (nor
-                // replaced); `observe` reports that.
-                if self.flags == 0 || seen.table.owner.is_some() {
-                    self.verified = Some((genid, Some(seen)));
-                    return Ok(false);
-                }
-                if seen.table.flags & NFT_TABLE_F_PERSIST != 0 {
-                    let batch = batch::adopt(self.flags, Some(genid), self.nft.batch_seq());
-                    match self.send(&batch, desired) {
-                        Ok(()) => {
-                            tracing::info!(table = TABLE, "adopted the table left in force");
-                            self.verified =
-                                Some((next_genid(genid), Some(self.ours(seen.ruleset))));
-                            return Ok(false);
-                        }
-                        Err(e) if e.is_restart() => return Err(e),
-                        Err(e) => tracing::warn!(
+    /// Sends what `plan` says.
+    fn carry_out(&mut self, desired: &Ruleset, current: &Current, plan: Plan) -> Result<(), Error> {
+        match plan {
+            Plan::Nothing => {
+                self.verified = Some(current.clone());
+                Ok(())
+            }
+            Plan::Adopt => {
+                let batch = batch::adopt(self.flags, Some(current.genid), self.nft.batch_seq());
+                match self.send(&batch, desired) {
+                    Ok(()) => {
+                        tracing::info!(table = TABLE, "adopted the table left in force");
+                        self.verified = Some(Current {
+                            genid: next_genid(current.genid),
+                            seen: Some(Arc::new(self.ours(desired.clone()))),
+                        });
+                        Ok(())
+                    }
+                    Err(e) if e.is_restart() => Err(e),
+                    Err(e) => {
+                        tracing::warn!(
                             cause = %super::error_line(&e),
                             "could not adopt table inet weft-fw; replacing it"
-                        ),
+                        );
+                        self.replace(desired, current.genid, true)
                     }
                 }
             }
-            self.replace(desired, genid, true)
-        } else {
-            self.replace(desired, genid, false)
+            Plan::Replace { present } => self.replace(desired, current.genid, present),
         }
     }
 
     /// Sends the batch that replaces (or first creates) the table.
-    fn replace(&mut self, desired: &Ruleset, genid: u32, present: bool) -> Result<bool, Error> {
+    fn replace(&mut self, desired: &Ruleset, genid: u32, present: bool) -> Result<(), Error> {
         self.verified = None;
         let batch = batch::replace(
             desired,
@@ -227,10 +252,14 @@ impl Firewall {
             }
             other => other?,
         }
+        self.wrote = true;
         // Committed at exactly `genid`, so the kernel's table is now `desired` at the next
         // generation.
-        self.verified = Some((next_genid(genid), Some(self.ours(desired.clone()))));
-        Ok(true)
+        self.verified = Some(Current {
+            genid: next_genid(genid),
+            seen: Some(Arc::new(self.ours(desired.clone()))),
+        });
+        Ok(())
     }
 
     /// What the kernel holds right after our own commit of `ruleset`.
@@ -249,11 +278,14 @@ impl Firewall {
     /// this handle already saw it at this very generation: every commit by anyone bumps the
     /// generation, so an unchanged generation means an unchanged table. A new process
     /// always dumps.
-    fn current(&mut self) -> Result<(u32, Option<Seen>), Error> {
+    fn current(&mut self) -> Result<Current, Error> {
         let genid = self.genid()?;
-        match self.verified.take() {
-            Some((g, seen)) if g == genid => Ok((genid, seen)),
-            _ => Ok((genid, self.read()?)),
+        match &self.verified {
+            Some(v) if v.genid == genid => Ok(v.clone()),
+            _ => Ok(Current {
+                genid,
+                seen: self.read()?.map(Arc::new),
+            }),
         }
     }
 
@@ -283,6 +315,18 @@ impl Firewall {
     /// chain input after the baseline (and the WireGuard allow), `EgressRules` those of
     /// chain output; `RulesetHash` is [`Ruleset::hash`] of what the kernel holds.
     pub fn observe(&mut self, desired: Option<&Ruleset>) -> FirewallStatus {
+        let current = self.current();
+        if let Ok(c) = &current {
+            self.verified = Some(c.clone());
+        }
+        self.status_of(desired, current.as_ref())
+    }
+
+    fn status_of(
+        &self,
+        desired: Option<&Ruleset>,
+        read: Result<&Current, &Error>,
+    ) -> FirewallStatus {
         let mut status = FirewallStatus {
             overall: Overall::Healthy,
             last_error: String::new(),
@@ -291,11 +335,14 @@ impl Firewall {
             egress_rules: 0,
             ruleset_hash: String::new(),
         };
-        let current = self.current();
-        let problem = match &current {
+        let problem = match read {
             Err(e) => Some(super::error_line(e)),
-            Ok((_, None)) => desired.map(|_| "table inet weft-fw is missing".to_owned()),
-            Ok((_, Some(seen))) => {
+            Ok(Current { seen: None, .. }) => {
+                desired.map(|_| "table inet weft-fw is missing".to_owned())
+            }
+            Ok(Current {
+                seen: Some(seen), ..
+            }) => {
                 status.table_present = true;
                 status.ingress_rules = seen.ruleset.ingress_rules();
                 status.egress_rules = seen.ruleset.egress_rules();
@@ -318,9 +365,6 @@ impl Firewall {
         if let Some(p) = problem {
             status.overall = Overall::Degraded;
             status.last_error = p;
-        }
-        if let Ok(verified) = current {
-            self.verified = Some(verified);
         }
         status
     }
@@ -383,6 +427,65 @@ impl Firewall {
             chains_ok: decode::chains_as_contract(&chains),
             ruleset: ruleset.canonical(),
         }))
+    }
+}
+
+/// What an apply must do to make the kernel hold `desired` (pure). `flags` are the table
+/// flags this handle creates the table with.
+pub fn plan(flags: u32, desired: &Ruleset, current: &Current) -> Plan {
+    let Some(seen) = &current.seen else {
+        return Plan::Replace { present: false };
+    };
+    if seen.chains_ok && seen.ruleset == *desired {
+        // Already in force. Owned by another live socket, it cannot be adopted (nor
+        // replaced); the status reports that.
+        if flags == 0 || seen.table.owner.is_some() {
+            return Plan::Nothing;
+        }
+        if seen.table.flags & NFT_TABLE_F_PERSIST != 0 {
+            return Plan::Adopt;
+        }
+    }
+    Plan::Replace { present: true }
+}
+
+impl Subsystem for Firewall {
+    type Desired = Ruleset;
+    type State = Current;
+    type Plan<'a> = Plan;
+    type Error = Error;
+    type Status = FirewallStatus;
+
+    fn read(&mut self, _: &mut Rtnl, _: &Ruleset) -> Result<Current, Error> {
+        self.current()
+    }
+
+    fn plan<'a>(&self, desired: &'a Ruleset, state: &'a Current) -> Plan {
+        plan(self.flags, desired, state)
+    }
+
+    fn send(
+        &mut self,
+        _: &mut Rtnl,
+        desired: &Ruleset,
+        state: &Current,
+        plan: Plan,
+    ) -> Result<(), Error> {
+        self.carry_out(desired, state, plan)
+    }
+
+    fn status(&self, desired: &Ruleset, read: Result<&Current, &Error>) -> FirewallStatus {
+        self.status_of(Some(desired), read)
+    }
+
+    /// Read, plan, send, again from a fresh read when the batch was planned at a generation
+    /// someone else's commit made stale.
+    fn apply(&mut self, _: &mut Rtnl, desired: &Ruleset) -> Result<(), Error> {
+        Firewall::apply(self, desired).map(drop)
+    }
+
+    fn observe(&mut self, _: &mut Rtnl, desired: &Ruleset) -> FirewallStatus {
+        Firewall::observe(self, Some(desired))
     }
 }
 

@@ -7,7 +7,6 @@
 //! preshared key is a secret [`Datagram`]: built in one buffer and wiped when dropped; the
 //! socket's receive buffer, which held the device's keys on a read, is wiped after it.
 
-use std::io;
 use std::net::{IpAddr, SocketAddr, SocketAddrV4, SocketAddrV6};
 
 use ipnet::IpNet;
@@ -16,7 +15,7 @@ use weft_schema::validate::Peer;
 use zeroize::Zeroizing;
 
 use super::plan::{DevicePlan, ObservedDevice, ObservedPeer};
-use crate::dataplane::netlink::genl::{self, GENL_HDRLEN};
+use crate::dataplane::netlink::genl::{self, Genl, GENL_HDRLEN};
 use crate::dataplane::netlink::message::{NLM_F_ACK, NLM_F_DUMP, NLM_F_REQUEST};
 use crate::dataplane::netlink::{self, Attr, Datagram, Message, Truncated};
 
@@ -427,8 +426,6 @@ pub fn parse_device_message(
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("open generic netlink socket")]
-    Open(#[source] io::Error),
     #[error("look up the wireguard genl family")]
     Family(#[source] netlink::Error),
     #[error("parse the device")]
@@ -437,64 +434,57 @@ pub enum Error {
     Refused(#[source] netlink::Error),
 }
 
-/// A generic netlink socket bound to the `wireguard` family.
-#[derive(Debug)]
-pub struct Genl {
-    genl: genl::Genl,
-    family: u16,
+/// The `wireguard` family's id (ENOENT when the kernel has no WireGuard).
+pub fn family(genl: &mut Genl) -> Result<u16, Error> {
+    genl.family(WG_GENL_NAME).map_err(Error::Family)
 }
 
-impl Genl {
-    /// Opens the socket and looks up the family (ENOENT when the kernel has no WireGuard).
-    pub fn open() -> Result<Genl, Error> {
-        let mut genl = genl::Genl::open().map_err(Error::Open)?;
-        let family = genl.family(WG_GENL_NAME).map_err(Error::Family)?;
-        Ok(Genl { genl, family })
+/// Sends `plan` to device `ifname`: every message, each waited for; the first refusal is
+/// the result.
+pub fn set_device(
+    genl: &mut Genl,
+    family: u16,
+    ifname: &str,
+    plan: &DevicePlan<'_>,
+) -> Result<(), Error> {
+    let socket = genl.socket();
+    let first = socket.next_seq();
+    let messages = render_set(family, ifname, plan, first, MAX_MESSAGE);
+    socket.reserve_seqs(messages.len() as u32 - 1);
+    let mut first_error = None;
+    for msg in &messages {
+        if let Err(e) = socket.request(msg.bytes(), |_| {}) {
+            first_error.get_or_insert(e);
+        }
     }
+    match first_error {
+        Some(e) => Err(Error::Refused(e)),
+        None => Ok(()),
+    }
+}
 
-    /// Sends `plan` to device `ifname`: every message, each waited for; the first refusal is
-    /// the result.
-    pub fn set_device(&mut self, ifname: &str, plan: &DevicePlan<'_>) -> Result<(), Error> {
-        let socket = self.genl.socket();
-        let first = socket.next_seq();
-        let messages = render_set(self.family, ifname, plan, first, MAX_MESSAGE);
-        socket.reserve_seqs(messages.len() as u32 - 1);
-        let mut first_error = None;
-        for msg in &messages {
-            if let Err(e) = socket.request(msg.bytes(), |_| {}) {
-                first_error.get_or_insert(e);
+/// Reads device `ifname` back.
+pub fn get_device(genl: &mut Genl, family: u16, ifname: &str) -> Result<ObservedDevice, Error> {
+    let socket = genl.socket();
+    let read = socket.dump(
+        |seq| render_get(family, ifname, seq),
+        |msg, (device, failed): &mut (ObservedDevice, Option<ParseError>)| {
+            if msg.ty == family && failed.is_none() {
+                *failed = parse_device_message(msg, device).err();
             }
-        }
-        match first_error {
-            Some(e) => Err(Error::Refused(e)),
-            None => Ok(()),
-        }
+        },
+    );
+    // The answer held the device's private and preshared keys.
+    socket.wipe();
+    let (mut device, failed) = read.map_err(Error::Refused)?;
+    if let Some(e) = failed {
+        return Err(Error::Parse(e));
     }
-
-    /// Reads device `ifname` back.
-    pub fn get_device(&mut self, ifname: &str) -> Result<ObservedDevice, Error> {
-        let family = self.family;
-        let socket = self.genl.socket();
-        let read = socket.dump(
-            |seq| render_get(family, ifname, seq),
-            |msg, (device, failed): &mut (ObservedDevice, Option<ParseError>)| {
-                if msg.ty == family && failed.is_none() {
-                    *failed = parse_device_message(msg, device).err();
-                }
-            },
-        );
-        // The answer held the device's private and preshared keys.
-        socket.wipe();
-        let (mut device, failed) = read.map_err(Error::Refused)?;
-        if let Some(e) = failed {
-            return Err(Error::Parse(e));
-        }
-        for p in &mut device.peers {
-            p.allowed_ips.sort();
-            p.allowed_ips.dedup();
-        }
-        Ok(device)
+    for p in &mut device.peers {
+        p.allowed_ips.sort();
+        p.allowed_ips.dedup();
     }
+    Ok(device)
 }
 
 #[cfg(test)]
