@@ -300,7 +300,7 @@ impl Handle {
                 };
                 // Opened before the kept spec is restored, so nothing that happens from here
                 // on goes unnoticed.
-                let events = KernelEvents::open()
+                let events = KernelEvents::open(&settings.resolv_conf)
                     .map_err(|e| warn!(cause = %e, "no kernel events; drift is found by the periodic checks only"))
                     .ok();
                 let mut rec = Reconciler::new(pod, dataplane, state);
