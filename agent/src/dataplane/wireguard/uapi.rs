@@ -13,13 +13,14 @@ use std::net::SocketAddr;
 use ipnet::IpNet;
 use weft_schema::key::{PublicKey, SecretKey};
 use weft_schema::validate::Peer;
+use zeroize::Zeroizing;
 
 use super::plan::{DevicePlan, ObservedDevice, ObservedPeer};
 
-/// A `set=1` request. It may hold the private key, so its `Debug` is redacted and it has no
-/// `Display`: it goes to the device and nowhere else.
+/// A `set=1` request. It may hold the private key, so its `Debug` is redacted, it has no
+/// `Display` (it goes to the device and nowhere else), and it is wiped when dropped.
 #[derive(Clone, PartialEq, Eq)]
-pub struct SetRequest(String);
+pub struct SetRequest(Zeroizing<String>);
 
 impl SetRequest {
     /// The request text; handle with care.
@@ -45,9 +46,14 @@ pub fn render_set(plan: &DevicePlan<'_>) -> Option<SetRequest> {
     if plan.is_empty() {
         return None;
     }
-    let mut out = String::from("set=1\n");
+    // Sized for the whole request up front: growing would copy the private key into a new
+    // buffer and free the old one unwiped.
+    let mut out = Zeroizing::new(String::with_capacity(set_request_bound(plan)));
+    out.push_str("set=1\n");
     if let Some(key) = plan.private_key {
-        let _ = writeln!(out, "private_key={}", hex::encode(key.expose()));
+        out.push_str("private_key=");
+        push_hex(&mut out, key.expose());
+        out.push('\n');
     }
     if let Some(port) = plan.listen_port {
         let _ = writeln!(out, "listen_port={port}");
@@ -70,20 +76,73 @@ pub fn render_set(plan: &DevicePlan<'_>) -> Option<SetRequest> {
         render_peer(&mut out, peer);
     }
     out.push('\n');
+    debug_assert!(out.len() <= out.capacity(), "the bound held");
     Some(SetRequest(out))
 }
 
+/// The most bytes a `set=1` request for `plan` can take.
+fn set_request_bound(plan: &DevicePlan<'_>) -> usize {
+    const KEY_LINE: usize = "preshared_key=".len() + 64 + 1;
+    const PEER: usize = 3 * KEY_LINE
+        + "remove=false\n".len()
+        + "persistent_keepalive_interval=65535\n".len()
+        + "endpoint=[ffff:ffff:ffff:ffff:ffff:ffff:255.255.255.255%4294967295]:65535\n".len()
+        + "replace_allowed_ips=true\n".len();
+    const ALLOWED_IP: usize = "allowed_ip=ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff/128\n".len();
+    let removed = plan.removed.len() + plan.changed.len();
+    let added = plan.added.len() + plan.changed.len();
+    let ips: usize = plan
+        .added
+        .iter()
+        .chain(&plan.changed)
+        .map(|p| p.allowed_ips.len())
+        .sum();
+    "set=1\n".len()
+        + KEY_LINE
+        + "listen_port=65535\n".len()
+        + removed * (KEY_LINE + "remove=true\n".len())
+        + added * PEER
+        + ips * ALLOWED_IP
+        + 1
+}
+
+/// Appends `bytes` to a buffer that holds secrets; when it must grow, the old buffer is
+/// wiped before it is freed.
+pub fn push_secret(buf: &mut Zeroizing<Vec<u8>>, bytes: &[u8]) {
+    if buf.len() + bytes.len() > buf.capacity() {
+        let mut grown = Vec::with_capacity((2 * buf.capacity()).max(buf.len() + bytes.len()));
+        grown.extend_from_slice(buf);
+        *buf = Zeroizing::new(grown);
+    }
+    buf.extend_from_slice(bytes);
+}
+
+/// Whether a reply read so far is whole: it ends with `errno=N` and an empty line.
+pub fn reply_complete(reply: &[u8]) -> bool {
+    let Some(body) = reply.strip_suffix(b"\n\n") else {
+        return false;
+    };
+    let last = body.rsplit(|&b| b == b'\n').next().unwrap_or(body);
+    last.starts_with(b"errno=")
+}
+
 fn render_peer(out: &mut String, peer: &Peer) {
-    let psk = peer
-        .preshared_key
-        .as_ref()
-        .map(|k| *k.expose())
-        .unwrap_or([0; 32]);
+    let psk = Zeroizing::new(
+        peer.preshared_key
+            .as_ref()
+            .map(|k| *k.expose())
+            .unwrap_or([0; 32]),
+    );
     let _ = writeln!(
         out,
-        "public_key={}\nremove=false\npreshared_key={}\npersistent_keepalive_interval={}",
+        "public_key={}\nremove=false",
         hex::encode(peer.public_key.as_bytes()),
-        hex::encode(psk),
+    );
+    out.push_str("preshared_key=");
+    push_hex(out, &psk[..]);
+    let _ = writeln!(
+        out,
+        "\npersistent_keepalive_interval={}",
         peer.persistent_keepalive.unwrap_or(0),
     );
     if let Some(endpoint) = peer.endpoint {
@@ -92,6 +151,15 @@ fn render_peer(out: &mut String, peer: &Peer) {
     out.push_str("replace_allowed_ips=true\n");
     for net in &peer.allowed_ips {
         let _ = writeln!(out, "allowed_ip={net}");
+    }
+}
+
+/// Writes `bytes` in hex straight into `out`, with no intermediate string to leave behind.
+fn push_hex(out: &mut String, bytes: &[u8]) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    for b in bytes {
+        out.push(char::from(DIGITS[usize::from(b >> 4)]));
+        out.push(char::from(DIGITS[usize::from(b & 0xf)]));
     }
 }
 
@@ -219,8 +287,11 @@ fn finish(device: &mut ObservedDevice, handshake_secs: &[Option<u64>], clock: Ha
 /// Rewrites boringtun's `get=1` reply so its handshake times are times, as the protocol
 /// says and `wg` expects (boringtun 0.7 sends the time elapsed since the handshake, which
 /// `wg show` would print as decades ago). `now` is the time since the epoch.
-pub fn handshake_elapsed_to_epoch(reply: &str, now: std::time::Duration) -> String {
-    let mut out = String::with_capacity(reply.len());
+pub fn handshake_elapsed_to_epoch(reply: &str, now: std::time::Duration) -> Zeroizing<String> {
+    // The reply carries preshared keys. Each rewritten handshake grows by at most the
+    // digits of a time: room for that up front, so the text is never copied while it grows.
+    let handshakes = reply.matches("last_handshake_time_sec=").count();
+    let mut out = Zeroizing::new(String::with_capacity(reply.len() + 24 * handshakes + 1));
     let mut lines = reply.split_inclusive('\n').peekable();
     while let Some(line) = lines.next() {
         let elapsed_secs = line
@@ -401,13 +472,56 @@ mod tests {
     }
 
     #[test]
+    fn replies_are_whole_at_errno_and_an_empty_line() {
+        assert!(!reply_complete(b""));
+        assert!(!reply_complete(b"listen_port=1\n"));
+        assert!(!reply_complete(b"listen_port=1\nerrno=0\n"));
+        assert!(reply_complete(b"listen_port=1\nerrno=0\n\n"));
+        assert!(reply_complete(b"errno=0\n\n"));
+        assert!(!reply_complete(b"a=1\n\n"));
+        let mut buf = Zeroizing::new(Vec::with_capacity(2));
+        push_secret(&mut buf, b"abc");
+        push_secret(&mut buf, b"def");
+        assert_eq!(&buf[..], b"abcdef");
+    }
+
+    #[test]
+    fn a_set_request_never_outgrows_its_first_buffer() {
+        let mut peers: Vec<Peer> = (1..=50u8)
+            .map(|n| {
+                let mut p = peer(
+                    n,
+                    &["ffff:ffff:ffff:ffff:ffff:ffff:ffff:0/112", "10.0.0.0/8"],
+                );
+                p.endpoint = Some(
+                    "[ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff]:65535"
+                        .parse()
+                        .unwrap(),
+                );
+                p.persistent_keepalive = Some(65535);
+                p.preshared_key = Some(SecretKey::from_bytes([n; 32]));
+                p
+            })
+            .collect();
+        peers.sort_by_key(|p| p.public_key);
+        let s = spec(peers);
+        let key = s.private_key.clone().unwrap();
+        let req = render_set(&plan(&s, &key, &ObservedDevice::default())).unwrap();
+        assert!(req.0.len() <= set_request_bound(&plan(&s, &key, &ObservedDevice::default())));
+        assert_eq!(
+            req.0.capacity(),
+            set_request_bound(&plan(&s, &key, &ObservedDevice::default()))
+        );
+    }
+
+    #[test]
     fn elapsed_handshake_times_become_times() {
         let reply = "listen_port=1\npublic_key=aa\nlast_handshake_time_sec=7\n\
                      last_handshake_time_nsec=500000000\nrx_bytes=1\n\
                      public_key=bb\nrx_bytes=0\nerrno=0\n";
         let now = std::time::Duration::new(1_000, 0);
         assert_eq!(
-            handshake_elapsed_to_epoch(reply, now),
+            handshake_elapsed_to_epoch(reply, now).as_str(),
             "listen_port=1\npublic_key=aa\nlast_handshake_time_sec=992\n\
              last_handshake_time_nsec=500000000\nrx_bytes=1\n\
              public_key=bb\nrx_bytes=0\nerrno=0\n"
