@@ -350,3 +350,73 @@ fn the_batch_begin_carries_the_planned_generation_only_when_given() {
     let seqs: Vec<u32> = messages(&b.bytes).map(|m| m.seq).collect();
     assert_eq!(seqs, (1..=b.last_seq()).collect::<Vec<_>>());
 }
+
+mod props {
+    use super::*;
+    use proptest::collection::vec;
+    use proptest::prelude::*;
+
+    fn protocol() -> impl Strategy<Value = Protocol> {
+        prop_oneof![
+            Just(Protocol::Any),
+            Just(Protocol::Tcp),
+            Just(Protocol::Udp),
+            Just(Protocol::Icmp),
+            Just(Protocol::Icmpv6),
+        ]
+    }
+
+    fn v4() -> impl Strategy<Value = Ipv4Net> {
+        (any::<u32>(), 0u8..=32)
+            .prop_map(|(a, p)| Ipv4Net::new(Ipv4Addr::from(a), p).unwrap().trunc())
+    }
+
+    fn v6() -> impl Strategy<Value = Ipv6Net> {
+        // Mostly near one prefix, so sets, ranges and merges all occur.
+        (any::<u16>(), any::<u64>(), 0u8..=128).prop_map(|(hi, lo, p)| {
+            let addr = (0x2001_0db8u128 << 96) | (u128::from(hi) << 64) | u128::from(lo);
+            Ipv6Net::new(Ipv6Addr::from(addr), p.max(16))
+                .unwrap()
+                .trunc()
+        })
+    }
+
+    fn port_range() -> impl Strategy<Value = PortRange> {
+        (1u16..=65535, 0u16..200).prop_map(|(first, span)| PortRange {
+            first,
+            last: first.saturating_add(span),
+        })
+    }
+
+    prop_compose! {
+        fn rule()(protocol in protocol(),
+                  ports in vec(port_range(), 0..5),
+                  v4 in vec(v4(), 0..6),
+                  v6 in vec(v6(), 0..4),
+                  comment in proptest::option::of("[^\u{0}\"\\p{Cc}]{0,40}")) -> Rule {
+            let ports = if matches!(protocol, Protocol::Tcp | Protocol::Udp) { ports } else { vec![] };
+            Rule { protocol, ports, v4, v6, comment }
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(96))]
+
+        /// Random ruleset -> batch -> decode: the same ruleset, with the same hash.
+        #[test]
+        fn any_ruleset_decodes_from_its_batch(
+            ingress in vec(rule(), 0..8),
+            egress in vec(rule(), 0..5),
+            wg in proptest::option::of(1u16..=65535),
+            owned in any::<bool>(),
+            genid in proptest::option::of(1u32..),
+        ) {
+            let r = render(&FirewallSpec { ingress, egress }, wg);
+            let flags = if owned { NFT_TABLE_F_OWNER | NFT_TABLE_F_PERSIST } else { 0 };
+            let b = batch::replace(&r, flags, owned, genid, 1);
+            let back = decode_batch(&b.bytes);
+            prop_assert_eq!(back.hash(), r.hash());
+            prop_assert_eq!(back, r);
+        }
+    }
+}

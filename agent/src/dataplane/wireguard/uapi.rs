@@ -41,7 +41,8 @@ impl fmt::Debug for SetRequest {
 /// `preshared_key` over from one peer section to the next, so every added section states
 /// `remove=false`, its keepalive (0 for off) and its preshared key (zeros for none)
 /// explicitly. An endpoint cannot be unset, so sections without one come before those with
-/// one, and every removal comes first.
+/// one, and every removal comes first. A changed peer is removed and added again: the
+/// endpoint the device had learned for it, when the spec names none, is stated again.
 pub fn render_set(plan: &DevicePlan<'_>) -> Option<SetRequest> {
     if plan.is_empty() {
         return None;
@@ -71,9 +72,10 @@ pub fn render_set(plan: &DevicePlan<'_>) -> Option<SetRequest> {
     }
     let mut adds: Vec<&Peer> = plan.added.iter().chain(&plan.changed).copied().collect();
     // Stable: the spec's order is kept within each group.
-    adds.sort_by_key(|p| p.endpoint.is_some());
+    let endpoint = |p: &Peer| p.endpoint.or_else(|| plan.learned(&p.public_key));
+    adds.sort_by_key(|p| endpoint(p).is_some());
     for peer in adds {
-        render_peer(&mut out, peer);
+        render_peer(&mut out, peer, endpoint(peer));
     }
     out.push('\n');
     debug_assert!(out.len() <= out.capacity(), "the bound held");
@@ -126,7 +128,8 @@ pub fn reply_complete(reply: &[u8]) -> bool {
     last.starts_with(b"errno=")
 }
 
-fn render_peer(out: &mut String, peer: &Peer) {
+/// A peer section; `endpoint` is the spec's, or the one the device had learned.
+fn render_peer(out: &mut String, peer: &Peer, endpoint: Option<SocketAddr>) {
     let psk = Zeroizing::new(
         peer.preshared_key
             .as_ref()
@@ -145,7 +148,7 @@ fn render_peer(out: &mut String, peer: &Peer) {
         "\npersistent_keepalive_interval={}",
         peer.persistent_keepalive.unwrap_or(0),
     );
-    if let Some(endpoint) = peer.endpoint {
+    if let Some(endpoint) = endpoint {
         let _ = writeln!(out, "endpoint={endpoint}");
     }
     out.push_str("replace_allowed_ips=true\n");
@@ -562,6 +565,140 @@ mod tests {
                 Err(err),
                 "{reply:?}"
             );
+        }
+    }
+}
+
+#[cfg(test)]
+mod props {
+    use super::super::plan::tests::{arb_device, arb_spec, expected, normalised};
+    use super::super::plan::{plan, ObservedDevice, ObservedPeer};
+    use super::*;
+    use proptest::prelude::*;
+
+    fn key(hex: &str) -> [u8; 32] {
+        hex32(hex).expect("a hex key")
+    }
+
+    /// boringtun 0.7's `set=1` (`device/api.rs`), as a model: a peer section's settings carry
+    /// over into the next section (only its allowed IPs start empty), a section commits when
+    /// the next begins or at the empty line, and changing a peer that exists panics the
+    /// device, which the model refuses too.
+    fn apply(device: &mut ObservedDevice, request: &str) {
+        #[derive(Default)]
+        struct Section {
+            key: Option<PublicKey>,
+            remove: bool,
+            endpoint: Option<SocketAddr>,
+            keepalive: Option<u16>,
+            psk: Option<[u8; 32]>,
+            ips: Vec<IpNet>,
+        }
+        fn commit(device: &mut ObservedDevice, s: &mut Section) {
+            let Some(key) = s.key else { return };
+            if s.remove {
+                device.peers.retain(|p| p.public_key != key);
+            } else {
+                assert!(
+                    device.peers.iter().all(|p| p.public_key != key),
+                    "boringtun panics: modifying existing peer {key:?}"
+                );
+                let mut p = ObservedPeer::new(key);
+                p.endpoint = s.endpoint;
+                p.persistent_keepalive = s.keepalive.unwrap_or(0);
+                p.preshared_key = s.psk.filter(|k| *k != [0; 32]).map(SecretKey::from_bytes);
+                p.allowed_ips = s.ips.clone();
+                device.peers.push(p);
+            }
+            s.ips.clear();
+        }
+        let mut lines = request.lines();
+        assert_eq!(lines.next(), Some("set=1"));
+        let mut section = Section::default();
+        for line in lines {
+            if line.is_empty() {
+                break;
+            }
+            let (k, v) = line.split_once('=').expect("key=value");
+            match k {
+                "private_key" => {
+                    let secret = SecretKey::from_bytes(key(v));
+                    device.public_key = Some(super::super::keys::public_key(&secret));
+                }
+                "listen_port" => device.listen_port = v.parse().unwrap(),
+                "public_key" => {
+                    commit(device, &mut section);
+                    section.key = Some(PublicKey(key(v)));
+                }
+                "remove" => section.remove = v.parse().unwrap(),
+                "preshared_key" => section.psk = Some(key(v)),
+                "endpoint" => section.endpoint = Some(v.parse().unwrap()),
+                "persistent_keepalive_interval" => section.keepalive = Some(v.parse().unwrap()),
+                "replace_allowed_ips" => {}
+                "allowed_ip" => section.ips.push(v.parse().unwrap()),
+                other => panic!("boringtun refuses {other}"),
+            }
+        }
+        commit(device, &mut section);
+    }
+
+    /// A `get=1` reply as boringtun writes one, handshake times as times.
+    fn get_reply(device: &ObservedDevice) -> String {
+        let mut out = String::new();
+        if let Some(k) = device.public_key {
+            out += &format!("own_public_key={}\n", hex::encode(k.as_bytes()));
+        }
+        out += &format!("listen_port={}\nfwmark=0\n", device.listen_port);
+        for p in &device.peers {
+            out += &format!("public_key={}\n", hex::encode(p.public_key.as_bytes()));
+            if let Some(k) = &p.preshared_key {
+                out += &format!("preshared_key={}\n", hex::encode(k.expose()));
+            }
+            if p.persistent_keepalive != 0 {
+                out += &format!("persistent_keepalive_interval={}\n", p.persistent_keepalive);
+            }
+            if let Some(e) = p.endpoint {
+                out += &format!("endpoint={e}\n");
+            }
+            for ip in &p.allowed_ips {
+                out += &format!("allowed_ip={ip}\n");
+            }
+            if p.last_handshake_unix != 0 {
+                out += &format!(
+                    "last_handshake_time_sec={}\nlast_handshake_time_nsec=0\n",
+                    p.last_handshake_unix
+                );
+            }
+            out += &format!("rx_bytes={}\ntx_bytes={}\n", p.rx_bytes, p.tx_bytes);
+        }
+        out + "errno=0\n\n"
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(128))]
+
+        /// Random peer set and device -> plan -> one `set=1` -> (boringtun's semantics) the
+        /// device the spec describes, never modifying a peer in place.
+        #[test]
+        fn a_set_request_takes_any_device_to_the_spec(desired in arb_spec(), before in arb_device()) {
+            let key = desired.private_key.clone().unwrap();
+            let mut device = before.clone();
+            if let Some(req) = render_set(&plan(&desired, &key, &before)) {
+                apply(&mut device, req.expose());
+            }
+            prop_assert_eq!(normalised(device), normalised(expected(&desired, &before)));
+        }
+
+        /// Random device -> `get=1` reply -> parse: the same device.
+        #[test]
+        fn a_get_reply_parses_to_the_device(before in arb_device(), handshake in any::<u32>(), rx in any::<u64>()) {
+            let mut device = normalised(before);
+            for (i, p) in device.peers.iter_mut().enumerate() {
+                p.last_handshake_unix = u64::from(handshake) * (i as u64 % 2);
+                p.rx_bytes = rx;
+            }
+            let parsed = parse_get(&get_reply(&device), HandshakeClock::SinceEpoch).unwrap();
+            prop_assert_eq!(normalised(parsed), device);
         }
     }
 }
