@@ -13,6 +13,8 @@
 
 pub mod events;
 pub mod firewall;
+#[doc(hidden)]
+pub mod fuzz;
 pub mod link;
 pub mod netlink;
 pub mod nftables;

@@ -12,6 +12,55 @@ use crate::dataplane::nftables::abi::*;
 use crate::dataplane::nftables::expr::{self, Value};
 use crate::dataplane::nftables::{self, Element};
 
+/// The ruleset a sequence of nf_tables messages (a batch this agent wrote, or rules and
+/// sets as a dump gives them) describes for our table: each rule reads the anonymous sets
+/// created before it, in order, as `Firewall::read` reads them by name from the kernel.
+pub fn ruleset_of(bytes: &[u8]) -> super::Ruleset {
+    use std::collections::VecDeque;
+    let mut sets: Vec<(Option<u32>, Vec<Element>)> = Vec::new();
+    let mut out = super::Ruleset::default();
+    let mut pending: VecDeque<Vec<Element>> = VecDeque::new();
+    for msg in crate::dataplane::netlink::messages(bytes) {
+        if msg.ty >> 8 != NFNL_SUBSYS_NFTABLES {
+            continue;
+        }
+        match msg.ty & 0xff {
+            NFT_MSG_NEWSET => {
+                let id = nftables::attrs(&msg)
+                    .get(NFTA_SET_ID)
+                    .and_then(|a| a.be32());
+                sets.push((id, Vec::new()));
+            }
+            NFT_MSG_NEWSETELEM => {
+                let id = nftables::attrs(&msg)
+                    .get(NFTA_SET_ELEM_LIST_SET_ID)
+                    .and_then(|a| a.be32());
+                if let Some(set) = sets.iter_mut().find(|(i, _)| *i == id) {
+                    nftables::elements_of(&msg, &mut set.1);
+                }
+            }
+            NFT_MSG_NEWRULE => {
+                pending.extend(sets.drain(..).map(|(_, e)| e));
+                let Some(rule) = nftables::rule_of(&msg, super::TABLE) else {
+                    continue;
+                };
+                let Some(chain) = CHAINS.iter().find(|c| c.name == rule.chain) else {
+                    continue;
+                };
+                let mut next = |_: &str| pending.pop_front();
+                let line = line(&rule, chain.dir, &mut next);
+                if chain.name == CHAINS[0].name {
+                    out.input.push(line);
+                } else {
+                    out.output.push(line);
+                }
+            }
+            _ => {}
+        }
+    }
+    out.canonical()
+}
+
 /// Fetches the elements of a named anonymous set (`None` when it cannot be read).
 pub(crate) type SetReader<'a> = dyn FnMut(&str) -> Option<Vec<Element>> + 'a;
 

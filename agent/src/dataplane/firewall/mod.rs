@@ -38,6 +38,7 @@ use super::nftables::{CommitError, Nft, TableRef};
 use super::rtnl::Rtnl;
 use super::subsystem::Subsystem;
 use batch::Label;
+pub use decode::ruleset_of;
 use render::Dir;
 pub use render::{render, Ruleset};
 
@@ -428,6 +429,12 @@ impl Firewall {
             ruleset: ruleset.canonical(),
         }))
     }
+}
+
+/// The bytes of the transaction that writes `ruleset` into an existing table (for the
+/// decoders' fuzz targets, which check that what decodes encodes back to itself).
+pub(crate) fn replace_batch(ruleset: &Ruleset) -> Vec<u8> {
+    batch::replace(ruleset, OWNED, true, Some(1), 1).bytes
 }
 
 /// What an apply must do to make the kernel hold `desired` (pure). `flags` are the table

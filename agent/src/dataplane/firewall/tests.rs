@@ -9,12 +9,12 @@ use weft_schema::validate::{Firewall as FirewallSpec, PortRange, Protocol, Rule}
 use super::batch::{self, Label};
 use super::decode;
 use super::render::{prefix_of, Family, Line};
-use super::{describe, render, Ruleset, TABLE};
+use super::{describe, render};
 use crate::dataplane::netlink::message::NLM_F_ACK;
 use crate::dataplane::netlink::messages;
+use crate::dataplane::nftables;
 use crate::dataplane::nftables::abi::*;
 use crate::dataplane::nftables::expr::Value;
-use crate::dataplane::nftables::{self, Element};
 
 fn rule(protocol: Protocol, ports: &[(u16, u16)], v4: &[&str], v6: &[&str]) -> Rule {
     Rule {
@@ -66,51 +66,7 @@ fn varied() -> FirewallSpec {
     }
 }
 
-/// Decodes the rules a batch creates, the way `Firewall::read` decodes a dump: the sets a
-/// rule looks up are those created just before it, in order.
-pub(crate) fn decode_batch(bytes: &[u8]) -> Ruleset {
-    let mut sets: Vec<(u32, Vec<Element>)> = Vec::new();
-    let mut out = Ruleset::default();
-    let mut pending: std::collections::VecDeque<Vec<Element>> = Default::default();
-    for msg in messages(bytes) {
-        if msg.ty >> 8 != NFNL_SUBSYS_NFTABLES {
-            continue;
-        }
-        match msg.ty & 0xff {
-            NFT_MSG_NEWSET => {
-                let id = nftables::attrs(&msg)
-                    .get(NFTA_SET_ID)
-                    .unwrap()
-                    .be32()
-                    .unwrap();
-                sets.push((id, Vec::new()));
-            }
-            NFT_MSG_NEWSETELEM => {
-                let id = nftables::attrs(&msg)
-                    .get(NFTA_SET_ELEM_LIST_SET_ID)
-                    .unwrap()
-                    .be32()
-                    .unwrap();
-                let set = sets.iter_mut().find(|(i, _)| *i == id).unwrap();
-                nftables::elements_of(&msg, &mut set.1);
-            }
-            NFT_MSG_NEWRULE => {
-                pending.extend(sets.drain(..).map(|(_, e)| e));
-                let rule = nftables::rule_of(&msg, TABLE).expect("a rule of our table");
-                let chain = super::CHAINS.iter().find(|c| c.name == rule.chain).unwrap();
-                let mut next = |_: &str| pending.pop_front();
-                let line = decode::line(&rule, chain.dir, &mut next);
-                if chain.name == "input" {
-                    out.input.push(line);
-                } else {
-                    out.output.push(line);
-                }
-            }
-            _ => {}
-        }
-    }
-    out.canonical()
-}
+use super::ruleset_of as decode_batch;
 
 #[test]
 fn baseline_renders_the_contracts_two_rules() {

@@ -322,7 +322,7 @@ struct Client {
 
 /// What a client's request asks for, once it can tell.
 #[derive(Debug, PartialEq, Eq)]
-pub(crate) enum Request {
+pub enum Request {
     /// Not complete yet.
     Partial,
     Get,
@@ -335,7 +335,7 @@ pub(crate) enum Request {
 }
 
 /// Reads what a client has sent so far.
-pub(crate) fn request(bytes: &[u8]) -> Request {
+pub fn request(bytes: &[u8]) -> Request {
     let Some(end) = bytes.iter().position(|&b| b == b'\n') else {
         return if bytes.len() >= MAX_REQUEST {
             Request::Invalid
