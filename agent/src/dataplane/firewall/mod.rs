@@ -431,9 +431,10 @@ impl Firewall {
     }
 }
 
-/// The bytes of the transaction that writes `ruleset` into an existing table (for the
-/// decoders' fuzz targets, which check that what decodes encodes back to itself).
-pub(crate) fn replace_batch(ruleset: &Ruleset) -> Vec<u8> {
+/// The bytes of the one transaction that replaces an existing owned table with `ruleset`
+/// (numbered from 1, planned at generation 1): what `apply` sends, as a value (the fuzz
+/// targets check that what decodes encodes back to itself).
+pub fn replace_batch(ruleset: &Ruleset) -> Vec<u8> {
     batch::replace(ruleset, OWNED, true, Some(1), 1).bytes
 }
 

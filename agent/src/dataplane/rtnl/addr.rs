@@ -188,6 +188,23 @@ mod tests {
         }
     }
 
+    proptest::proptest! {
+        /// Any address on any link: the request, read as the answer it becomes, gives it back.
+        #[test]
+        fn any_address_reads_back(index in 1u32.., v6 in proptest::prelude::any::<bool>(),
+                                  bits in proptest::prelude::any::<u128>(), len in 0u8..=128) {
+            let addr = if v6 {
+                IpNet::new(std::net::Ipv6Addr::from(bits).into(), len).unwrap()
+            } else {
+                IpNet::new(std::net::Ipv4Addr::from(bits as u32).into(), len % 33).unwrap()
+            };
+            let mut bytes = add_request(index, addr, 1).bytes().to_vec();
+            bytes[4..6].copy_from_slice(&RTM_NEWADDR.to_ne_bytes());
+            let got = parse(&messages(&bytes).next().unwrap());
+            proptest::prop_assert_eq!(got, Some(AddrInfo { index, addr, protocol: RTPROT_WEFT }));
+        }
+    }
+
     #[test]
     fn ipv6_answers_name_only_the_address() {
         let mut d = Datagram::new();

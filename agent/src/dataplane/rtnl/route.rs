@@ -278,6 +278,27 @@ mod tests {
         assert_eq!(parsed.protocol, RTPROT_WEFT);
     }
 
+    proptest::proptest! {
+        /// Any route the agent installs, read as the answer it becomes, gives it back.
+        #[test]
+        fn any_route_reads_back(v6 in proptest::prelude::any::<bool>(),
+                                bits in proptest::prelude::any::<u128>(), len in 0u8..=128,
+                                gw in proptest::option::of(proptest::prelude::any::<u128>()),
+                                oif in 1u32.., metric in proptest::prelude::any::<u32>()) {
+            let (dst, gateway): (IpNet, Option<IpAddr>) = if v6 {
+                (IpNet::new(Ipv6Addr::from(bits).into(), len).unwrap().trunc(),
+                 gw.map(|g| Ipv6Addr::from(g).into()))
+            } else {
+                (IpNet::new(Ipv4Addr::from(bits as u32).into(), len % 33).unwrap().trunc(),
+                 gw.map(|g| Ipv4Addr::from(g as u32).into()))
+            };
+            let route = Route { dst, gateway, oif, metric };
+            let bytes = as_answer(replace_request(&route, 1));
+            let got = parse(&messages(&bytes).next().unwrap()).unwrap();
+            proptest::prop_assert_eq!(got, RouteInfo { dst, gateway, oif: Some(oif), protocol: RTPROT_WEFT, metric });
+        }
+    }
+
     #[test]
     fn other_tables_and_types_are_not_ours_to_read() {
         let route = Route {
