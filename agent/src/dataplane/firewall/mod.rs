@@ -43,7 +43,7 @@ use render::Dir;
 pub use render::{render, Ruleset};
 
 /// The one table the agent owns, in family `inet`. Everything that names it goes through
-/// here (and [`CHAINS`]), so drift detection can filter on the same names.
+/// here (and `CHAINS`), so drift detection can filter on the same names.
 pub const TABLE: &str = "weft-fw";
 /// [`TABLE`] in its family.
 pub const TABLE_REF: TableRef<'static> = TableRef {

@@ -391,7 +391,7 @@ impl Socket {
     /// A dump: `build` writes the request with the sequence number it is given, `each`
     /// folds every object of the answer into the result. An answer flagged
     /// `NLM_F_DUMP_INTR` is thrown away and the dump made again from a fresh result, up to
-    /// [`DUMP_ATTEMPTS`] times.
+    /// five times.
     pub fn dump<A: Default>(
         &mut self,
         mut build: impl FnMut(u32) -> Datagram,
