@@ -69,6 +69,13 @@ impl Datagram {
         Datagram::default()
     }
 
+    /// A datagram with room for `capacity` bytes before it must grow.
+    pub fn with_capacity(capacity: usize) -> Datagram {
+        let mut d = Datagram::secret(capacity);
+        d.secret = false;
+        d
+    }
+
     /// A datagram that will carry a secret (a WireGuard private or preshared key): its
     /// bytes are wiped when it is dropped, and when it outgrows `capacity` the old buffer is
     /// wiped before it is freed, so no copy of the secret is left behind.
@@ -80,6 +87,12 @@ impl Datagram {
             count: 0,
             secret: true,
         }
+    }
+
+    /// From now on the datagram carries a secret: wiped when dropped or outgrown. Call it
+    /// before writing the secret.
+    pub fn set_secret(&mut self) {
+        self.secret = true;
     }
 
     /// Starts a message; the attribute writers below add to it.
@@ -115,72 +128,69 @@ impl Datagram {
     }
 
     /// The length of the message being written.
+    #[inline]
     pub fn message_len(&self) -> usize {
         self.buf.len() - self.start
     }
 
     /// The family's fixed header (`ifinfomsg`, `nfgenmsg`, `genlmsghdr` ...), padded to 4.
+    #[inline]
     pub fn fixed(&mut self, header: &[u8]) -> &mut Datagram {
         self.put(header);
         self.pad();
         self
     }
 
+    #[inline]
     pub fn attr(&mut self, ty: u16, payload: &[u8]) -> &mut Datagram {
-        let len = NLA_HDRLEN + payload.len();
-        debug_assert!(
-            len <= usize::from(u16::MAX),
-            "attribute {ty} of {len} bytes"
-        );
-        self.put(&(len as u16).to_ne_bytes());
-        self.put(&ty.to_ne_bytes());
-        self.put(payload);
-        self.pad();
-        self
+        self.put_attr(ty, &[payload])
     }
 
+    #[inline]
     pub fn attr_u8(&mut self, ty: u16, v: u8) -> &mut Datagram {
         self.attr(ty, &[v])
     }
 
+    #[inline]
     pub fn attr_u16(&mut self, ty: u16, v: u16) -> &mut Datagram {
         self.attr(ty, &v.to_ne_bytes())
     }
 
+    #[inline]
     pub fn attr_u32(&mut self, ty: u16, v: u32) -> &mut Datagram {
         self.attr(ty, &v.to_ne_bytes())
     }
 
+    #[inline]
     pub fn attr_be16(&mut self, ty: u16, v: u16) -> &mut Datagram {
         self.attr(ty, &v.to_be_bytes())
     }
 
+    #[inline]
     pub fn attr_be32(&mut self, ty: u16, v: u32) -> &mut Datagram {
         self.attr(ty, &v.to_be_bytes())
     }
 
+    #[inline]
     pub fn attr_be64(&mut self, ty: u16, v: u64) -> &mut Datagram {
         self.attr(ty, &v.to_be_bytes())
     }
 
     /// A string attribute, NUL-terminated as the kernel wants it.
+    #[inline]
     pub fn attr_str(&mut self, ty: u16, s: &str) -> &mut Datagram {
-        let len = NLA_HDRLEN + s.len() + 1;
-        self.put(&(len as u16).to_ne_bytes());
-        self.put(&ty.to_ne_bytes());
-        self.put(s.as_bytes());
-        self.put(&[0]);
-        self.pad();
-        self
+        self.put_attr(ty, &[s.as_bytes(), &[0]])
     }
 
     /// Opens a nested attribute (`NLA_F_NESTED` set, as the kernel's strict policies want).
+    #[inline]
     pub fn nest(&mut self, ty: u16) -> Nest {
         self.nest_as(ty | NLA_F_NESTED)
     }
 
     /// Opens a nest whose type is written exactly as given: nftables validates its lists by
     /// type alone, and libnftnl and nft write most of them without the flag.
+    #[inline]
     pub fn nest_as(&mut self, ty: u16) -> Nest {
         let at = self.buf.len();
         self.put(&0u16.to_ne_bytes());
@@ -189,6 +199,7 @@ impl Datagram {
         Nest(at)
     }
 
+    #[inline]
     pub fn end_nest(&mut self, nest: Nest) {
         let at = self.nests.pop().expect("a nest is open");
         debug_assert_eq!(at, nest.0, "nests end in the order they were opened");
@@ -197,20 +208,56 @@ impl Datagram {
         self.buf[at..at + 2].copy_from_slice(&(len as u16).to_ne_bytes());
     }
 
+    /// One attribute whose payload is `parts`, padded, in one step.
+    #[inline]
+    fn put_attr(&mut self, ty: u16, parts: &[&[u8]]) -> &mut Datagram {
+        let len = NLA_HDRLEN + parts.iter().map(|p| p.len()).sum::<usize>();
+        debug_assert!(
+            len <= usize::from(u16::MAX),
+            "attribute {ty} of {len} bytes"
+        );
+        self.reserve(align4(len));
+        self.buf.extend_from_slice(&(len as u16).to_ne_bytes());
+        self.buf.extend_from_slice(&ty.to_ne_bytes());
+        for p in parts {
+            self.buf.extend_from_slice(p);
+        }
+        self.buf.resize(self.buf.len() + align4(len) - len, 0);
+        self.patch_len();
+        self
+    }
+
     /// Appends to the message being written and keeps its length current.
+    #[inline]
     fn put(&mut self, bytes: &[u8]) {
-        if self.secret && self.buf.len() + bytes.len() > self.buf.capacity() {
-            let mut grown =
-                Vec::with_capacity((2 * self.buf.capacity()).max(self.buf.len() + bytes.len()));
+        self.reserve(bytes.len());
+        self.buf.extend_from_slice(bytes);
+        self.patch_len();
+    }
+
+    /// Room for `n` more bytes; a secret's old buffer is wiped when it is outgrown.
+    #[inline]
+    fn reserve(&mut self, n: usize) {
+        if self.buf.len() + n <= self.buf.capacity() {
+            return;
+        }
+        if self.secret {
+            let mut grown = Vec::with_capacity((2 * self.buf.capacity()).max(self.buf.len() + n));
             grown.extend_from_slice(&self.buf);
             zeroize::Zeroize::zeroize(&mut self.buf);
             self.buf = grown;
+        } else {
+            self.buf.reserve(n);
         }
-        self.buf.extend_from_slice(bytes);
+    }
+
+    #[inline]
+    fn patch_len(&mut self) {
         let len = (self.buf.len() - self.start) as u32;
         self.buf[self.start..self.start + 4].copy_from_slice(&len.to_ne_bytes());
     }
 
+    #[inline]
     fn pad(&mut self) {
         let padding = align4(self.message_len()) - self.message_len();
         self.put(&[0; 3][..padding]);

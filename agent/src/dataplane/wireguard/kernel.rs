@@ -3,8 +3,8 @@
 //! netlink layer.
 //!
 //! The messages are rendered and parsed by pure functions, so their layout and the chunking
-//! of thousands of peers are unit-tested without root. A message that carries a private or
-//! preshared key is a secret [`Datagram`]: built in one buffer and wiped when dropped; the
+//! of thousands of peers are unit-tested without root. Every message is built in one buffer
+//! sized for it, and one that carries a private or preshared key is wiped when dropped; the
 //! socket's receive buffer, which held the device's keys on a read, is wiped after it.
 
 use std::net::{IpAddr, SocketAddr, SocketAddrV4, SocketAddrV6};
@@ -113,7 +113,7 @@ impl<'a> SetWriter<'a> {
     /// Starts a message naming the device; its peer list is opened by [`Self::open_peers`].
     fn start(&mut self) {
         // Room for the whole message, so a key in it is never left in a freed buffer.
-        self.current = Datagram::secret(self.max_len + 64);
+        self.current = Datagram::with_capacity(self.max_len + 64);
         genl::message(
             &mut self.current,
             self.family,
@@ -178,6 +178,7 @@ pub fn render_set(
     );
     let mut w = SetWriter::new(family, ifname, first_seq, max_len);
     if let Some(key) = plan.private_key {
+        w.current.set_secret();
         w.current.attr(WGDEVICE_A_PRIVATE_KEY, key.expose());
     }
     if let Some(port) = plan.listen_port {
@@ -219,15 +220,18 @@ pub fn render_set(
 }
 
 fn render_peer_head(d: &mut Datagram, peer: &Peer) {
-    let psk = Zeroizing::new(
-        peer.preshared_key
-            .as_ref()
-            .map(|k| *k.expose())
-            .unwrap_or([0; 32]),
-    );
+    // Zeros mean no preshared key; a real one makes the message a secret (read from the
+    // spec's key in place, never copied).
+    let psk: &[u8; 32] = match &peer.preshared_key {
+        Some(k) => {
+            d.set_secret();
+            k.expose()
+        }
+        None => &[0; 32],
+    };
     d.attr(WGPEER_A_PUBLIC_KEY, peer.public_key.as_bytes())
         .attr_u32(WGPEER_A_FLAGS, WGPEER_F_REPLACE_ALLOWEDIPS)
-        .attr(WGPEER_A_PRESHARED_KEY, &psk[..])
+        .attr(WGPEER_A_PRESHARED_KEY, psk)
         .attr_u16(
             WGPEER_A_PERSISTENT_KEEPALIVE_INTERVAL,
             peer.persistent_keepalive.unwrap_or(0),
