@@ -404,6 +404,15 @@ fn a_generated_key_is_kept_and_survives_a_restart() {
     spec.private_key = None;
 
     let first = agent(&ns, Mode::Userspace, &state.0);
+    // A read never writes the key: before an apply there is none, and the status says so.
+    let before = observe(&first, Some(&spec)).unwrap();
+    assert_eq!(before.overall, Overall::Degraded);
+    assert!(
+        before.last_error.contains("no private key"),
+        "{}",
+        before.last_error
+    );
+    assert!(!state.0.join(KEY_FILE).exists(), "observe wrote a key file");
     apply(&first, Some(&spec)).unwrap();
     let st = observe(&first, Some(&spec)).unwrap();
     assert_eq!(st.overall, Overall::Healthy, "{}", st.last_error);
