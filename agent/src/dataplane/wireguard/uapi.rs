@@ -297,8 +297,7 @@ pub fn handshake_elapsed_to_epoch(reply: &str, now: std::time::Duration) -> Zero
     let mut out = Zeroizing::new(String::with_capacity(reply.len() + 24 * handshakes + 1));
     let mut lines = reply.split_inclusive('\n').peekable();
     while let Some(line) = lines.next() {
-        let elapsed_secs = line
-            .trim_end()
+        let elapsed_secs = line_body(line)
             .strip_prefix("last_handshake_time_sec=")
             .and_then(|v| v.parse::<u64>().ok());
         let Some(secs) = elapsed_secs else {
@@ -308,7 +307,7 @@ pub fn handshake_elapsed_to_epoch(reply: &str, now: std::time::Duration) -> Zero
         let nanos = lines
             .next_if(|l| l.starts_with("last_handshake_time_nsec="))
             .and_then(|l| {
-                l.trim_end()
+                line_body(l)
                     .strip_prefix("last_handshake_time_nsec=")?
                     .parse::<u32>()
                     .ok()
@@ -323,6 +322,13 @@ pub fn handshake_elapsed_to_epoch(reply: &str, now: std::time::Duration) -> Zero
         );
     }
     out
+}
+
+/// A line without its ending, as `str::lines` gives it (so a value the parser would refuse,
+/// `5   ` say, is not rewritten into one it takes).
+fn line_body(line: &str) -> &str {
+    let line = line.strip_suffix('\n').unwrap_or(line);
+    line.strip_suffix('\r').unwrap_or(line)
 }
 
 fn hex32(text: &str) -> Option<[u8; 32]> {
@@ -472,6 +478,29 @@ mod tests {
         let d = parse_get(&reply, HandshakeClock::SinceEpoch).unwrap();
         assert_eq!(d.public_key, Some(super::super::keys::public_key(&secret)));
         assert!(!format!("{d:?}").contains(&hex::encode([9; 32])));
+    }
+
+    /// Found by the `uapi_get` fuzz target: a handshake time with trailing blanks does not
+    /// parse, and the rewrite must not make it parse.
+    #[test]
+    fn the_rewrite_keeps_a_refused_handshake_time_refused() {
+        let valid = format!(
+            "public_key={}\nlast_handshake_time_sec=5\nerrno=0\n\n",
+            hex::encode([1; 32])
+        );
+        let now = std::time::Duration::new(1_000, 0);
+        assert!(parse_get(&valid, HandshakeClock::Elapsed { now_unix: 1_000 }).is_ok());
+        let reply = valid.replace("=5\n", "=00000    \n");
+        assert_eq!(
+            parse_get(&reply, HandshakeClock::Elapsed { now_unix: 1_000 }),
+            Err(ParseError::BadValue {
+                line: 2,
+                key: "last_handshake_time_sec".into()
+            })
+        );
+        let rewritten = handshake_elapsed_to_epoch(&reply, now);
+        assert_eq!(rewritten.as_str(), reply);
+        assert!(parse_get(&rewritten, HandshakeClock::SinceEpoch).is_err());
     }
 
     #[test]
