@@ -12,7 +12,9 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use weft_agent::dataplane::error_line;
+use weft_agent::dataplane::netlink::genl::Genl;
 use weft_agent::dataplane::rtnl::Rtnl;
+use weft_agent::dataplane::subsystem::Subsystem;
 use weft_agent::dataplane::wireguard::kernel;
 use weft_agent::dataplane::wireguard::keys;
 use weft_agent::dataplane::wireguard::plan::{self, ObservedDevice};
@@ -31,7 +33,11 @@ fn agent(ns: &Netns, state_dir: &Path) -> NsThread<Agent> {
     let dir = state_dir.to_owned();
     NsThread::spawn(ns, move || Agent {
         rtnl: Rtnl::open().expect("open rtnetlink"),
-        wg: WireGuardManager::new(Mode::Userspace, &dir),
+        wg: WireGuardManager::new(
+            Mode::Userspace,
+            &dir,
+            Genl::open().expect("open generic netlink"),
+        ),
     })
 }
 
@@ -40,7 +46,8 @@ fn timed_apply(pod: &NsThread<Agent>, spec: Option<&WireGuard>) -> Duration {
     let spec = spec.cloned();
     pod.run(move |a| {
         let start = Instant::now();
-        a.wg.apply(&mut a.rtnl, spec.as_ref())
+        a.wg.prepare(spec.as_ref())
+            .and_then(|()| a.wg.apply(&mut a.rtnl, &spec))
             .map_err(|e| error_line(&e))
             .expect("apply");
         start.elapsed()
@@ -213,7 +220,8 @@ fn apply_bench(full: bool, ns: &Netns, state: &Path) {
                 .push("10.99.0.0/24".parse().unwrap());
             one.push(timed_apply(&pod, Some(&changed)).as_secs_f64() * 1e3);
             // Checked by reading the device back, not trusting apply.
-            let st = pod.run(move |a| a.wg.observe(&mut a.rtnl, Some(&changed)).unwrap());
+            let changed = Some(changed);
+            let st = pod.run(move |a| a.wg.observe(&mut a.rtnl, &changed).unwrap());
             assert_eq!(st.peers.len(), n as usize);
             assert_eq!(
                 st.overall,

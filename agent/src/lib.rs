@@ -10,7 +10,8 @@
 //! - [`config`]: the command line, parsed once into typed settings.
 //! - [`intake`]: NATS subscriptions; decode, validate, hand over, reply.
 //! - [`reconciler`]: the one actor owning every kernel socket; generations, apply, read back.
-//! - [`dataplane`]: one module per kernel subsystem, each a pure plan and a thin apply.
+//! - [`dataplane`]: the kernel subsystems, each read -> pure plan -> send -> status, over one
+//!   netlink layer.
 //! - [`state`]: the state directory (last applied spec, WireGuard key).
 //! - [`run`]: the daemon and the one-shot apply as library functions.
 

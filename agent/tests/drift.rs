@@ -397,3 +397,77 @@ fn a_restart_rewrites_nothing_and_kill_9_never_opens_the_firewall() {
         vec![stack.pods[0].address()]
     );
 }
+
+/// The resolver file is one of the agent's objects (CONTRACT.md v1.1): an outside edit is
+/// repaired and reported under Network, `By: unknown` (a file names no writer). The status
+/// interval and the resync are a minute here, so only the watch on the file can wake the
+/// repair in time.
+#[test]
+fn an_outside_edit_of_the_resolver_file_is_repaired_and_reported_under_network() {
+    require_root();
+    let mut stack = Stack::new(agent_bin()).unwrap();
+    stack.add_pod("rslv").unwrap();
+    stack
+        .start_agent(
+            "rslv",
+            &["--status-interval", "60s", "--resync-interval", "60s"],
+        )
+        .unwrap();
+    let pod = &stack.pods[0];
+    let path = pod.resolv_conf.clone();
+    let desired: PodSpec = serde_json::from_value(json!({
+        "PodId": pod.id, "Generation": 1,
+        "Network": { "Interface": "eth0", "Address": pod.address(), "Gateway": pod.gateway(),
+                     "Nameservers": ["192.0.2.53"], "SearchDomains": ["pods.example"] },
+    }))
+    .unwrap();
+    stack.block_on(|| async {
+        let cp = ControlPlane::connect(&stack.nats_url()).await.unwrap();
+        let dash = Dashboard::watch(&cp.client, "weft", "rslv").await.unwrap();
+        let r = cp
+            .request_when_ready("rslv", &desired, Encoding::Json)
+            .await;
+        assert_eq!(r.result, ApplyResult::Applied, "{r:?}");
+        let written = std::fs::read_to_string(&path).unwrap();
+        assert!(written.contains("nameserver 192.0.2.53"), "{written}");
+
+        // Edited in place, then replaced by rename (as `sed -i` does), then deleted.
+        type Edit<'a> = (&'a str, Box<dyn Fn() + 'a>);
+        let edits: [Edit; 3] = [
+            (
+                "edited in place",
+                Box::new(|| std::fs::write(&path, "nameserver 198.51.100.66\n").unwrap()),
+            ),
+            (
+                "replaced by rename",
+                Box::new(|| {
+                    let tmp = path.with_extension("sed");
+                    std::fs::write(&tmp, "nameserver 203.0.113.66\n").unwrap();
+                    std::fs::rename(&tmp, &path).unwrap();
+                }),
+            ),
+            ("deleted", Box::new(|| std::fs::remove_file(&path).unwrap())),
+        ];
+        for (n, (what, edit)) in edits.iter().enumerate() {
+            let since = Instant::now();
+            edit();
+            let took = repaired_within(what, || {
+                std::fs::read_to_string(&path).is_ok_and(|now| now == written)
+            });
+            println!(
+                "resolver file {what:<32} repaired in {:.1} ms",
+                took.as_secs_f64() * 1e3
+            );
+            let s: PodStatus = dash
+                .wait_for(Duration::from_secs(5), what, since, |s| {
+                    s.drift_repairs > n as u64
+                })
+                .await;
+            let d = s.last_drift.expect("LastDrift");
+            assert_eq!(d.subsystem, Subsystem::Network, "{what}");
+            assert_eq!(d.by, "unknown", "{what}");
+            assert!(d.change.contains("resolver file"), "{what}: {:?}", d.change);
+            assert_eq!(s.overall, Overall::Healthy, "{what}: {}", s.last_error);
+        }
+    });
+}

@@ -538,3 +538,52 @@ fn an_unreachable_gateway_is_a_clear_error_and_the_rest_applied() {
         status.last_error
     );
 }
+
+/// The agent's sockets opened inside a namespace from a thread that is not in it (as the
+/// host role will, one set per sandbox): they act there and only there, and the nftables
+/// socket owns the table it creates there.
+#[test]
+fn sockets_opened_inside_a_namespace_act_there() {
+    use weft_agent::dataplane::firewall::{render, Firewall};
+    use weft_agent::dataplane::Sockets;
+    let (ns, _peer) = pod("sockin");
+    let path = PathBuf::from(format!("/run/netns/{}", ns.name()));
+    let sockets = Sockets::open_in(&path).unwrap();
+    let mut rtnl = sockets.rtnl;
+    let eth0 = rtnl.link("eth0").unwrap().expect("eth0 is seen from here");
+    rtnl.add_address(eth0.index, "192.0.2.44/24".parse().unwrap())
+        .unwrap();
+    assert_eq!(ipv4_addrs(&ns, "eth0").unwrap(), vec!["192.0.2.44/24"]);
+    // Not in the namespace of the thread that asked.
+    assert!(!ipv4_addrs_here_contain("192.0.2.44"));
+    let mut fw = Firewall::new(sockets.nft);
+    let ruleset = render(&Default::default(), None);
+    assert!(fw.apply(&ruleset).unwrap());
+    assert!(ns.run("nft", &["list", "table", "inet", "weft-fw"]).is_ok());
+    let err = ns
+        .run(
+            "nft",
+            &["add", "rule", "inet", "weft-fw", "input", "accept"],
+        )
+        .err();
+    if fw.owned() {
+        assert!(
+            err.is_some(),
+            "the table is owned by the socket opened inside"
+        );
+    }
+    let bad = Sockets::open_in(std::path::Path::new("/run/netns/weft-no-such-namespace"));
+    assert!(bad
+        .unwrap_err()
+        .to_string()
+        .starts_with("enter network namespace /run/netns/weft-no-such-namespace"));
+}
+
+/// Whether the calling thread's namespace has `addr` on any link (`ip -j addr` there).
+fn ipv4_addrs_here_contain(addr: &str) -> bool {
+    let out = std::process::Command::new("ip")
+        .args(["-j", "addr"])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).contains(addr)
+}

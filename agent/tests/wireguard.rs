@@ -3,7 +3,7 @@
 //!
 //! Interface names are unique per test process and test (`/var/run/wireguard` is per host).
 
-use std::io::Write;
+use std::io::{Read, Write};
 use std::path::PathBuf;
 use std::process::{Child, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -11,8 +11,11 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use weft_agent::dataplane::error_line;
+use weft_agent::dataplane::netlink::genl::Genl;
 use weft_agent::dataplane::rtnl::Rtnl;
+use weft_agent::dataplane::subsystem::Subsystem;
 use weft_agent::dataplane::wireguard::keys::{self, KEY_FILE};
+use weft_agent::dataplane::wireguard::userspace;
 use weft_agent::dataplane::wireguard::{Mode, WireGuardManager};
 use weft_schema::key::{PublicKey, SecretKey};
 use weft_schema::validate::{IfName, Peer, WireGuard};
@@ -59,21 +62,22 @@ fn agent(ns: &Netns, mode: Mode, state_dir: &std::path::Path) -> Pod {
     let dir = state_dir.to_owned();
     NsThread::spawn(ns, move || Agent {
         rtnl: Rtnl::open().expect("open rtnetlink"),
-        wg: WireGuardManager::new(mode, &dir),
+        wg: WireGuardManager::new(mode, &dir, Genl::open().expect("open generic netlink")),
     })
 }
 
 fn apply(pod: &Pod, spec: Option<&WireGuard>) -> Result<(), String> {
     let spec = spec.cloned();
     pod.run(move |a| {
-        a.wg.apply(&mut a.rtnl, spec.as_ref())
+        a.wg.prepare(spec.as_ref())
+            .and_then(|()| a.wg.apply(&mut a.rtnl, &spec))
             .map_err(|e| error_line(&e))
     })
 }
 
 fn observe(pod: &Pod, spec: Option<&WireGuard>) -> Option<WireGuardStatus> {
     let spec = spec.cloned();
-    pod.run(move |a| a.wg.observe(&mut a.rtnl, spec.as_ref()))
+    pod.run(move |a| a.wg.observe(&mut a.rtnl, &spec))
 }
 
 fn peer(key: PublicKey, endpoint: Option<&str>, allowed: &[&str]) -> Peer {
@@ -400,6 +404,15 @@ fn a_generated_key_is_kept_and_survives_a_restart() {
     spec.private_key = None;
 
     let first = agent(&ns, Mode::Userspace, &state.0);
+    // A read never writes the key: before an apply there is none, and the status says so.
+    let before = observe(&first, Some(&spec)).unwrap();
+    assert_eq!(before.overall, Overall::Degraded);
+    assert!(
+        before.last_error.contains("no private key"),
+        "{}",
+        before.last_error
+    );
+    assert!(!state.0.join(KEY_FILE).exists(), "observe wrote a key file");
     apply(&first, Some(&spec)).unwrap();
     let st = observe(&first, Some(&spec)).unwrap();
     assert_eq!(st.overall, Overall::Healthy, "{}", st.last_error);
@@ -460,17 +473,23 @@ fn auto_mode_falls_back_to_userspace_and_says_why() {
             (
                 Agent {
                     rtnl: Rtnl::open().unwrap(),
-                    wg: WireGuardManager::new(Mode::Auto, &dir),
+                    wg: WireGuardManager::new(
+                        Mode::Auto,
+                        &dir,
+                        Genl::open().expect("open generic netlink"),
+                    ),
                 },
                 guard,
             )
         });
     let s = spec.clone();
     let (backend, reason, status) = pod.run(move |(a, _)| {
-        a.wg.apply(&mut a.rtnl, Some(&s))
+        let s = Some(s);
+        a.wg.prepare(s.as_ref())
+            .and_then(|()| a.wg.apply(&mut a.rtnl, &s))
             .map_err(|e| error_line(&e))
             .unwrap();
-        let st = a.wg.observe(&mut a.rtnl, Some(&s)).unwrap();
+        let st = a.wg.observe(&mut a.rtnl, &s).unwrap();
         (
             a.wg.backend(),
             a.wg.fallback_reason().map(str::to_owned),
@@ -532,12 +551,12 @@ fn observe_reports_outside_changes_to_the_link() {
     let st = observe(&pod, Some(&spec)).unwrap();
     assert_eq!(st.overall, Overall::Degraded);
     assert!(
-        st.last_error.contains("MTU 1380, not 1420"),
+        st.last_error.contains("has mtu 1380, want 1420"),
         "{}",
         st.last_error
     );
     assert!(
-        st.last_error.contains("lacks address 10.81.0.1/24"),
+        st.last_error.contains("address 10.81.0.1/24 is missing on"),
         "{}",
         st.last_error
     );
@@ -565,8 +584,8 @@ fn kernel_genl_family_lookup_matches_the_link_probe() {
     let (probe, lookup) = ns.enter(|| {
         let mut rtnl = Rtnl::open().unwrap();
         let probe = rtnl.create_link(&ifn, "wireguard").map_err(|e| e.errno());
-        let lookup = weft_agent::dataplane::wireguard::kernel::Genl::open().map(|_| ());
-        (probe, lookup.map_err(|e| error_line(&e)))
+        let lookup = weft_agent::dataplane::wireguard::kernel::family(&mut Genl::open().unwrap());
+        (probe, lookup.map(drop).map_err(|e| error_line(&e)))
     });
     match probe {
         Ok(()) => assert!(lookup.is_ok(), "{lookup:?}"),
@@ -579,4 +598,156 @@ fn kernel_genl_family_lookup_matches_the_link_probe() {
             );
         }
     }
+}
+
+/// Runs `wg show <if>` in `ns`, killed if it takes longer than `limit`; its stdout.
+fn wg_show_within(ns: &Netns, ifn: &str, limit: Duration) -> Result<String, String> {
+    let mut child = ns
+        .command("wg")
+        .args(["show", ifn])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let started = std::time::Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            let out = child.wait_with_output().unwrap();
+            return if status.success() {
+                Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+            } else {
+                Err(String::from_utf8_lossy(&out.stderr).into_owned())
+            };
+        }
+        if started.elapsed() > limit {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(format!("wg show did not answer within {limit:?}"));
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// One slow or hostile client of the control socket delays no one and grows no memory: a
+/// client that connects and never sends, and one that sends a megabyte without a newline,
+/// are both there while `wg show` answers within a second; the megabyte is cut off at the
+/// request bound (the server closes the connection); the silent one is closed at its
+/// deadline.
+#[test]
+fn the_control_socket_serves_wg_beside_silent_and_flooding_clients() {
+    use std::os::unix::net::UnixStream;
+    require_root();
+    let ns = Netns::new("wguapi").unwrap();
+    let state = temp_state_dir("uapi");
+    let ifn = ifname();
+    let key = keys::generate();
+    let spec = device(&ifn, "10.82.0.1/24", 51870, &key, vec![]);
+    let pod = agent(&ns, Mode::Userspace, &state.0);
+    apply(&pod, Some(&spec)).unwrap();
+    let path = format!("/var/run/wireguard/{ifn}.sock");
+
+    let silent = UnixStream::connect(&path).unwrap();
+    let flooder = {
+        let path = path.clone();
+        std::thread::spawn(move || {
+            let mut s = UnixStream::connect(&path).unwrap();
+            s.set_write_timeout(Some(Duration::from_secs(5))).unwrap();
+            s.write_all(&vec![b'x'; 1 << 20])
+        })
+    };
+    // Both are connected (the flooder is writing) while wg asks, twice.
+    std::thread::sleep(Duration::from_millis(50));
+    for _ in 0..2 {
+        let shown = wg_show_within(&ns, &ifn, Duration::from_secs(1)).unwrap();
+        assert!(shown.contains("listening port: 51870"), "{shown}");
+    }
+    let flooded = flooder.join().unwrap();
+    assert!(
+        flooded.is_err(),
+        "the server read a megabyte without a newline instead of closing at its bound"
+    );
+    // The silent client is closed at its deadline, not kept forever.
+    silent
+        .set_read_timeout(Some(userspace::CLIENT_DEADLINE * 3))
+        .unwrap();
+    let mut buf = [0u8; 16];
+    let n = (&silent)
+        .read(&mut buf)
+        .expect("closed at the deadline, not timed out");
+    assert_eq!(n, 0);
+    // And a set from outside is refused, with the device untouched.
+    let mut setter = UnixStream::connect(&path).unwrap();
+    setter.write_all(b"set=1\nlisten_port=1\n\n").unwrap();
+    let mut reply = String::new();
+    setter.read_to_string(&mut reply).unwrap();
+    assert_eq!(reply, format!("errno={}\n\n", libc::EPERM));
+    assert!(wg_show_within(&ns, &ifn, Duration::from_secs(1))
+        .unwrap()
+        .contains("listening port: 51870"));
+}
+
+/// The control socket is never reachable with a mode other than 0600: its name appears by a
+/// rename of a socket that already has that mode (never by a bind in the public directory,
+/// which would create it with the umask's mode until a chmod), as an inotify watch on the
+/// directory sees; and no staging directory is left behind.
+#[test]
+fn the_control_socket_has_mode_0600_from_the_moment_it_exists() {
+    use std::os::unix::ffi::OsStrExt;
+    use std::os::unix::fs::PermissionsExt;
+    require_root();
+    let ns = Netns::new("wgmode").unwrap();
+    let state = temp_state_dir("mode");
+    let ifn = ifname();
+    let spec = device(&ifn, "10.83.0.1/24", 51871, &keys::generate(), vec![]);
+    std::fs::create_dir_all("/var/run/wireguard").unwrap();
+    // SAFETY: inotify_init1 has no memory preconditions; the result is checked.
+    let fd = unsafe { libc::inotify_init1(libc::IN_CLOEXEC) };
+    assert!(fd >= 0);
+    // SAFETY: `fd` is a fresh descriptor this test owns (closed by File's drop).
+    let mut events = unsafe { <std::fs::File as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+    let dir = std::ffi::CString::new("/var/run/wireguard").unwrap();
+    // SAFETY: `dir` is NUL-terminated and outlives the call.
+    let wd =
+        unsafe { libc::inotify_add_watch(fd, dir.as_ptr(), libc::IN_CREATE | libc::IN_MOVED_TO) };
+    assert!(wd >= 0);
+    let name = format!("{ifn}.sock");
+    let watcher = std::thread::spawn(move || {
+        let mut buf = vec![0u8; 64 << 10];
+        loop {
+            let n = events.read(&mut buf).unwrap();
+            let mut at = 0;
+            while at + 16 <= n {
+                let mask = u32::from_ne_bytes(buf[at + 4..at + 8].try_into().unwrap());
+                let len = u32::from_ne_bytes(buf[at + 12..at + 16].try_into().unwrap()) as usize;
+                let raw = &buf[at + 16..at + 16 + len];
+                let end = raw.iter().position(|&b| b == 0).unwrap_or(raw.len());
+                if &raw[..end] == name.as_bytes() {
+                    // Stat at once: the first moment anyone could connect.
+                    let path = format!("/var/run/wireguard/{name}");
+                    let mode = std::fs::metadata(path).unwrap().permissions().mode() & 0o777;
+                    return (mask, mode);
+                }
+                at += 16 + len;
+            }
+        }
+    });
+    let pod = agent(&ns, Mode::Userspace, &state.0);
+    apply(&pod, Some(&spec)).unwrap();
+    let (how, mode) = watcher.join().unwrap();
+    assert_eq!(
+        how & (libc::IN_CREATE | libc::IN_MOVED_TO),
+        libc::IN_MOVED_TO,
+        "the name must appear by rename"
+    );
+    assert_eq!(mode, 0o600);
+    let staging: Vec<_> = std::fs::read_dir("/var/run/wireguard")
+        .unwrap()
+        .flatten()
+        .filter(|e| {
+            e.file_name()
+                .as_bytes()
+                .starts_with(format!(".weft-{}-", std::process::id()).as_bytes())
+        })
+        .collect();
+    assert!(staging.is_empty(), "{staging:?}");
 }

@@ -1,147 +1,194 @@
-//! Kernel change notifications that wake the reconciler: rtnetlink (links, IPv4 addresses,
-//! IPv4 routes) and nf_tables (`NFNLGRP_NFTABLES`). They only say *that* something may have
-//! drifted and, where the kernel tells, *who* did it; whether anything drifted is decided by
-//! reading the kernel back and comparing with the desired state. So the agent's own writes,
-//! which converge, never count as drift, and a lost event costs only latency (the periodic
-//! resync catches it; an overrun socket asks for one at once).
+//! Change notifications that wake the reconciler: rtnetlink (links, IPv4 addresses, IPv4
+//! routes), nf_tables (`NFNLGRP_NFTABLES`), and an inotify watch on the resolver file's
+//! directory. They only say *that* something may have drifted and, where the kernel tells,
+//! *who* did it; whether anything drifted is decided by reading back and comparing with the
+//! desired state. So the agent's own writes, which converge, never count as drift, and a lost
+//! event costs only latency (the periodic resync catches it; an overrun asks for one at once).
 
-use std::io;
-use std::os::fd::{AsRawFd, RawFd};
+use std::ffi::{CString, OsStr};
+use std::fs::File;
+use std::io::{self, Read};
+use std::os::fd::{AsRawFd, FromRawFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
 
-use neli::consts::socket::{Msg, NlFamily};
-use neli::socket::NlSocket;
-use neli::utils::Groups;
+use super::firewall::TABLE_REF;
+use super::netlink::{Protocol, Socket};
+use super::nftables::abi::NFNLGRP_NFTABLES;
+use super::nftables::events::Decoder;
+pub use super::nftables::events::Transaction;
+pub use super::rtnl::events::RouteChange;
 
-use super::firewall::events::{Decoder, Transaction};
-use super::firewall::netlink::messages;
-
-const RTNLGRP_LINK: u32 = 1;
-const RTNLGRP_IPV4_IFADDR: u32 = 5;
-const RTNLGRP_IPV4_ROUTE: u32 = 7;
-const NFNLGRP_NFTABLES: u32 = 7;
 /// Room for a burst of notifications (a 10,000-rule table replaced by someone else).
 const RCVBUF: usize = 4 << 20;
-
-/// A possible change to the pod's links, addresses or routes.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RouteChange {
-    /// `address removed`, `route added`, `link changed` ...
-    pub what: &'static str,
-    /// The netlink port of the socket whose request caused it (0: the kernel itself). For
-    /// most tools, `ip` included, that is the process id.
-    pub port: u32,
-}
 
 /// What the event sockets said since the last drain.
 #[derive(Debug, Default)]
 pub struct Hints {
     pub network: Vec<RouteChange>,
     pub firewall: Vec<Transaction>,
+    /// Someone wrote, replaced or removed the resolver file. Files carry no author.
+    pub resolver: bool,
     /// A socket overflowed: events were lost, so everything must be checked.
     pub overrun: bool,
 }
 
 impl Hints {
     pub fn is_empty(&self) -> bool {
-        self.network.is_empty() && self.firewall.is_empty() && !self.overrun
+        self.network.is_empty() && self.firewall.is_empty() && !self.resolver && !self.overrun
     }
 }
 
-/// The two notification sockets, opened on the reconciler's thread (so in its namespace).
+/// The notification sockets, opened on the reconciler's thread (so in its namespace).
+#[derive(Debug)]
 pub struct KernelEvents {
-    route: NlSocket,
-    nft: NlSocket,
+    route: Socket,
+    nft: Socket,
     decoder: Decoder,
-    buf: Vec<u8>,
-}
-
-impl std::fmt::Debug for KernelEvents {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("KernelEvents").finish_non_exhaustive()
-    }
-}
-
-fn subscribe(family: NlFamily, groups: &[u32]) -> io::Result<NlSocket> {
-    let socket = NlSocket::connect(family, None, Groups::new_groups(groups))?;
-    socket.nonblock()?;
-    socket.set_recv_buffer_size(RCVBUF)?;
-    Ok(socket)
+    resolver: Option<FileWatch>,
 }
 
 impl KernelEvents {
-    pub fn open() -> io::Result<KernelEvents> {
+    /// Opens the sockets, and a watch on `resolv_conf` (when its directory cannot be
+    /// watched, outside edits are found by the periodic resync only, and a warning says so).
+    pub fn open(resolv_conf: &Path) -> io::Result<KernelEvents> {
+        let resolver = FileWatch::new(resolv_conf)
+            .map_err(|e| {
+                tracing::warn!(
+                    path = %resolv_conf.display(),
+                    cause = %e,
+                    "cannot watch the resolver file; its drift is found by the periodic resync"
+                )
+            })
+            .ok();
         Ok(KernelEvents {
-            route: subscribe(
-                NlFamily::Route,
-                &[RTNLGRP_LINK, RTNLGRP_IPV4_IFADDR, RTNLGRP_IPV4_ROUTE],
-            )?,
-            nft: subscribe(NlFamily::Netfilter, &[NFNLGRP_NFTABLES])?,
-            decoder: Decoder::default(),
-            buf: vec![0; 64 << 10],
+            route: Socket::subscribe(Protocol::Route, &super::rtnl::events::GROUPS, RCVBUF)?,
+            nft: Socket::subscribe(Protocol::Netfilter, &[NFNLGRP_NFTABLES], RCVBUF)?,
+            decoder: Decoder::new(TABLE_REF),
+            resolver,
         })
     }
 
     /// The descriptors to poll for readability.
-    pub fn fds(&self) -> [RawFd; 2] {
-        [self.route.as_raw_fd(), self.nft.as_raw_fd()]
+    pub fn fds(&self) -> Vec<RawFd> {
+        let mut fds = vec![self.route.as_raw_fd(), self.nft.as_raw_fd()];
+        fds.extend(self.resolver.as_ref().map(|w| w.file.as_raw_fd()));
+        fds
     }
 
     /// Reads everything pending on both sockets without blocking.
     pub fn drain(&mut self) -> Hints {
         let mut hints = Hints::default();
-        loop {
-            match self.route.recv(&mut self.buf[..], Msg::empty()) {
-                Ok((n, _)) => hints.network.extend(route_changes(&self.buf[..n])),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                // ENOBUFS: the kernel dropped notifications; anything else: treat the same.
-                Err(_) => {
-                    hints.overrun = true;
-                    break;
-                }
-            }
-        }
-        loop {
-            match self.nft.recv(&mut self.buf[..], Msg::empty()) {
-                Ok((n, _)) => {
-                    let datagram = &self.buf[..n];
-                    hints.firewall.extend(self.decoder.feed(datagram));
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(_) => {
-                    hints.overrun = true;
-                    break;
-                }
+        drain(&mut self.route, &mut hints.overrun, |datagram| {
+            hints.network.extend(super::rtnl::events::changes(datagram))
+        });
+        let decoder = &mut self.decoder;
+        drain(&mut self.nft, &mut hints.overrun, |datagram| {
+            hints.firewall.extend(decoder.feed(datagram))
+        });
+        if let Some(watch) = &mut self.resolver {
+            match watch.drain() {
+                Ok(touched) => hints.resolver |= touched,
+                Err(_) => hints.overrun = true,
             }
         }
         hints
     }
 }
 
-/// The rtnetlink notifications in one datagram.
-fn route_changes(data: &[u8]) -> Vec<RouteChange> {
-    const RTM_NEWLINK: u16 = 16;
-    const RTM_DELLINK: u16 = 17;
-    const RTM_NEWADDR: u16 = 20;
-    const RTM_DELADDR: u16 = 21;
-    const RTM_NEWROUTE: u16 = 24;
-    const RTM_DELROUTE: u16 = 25;
-    messages(data)
-        .filter_map(|msg| {
-            let what = match msg.ty {
-                RTM_NEWLINK => "link changed",
-                RTM_DELLINK => "link deleted",
-                RTM_NEWADDR => "address added",
-                RTM_DELADDR => "address removed",
-                RTM_NEWROUTE => "route added",
-                RTM_DELROUTE => "route removed",
-                _ => return None,
-            };
-            Some(RouteChange {
-                what,
-                port: msg.port,
-            })
+const IN_EVENT_HEADER: usize = 16;
+
+/// An inotify watch on a file's directory, reporting changes to that one name: editors and
+/// the agent itself replace the file by rename, which a watch on the file would not follow.
+#[derive(Debug)]
+struct FileWatch {
+    file: File,
+    name: Vec<u8>,
+    buf: Vec<u8>,
+}
+
+impl FileWatch {
+    fn new(path: &Path) -> io::Result<FileWatch> {
+        let name = path
+            .file_name()
+            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "no file name"))?;
+        let dir = match path.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d,
+            _ => Path::new("."),
+        };
+        let dir = CString::new(dir.as_os_str().as_bytes())
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+        // SAFETY: inotify_init1 has no memory preconditions; the result is checked.
+        let fd = unsafe { libc::inotify_init1(libc::IN_NONBLOCK | libc::IN_CLOEXEC) };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: `fd` is a fresh descriptor nothing else owns.
+        let file = unsafe { File::from_raw_fd(fd) };
+        let mask = libc::IN_CLOSE_WRITE
+            | libc::IN_MOVED_TO
+            | libc::IN_MOVED_FROM
+            | libc::IN_CREATE
+            | libc::IN_DELETE
+            | libc::IN_ATTRIB;
+        // SAFETY: `dir` is a NUL-terminated path that lives across the call.
+        if unsafe { libc::inotify_add_watch(fd, dir.as_ptr(), mask) } < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(FileWatch {
+            file,
+            name: name.as_bytes().to_vec(),
+            buf: vec![0; 16 << 10],
         })
-        .collect()
+    }
+
+    /// Reads every pending event; true when one named the file. A queue overflow is an
+    /// error (events were lost).
+    fn drain(&mut self) -> io::Result<bool> {
+        let mut touched = false;
+        loop {
+            let n = match self.file.read(&mut self.buf) {
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(touched),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            };
+            for (mask, name) in inotify_events(&self.buf[..n]) {
+                if mask & libc::IN_Q_OVERFLOW != 0 {
+                    return Err(io::Error::other("inotify queue overflow"));
+                }
+                touched |= name == self.name.as_slice();
+            }
+        }
+    }
+}
+
+/// The (mask, name) of each `struct inotify_event` in `data`.
+fn inotify_events(mut data: &[u8]) -> impl Iterator<Item = (u32, &[u8])> {
+    std::iter::from_fn(move || {
+        let header = data.get(..IN_EVENT_HEADER)?;
+        let mask = u32::from_ne_bytes(header[4..8].try_into().ok()?);
+        let len = u32::from_ne_bytes(header[12..16].try_into().ok()?) as usize;
+        let name = data.get(IN_EVENT_HEADER..IN_EVENT_HEADER + len)?;
+        data = &data[IN_EVENT_HEADER + len..];
+        let end = name.iter().position(|&b| b == 0).unwrap_or(name.len());
+        Some((mask, OsStr::from_bytes(&name[..end]).as_bytes()))
+    })
+}
+
+/// Hands every pending datagram of `socket` to `each`; sets `overrun` when the kernel
+/// dropped notifications (ENOBUFS) or the socket failed otherwise.
+fn drain(socket: &mut Socket, overrun: &mut bool, mut each: impl FnMut(&[u8])) {
+    loop {
+        match socket.recv() {
+            Ok(datagram) => each(datagram),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+            Err(_) => {
+                *overrun = true;
+                return;
+            }
+        }
+    }
 }
 
 /// `ip (pid 4242)` when the port is a live process's id, else `pid 4242`, or `the kernel`.
@@ -160,29 +207,25 @@ mod tests {
     use super::*;
 
     #[test]
-    fn route_notifications_name_the_change_and_its_port() {
-        let mut d = Vec::new();
-        for (ty, port) in [(21u16, 4242u32), (25, 0), (99, 1)] {
-            d.extend_from_slice(&20u32.to_ne_bytes());
-            d.extend_from_slice(&ty.to_ne_bytes());
-            d.extend_from_slice(&0u16.to_ne_bytes());
-            d.extend_from_slice(&0u32.to_ne_bytes());
-            d.extend_from_slice(&port.to_ne_bytes());
-            d.extend_from_slice(&[0; 4]);
-        }
-        assert_eq!(
-            route_changes(&d),
-            vec![
-                RouteChange {
-                    what: "address removed",
-                    port: 4242
-                },
-                RouteChange {
-                    what: "route removed",
-                    port: 0
-                },
-            ]
-        );
+    fn the_watch_sees_edits_and_replacements_of_its_file_only() {
+        let dir = std::env::temp_dir().join(format!("weft-watch-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("resolv.conf");
+        let mut watch = FileWatch::new(&path).unwrap();
+        assert!(!watch.drain().unwrap());
+        std::fs::write(dir.join("other"), "x").unwrap();
+        assert!(!watch.drain().unwrap(), "another file of the directory");
+        std::fs::write(&path, "nameserver 192.0.2.1\n").unwrap();
+        assert!(watch.drain().unwrap(), "written");
+        crate::atomic_file::replace(&path, b"nameserver 192.0.2.2\n", 0o644).unwrap();
+        assert!(watch.drain().unwrap(), "replaced by rename");
+        std::fs::remove_file(&path).unwrap();
+        assert!(watch.drain().unwrap(), "removed");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn ports_name_their_process() {
         assert_eq!(describe_port(0), "the kernel");
         assert!(
             describe_port(std::process::id()).ends_with(&format!("(pid {})", std::process::id()))

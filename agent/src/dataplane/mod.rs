@@ -1,20 +1,38 @@
-//! The kernel subsystems the agent owns. Each has a pure half (spec -> the exact objects to
-//! write; kernel dump -> observed status), unit-tested without root, and a thin half that does
-//! the socket I/O. All of them live on the reconciler's thread: their sockets are blocking,
-//! and a thread is the unit that lives in a network namespace.
+//! The kernel subsystems the agent owns, each the same shape ([`subsystem::Subsystem`]):
+//! read -> pure plan -> send -> status. Plans and statuses are unit-tested without root;
+//! the thin halves do the socket I/O through one netlink layer ([`netlink`]). All of them
+//! live on the reconciler's thread: their sockets are blocking, and a thread is the unit
+//! that lives in a network namespace.
+//!
+//! - [`link`]: a link's MTU, up, address and routes, for the pod interface and the WireGuard
+//!   interface alike; [`resolv`]: the resolver file; [`wireguard`]: the overlay;
+//!   [`firewall`]: table `inet weft-fw`.
+//! - [`netlink`], [`rtnl`], [`nftables`]: the codec, and the rtnetlink and nftables layers
+//!   on it; [`sockets`]: the sockets as one value; [`events`]: the notifications that wake a
+//!   drift check.
 
 pub mod events;
 pub mod firewall;
+#[doc(hidden)]
+pub mod fuzz;
 pub mod link;
+pub mod netlink;
+pub mod nftables;
 pub mod resolv;
 pub mod rtnl;
+pub mod sockets;
+pub mod subsystem;
 pub mod wireguard;
 
 use std::path::PathBuf;
 
 use tracing::warn;
+use weft_schema::text::ErrorLine;
 use weft_schema::validate::ValidSpec;
 use weft_schema::{FirewallStatus, NetworkStatus, Overall, Subsystem, WireGuardStatus};
+
+pub use sockets::{OpenError, Sockets};
+use subsystem::Subsystem as _;
 
 /// Where the dataplane keeps and writes things.
 #[derive(Debug, Clone)]
@@ -24,19 +42,25 @@ pub struct Settings {
     pub wireguard: wireguard::Mode,
 }
 
+/// What a subsystem's apply failed with, kept as a value up to the status (where
+/// [`weft_schema::text::error_line`] flattens it, once).
 #[derive(Debug, thiserror::Error)]
-pub enum OpenError {
-    #[error("open rtnetlink socket")]
-    Rtnl(#[source] rtnl::Error),
-    #[error("open nftables socket")]
-    Firewall(#[source] firewall::Error),
+pub enum Error {
+    #[error(transparent)]
+    Link(#[from] link::Error),
+    #[error(transparent)]
+    Resolver(#[from] resolv::Error),
+    #[error(transparent)]
+    WireGuard(#[from] wireguard::Error),
+    #[error(transparent)]
+    Firewall(#[from] firewall::Error),
 }
 
 /// One part of a spec the kernel refused.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug)]
 pub struct Failure {
     pub subsystem: Subsystem,
-    pub error: String,
+    pub error: Error,
 }
 
 /// What the kernel holds, per subsystem (`None`: not managed).
@@ -45,15 +69,6 @@ pub struct Observed {
     pub network: Option<NetworkStatus>,
     pub firewall: FirewallStatus,
     pub wireguard: Option<WireGuardStatus>,
-}
-
-/// Every kernel socket the agent owns.
-#[derive(Debug)]
-pub struct Dataplane {
-    rtnl: rtnl::Rtnl,
-    firewall: firewall::Firewall,
-    wireguard: wireguard::WireGuardManager,
-    resolv_conf: PathBuf,
 }
 
 impl Observed {
@@ -81,77 +96,153 @@ impl Observed {
     }
 }
 
+/// The kernel subsystems, in the order an apply visits them: the pod link first; WireGuard
+/// before the firewall, which opens the listen port the overlay uses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Part {
+    Link,
+    Resolver,
+    WireGuard,
+    Firewall,
+}
+
+impl Part {
+    const ALL: [Part; 4] = [Part::Link, Part::Resolver, Part::WireGuard, Part::Firewall];
+
+    /// Where the contract's status reports it.
+    fn reported_as(self) -> Subsystem {
+        match self {
+            Part::Link | Part::Resolver => Subsystem::Network,
+            Part::WireGuard => Subsystem::WireGuard,
+            Part::Firewall => Subsystem::Firewall,
+        }
+    }
+}
+
+/// Every kernel subsystem the agent owns, on its sockets.
+#[derive(Debug)]
+pub struct Dataplane {
+    rtnl: rtnl::Rtnl,
+    link: link::Link,
+    resolver: resolv::Resolver,
+    wireguard: wireguard::WireGuardManager,
+    firewall: firewall::Firewall,
+}
+
 impl Dataplane {
-    /// Opens the sockets. Changes nothing in the kernel.
+    /// Opens the sockets in the calling thread's namespace. Changes nothing in the kernel.
     pub fn open(settings: &Settings) -> Result<Dataplane, OpenError> {
-        Ok(Dataplane {
-            rtnl: rtnl::Rtnl::open().map_err(OpenError::Rtnl)?,
-            firewall: firewall::Firewall::open().map_err(OpenError::Firewall)?,
-            wireguard: wireguard::WireGuardManager::new(settings.wireguard, &settings.state_dir),
-            resolv_conf: settings.resolv_conf.clone(),
-        })
+        Ok(Dataplane::new(Sockets::open()?, settings))
+    }
+
+    /// The subsystems on sockets opened elsewhere (in the namespace they are to manage).
+    pub fn new(sockets: Sockets, settings: &Settings) -> Dataplane {
+        Dataplane {
+            rtnl: sockets.rtnl,
+            link: link::Link,
+            resolver: resolv::Resolver::new(&settings.resolv_conf),
+            wireguard: wireguard::WireGuardManager::new(
+                settings.wireguard,
+                &settings.state_dir,
+                sockets.genl,
+            ),
+            firewall: firewall::Firewall::new(sockets.nft),
+        }
     }
 
     /// Makes the kernel match `spec`. Each subsystem is applied on its own: a WireGuard
     /// failure does not keep the firewall from being applied. Returns what failed.
     pub fn apply(&mut self, spec: &ValidSpec) -> Vec<Failure> {
-        // WireGuard before the firewall: the firewall opens the listen port the overlay uses.
-        [
-            Subsystem::Network,
-            Subsystem::WireGuard,
-            Subsystem::Firewall,
-        ]
-        .into_iter()
-        .filter_map(|subsystem| {
-            let error = self.apply_one(subsystem, spec).err()?;
-            warn!(?subsystem, %error, generation = spec.generation, "apply failed");
-            Some(Failure { subsystem, error })
-        })
-        .collect()
+        self.apply_parts(spec, |_| true)
     }
 
-    /// Makes one subsystem match `spec`, writing only what differs. The error names the part
-    /// the kernel refused.
-    pub fn apply_one(&mut self, subsystem: Subsystem, spec: &ValidSpec) -> Result<(), String> {
-        match subsystem {
-            Subsystem::Network => {
-                let Some(net) = &spec.network else {
-                    return Ok(()); // not managed
-                };
-                link::apply(&mut self.rtnl, net).map_err(|e| error_line(&e))?;
-                if !net.nameservers.is_empty() {
-                    resolv::write(&self.resolv_conf, &net.nameservers, &net.search_domains)
-                        .map_err(|e| format!("write {}: {e}", self.resolv_conf.display()))?;
-                }
-                Ok(())
+    /// Makes the parts reported as `subsystem` match `spec`, writing only what differs.
+    pub fn apply_one(&mut self, subsystem: Subsystem, spec: &ValidSpec) -> Vec<Failure> {
+        self.apply_parts(spec, |part| part.reported_as() == subsystem)
+    }
+
+    fn apply_parts(&mut self, spec: &ValidSpec, which: impl Fn(Part) -> bool) -> Vec<Failure> {
+        let mut failures = Vec::new();
+        for part in Part::ALL.into_iter().filter(|p| which(*p)) {
+            if let Err(error) = self.apply_part(part, spec) {
+                let subsystem = part.reported_as();
+                warn!(?subsystem, error = %ErrorLine(&error), generation = spec.generation, "apply failed");
+                failures.push(Failure { subsystem, error });
             }
-            Subsystem::WireGuard => self
-                .wireguard
-                .apply(&mut self.rtnl, spec.wireguard.as_ref())
-                .map_err(|e| error_line(&e)),
-            Subsystem::Firewall => {
-                let ruleset = self.ruleset(spec);
-                self.firewall
-                    .apply(&ruleset)
-                    .map(|_wrote| ())
-                    .map_err(|e| error_line(&e))
+        }
+        failures
+    }
+
+    fn apply_part(&mut self, part: Part, spec: &ValidSpec) -> Result<(), Error> {
+        let rtnl = &mut self.rtnl;
+        match part {
+            Part::Link => match &spec.network {
+                Some(net) => Ok(self.link.apply(rtnl, &link::LinkSpec::pod(net))?),
+                None => Ok(()), // not managed
+            },
+            Part::Resolver => match &spec.network {
+                Some(net) => Ok(self.resolver.apply(rtnl, net)?),
+                None => Ok(()),
+            },
+            Part::WireGuard => {
+                // The key is loaded, or generated into the state directory, before anything
+                // else: reads never write it.
+                self.wireguard.prepare(spec.wireguard.as_ref())?;
+                Ok(self.wireguard.apply(rtnl, &spec.wireguard)?)
             }
+            // Through the trait: the firewall's own `apply` also says whether it wrote.
+            Part::Firewall => Ok(subsystem::Subsystem::apply(
+                &mut self.firewall,
+                rtnl,
+                &ruleset(spec),
+            )?),
         }
     }
 
     /// Reads back what the kernel holds for `spec`'s subsystems.
     pub fn observe(&mut self, spec: &ValidSpec) -> Observed {
-        let ruleset = self.ruleset(spec);
-        Observed {
-            network: spec
-                .network
-                .as_ref()
-                .map(|n| link::observe(&mut self.rtnl, n)),
-            firewall: self.firewall.observe(Some(&ruleset)),
-            wireguard: self
-                .wireguard
-                .observe(&mut self.rtnl, spec.wireguard.as_ref()),
+        let mut observed = Observed {
+            network: None,
+            firewall: FirewallStatus {
+                overall: Overall::Pending,
+                last_error: String::new(),
+                table_present: false,
+                ingress_rules: 0,
+                egress_rules: 0,
+                ruleset_hash: String::new(),
+            },
+            wireguard: None,
+        };
+        let rtnl = &mut self.rtnl;
+        for part in Part::ALL {
+            match part {
+                Part::Link => {
+                    observed.network = spec.network.as_ref().map(|net| {
+                        let desired = link::LinkSpec::pod(net);
+                        self.link.observe(rtnl, &desired).network(&desired)
+                    })
+                }
+                Part::Resolver => {
+                    if let (Some(net), Some(status)) = (&spec.network, &mut observed.network) {
+                        if let Some(problem) = self.resolver.observe(rtnl, net) {
+                            status.overall = Overall::Degraded;
+                            if !status.last_error.is_empty() {
+                                status.last_error.push_str("; ");
+                            }
+                            status.last_error.push_str(&problem);
+                        }
+                    }
+                }
+                Part::WireGuard => {
+                    observed.wireguard = self.wireguard.observe(rtnl, &spec.wireguard)
+                }
+                Part::Firewall => {
+                    observed.firewall =
+                        subsystem::Subsystem::observe(&mut self.firewall, rtnl, &ruleset(spec))
+                }
+            }
         }
+        observed
     }
 
     /// Names the WireGuard interface an earlier agent process made (see
@@ -165,18 +256,23 @@ impl Dataplane {
         self.rtnl.portid()
     }
 
+    /// The resolver file the Network subsystem manages (for the event watch).
+    pub fn resolv_conf(&self) -> &std::path::Path {
+        self.resolver.path()
+    }
+
     /// Stops what lives only in this process (a userspace WireGuard device). Kernel state
     /// stays in place.
     pub fn shutdown(&mut self) {
         self.wireguard.shutdown();
     }
+}
 
-    fn ruleset(&self, spec: &ValidSpec) -> firewall::Ruleset {
-        firewall::render(
-            &spec.firewall,
-            spec.wireguard.as_ref().map(|w| w.listen_port),
-        )
-    }
+fn ruleset(spec: &ValidSpec) -> firewall::Ruleset {
+    firewall::render(
+        &spec.firewall,
+        spec.wireguard.as_ref().map(|w| w.listen_port),
+    )
 }
 
 pub use weft_schema::text::error_line;

@@ -8,12 +8,20 @@
 //! Renaming replaces the path itself: a symlink at the path (systemd-resolved's stub) is
 //! replaced by a regular file, and a path that is a bind mount cannot be renamed over
 //! (EBUSY, returned as is).
+//!
+//! The file is one of the agent's objects (CONTRACT.md v1.1): [`Resolver`] reads it back like
+//! any other subsystem, so an outside edit is reported under `Network` and repaired. The
+//! file is left alone, and not watched, when the spec names no nameservers.
 
-use std::fs;
-use std::io;
+use std::fs::{self, File};
+use std::io::{self, Read};
 use std::net::IpAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
+use weft_schema::validate::Network;
+
+use super::rtnl::Rtnl;
+use super::subsystem::Subsystem;
 use crate::atomic_file;
 
 /// The first line of every file the agent writes.
@@ -32,6 +40,106 @@ pub fn render(nameservers: &[IpAddr], search: &[String]) -> String {
         text.push_str(&format!("search {}\n", search.join(" ")));
     }
     text
+}
+
+/// The resolver file subsystem: one path, managed when the spec names nameservers.
+#[derive(Debug, Clone)]
+pub struct Resolver {
+    path: PathBuf,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("read the resolver file {0}")]
+    Read(PathBuf, #[source] io::Error),
+    #[error("write {0}")]
+    Write(PathBuf, #[source] io::Error),
+}
+
+impl Resolver {
+    pub fn new(path: &Path) -> Resolver {
+        Resolver {
+            path: path.to_owned(),
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+/// The file as read: `None` when it does not exist (or, with no nameservers, is not
+/// managed).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileState(pub Option<Vec<u8>>);
+
+impl Subsystem for Resolver {
+    type Desired = Network;
+    type State = FileState;
+    /// The content to write, when the file does not hold it.
+    type Plan<'a> = Option<String>;
+    type Error = Error;
+    /// What differs, when something does.
+    type Status = Option<String>;
+
+    /// Reads at most one byte more than the rendered file: a larger file differs, whatever
+    /// it holds, and a huge one is never read whole.
+    fn read(&mut self, _: &mut Rtnl, desired: &Network) -> Result<FileState, Error> {
+        if desired.nameservers.is_empty() {
+            return Ok(FileState(None));
+        }
+        let limit = render(&desired.nameservers, &desired.search_domains).len() as u64 + 1;
+        read_bounded(&self.path, limit)
+            .map(FileState)
+            .map_err(|e| Error::Read(self.path.clone(), e))
+    }
+
+    fn plan<'a>(&self, desired: &'a Network, state: &'a FileState) -> Option<String> {
+        if desired.nameservers.is_empty() {
+            return None;
+        }
+        let content = render(&desired.nameservers, &desired.search_domains);
+        (state.0.as_deref() != Some(content.as_bytes())).then_some(content)
+    }
+
+    fn send(
+        &mut self,
+        _: &mut Rtnl,
+        _: &Network,
+        _: &FileState,
+        plan: Option<String>,
+    ) -> Result<(), Error> {
+        match plan {
+            // Every process resolves names through this file, whatever the umask: 0644.
+            Some(content) => atomic_file::replace(&self.path, content.as_bytes(), 0o644)
+                .map_err(|e| Error::Write(self.path.clone(), e)),
+            None => Ok(()),
+        }
+    }
+
+    fn status(&self, desired: &Network, read: Result<&FileState, &Error>) -> Option<String> {
+        match read {
+            Err(e) => Some(weft_schema::text::error_line(e)),
+            Ok(state) => self.plan(desired, state).map(|_| match state.0 {
+                None => format!("resolver file {} is missing", self.path.display()),
+                Some(_) => format!(
+                    "resolver file {} differs from the spec",
+                    self.path.display()
+                ),
+            }),
+        }
+    }
+}
+
+/// The first `limit` bytes of the file at `path`, `None` when there is none.
+fn read_bounded(path: &Path, limit: u64) -> io::Result<Option<Vec<u8>>> {
+    let mut content = Vec::new();
+    match File::open(path) {
+        Ok(f) => f.take(limit).read_to_end(&mut content)?,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    Ok(Some(content))
 }
 
 /// Replaces `path` with the rendered file, atomically. With no nameservers the file is left
@@ -108,6 +216,55 @@ mod tests {
             fs::read_to_string(&path).unwrap(),
             "nameserver 192.0.2.53\n"
         );
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    fn network(ns: &[&str]) -> Network {
+        Network {
+            interface: weft_schema::validate::IfName::parse("eth0").unwrap(),
+            address: "10.0.0.5/24".parse().unwrap(),
+            gateway: None,
+            mtu: None,
+            nameservers: ns.iter().map(|n| n.parse().unwrap()).collect(),
+            search_domains: vec!["pods.local".into()],
+        }
+    }
+
+    #[test]
+    fn the_file_is_planned_and_reported_like_any_subsystem() {
+        let path = Path::new("/etc/weft-test/resolv.conf");
+        let r = Resolver::new(path);
+        let desired = network(&["10.0.0.2"]);
+        let missing = FileState(None);
+        assert_eq!(
+            r.status(&desired, Ok(&missing)).as_deref(),
+            Some("resolver file /etc/weft-test/resolv.conf is missing")
+        );
+        let content = r.plan(&desired, &missing).unwrap();
+        assert_eq!(
+            content,
+            render(&desired.nameservers, &desired.search_domains)
+        );
+        let same = FileState(Some(content.into_bytes()));
+        assert_eq!(r.plan(&desired, &same), None);
+        assert_eq!(r.status(&desired, Ok(&same)), None);
+        let edited = FileState(Some(b"nameserver 192.0.2.66\n".to_vec()));
+        assert_eq!(
+            r.status(&desired, Ok(&edited)).as_deref(),
+            Some("resolver file /etc/weft-test/resolv.conf differs from the spec")
+        );
+        // No nameservers: nothing managed, whatever the file holds.
+        assert_eq!(r.plan(&network(&[]), &edited), None);
+        assert_eq!(r.status(&network(&[]), Ok(&edited)), None);
+    }
+
+    #[test]
+    fn a_large_file_is_read_only_as_far_as_it_can_match() {
+        let dir = scratch("large");
+        let path = dir.join("resolv.conf");
+        fs::write(&path, vec![b'#'; 1 << 20]).unwrap();
+        assert_eq!(read_bounded(&path, 100).unwrap().unwrap().len(), 100);
+        assert_eq!(read_bounded(&dir.join("none"), 100).unwrap(), None);
         fs::remove_dir_all(&dir).unwrap();
     }
 

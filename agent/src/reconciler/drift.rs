@@ -71,6 +71,8 @@ impl Budgets {
 /// socket's port or our pid), or say events were lost.
 pub fn touched(hints: &Hints, own_port: u32) -> bool {
     hints.overrun
+        // A file write names no writer: the read-back tells whether it was ours.
+        || hints.resolver
         || hints.network.iter().any(|c| c.port != own_port)
         || hints
             .firewall
@@ -129,7 +131,7 @@ pub fn event(subsystem: Subsystem, change: String, by: String) -> DriftEvent {
 mod tests {
     use super::*;
     use crate::dataplane::events::RouteChange;
-    use crate::dataplane::firewall::events::Transaction;
+    use crate::dataplane::events::Transaction;
 
     #[test]
     fn the_budget_allows_a_burst_then_one_per_refill() {
@@ -148,6 +150,24 @@ mod tests {
             assert!(b.take(later).is_ok());
         }
         assert!(b.take(later).is_err());
+    }
+
+    #[test]
+    fn a_resolver_file_change_wakes_a_check_by_an_unknown_writer() {
+        let hints = Hints {
+            resolver: true,
+            ..Hints::default()
+        };
+        assert!(touched(&hints, 77));
+        assert_eq!(author(&hints, Subsystem::Network, 77), "unknown");
+        assert_eq!(
+            change(
+                &hints,
+                Subsystem::Network,
+                "resolver file /x differs from the spec"
+            ),
+            "resolver file /x differs from the spec"
+        );
     }
 
     #[test]

@@ -24,6 +24,7 @@ use drift::{Budgets, Drift};
 pub use mailbox::{Inbox, Mailbox, Replier, Submission};
 pub use status::compose;
 use status::failure_line;
+use weft_schema::text::ErrorLine;
 
 /// What to do with a valid spec, given the generation already applied.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -144,34 +145,32 @@ impl Reconciler {
                 if let Err(e) = self.state.save_spec(&wire) {
                     error!(cause = %dataplane::error_line(&e), "cannot keep the spec; a restart will not restore it");
                 }
-                let failures = self.apply(spec);
-                let (result, error) = if failures.is_empty() {
+                self.apply(spec);
+                let (result, error) = if self.failures.is_empty() {
                     (ApplyResult::Applied, String::new())
                 } else {
-                    (ApplyResult::Failed, failure_line(&failures))
+                    (ApplyResult::Failed, failure_line(&self.failures))
                 };
                 reply.send(&self.pod, generation, result, error);
             }
         }
     }
 
-    /// Applies `spec` and reads the kernel back. Returns what failed.
-    fn apply(&mut self, spec: ValidSpec) -> Vec<Failure> {
+    /// Applies `spec` and reads the kernel back. What failed is kept in `failures`.
+    fn apply(&mut self, spec: ValidSpec) {
         let started = Instant::now();
-        let failures = self.dataplane.apply(&spec);
+        self.failures = self.dataplane.apply(&spec);
         info!(
             generation = spec.generation,
-            failed = failures.len(),
+            failed = self.failures.len(),
             micros = started.elapsed().as_micros() as u64,
             "applied"
         );
-        if failures.is_empty() {
+        if self.failures.is_empty() {
             self.rejection = None;
         }
-        self.failures = failures.clone();
         self.applied = Some(spec);
         self.observe();
-        failures
     }
 
     /// Records a spec intake refused (it did not decode or validate).
@@ -209,30 +208,30 @@ impl Reconciler {
             }
             wrote = true;
             let started = Instant::now();
-            let result = self.dataplane.apply_one(subsystem, &spec);
+            let failures = self.dataplane.apply_one(subsystem, &spec);
             self.failures.retain(|f| f.subsystem != subsystem);
-            match result {
-                Ok(()) if failed => info!(?subsystem, "applied on retry"),
-                Ok(()) => {
-                    let event = drift::event(
-                        subsystem,
-                        drift::change(hints, subsystem, &found),
-                        drift::author(hints, subsystem, own_port),
-                    );
-                    warn!(
-                        ?subsystem,
-                        change = %event.change,
-                        by = %event.by,
-                        micros = started.elapsed().as_micros() as u64,
-                        "drift repaired"
-                    );
-                    self.drift.repairs += 1;
-                    self.drift.last = Some(event);
+            if !failures.is_empty() {
+                for f in &failures {
+                    warn!(?subsystem, error = %ErrorLine(&f.error), "repair failed");
                 }
-                Err(error) => {
-                    warn!(?subsystem, %error, "repair failed");
-                    self.failures.push(Failure { subsystem, error });
-                }
+                self.failures.extend(failures);
+            } else if failed {
+                info!(?subsystem, "applied on retry");
+            } else {
+                let event = drift::event(
+                    subsystem,
+                    drift::change(hints, subsystem, &found),
+                    drift::author(hints, subsystem, own_port),
+                );
+                warn!(
+                    ?subsystem,
+                    change = %event.change,
+                    by = %event.by,
+                    micros = started.elapsed().as_micros() as u64,
+                    "drift repaired"
+                );
+                self.drift.repairs += 1;
+                self.drift.last = Some(event);
             }
         }
         self.observed = Some(if wrote {
@@ -301,7 +300,7 @@ impl Handle {
                 };
                 // Opened before the kept spec is restored, so nothing that happens from here
                 // on goes unnoticed.
-                let events = KernelEvents::open()
+                let events = KernelEvents::open(&settings.resolv_conf)
                     .map_err(|e| warn!(cause = %e, "no kernel events; drift is found by the periodic checks only"))
                     .ok();
                 let mut rec = Reconciler::new(pod, dataplane, state);

@@ -1,5 +1,6 @@
 //! Folding what the reconciler knows into a `PodStatus`. Pure: the kernel was read before.
 
+use weft_schema::text::{last_error, ErrorLine};
 use weft_schema::{Overall, PodId, PodStatus};
 
 use super::drift::Drift;
@@ -74,13 +75,15 @@ pub fn compose(
     }
 }
 
-/// `Network: interface eth9 does not exist; WireGuard: ...`
+/// `Network: interface eth9 does not exist; WireGuard: ...`: where each error becomes text,
+/// once, bounded as a `LastError` must be.
 pub(crate) fn failure_line(failures: &[Failure]) -> String {
-    failures
+    let line = failures
         .iter()
-        .map(|f| format!("{:?}: {}", f.subsystem, f.error))
+        .map(|f| format!("{:?}: {}", f.subsystem, ErrorLine(&f.error)))
         .collect::<Vec<_>>()
-        .join("; ")
+        .join("; ");
+    last_error(&line)
 }
 
 #[cfg(test)]
@@ -162,7 +165,10 @@ mod tests {
         let o = observed(firewall(Overall::Healthy, ""), Some(net));
         let failed = [Failure {
             subsystem: Subsystem::Network,
-            error: "interface eth9 does not exist".into(),
+            error: crate::dataplane::link::Error::NoInterface(
+                weft_schema::validate::IfName::parse("eth9").unwrap(),
+            )
+            .into(),
         }];
         let s = compose(&pod(), Some(7), Some(&o), None, &failed, &none());
         assert_eq!(s.overall, Overall::Degraded);

@@ -3,118 +3,69 @@
 //! [`Line::Foreign`], which never equals a rendered rule, so any outside change shows as a
 //! difference.
 
-use super::abi::*;
 use super::batch::addr_offset;
-use super::netlink::{attrs, be32, string, Message};
 use super::render::{
     merge, AddrMatch, Dir, Family, Line, Match, Verdict, IPPROTO_TCP, IPPROTO_UDP,
 };
-use super::{CHAINS, TABLE};
+use super::CHAINS;
+use crate::dataplane::nftables::abi::*;
+use crate::dataplane::nftables::expr::{self, Value};
+use crate::dataplane::nftables::{self, Element};
 
-/// Set elements as (key, is an interval end).
-pub(crate) type Elements = Vec<(Value, bool)>;
-
-/// An expression's or element's data, at most 16 bytes (an IPv6 address), kept inline: a
-/// 10,000-rule read-back would otherwise allocate for every comparison.
-#[derive(Clone, Copy, PartialEq, Eq)]
-pub(crate) struct Value {
-    len: u8,
-    bytes: [u8; 16],
-}
-
-impl Value {
-    pub fn new(data: &[u8]) -> Option<Value> {
-        let mut bytes = [0; 16];
-        bytes.get_mut(..data.len())?.copy_from_slice(data);
-        Some(Value {
-            len: data.len() as u8,
-            bytes,
-        })
-    }
-
-    pub fn as_slice(&self) -> &[u8] {
-        &self.bytes[..usize::from(self.len)]
-    }
-}
-
-impl std::fmt::Debug for Value {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&hex::encode(self.as_slice()))
-    }
-}
-
-/// Fetches the elements of a named anonymous set (`None` when it cannot be read).
-pub(crate) type SetReader<'a> = dyn FnMut(&str) -> Option<Elements> + 'a;
-
-/// The table as the kernel reports it.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub(crate) struct TableSeen {
-    pub flags: u32,
-    /// The owning socket's port id, when the table has an owner.
-    pub owner: Option<u32>,
-}
-
-/// A chain as the kernel reports it.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub(crate) struct ChainSeen {
-    pub name: String,
-    pub kind: String,
-    pub hook: Option<(u32, i32)>,
-    pub policy: Option<u32>,
-}
-
-/// A table's `NEWTABLE` message.
-pub(crate) fn table(msg: &Message<'_>) -> Option<TableSeen> {
-    let mut seen = TableSeen {
-        flags: 0,
-        owner: None,
-    };
-    let mut name = None;
-    for (ty, v) in msg.nf_attrs() {
-        match ty {
-            NFTA_TABLE_NAME => name = Some(string(v)),
-            NFTA_TABLE_FLAGS => seen.flags = be32(v)?,
-            NFTA_TABLE_OWNER => seen.owner = be32(v),
-            _ => {}
+/// The ruleset a sequence of nf_tables messages (a batch this agent wrote, or rules and
+/// sets as a dump gives them) describes for our table: each rule reads the anonymous sets
+/// created before it, in order, as `Firewall::read` reads them by name from the kernel.
+pub fn ruleset_of(bytes: &[u8]) -> super::Ruleset {
+    use std::collections::VecDeque;
+    let mut sets: Vec<(Option<u32>, Vec<Element>)> = Vec::new();
+    let mut out = super::Ruleset::default();
+    let mut pending: VecDeque<Vec<Element>> = VecDeque::new();
+    for msg in crate::dataplane::netlink::messages(bytes) {
+        if msg.ty >> 8 != NFNL_SUBSYS_NFTABLES {
+            continue;
         }
-    }
-    (name == Some(TABLE)).then_some(seen)
-}
-
-/// A chain of our table, from a `NEWCHAIN` message of a chain dump.
-pub(crate) fn chain(msg: &Message<'_>) -> Option<ChainSeen> {
-    let mut table = None;
-    let mut seen = ChainSeen {
-        name: String::new(),
-        kind: String::new(),
-        hook: None,
-        policy: None,
-    };
-    for (ty, v) in msg.nf_attrs() {
-        match ty {
-            NFTA_CHAIN_TABLE => table = Some(string(v)),
-            NFTA_CHAIN_NAME => seen.name = string(v).to_owned(),
-            NFTA_CHAIN_TYPE => seen.kind = string(v).to_owned(),
-            NFTA_CHAIN_POLICY => seen.policy = be32(v),
-            NFTA_CHAIN_HOOK => {
-                let (mut num, mut prio) = (None, None);
-                for (t, h) in attrs(v) {
-                    match t {
-                        NFTA_HOOK_HOOKNUM => num = be32(h),
-                        NFTA_HOOK_PRIORITY => prio = be32(h).map(|p| p as i32),
-                        _ => {}
-                    }
+        match msg.ty & 0xff {
+            NFT_MSG_NEWSET => {
+                let id = nftables::attrs(&msg)
+                    .get(NFTA_SET_ID)
+                    .and_then(|a| a.be32());
+                sets.push((id, Vec::new()));
+            }
+            NFT_MSG_NEWSETELEM => {
+                let id = nftables::attrs(&msg)
+                    .get(NFTA_SET_ELEM_LIST_SET_ID)
+                    .and_then(|a| a.be32());
+                if let Some(set) = sets.iter_mut().find(|(i, _)| *i == id) {
+                    nftables::elements_of(&msg, &mut set.1);
                 }
-                seen.hook = num.zip(prio);
+            }
+            NFT_MSG_NEWRULE => {
+                pending.extend(sets.drain(..).map(|(_, e)| e));
+                let Some(rule) = nftables::rule_of(&msg, super::TABLE) else {
+                    continue;
+                };
+                let Some(chain) = CHAINS.iter().find(|c| c.name == rule.chain) else {
+                    continue;
+                };
+                let mut next = |_: &str| pending.pop_front();
+                let line = line(&rule, chain.dir, &mut next);
+                if chain.name == CHAINS[0].name {
+                    out.input.push(line);
+                } else {
+                    out.output.push(line);
+                }
             }
             _ => {}
         }
     }
-    (table == Some(TABLE)).then_some(seen)
+    out.canonical()
 }
 
+/// Fetches the elements of a named anonymous set (`None` when it cannot be read).
+pub(crate) type SetReader<'a> = dyn FnMut(&str) -> Option<Vec<Element>> + 'a;
+
 /// True when the chains are exactly the contract's two.
-pub(crate) fn chains_as_contract(chains: &[ChainSeen]) -> bool {
+pub(crate) fn chains_as_contract(chains: &[nftables::Chain]) -> bool {
     chains.len() == CHAINS.len()
         && CHAINS.iter().all(|c| {
             chains.iter().any(|s| {
@@ -129,7 +80,7 @@ pub(crate) fn chains_as_contract(chains: &[ChainSeen]) -> bool {
 /// One expression, with the registers checked: anything not reading or writing register 1
 /// the way the renderer does is [`Expr::Other`].
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub(crate) enum Expr {
+enum Expr {
     Meta(u32),
     Ct(u32),
     Cmp(u32, Value),
@@ -140,147 +91,36 @@ pub(crate) enum Expr {
     Other(String),
 }
 
-/// A rule of a rule dump: its chain (an index into [`CHAINS`], `None` for another chain),
-/// expressions and comment.
-#[derive(Clone, Debug)]
-pub(crate) struct RuleSeen {
-    pub chain: Option<usize>,
-    pub exprs: Vec<Expr>,
-    pub comment: Option<String>,
-}
-
-pub(crate) fn rule(msg: &Message<'_>) -> Option<RuleSeen> {
-    let mut table = None;
-    let mut seen = RuleSeen {
-        chain: None,
-        exprs: Vec::new(),
-        comment: None,
-    };
-    for (ty, v) in msg.nf_attrs() {
-        match ty {
-            NFTA_RULE_TABLE => table = Some(string(v)),
-            NFTA_RULE_CHAIN => {
-                let name = string(v);
-                seen.chain = CHAINS.iter().position(|c| c.name == name);
-            }
-            NFTA_RULE_EXPRESSIONS => {
-                seen.exprs = attrs(v)
-                    .filter(|(t, _)| *t == NFTA_LIST_ELEM)
-                    .map(|(_, e)| expr(e))
-                    .collect();
-            }
-            NFTA_RULE_USERDATA => seen.comment = comment(v),
-            _ => {}
-        }
-    }
-    (table == Some(TABLE)).then_some(seen)
-}
-
-/// The comment TLV of libnftnl's rule userdata.
-fn comment(mut ud: &[u8]) -> Option<String> {
-    while ud.len() >= 2 {
-        let (ty, len) = (ud[0], ud[1] as usize);
-        let value = ud.get(2..2 + len)?;
-        if ty == NFTNL_UDATA_RULE_COMMENT {
-            return Some(string(value).to_owned());
-        }
-        ud = &ud[2 + len..];
-    }
-    None
-}
-
-fn data_value(v: &[u8]) -> Option<Value> {
-    attrs(v)
-        .find(|(t, _)| *t == NFTA_DATA_VALUE)
-        .and_then(|(_, d)| Value::new(d))
-}
-
-fn expr(e: &[u8]) -> Expr {
-    let mut name = "";
-    let mut body: &[u8] = &[];
-    for (ty, v) in attrs(e) {
-        match ty {
-            NFTA_EXPR_NAME => name = string(v),
-            NFTA_EXPR_DATA => body = v,
-            _ => {}
-        }
-    }
-    let a = |want: u16| attrs(body).find(|(t, _)| *t == want).map(|(_, v)| v);
-    let u = |want: u16| a(want).and_then(be32);
-    let reg1 = |want: u16| u(want) == Some(NFT_REG_1);
-    let other = || Expr::Other(name.to_owned());
-    match name {
-        "meta" if reg1(NFTA_META_DREG) => u(NFTA_META_KEY).map_or_else(other, Expr::Meta),
-        "ct" if reg1(NFTA_CT_DREG) => u(NFTA_CT_KEY).map_or_else(other, Expr::Ct),
-        "cmp" if reg1(NFTA_CMP_SREG) => {
-            match (u(NFTA_CMP_OP), a(NFTA_CMP_DATA).and_then(data_value)) {
-                (Some(op), Some(d)) => Expr::Cmp(op, d),
-                _ => other(),
-            }
-        }
-        "payload" if reg1(NFTA_PAYLOAD_DREG) => {
-            match (
-                u(NFTA_PAYLOAD_BASE),
-                u(NFTA_PAYLOAD_OFFSET),
-                u(NFTA_PAYLOAD_LEN),
-            ) {
-                (Some(base), Some(offset), Some(len)) => Expr::Payload { base, offset, len },
-                _ => other(),
-            }
-        }
-        "bitwise"
-            if reg1(NFTA_BITWISE_SREG)
-                && reg1(NFTA_BITWISE_DREG)
-                && u(NFTA_BITWISE_OP).unwrap_or(NFT_BITWISE_BOOL) == NFT_BITWISE_BOOL =>
-        {
-            match (
-                a(NFTA_BITWISE_MASK).and_then(data_value),
-                a(NFTA_BITWISE_XOR).and_then(data_value),
-            ) {
-                (Some(mask), Some(xor)) => Expr::Bitwise { mask, xor },
-                _ => other(),
-            }
-        }
-        // An inverted lookup (`!=`) or a map lookup is not ours.
-        "lookup"
-            if reg1(NFTA_LOOKUP_SREG)
-                && u(NFTA_LOOKUP_FLAGS).unwrap_or(0) == 0
-                && a(3).is_none() =>
-        {
-            a(NFTA_LOOKUP_SET).map_or_else(other, |s| Expr::Lookup(string(s).to_owned()))
-        }
-        "immediate" if u(NFTA_IMMEDIATE_DREG) == Some(NFT_REG_VERDICT) => {
-            let code = a(NFTA_IMMEDIATE_DATA)
-                .and_then(|d| attrs(d).find(|(t, _)| *t == NFTA_DATA_VERDICT))
-                .and_then(|(_, v)| attrs(v).find(|(t, _)| *t == NFTA_VERDICT_CODE))
-                .and_then(|(_, c)| be32(c));
-            code.map_or_else(other, Expr::Verdict)
-        }
-        _ => other(),
-    }
-}
-
-/// The elements of an anonymous interval set, as (key, is interval end), in any order.
-pub(crate) fn set_elements(msg: &Message<'_>, out: &mut Elements) {
-    for (ty, v) in msg.nf_attrs() {
-        if ty != NFTA_SET_ELEM_LIST_ELEMENTS {
-            continue;
-        }
-        // Any nest type, as the kernel reads it: the kernel dumps NFTA_LIST_ELEM, libnftnl
-        // numbers the elements it writes 1, 2, 3...
-        for (_, elem) in attrs(v) {
-            let mut key = None;
-            let mut flags = 0;
-            for (t, x) in attrs(elem) {
-                match t {
-                    NFTA_SET_ELEM_KEY => key = data_value(x),
-                    NFTA_SET_ELEM_FLAGS => flags = be32(x).unwrap_or(0),
-                    _ => {}
-                }
-            }
-            if let Some(k) = key {
-                out.push((k, flags & NFT_SET_ELEM_INTERVAL_END != 0));
-            }
+impl Expr {
+    fn of(e: &expr::Expr) -> Expr {
+        let r1 = |reg: u32| reg == NFT_REG_1;
+        match *e {
+            expr::Expr::Meta { key, dreg } if r1(dreg) => Expr::Meta(key),
+            expr::Expr::Ct { key, dreg } if r1(dreg) => Expr::Ct(key),
+            expr::Expr::Cmp { sreg, op, data } if r1(sreg) => Expr::Cmp(op, data),
+            expr::Expr::Payload {
+                dreg,
+                base,
+                offset,
+                len,
+            } if r1(dreg) => Expr::Payload { base, offset, len },
+            expr::Expr::Bitwise {
+                sreg,
+                dreg,
+                mask,
+                xor,
+                ..
+            } if r1(sreg) && r1(dreg) => Expr::Bitwise { mask, xor },
+            // An inverted lookup (`!=`) or a map lookup is not ours.
+            expr::Expr::Lookup {
+                sreg,
+                ref set,
+                flags: 0,
+                dreg: None,
+                ..
+            } if r1(sreg) => Expr::Lookup(set.clone()),
+            expr::Expr::Verdict(code) => Expr::Verdict(code),
+            ref other => Expr::Other(other.name().to_owned()),
         }
     }
 }
@@ -326,8 +166,9 @@ fn uint(bytes: &[u8]) -> u128 {
 
 /// Decodes the expressions of one rule of a chain whose addresses are `dir`. `set` returns
 /// the elements of a named anonymous set.
-pub(crate) fn line(rule: &RuleSeen, dir: Dir, set: &mut SetReader<'_>) -> Line {
-    let e = &rule.exprs[..];
+pub(crate) fn line(rule: &nftables::Rule, dir: Dir, set: &mut SetReader<'_>) -> Line {
+    let exprs: Vec<Expr> = rule.exprs.iter().map(Expr::of).collect();
+    let e = &exprs[..];
     let zero = |v: &Value| v.as_slice().iter().all(|b| *b == 0);
     if rule.comment.is_none() {
         match e {
@@ -355,13 +196,12 @@ pub(crate) fn line(rule: &RuleSeen, dir: Dir, set: &mut SetReader<'_>) -> Line {
             m.comment = rule.comment.clone();
             Line::Match(m)
         }
-        None => Line::Foreign(describe(rule)),
+        None => Line::Foreign(describe(e, rule.comment.as_deref())),
     }
 }
 
-fn describe(rule: &RuleSeen) -> String {
-    let names: Vec<String> = rule
-        .exprs
+fn describe(exprs: &[Expr], comment: Option<&str>) -> String {
+    let names: Vec<String> = exprs
         .iter()
         .map(|e| match e {
             Expr::Meta(k) => format!("meta({k})"),
@@ -375,7 +215,7 @@ fn describe(rule: &RuleSeen) -> String {
         })
         .collect();
     let mut text = names.join(" ");
-    if let Some(c) = &rule.comment {
+    if let Some(c) = comment {
         text.push_str(&format!(" comment {c:?}"));
     }
     text

@@ -7,9 +7,10 @@
 //!   is decided from what the kernel holds, not from memory (a restarted agent writes
 //!   nothing when the table is already right), and [`Ruleset::hash`] is equal for equal
 //!   rulesets whether rendered or read back.
-//! - `socket`: the `mnl` socket and the read requests; `netlink`: the reader of the kernel's
-//!   answers; `abi`: the kernel's constants. Batches and requests are written by libnftnl.
-//! - [`Firewall`] (thin): the netlink socket, apply and observe.
+//! - [`Firewall`] (thin): the table's nftables socket, apply and observe.
+//!
+//! Messages, expressions, reads and commits are the general nftables layer's
+//! (`dataplane::nftables`); this module says which table, chains and rules.
 //!
 //! Every batch carries the nftables generation it was planned at, so the kernel refuses it
 //! whole when anyone committed in between (the plan is then made again from a fresh read).
@@ -20,30 +21,35 @@
 //! only this agent's socket can change it, `nft flush ruleset` leaves it, and when the agent
 //! exits it stays in force (policy drop included) until the next agent adopts it.
 
-mod abi;
 mod batch;
 mod decode;
-pub mod events;
-/// Netlink message reading, shared with the rtnetlink event decoder (`dataplane::events`).
-pub(crate) mod netlink;
 mod render;
-mod socket;
 
 use std::collections::HashMap;
 use std::io;
+use std::sync::Arc;
 
 use weft_schema::{FirewallStatus, Overall};
 
-use abi::*;
-use batch::{Batch, Label};
-use netlink::{NLMSG_DONE, NLMSG_ERROR, NLM_F_DUMP};
+use super::netlink;
+use super::nftables::abi::*;
+use super::nftables::batch::Transaction;
+use super::nftables::{CommitError, Nft, TableRef};
+use super::rtnl::Rtnl;
+use super::subsystem::Subsystem;
+use batch::Label;
+pub use decode::ruleset_of;
 use render::Dir;
 pub use render::{render, Ruleset};
-use socket::{Socket, Target};
 
 /// The one table the agent owns, in family `inet`. Everything that names it goes through
-/// here (and [`CHAINS`]), so drift detection can filter on the same names.
+/// here (and `CHAINS`), so drift detection can filter on the same names.
 pub const TABLE: &str = "weft-fw";
+/// [`TABLE`] in its family.
+pub const TABLE_REF: TableRef<'static> = TableRef {
+    family: NFPROTO_INET,
+    name: TABLE,
+};
 
 /// A base chain of the table, as the contract fixes it.
 #[derive(Debug)]
@@ -79,16 +85,8 @@ const OWNED: u32 = NFT_TABLE_F_OWNER | NFT_TABLE_F_PERSIST;
 pub enum Error {
     #[error("open a netlink socket to nf_tables")]
     OpenSocket(#[source] io::Error),
-    #[error("size the socket buffers for a {bytes}-byte batch")]
-    SizeBuffers {
-        bytes: usize,
-        #[source]
-        source: io::Error,
-    },
     #[error("send the batch for table inet weft-fw")]
-    SendBatch(#[source] io::Error),
-    #[error("receive the kernel's answer")]
-    Receive(#[source] io::Error),
+    SendBatch(#[source] netlink::Error),
     #[error("the kernel did not answer the batch for table inet weft-fw")]
     NoAnswer,
     /// The kernel refused the batch; nothing of it took effect.
@@ -105,16 +103,37 @@ pub enum Error {
     ReadBack {
         what: &'static str,
         #[source]
-        source: io::Error,
+        source: netlink::Error,
     },
 }
 
 /// What the kernel holds: table flags, chains and rules decoded into the renderer's model.
 #[derive(Debug)]
-struct Seen {
-    table: decode::TableSeen,
+pub struct Seen {
+    table: super::nftables::Table,
     chains_ok: bool,
     ruleset: Ruleset,
+}
+
+/// A read: the nftables generation, and the table as it was at that generation (`None`:
+/// there is none). Shared, so a read can be kept without copying 10,000 rules.
+#[derive(Debug, Clone)]
+pub struct Current {
+    genid: u32,
+    seen: Option<Arc<Seen>>,
+}
+
+/// What an apply has to do.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Plan {
+    /// The kernel holds the desired table already (or one owned by another live socket,
+    /// which only its owner can change; the status says so).
+    Nothing,
+    /// The desired rules are in force in a persistent table no one owns (a previous agent
+    /// left it): take ownership without touching a rule.
+    Adopt,
+    /// Replace the table (delete it first when `present`) in one transaction.
+    Replace { present: bool },
 }
 
 /// The table's handle: a netlink socket that, with the owner flag, is the only one allowed
@@ -122,8 +141,7 @@ struct Seen {
 /// with the owner flag but without persist would vanish with it).
 #[derive(Debug)]
 pub struct Firewall {
-    socket: Socket,
-    seq: u32,
+    nft: Nft,
     /// Table flags to create the table with: owner and persist, or none after the kernel
     /// refused them.
     flags: u32,
@@ -131,23 +149,25 @@ pub struct Firewall {
     refused: Option<Label>,
     /// The table as this handle last read or wrote it, and the nftables generation at
     /// which that was exact.
-    verified: Option<(u32, Option<Seen>)>,
+    verified: Option<Current>,
+    /// Whether the last apply wrote rules.
+    wrote: bool,
 }
 
 impl Firewall {
     pub fn open() -> Result<Firewall, Error> {
-        let socket = Socket::open().map_err(Error::OpenSocket)?;
-        let seq = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs() as u32)
-            .unwrap_or(1);
-        Ok(Firewall {
-            socket,
-            seq,
+        Ok(Firewall::new(Nft::open().map_err(Error::OpenSocket)?))
+    }
+
+    /// The firewall on a socket opened elsewhere (in the namespace it is to manage).
+    pub fn new(nft: Nft) -> Firewall {
+        Firewall {
+            nft,
             flags: OWNED,
             refused: None,
             verified: None,
-        })
+            wrote: false,
+        }
     }
 
     /// True when the table is created owned and persistent (the kernel supports it).
@@ -162,56 +182,60 @@ impl Firewall {
     pub fn apply(&mut self, desired: &Ruleset) -> Result<bool, Error> {
         // A batch is committed only at the generation it was planned against; when someone
         // else committed in between, plan again from a fresh read.
-        for _ in 0..3 {
-            match self.try_apply(desired) {
-                Err(Error::Refused { source, .. })
-                    if source.raw_os_error() == Some(libc::ERESTART) =>
-                {
-                    self.verified = None;
-                }
-                other => return other,
+        self.wrote = false;
+        for attempt in 0.. {
+            let current = self.current()?;
+            let plan = plan(self.flags, desired, &current);
+            match self.carry_out(desired, &current, plan) {
+                Err(e) if e.is_restart() && attempt < 3 => self.verified = None,
+                other => return other.map(|()| self.wrote),
             }
         }
-        self.try_apply(desired)
+        unreachable!("the loop returns")
     }
 
-    fn try_apply(&mut self, desired: &Ruleset) -> Result<bool, Error> {
-        let (genid, seen) = self.current()?;
-        if let Some(seen) = seen {
-            if seen.chains_ok && seen.ruleset == *desired {
-                // Already in force. Owned by another live socket, it cannot be adopted (nor
-                // replaced); `observe` reports that.
-                if self.flags == 0 || seen.table.owner.is_some() {
-                    self.verified = Some((genid, Some(seen)));
-                    return Ok(false);
-                }
-                if seen.table.flags & NFT_TABLE_F_PERSIST != 0 {
-                    let batch = batch::adopt(self.flags, genid, self.next_seq());
-                    match self.send(&batch, desired) {
-                        Ok(()) => {
-                            tracing::info!(table = TABLE, "adopted the table left in force");
-                            self.verified =
-                                Some((next_genid(genid), Some(self.ours(seen.ruleset))));
-                            return Ok(false);
-                        }
-                        Err(e) if e.is_restart() => return Err(e),
-                        Err(e) => tracing::warn!(
+    /// Sends what `plan` says.
+    fn carry_out(&mut self, desired: &Ruleset, current: &Current, plan: Plan) -> Result<(), Error> {
+        match plan {
+            Plan::Nothing => {
+                self.verified = Some(current.clone());
+                Ok(())
+            }
+            Plan::Adopt => {
+                let batch = batch::adopt(self.flags, Some(current.genid), self.nft.batch_seq());
+                match self.send(&batch, desired) {
+                    Ok(()) => {
+                        tracing::info!(table = TABLE, "adopted the table left in force");
+                        self.verified = Some(Current {
+                            genid: next_genid(current.genid),
+                            seen: Some(Arc::new(self.ours(desired.clone()))),
+                        });
+                        Ok(())
+                    }
+                    Err(e) if e.is_restart() => Err(e),
+                    Err(e) => {
+                        tracing::warn!(
                             cause = %super::error_line(&e),
                             "could not adopt table inet weft-fw; replacing it"
-                        ),
+                        );
+                        self.replace(desired, current.genid, true)
                     }
                 }
             }
-            self.replace(desired, genid, true)
-        } else {
-            self.replace(desired, genid, false)
+            Plan::Replace { present } => self.replace(desired, current.genid, present),
         }
     }
 
     /// Sends the batch that replaces (or first creates) the table.
-    fn replace(&mut self, desired: &Ruleset, genid: u32, present: bool) -> Result<bool, Error> {
+    fn replace(&mut self, desired: &Ruleset, genid: u32, present: bool) -> Result<(), Error> {
         self.verified = None;
-        let batch = batch::replace(desired, self.flags, present, genid, self.next_seq());
+        let batch = batch::replace(
+            desired,
+            self.flags,
+            present,
+            Some(genid),
+            self.nft.batch_seq(),
+        );
         match self.send(&batch, desired) {
             Err(Error::Refused { source, .. })
                 if self.flags != 0
@@ -224,23 +248,27 @@ impl Firewall {
                      table, which other processes can change and which nft flush ruleset removes"
                 );
                 self.flags = 0;
-                let batch = batch::replace(desired, 0, present, genid, self.next_seq());
+                let batch = batch::replace(desired, 0, present, Some(genid), self.nft.batch_seq());
                 self.send(&batch, desired)?;
             }
             other => other?,
         }
+        self.wrote = true;
         // Committed at exactly `genid`, so the kernel's table is now `desired` at the next
         // generation.
-        self.verified = Some((next_genid(genid), Some(self.ours(desired.clone()))));
-        Ok(true)
+        self.verified = Some(Current {
+            genid: next_genid(genid),
+            seen: Some(Arc::new(self.ours(desired.clone()))),
+        });
+        Ok(())
     }
 
     /// What the kernel holds right after our own commit of `ruleset`.
     fn ours(&self, ruleset: Ruleset) -> Seen {
         Seen {
-            table: decode::TableSeen {
+            table: super::nftables::Table {
                 flags: self.flags,
-                owner: (self.flags != 0).then_some(self.socket.portid()),
+                owner: (self.flags != 0).then_some(self.nft.port()),
             },
             chains_ok: true,
             ruleset,
@@ -251,32 +279,22 @@ impl Firewall {
     /// this handle already saw it at this very generation: every commit by anyone bumps the
     /// generation, so an unchanged generation means an unchanged table. A new process
     /// always dumps.
-    fn current(&mut self) -> Result<(u32, Option<Seen>), Error> {
+    fn current(&mut self) -> Result<Current, Error> {
         let genid = self.genid()?;
-        match self.verified.take() {
-            Some((g, seen)) if g == genid => Ok((genid, seen)),
-            _ => Ok((genid, self.read()?)),
+        match &self.verified {
+            Some(v) if v.genid == genid => Ok(v.clone()),
+            _ => Ok(Current {
+                genid,
+                seen: self.read()?.map(Arc::new),
+            }),
         }
     }
 
     /// `NFT_MSG_GETGEN`: the netns's nftables generation id.
     fn genid(&mut self) -> Result<u32, Error> {
-        let mut genid = None;
-        self.request(
-            NFT_MSG_GETGEN,
-            false,
-            "the ruleset generation",
-            Target::All,
-            |msg| {
-                genid = msg
-                    .nf_attrs()
-                    .find(|(t, _)| *t == NFTA_GEN_ID)
-                    .and_then(|(_, v)| netlink::be32(v));
-            },
-        )?;
-        genid.ok_or(Error::ReadBack {
+        self.nft.genid().map_err(|source| Error::ReadBack {
             what: "the ruleset generation",
-            source: io::Error::new(io::ErrorKind::InvalidData, "NEWGEN without an id"),
+            source,
         })
     }
 
@@ -288,7 +306,7 @@ impl Firewall {
         if self.read()?.is_none() {
             return Ok(false);
         }
-        let batch = batch::delete(self.next_seq());
+        let batch = batch::delete(self.nft.batch_seq());
         self.send(&batch, &Ruleset::default())?;
         Ok(true)
     }
@@ -298,6 +316,18 @@ impl Firewall {
     /// chain input after the baseline (and the WireGuard allow), `EgressRules` those of
     /// chain output; `RulesetHash` is [`Ruleset::hash`] of what the kernel holds.
     pub fn observe(&mut self, desired: Option<&Ruleset>) -> FirewallStatus {
+        let current = self.current();
+        if let Ok(c) = &current {
+            self.verified = Some(c.clone());
+        }
+        self.status_of(desired, current.as_ref())
+    }
+
+    fn status_of(
+        &self,
+        desired: Option<&Ruleset>,
+        read: Result<&Current, &Error>,
+    ) -> FirewallStatus {
         let mut status = FirewallStatus {
             overall: Overall::Healthy,
             last_error: String::new(),
@@ -306,11 +336,14 @@ impl Firewall {
             egress_rules: 0,
             ruleset_hash: String::new(),
         };
-        let current = self.current();
-        let problem = match &current {
+        let problem = match read {
             Err(e) => Some(super::error_line(e)),
-            Ok((_, None)) => desired.map(|_| "table inet weft-fw is missing".to_owned()),
-            Ok((_, Some(seen))) => {
+            Ok(Current { seen: None, .. }) => {
+                desired.map(|_| "table inet weft-fw is missing".to_owned())
+            }
+            Ok(Current {
+                seen: Some(seen), ..
+            }) => {
                 status.table_present = true;
                 status.ingress_rules = seen.ruleset.ingress_rules();
                 status.egress_rules = seen.ruleset.egress_rules();
@@ -323,7 +356,7 @@ impl Firewall {
                         status.ruleset_hash,
                         desired.map(Ruleset::hash).unwrap_or_default()
                     ))
-                } else if self.flags != 0 && seen.table.owner != Some(self.socket.portid()) {
+                } else if self.flags != 0 && seen.table.owner != Some(self.nft.port()) {
                     Some("table inet weft-fw is not owned by this agent".to_owned())
                 } else {
                     None
@@ -334,154 +367,52 @@ impl Firewall {
             status.overall = Overall::Degraded;
             status.last_error = p;
         }
-        if let Ok(verified) = current {
-            self.verified = Some(verified);
-        }
         status
     }
 
-    fn next_seq(&mut self) -> u32 {
-        let seq = self.seq;
-        // Leave room for every message of the largest batch.
-        self.seq = self.seq.wrapping_add(1 << 20);
-        seq
-    }
-
-    /// Sends a batch as one datagram and collects the kernel's answers, which it queues
-    /// before `sendmsg` returns: a generation request sent right after is answered after
-    /// all of them, so its answer ends the reading without a non-blocking poll.
-    fn send(&mut self, batch: &Batch, desired: &Ruleset) -> Result<(), Error> {
-        self.socket
-            .fit_send(batch.bytes.len())
-            .map_err(|source| Error::SizeBuffers {
-                bytes: batch.bytes.len(),
-                source,
-            })?;
-        self.socket.send(&batch.bytes).map_err(Error::SendBatch)?;
-        let fence = self.seq;
-        self.seq = self.seq.wrapping_add(1);
-        self.socket
-            .send(&socket::request(NFT_MSG_GETGEN, 0, fence, Target::All))
-            .map_err(Error::SendBatch)?;
-        let mut refused = None;
-        let mut acked = false;
-        let mut fenced = false;
-        while !fenced {
-            let data = self.socket.recv().map_err(Error::Receive)?;
-            for msg in netlink::messages(data) {
-                if msg.seq == fence {
-                    fenced = true;
-                    continue;
-                }
-                if msg.ty != NLMSG_ERROR {
-                    continue;
-                }
-                let Some((errno, seq, text)) = msg.error() else {
-                    continue;
-                };
-                if errno == 0 {
-                    acked |= seq == batch.last_seq() - 1;
-                } else if refused.is_none() {
-                    refused = Some((errno, seq, text));
-                }
+    /// Commits a batch. The kernel refuses it whole or takes it whole.
+    fn send(&mut self, batch: &Transaction<Label>, desired: &Ruleset) -> Result<(), Error> {
+        match self.nft.commit(batch) {
+            Ok(()) => Ok(()),
+            Err(CommitError::Refused(r)) => {
+                self.refused = r.what;
+                Err(Error::Refused {
+                    what: describe(r.what, desired),
+                    detail: r.text,
+                    source: io::Error::from_raw_os_error(r.errno),
+                })
             }
+            Err(CommitError::Netlink(e)) => Err(Error::SendBatch(e)),
+            Err(CommitError::NoAnswer) => Err(Error::NoAnswer),
         }
-        if let Some((errno, seq, detail)) = refused {
-            self.refused = batch.label(seq);
-            return Err(Error::Refused {
-                what: describe(batch.label(seq), desired),
-                detail,
-                source: io::Error::from_raw_os_error(errno),
-            });
-        }
-        if !acked {
-            return Err(Error::NoAnswer);
-        }
-        Ok(())
     }
 
     /// The table as the kernel holds it, or `None` when there is none.
     fn read(&mut self) -> Result<Option<Seen>, Error> {
-        // A dump interrupted by a concurrent change (NLM_F_DUMP_INTR) is read again.
-        for _ in 0..3 {
-            match self.read_once()? {
-                Some(seen) => return Ok(seen),
-                None => continue,
-            }
-        }
-        Err(Error::ReadBack {
-            what: "the rules",
-            source: io::Error::new(
-                io::ErrorKind::Interrupted,
-                "the ruleset kept changing during the dump",
-            ),
-        })
-    }
-
-    /// `None` when a dump was interrupted.
-    fn read_once(&mut self) -> Result<Option<Option<Seen>>, Error> {
-        let mut table = None;
-        let found = self.request(NFT_MSG_GETTABLE, false, "the table", Target::Table, |msg| {
-            if table.is_none() {
-                table = decode::table(msg);
-            }
-        })?;
-        let Some(true) = found else {
-            return Ok(found.map(|_| None));
-        };
-        let Some(table) = table else {
-            return Ok(Some(None));
-        };
-        let mut chains = Vec::new();
-        if self
-            .request(NFT_MSG_GETCHAIN, true, "the chains", Target::All, |msg| {
-                chains.extend(decode::chain(msg));
-            })?
-            .is_none()
-        {
+        let read = |what| move |source| Error::ReadBack { what, source };
+        let Some(table) = self.nft.table(TABLE_REF).map_err(read("the table"))? else {
             return Ok(None);
-        }
-        let mut rules = Vec::new();
-        if self
-            .request(NFT_MSG_GETRULE, true, "the rules", Target::Rules, |msg| {
-                rules.extend(decode::rule(msg));
-            })?
-            .is_none()
-        {
-            return Ok(None);
-        }
+        };
+        let chains = self.nft.chains(TABLE_REF).map_err(read("the chains"))?;
+        let rules = self.nft.rules(TABLE_REF).map_err(read("the rules"))?;
 
-        let mut sets: HashMap<String, Option<decode::Elements>> = HashMap::new();
+        let mut sets: HashMap<String, Option<Vec<super::nftables::Element>>> = HashMap::new();
         let mut ruleset = Ruleset {
             input: Vec::new(),
             output: Vec::new(),
         };
-        let mut interrupted = false;
+        let nft = &mut self.nft;
         for rule in &rules {
-            let Some(chain) = rule.chain.map(|i| &CHAINS[i]) else {
+            let Some(chain) = CHAINS.iter().find(|c| c.name == rule.chain) else {
                 // A rule in a chain that is not ours: the chain check already fails.
                 continue;
             };
-            let mut lookup = |name: &str| -> Option<decode::Elements> {
+            let mut lookup = |name: &str| {
                 if let Some(cached) = sets.get(name) {
                     return cached.clone();
                 }
-                let mut elements = Vec::new();
-                let got = self.request(
-                    NFT_MSG_GETSETELEM,
-                    true,
-                    "a set's elements",
-                    Target::Elements(name),
-                    |msg| decode::set_elements(msg, &mut elements),
-                );
-                let value = match got {
-                    Ok(Some(true)) => Some(elements),
-                    Ok(None) => {
-                        interrupted = true;
-                        None
-                    }
-                    _ => None,
-                };
+                // A set that cannot be read makes its rule foreign, hence a difference.
+                let value = nft.elements(TABLE_REF, name).ok();
                 sets.insert(name.to_owned(), value.clone());
                 value
             };
@@ -492,63 +423,79 @@ impl Firewall {
                 ruleset.output.push(line);
             }
         }
-        if interrupted {
-            return Ok(None);
-        }
-        Ok(Some(Some(Seen {
+        Ok(Some(Seen {
             table,
             chains_ok: decode::chains_as_contract(&chains),
             ruleset: ruleset.canonical(),
-        })))
-    }
-
-    /// Sends one request (a dump when `dump`) and feeds every answer message to `each`.
-    /// Returns `Some(true)` when done, `Some(false)` when the kernel answered ENOENT, `None`
-    /// when a dump was interrupted by a concurrent change.
-    fn request(
-        &mut self,
-        ty: u16,
-        dump: bool,
-        what: &'static str,
-        target: Target<'_>,
-        mut each: impl FnMut(&netlink::Message<'_>),
-    ) -> Result<Option<bool>, Error> {
-        let seq = self.seq;
-        self.seq = self.seq.wrapping_add(1);
-        let flags = if dump { NLM_F_DUMP } else { 0 } | netlink::NLM_F_ACK;
-        let read_err = |source| Error::ReadBack { what, source };
-        self.socket
-            .send(&socket::request(ty, flags, seq, target))
-            .map_err(read_err)?;
-        let mut interrupted = false;
-        loop {
-            let data = self.socket.recv().map_err(read_err)?;
-            for msg in netlink::messages(data) {
-                if msg.seq != seq {
-                    continue;
-                }
-                if msg.flags & NLM_F_DUMP_INTR != 0 {
-                    interrupted = true;
-                }
-                match msg.ty {
-                    NLMSG_DONE => return Ok((!interrupted).then_some(true)),
-                    NLMSG_ERROR => {
-                        let (errno, _, _) = msg.error().unwrap_or((libc::EPROTO, seq, None));
-                        return match errno {
-                            0 => Ok((!interrupted).then_some(true)),
-                            libc::ENOENT => Ok(Some(false)),
-                            e => Err(read_err(io::Error::from_raw_os_error(e))),
-                        };
-                    }
-                    _ => each(&msg),
-                }
-            }
-        }
+        }))
     }
 }
 
-/// `NLM_F_DUMP_INTR`: the dump saw the ruleset change under it.
-const NLM_F_DUMP_INTR: u16 = 0x10;
+/// The bytes of the one transaction that replaces an existing owned table with `ruleset`
+/// (numbered from 1, planned at generation 1): what `apply` sends, as a value (the fuzz
+/// targets check that what decodes encodes back to itself).
+pub fn replace_batch(ruleset: &Ruleset) -> Vec<u8> {
+    batch::replace(ruleset, OWNED, true, Some(1), 1).bytes
+}
+
+/// What an apply must do to make the kernel hold `desired` (pure). `flags` are the table
+/// flags this handle creates the table with.
+pub fn plan(flags: u32, desired: &Ruleset, current: &Current) -> Plan {
+    let Some(seen) = &current.seen else {
+        return Plan::Replace { present: false };
+    };
+    if seen.chains_ok && seen.ruleset == *desired {
+        // Already in force. Owned by another live socket, it cannot be adopted (nor
+        // replaced); the status reports that.
+        if flags == 0 || seen.table.owner.is_some() {
+            return Plan::Nothing;
+        }
+        if seen.table.flags & NFT_TABLE_F_PERSIST != 0 {
+            return Plan::Adopt;
+        }
+    }
+    Plan::Replace { present: true }
+}
+
+impl Subsystem for Firewall {
+    type Desired = Ruleset;
+    type State = Current;
+    type Plan<'a> = Plan;
+    type Error = Error;
+    type Status = FirewallStatus;
+
+    fn read(&mut self, _: &mut Rtnl, _: &Ruleset) -> Result<Current, Error> {
+        self.current()
+    }
+
+    fn plan<'a>(&self, desired: &'a Ruleset, state: &'a Current) -> Plan {
+        plan(self.flags, desired, state)
+    }
+
+    fn send(
+        &mut self,
+        _: &mut Rtnl,
+        desired: &Ruleset,
+        state: &Current,
+        plan: Plan,
+    ) -> Result<(), Error> {
+        self.carry_out(desired, state, plan)
+    }
+
+    fn status(&self, desired: &Ruleset, read: Result<&Current, &Error>) -> FirewallStatus {
+        self.status_of(Some(desired), read)
+    }
+
+    /// Read, plan, send, again from a fresh read when the batch was planned at a generation
+    /// someone else's commit made stale.
+    fn apply(&mut self, _: &mut Rtnl, desired: &Ruleset) -> Result<(), Error> {
+        Firewall::apply(self, desired).map(drop)
+    }
+
+    fn observe(&mut self, _: &mut Rtnl, desired: &Ruleset) -> FirewallStatus {
+        Firewall::observe(self, Some(desired))
+    }
+}
 
 /// The generation after one commit (the kernel skips 0).
 fn next_genid(genid: u32) -> u32 {

@@ -198,6 +198,14 @@ impl Ruleset {
             .count() as u32
     }
 
+    /// Whether it holds a rule read back that this agent would not have written.
+    pub fn has_foreign(&self) -> bool {
+        self.input
+            .iter()
+            .chain(&self.output)
+            .any(|l| matches!(l, Line::Foreign(_)))
+    }
+
     /// Rules in chain output (each a drop).
     pub fn egress_rules(&self) -> u32 {
         self.output.len() as u32

@@ -6,12 +6,15 @@ use std::net::{Ipv4Addr, Ipv6Addr};
 use ipnet::{Ipv4Net, Ipv6Net};
 use weft_schema::validate::{Firewall as FirewallSpec, PortRange, Protocol, Rule};
 
-use super::abi::*;
 use super::batch::{self, Label};
 use super::decode;
-use super::netlink::{attrs, be32, messages};
 use super::render::{prefix_of, Family, Line};
-use super::{describe, render, Ruleset};
+use super::{describe, render};
+use crate::dataplane::netlink::message::NLM_F_ACK;
+use crate::dataplane::netlink::messages;
+use crate::dataplane::nftables;
+use crate::dataplane::nftables::abi::*;
+use crate::dataplane::nftables::expr::Value;
 
 fn rule(protocol: Protocol, ports: &[(u16, u16)], v4: &[&str], v6: &[&str]) -> Rule {
     Rule {
@@ -63,52 +66,7 @@ fn varied() -> FirewallSpec {
     }
 }
 
-/// Decodes the rules a batch creates, the way `Firewall::read` decodes a dump: the sets a
-/// rule looks up are those created just before it, in order.
-fn decode_batch(bytes: &[u8]) -> Ruleset {
-    let mut sets: Vec<(u32, decode::Elements)> = Vec::new();
-    let mut out = Ruleset::default();
-    let mut pending: std::collections::VecDeque<decode::Elements> = Default::default();
-    for msg in messages(bytes) {
-        let ty = msg.ty & 0xff;
-        if msg.ty >> 8 != super::netlink::NFNL_SUBSYS_NFTABLES {
-            continue;
-        }
-        match ty {
-            NFT_MSG_NEWSET => {
-                let id = msg
-                    .nf_attrs()
-                    .find(|(t, _)| *t == NFTA_SET_ID)
-                    .and_then(|(_, v)| be32(v))
-                    .unwrap();
-                sets.push((id, Vec::new()));
-            }
-            NFT_MSG_NEWSETELEM => {
-                let id = msg
-                    .nf_attrs()
-                    .find(|(t, _)| *t == NFTA_SET_ELEM_LIST_SET_ID)
-                    .and_then(|(_, v)| be32(v))
-                    .unwrap();
-                let set = sets.iter_mut().find(|(i, _)| *i == id).unwrap();
-                decode::set_elements(&msg, &mut set.1);
-            }
-            NFT_MSG_NEWRULE => {
-                pending.extend(sets.drain(..).map(|(_, e)| e));
-                let seen = decode::rule(&msg).expect("a rule of our table");
-                let chain = &super::CHAINS[seen.chain.unwrap()];
-                let mut next = |_: &str| pending.pop_front();
-                let line = decode::line(&seen, chain.dir, &mut next);
-                if chain.name == "input" {
-                    out.input.push(line);
-                } else {
-                    out.output.push(line);
-                }
-            }
-            _ => {}
-        }
-    }
-    out.canonical()
-}
+use super::ruleset_of as decode_batch;
 
 #[test]
 fn baseline_renders_the_contracts_two_rules() {
@@ -152,7 +110,13 @@ fn mixed_families_split_and_ranges_merge() {
 fn the_batch_decodes_back_to_the_rendered_ruleset() {
     for wg in [None, Some(51820)] {
         let r = render(&varied(), wg);
-        let b = batch::replace(&r, NFT_TABLE_F_OWNER | NFT_TABLE_F_PERSIST, true, 5, 100);
+        let b = batch::replace(
+            &r,
+            NFT_TABLE_F_OWNER | NFT_TABLE_F_PERSIST,
+            true,
+            Some(5),
+            100,
+        );
         let back = decode_batch(&b.bytes);
         assert_eq!(back, r);
         assert_eq!(back.hash(), r.hash());
@@ -167,7 +131,7 @@ fn a_first_rule_shaped_like_the_wireguard_allow_compares_equal_both_ways() {
     };
     let r = render(&spec, None);
     assert_eq!(r, render(&FirewallSpec::default(), Some(51820)));
-    let b = batch::replace(&r, 0, false, 0, 1);
+    let b = batch::replace(&r, 0, false, None, 1);
     assert_eq!(decode_batch(&b.bytes), r);
 }
 
@@ -191,20 +155,18 @@ fn ten_thousand_sources_split_into_element_messages_under_64_kib() {
         egress: vec![],
     };
     let r = render(&spec, None);
-    let b = batch::replace(&r, 0, false, 0, 1);
+    let b = batch::replace(&r, 0, false, None, 1);
     let mut element_messages = 0;
     let mut elements = 0;
     for msg in messages(&b.bytes) {
         if msg.ty & 0xff == NFT_MSG_NEWSETELEM && msg.ty >> 8 == 10 {
             element_messages += 1;
-            let list = msg
-                .nf_attrs()
-                .find(|(t, _)| *t == NFTA_SET_ELEM_LIST_ELEMENTS)
-                .unwrap()
-                .1;
+            let list = nftables::attrs(&msg)
+                .get(NFTA_SET_ELEM_LIST_ELEMENTS)
+                .unwrap();
             // The list's length is a u16: a longer one would be cut short.
-            assert!(list.len() + 4 <= usize::from(u16::MAX));
-            elements += attrs(list).count();
+            assert!(list.payload.len() + 4 <= usize::from(u16::MAX));
+            elements += list.nested().count();
         }
     }
     // 10,000 starts, 10,000 ends and nft's leading end at 0, in several messages.
@@ -215,7 +177,7 @@ fn ten_thousand_sources_split_into_element_messages_under_64_kib() {
 
 #[test]
 fn interval_elements_back_to_ranges() {
-    let e = |k: u32, end: bool| (decode::Value::new(&k.to_be_bytes()).unwrap(), end);
+    let e = |k: u32, end: bool| (Value::new(&k.to_be_bytes()).unwrap(), end);
     // nft's leading end at 0, a range, and an open range up to the top.
     let elements = vec![e(0, true), e(10, false), e(20, true), e(0xffff_ff00, false)];
     assert_eq!(
@@ -229,7 +191,7 @@ fn interval_elements_back_to_ranges() {
     // An end without its start is not ours.
     assert_eq!(decode::ranges(&[e(5, true)], 4), None);
     // Keys of the wrong width are not ours.
-    let short = decode::Value::new(&[1, 2]).unwrap();
+    let short = Value::new(&[1, 2]).unwrap();
     assert_eq!(decode::ranges(&[(short, false)], 4), None);
 }
 
@@ -279,9 +241,9 @@ fn a_refusal_names_the_rule_and_its_text() {
 #[test]
 fn only_the_last_message_asks_for_an_ack() {
     let r = render(&varied(), None);
-    let b = batch::replace(&r, 0, true, 3, 7);
+    let b = batch::replace(&r, 0, true, Some(3), 7);
     let acked: Vec<u32> = messages(&b.bytes)
-        .filter(|m| m.flags & super::netlink::NLM_F_ACK != 0)
+        .filter(|m| m.flags & NLM_F_ACK != 0)
         .map(|m| m.seq)
         .collect();
     assert_eq!(acked, vec![b.last_seq() - 1]);
@@ -305,7 +267,7 @@ fn a_batch_planned_at_an_old_generation_is_refused_and_replanned() {
         // Someone else commits something (anything) in between.
         ns.run("nft", &["add", "table", "inet", "elsewhere"])
             .unwrap();
-        let stale = batch::replace(&second, fw.flags, true, planned_at, 42);
+        let stale = batch::replace(&second, fw.flags, true, Some(planned_at), 42);
         let err = fw.send(&stale, &second).unwrap_err();
         assert!(err.is_restart(), "{err:?}");
         assert!(
@@ -332,16 +294,85 @@ fn the_batch_begin_carries_the_planned_generation_only_when_given() {
     let genid_of = |bytes: &[u8]| {
         let begin = messages(bytes).next().unwrap();
         assert_eq!(begin.ty, 0x10, "batch begin first");
-        begin
-            .nf_attrs()
-            .find(|(t, _)| *t == NFNL_BATCH_GENID)
-            .and_then(|(_, v)| be32(v))
+        nftables::attrs(&begin)
+            .get(NFNL_BATCH_GENID)
+            .and_then(|a| a.be32())
     };
-    let b = batch::replace(&r, 0, true, 77, 1);
+    let b = batch::replace(&r, 0, true, Some(77), 1);
     assert_eq!(genid_of(&b.bytes), Some(77));
     assert_eq!(decode_batch(&b.bytes), r);
     assert_eq!(genid_of(&batch::delete(1).bytes), None);
     // Every message numbered in order from the first sequence number.
     let seqs: Vec<u32> = messages(&b.bytes).map(|m| m.seq).collect();
     assert_eq!(seqs, (1..=b.last_seq()).collect::<Vec<_>>());
+}
+
+mod props {
+    use super::*;
+    use proptest::collection::vec;
+    use proptest::prelude::*;
+
+    fn protocol() -> impl Strategy<Value = Protocol> {
+        prop_oneof![
+            Just(Protocol::Any),
+            Just(Protocol::Tcp),
+            Just(Protocol::Udp),
+            Just(Protocol::Icmp),
+            Just(Protocol::Icmpv6),
+        ]
+    }
+
+    fn v4() -> impl Strategy<Value = Ipv4Net> {
+        (any::<u32>(), 0u8..=32)
+            .prop_map(|(a, p)| Ipv4Net::new(Ipv4Addr::from(a), p).unwrap().trunc())
+    }
+
+    fn v6() -> impl Strategy<Value = Ipv6Net> {
+        // Mostly near one prefix, so sets, ranges and merges all occur.
+        (any::<u16>(), any::<u64>(), 0u8..=128).prop_map(|(hi, lo, p)| {
+            let addr = (0x2001_0db8u128 << 96) | (u128::from(hi) << 64) | u128::from(lo);
+            Ipv6Net::new(Ipv6Addr::from(addr), p.max(16))
+                .unwrap()
+                .trunc()
+        })
+    }
+
+    fn port_range() -> impl Strategy<Value = PortRange> {
+        (1u16..=65535, 0u16..200).prop_map(|(first, span)| PortRange {
+            first,
+            last: first.saturating_add(span),
+        })
+    }
+
+    prop_compose! {
+        fn rule()(protocol in protocol(),
+                  ports in vec(port_range(), 0..5),
+                  v4 in vec(v4(), 0..6),
+                  v6 in vec(v6(), 0..4),
+                  comment in proptest::option::of("[^\u{0}\"\\p{Cc}]{0,40}")) -> Rule {
+            let ports = if matches!(protocol, Protocol::Tcp | Protocol::Udp) { ports } else { vec![] };
+            Rule { protocol, ports, v4, v6, comment }
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(96))]
+
+        /// Random ruleset -> batch -> decode: the same ruleset, with the same hash.
+        #[test]
+        fn any_ruleset_decodes_from_its_batch(
+            ingress in vec(rule(), 0..8),
+            egress in vec(rule(), 0..5),
+            wg in proptest::option::of(1u16..=65535),
+            owned in any::<bool>(),
+            genid in proptest::option::of(1u32..),
+        ) {
+            let r = render(&FirewallSpec { ingress, egress }, wg);
+            let flags = if owned { NFT_TABLE_F_OWNER | NFT_TABLE_F_PERSIST } else { 0 };
+            let b = batch::replace(&r, flags, owned, genid, 1);
+            let back = decode_batch(&b.bytes);
+            prop_assert_eq!(back.hash(), r.hash());
+            prop_assert_eq!(back, r);
+        }
+    }
 }

@@ -1,36 +1,23 @@
 //! Kernel WireGuard over generic netlink: the `wireguard` family's `WG_CMD_SET_DEVICE` and
-//! `WG_CMD_GET_DEVICE` (include/uapi/linux/wireguard.h).
+//! `WG_CMD_GET_DEVICE` (include/uapi/linux/wireguard.h), written and read with the agent's
+//! netlink layer.
 //!
-//! The messages are rendered and parsed here as plain bytes by pure functions, so their
-//! layout and the chunking of thousands of peers are unit-tested without root; the socket is
-//! neli's [`NlSocket`], used only to send those bytes and read the replies.
+//! The messages are rendered and parsed by pure functions, so their layout and the chunking
+//! of thousands of peers are unit-tested without root. Every message is built in one buffer
+//! sized for it, and one that carries a private or preshared key is wiped when dropped; the
+//! socket's receive buffer, which held the device's keys on a read, is wiped after it.
 
-use std::io;
 use std::net::{IpAddr, SocketAddr, SocketAddrV4, SocketAddrV6};
 
 use ipnet::IpNet;
-use neli::consts::socket::{Msg, NlFamily};
-use neli::socket::NlSocket;
-use neli::utils::Groups;
 use weft_schema::key::{PublicKey, SecretKey};
 use weft_schema::validate::Peer;
+use zeroize::Zeroizing;
 
 use super::plan::{DevicePlan, ObservedDevice, ObservedPeer};
-
-const NLMSG_ERROR: u16 = 2;
-const NLMSG_DONE: u16 = 3;
-const NLM_F_REQUEST: u16 = 0x1;
-const NLM_F_ACK: u16 = 0x4;
-const NLM_F_DUMP: u16 = 0x300;
-const NLA_F_NESTED: u16 = 0x8000;
-const NLA_TYPE_MASK: u16 = 0x3fff;
-const NLMSG_HDRLEN: usize = 16;
-const GENL_HDRLEN: usize = 4;
-
-const GENL_ID_CTRL: u16 = 0x10;
-const CTRL_CMD_GETFAMILY: u8 = 3;
-const CTRL_ATTR_FAMILY_ID: u16 = 1;
-const CTRL_ATTR_FAMILY_NAME: u16 = 2;
+use crate::dataplane::netlink::genl::{self, Genl, GENL_HDRLEN};
+use crate::dataplane::netlink::message::{NLM_F_ACK, NLM_F_DUMP, NLM_F_REQUEST};
+use crate::dataplane::netlink::{self, Attr, Datagram, Message, Truncated};
 
 const WG_GENL_NAME: &str = "wireguard";
 const WG_GENL_VERSION: u8 = 1;
@@ -69,80 +56,8 @@ pub const MAX_MESSAGE: usize = 32 * 1024;
 
 /// Bytes an allowed IP costs inside a message: the nest plus family, address, mask.
 const ALLOWED_IP_COST: usize = 4 + 8 + (4 + 16) + 8;
-
-fn align4(n: usize) -> usize {
-    (n + 3) & !3
-}
-
-/// One netlink message under construction, with a stack of open nests.
-struct MessageWriter {
-    buf: Vec<u8>,
-    nests: Vec<usize>,
-}
-
-impl MessageWriter {
-    fn new(family: u16, flags: u16, seq: u32, cmd: u8, version: u8) -> Self {
-        let mut buf = Vec::with_capacity(4096);
-        buf.extend_from_slice(&0u32.to_ne_bytes()); // length, patched in finish()
-        buf.extend_from_slice(&family.to_ne_bytes());
-        buf.extend_from_slice(&flags.to_ne_bytes());
-        buf.extend_from_slice(&seq.to_ne_bytes());
-        buf.extend_from_slice(&0u32.to_ne_bytes()); // port id: the kernel fills it
-        buf.extend_from_slice(&[cmd, version, 0, 0]);
-        MessageWriter {
-            buf,
-            nests: Vec::new(),
-        }
-    }
-
-    fn len(&self) -> usize {
-        self.buf.len()
-    }
-
-    fn attr(&mut self, kind: u16, payload: &[u8]) {
-        let len = 4 + payload.len();
-        self.buf.extend_from_slice(&(len as u16).to_ne_bytes());
-        self.buf.extend_from_slice(&kind.to_ne_bytes());
-        self.buf.extend_from_slice(payload);
-        self.buf.resize(align4(self.buf.len()), 0);
-    }
-
-    fn attr_u16(&mut self, kind: u16, v: u16) {
-        self.attr(kind, &v.to_ne_bytes());
-    }
-
-    fn attr_u32(&mut self, kind: u16, v: u32) {
-        self.attr(kind, &v.to_ne_bytes());
-    }
-
-    fn attr_str(&mut self, kind: u16, s: &str) {
-        let mut bytes = s.as_bytes().to_vec();
-        bytes.push(0);
-        self.attr(kind, &bytes);
-    }
-
-    fn open(&mut self, kind: u16) {
-        self.nests.push(self.buf.len());
-        self.buf.extend_from_slice(&0u16.to_ne_bytes());
-        self.buf
-            .extend_from_slice(&(kind | NLA_F_NESTED).to_ne_bytes());
-    }
-
-    fn close(&mut self) {
-        let start = self.nests.pop().expect("close without open");
-        let len = (self.buf.len() - start) as u16;
-        self.buf[start..start + 2].copy_from_slice(&len.to_ne_bytes());
-    }
-
-    fn finish(mut self) -> Vec<u8> {
-        while !self.nests.is_empty() {
-            self.close();
-        }
-        let len = self.buf.len() as u32;
-        self.buf[0..4].copy_from_slice(&len.to_ne_bytes());
-        self.buf
-    }
-}
+/// The fixed part of a peer: key, flags, preshared key, keepalive, endpoint, nests.
+const PEER_HEADER: usize = 4 + (4 + 32) + 8 + (4 + 32) + 8 + (4 + 28) + 4 + 4;
 
 fn sockaddr(endpoint: SocketAddr) -> Vec<u8> {
     // struct sockaddr_in / sockaddr_in6: family in host order, port and address in network
@@ -166,6 +81,83 @@ fn sockaddr(endpoint: SocketAddr) -> Vec<u8> {
     out
 }
 
+/// `WG_CMD_SET_DEVICE` messages being written, each at most `max_len` bytes.
+struct SetWriter<'a> {
+    family: u16,
+    ifname: &'a str,
+    max_len: usize,
+    seq: u32,
+    out: Vec<Datagram>,
+    /// The message being written, with its peer list open.
+    current: Datagram,
+    peers: Option<netlink::Nest>,
+    index: u16,
+}
+
+impl<'a> SetWriter<'a> {
+    fn new(family: u16, ifname: &'a str, first_seq: u32, max_len: usize) -> SetWriter<'a> {
+        let mut w = SetWriter {
+            family,
+            ifname,
+            max_len,
+            seq: first_seq,
+            out: Vec::new(),
+            current: Datagram::new(),
+            peers: None,
+            index: 0,
+        };
+        w.start();
+        w
+    }
+
+    /// Starts a message naming the device; its peer list is opened by [`Self::open_peers`].
+    fn start(&mut self) {
+        // Room for the whole message, so a key in it is never left in a freed buffer.
+        self.current = Datagram::with_capacity(self.max_len + 64);
+        genl::message(
+            &mut self.current,
+            self.family,
+            NLM_F_REQUEST | NLM_F_ACK,
+            self.seq,
+            WG_CMD_SET_DEVICE,
+            WG_GENL_VERSION,
+        )
+        .attr_str(WGDEVICE_A_IFNAME, self.ifname);
+        self.seq = self.seq.wrapping_add(1);
+        self.index = 0;
+    }
+
+    fn open_peers(&mut self) {
+        self.peers = Some(self.current.nest(WGDEVICE_A_PEERS));
+    }
+
+    /// Ends the message and starts the next one, with its peer list open.
+    fn next(&mut self) {
+        if let Some(peers) = self.peers.take() {
+            self.current.end_nest(peers);
+        }
+        let full = std::mem::take(&mut self.current);
+        self.out.push(full);
+        self.start();
+        self.open_peers();
+    }
+
+    /// Makes room for `bytes` more, in a new message when this one would grow too long.
+    fn fit(&mut self, bytes: usize) {
+        if self.current.message_len() + bytes > self.max_len {
+            self.next();
+        }
+    }
+
+    fn finish(mut self) -> Vec<Datagram> {
+        if let Some(peers) = self.peers.take() {
+            self.current.end_nest(peers);
+        }
+        self.out.push(self.current);
+        self.out
+    }
+}
+
 /// Renders `plan` as `WG_CMD_SET_DEVICE` messages of at most `max_len` bytes each, numbered
 /// from `first_seq`. The first carries the device settings; a peer that does not fit goes to
 /// the next message, and a peer whose allowed IPs do not fit continues in the next one (its
@@ -179,135 +171,106 @@ pub fn render_set(
     plan: &DevicePlan<'_>,
     first_seq: u32,
     max_len: usize,
-) -> Vec<Vec<u8>> {
+) -> Vec<Datagram> {
     assert!(
         max_len >= 512,
         "a message must hold at least one peer header"
     );
-    let mut out = Vec::new();
-    let mut seq = first_seq;
-    let start = |seq: &mut u32| {
-        let mut m = MessageWriter::new(
-            family,
-            NLM_F_REQUEST | NLM_F_ACK,
-            *seq,
-            WG_CMD_SET_DEVICE,
-            WG_GENL_VERSION,
-        );
-        *seq += 1;
-        m.attr_str(WGDEVICE_A_IFNAME, ifname);
-        m
-    };
-    let mut msg = start(&mut seq);
+    let mut w = SetWriter::new(family, ifname, first_seq, max_len);
     if let Some(key) = plan.private_key {
-        msg.attr(WGDEVICE_A_PRIVATE_KEY, key.expose());
+        w.current.set_secret();
+        w.current.attr(WGDEVICE_A_PRIVATE_KEY, key.expose());
     }
     if let Some(port) = plan.listen_port {
-        msg.attr_u16(WGDEVICE_A_LISTEN_PORT, port);
+        w.current.attr_u16(WGDEVICE_A_LISTEN_PORT, port);
     }
-    msg.open(WGDEVICE_A_PEERS);
-    // The fixed part of a peer: key, flags, preshared key, keepalive, endpoint, nests.
-    const PEER_HEADER: usize = 4 + (4 + 32) + 8 + (4 + 32) + 8 + (4 + 28) + 4 + 4;
-    let mut index: u16 = 0;
+    w.open_peers();
     for key in &plan.removed {
-        if msg.len() + PEER_HEADER > max_len {
-            out.push(msg.finish());
-            msg = start(&mut seq);
-            msg.open(WGDEVICE_A_PEERS);
-            index = 0;
-        }
-        msg.open(index);
-        msg.attr(WGPEER_A_PUBLIC_KEY, key.as_bytes());
-        msg.attr_u32(WGPEER_A_FLAGS, WGPEER_F_REMOVE_ME);
-        msg.close();
-        index = index.wrapping_add(1);
+        w.fit(PEER_HEADER);
+        let peer = w.current.nest(w.index);
+        w.current
+            .attr(WGPEER_A_PUBLIC_KEY, key.as_bytes())
+            .attr_u32(WGPEER_A_FLAGS, WGPEER_F_REMOVE_ME);
+        w.current.end_nest(peer);
+        w.index = w.index.wrapping_add(1);
     }
     for peer in plan.added.iter().chain(&plan.changed) {
-        if msg.len() + PEER_HEADER + ALLOWED_IP_COST > max_len {
-            out.push(msg.finish());
-            msg = start(&mut seq);
-            msg.open(WGDEVICE_A_PEERS);
-            index = 0;
-        }
-        render_peer_head(&mut msg, index, peer);
-        msg.open(WGPEER_A_ALLOWEDIPS);
+        w.fit(PEER_HEADER + ALLOWED_IP_COST);
+        let mut section = w.current.nest(w.index);
+        render_peer_head(&mut w.current, peer);
+        let mut ips = w.current.nest(WGPEER_A_ALLOWEDIPS);
         for (i, net) in peer.allowed_ips.iter().enumerate() {
-            if msg.len() + ALLOWED_IP_COST > max_len {
-                // Close allowed IPs, the peer, the peer list; continue the same peer.
-                out.push(msg.finish());
-                msg = start(&mut seq);
-                msg.open(WGDEVICE_A_PEERS);
-                index = 0;
-                msg.open(index);
-                msg.attr(WGPEER_A_PUBLIC_KEY, peer.public_key.as_bytes());
-                msg.open(WGPEER_A_ALLOWEDIPS);
+            if w.current.message_len() + ALLOWED_IP_COST > w.max_len {
+                // Close allowed IPs and the peer; continue the same peer in the next message.
+                w.current.end_nest(ips);
+                w.current.end_nest(section);
+                w.next();
+                section = w.current.nest(w.index);
+                w.current
+                    .attr(WGPEER_A_PUBLIC_KEY, peer.public_key.as_bytes());
+                ips = w.current.nest(WGPEER_A_ALLOWEDIPS);
             }
-            render_allowed_ip(&mut msg, i as u16, net);
+            render_allowed_ip(&mut w.current, i as u16, net);
         }
-        msg.close(); // allowed IPs
-        msg.close(); // peer
-        index = index.wrapping_add(1);
+        w.current.end_nest(ips);
+        w.current.end_nest(section);
+        w.index = w.index.wrapping_add(1);
     }
-    out.push(msg.finish());
-    out
+    w.finish()
 }
 
-fn render_peer_head(msg: &mut MessageWriter, index: u16, peer: &Peer) {
-    msg.open(index);
-    msg.attr(WGPEER_A_PUBLIC_KEY, peer.public_key.as_bytes());
-    msg.attr_u32(WGPEER_A_FLAGS, WGPEER_F_REPLACE_ALLOWEDIPS);
-    let psk = peer
-        .preshared_key
-        .as_ref()
-        .map(|k| *k.expose())
-        .unwrap_or([0; 32]);
-    msg.attr(WGPEER_A_PRESHARED_KEY, &psk);
-    msg.attr_u16(
-        WGPEER_A_PERSISTENT_KEEPALIVE_INTERVAL,
-        peer.persistent_keepalive.unwrap_or(0),
-    );
+fn render_peer_head(d: &mut Datagram, peer: &Peer) {
+    // Zeros mean no preshared key; a real one makes the message a secret (read from the
+    // spec's key in place, never copied).
+    let psk: &[u8; 32] = match &peer.preshared_key {
+        Some(k) => {
+            d.set_secret();
+            k.expose()
+        }
+        None => &[0; 32],
+    };
+    d.attr(WGPEER_A_PUBLIC_KEY, peer.public_key.as_bytes())
+        .attr_u32(WGPEER_A_FLAGS, WGPEER_F_REPLACE_ALLOWEDIPS)
+        .attr(WGPEER_A_PRESHARED_KEY, psk)
+        .attr_u16(
+            WGPEER_A_PERSISTENT_KEEPALIVE_INTERVAL,
+            peer.persistent_keepalive.unwrap_or(0),
+        );
     if let Some(endpoint) = peer.endpoint {
-        msg.attr(WGPEER_A_ENDPOINT, &sockaddr(endpoint));
+        d.attr(WGPEER_A_ENDPOINT, &sockaddr(endpoint));
     }
 }
 
-fn render_allowed_ip(msg: &mut MessageWriter, index: u16, net: &IpNet) {
-    msg.open(index);
+fn render_allowed_ip(d: &mut Datagram, index: u16, net: &IpNet) {
+    let ip = d.nest(index);
     match net.addr() {
-        IpAddr::V4(a) => {
-            msg.attr_u16(WGALLOWEDIP_A_FAMILY, AF_INET);
-            msg.attr(WGALLOWEDIP_A_IPADDR, &a.octets());
-        }
-        IpAddr::V6(a) => {
-            msg.attr_u16(WGALLOWEDIP_A_FAMILY, AF_INET6);
-            msg.attr(WGALLOWEDIP_A_IPADDR, &a.octets());
-        }
-    }
-    msg.attr(WGALLOWEDIP_A_CIDR_MASK, &[net.prefix_len()]);
-    msg.close();
+        IpAddr::V4(a) => d
+            .attr_u16(WGALLOWEDIP_A_FAMILY, AF_INET)
+            .attr(WGALLOWEDIP_A_IPADDR, &a.octets()),
+        IpAddr::V6(a) => d
+            .attr_u16(WGALLOWEDIP_A_FAMILY, AF_INET6)
+            .attr(WGALLOWEDIP_A_IPADDR, &a.octets()),
+    };
+    d.attr_u8(WGALLOWEDIP_A_CIDR_MASK, net.prefix_len());
+    d.end_nest(ip);
 }
 
 /// The `WG_CMD_GET_DEVICE` dump request for `ifname`.
-pub fn render_get(family: u16, ifname: &str, seq: u32) -> Vec<u8> {
-    let mut m = MessageWriter::new(
+pub fn render_get(family: u16, ifname: &str, seq: u32) -> Datagram {
+    let mut d = Datagram::new();
+    genl::message(
+        &mut d,
         family,
         NLM_F_REQUEST | NLM_F_DUMP,
         seq,
         WG_CMD_GET_DEVICE,
         WG_GENL_VERSION,
-    );
-    m.attr_str(WGDEVICE_A_IFNAME, ifname);
-    m.finish()
+    )
+    .attr_str(WGDEVICE_A_IFNAME, ifname);
+    d
 }
 
-/// The controller request that looks up the `wireguard` family's id.
-pub fn render_get_family(seq: u32) -> Vec<u8> {
-    let mut m = MessageWriter::new(GENL_ID_CTRL, NLM_F_REQUEST, seq, CTRL_CMD_GETFAMILY, 1);
-    m.attr_str(CTRL_ATTR_FAMILY_NAME, WG_GENL_NAME);
-    m.finish()
-}
-
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ParseError {
     #[error("truncated netlink message")]
     Truncated,
@@ -315,44 +278,14 @@ pub enum ParseError {
     BadAttribute(&'static str),
 }
 
-/// One attribute: its type (flags masked off) and payload.
-struct Attr<'a> {
-    kind: u16,
-    payload: &'a [u8],
+impl From<Truncated> for ParseError {
+    fn from(_: Truncated) -> ParseError {
+        ParseError::Truncated
+    }
 }
 
-fn attrs(mut buf: &[u8]) -> impl Iterator<Item = Result<Attr<'_>, ParseError>> {
-    std::iter::from_fn(move || {
-        if buf.len() < 4 {
-            return None;
-        }
-        let len = u16::from_ne_bytes([buf[0], buf[1]]) as usize;
-        let kind = u16::from_ne_bytes([buf[2], buf[3]]) & NLA_TYPE_MASK;
-        if len < 4 || len > buf.len() {
-            buf = &[];
-            return Some(Err(ParseError::Truncated));
-        }
-        let attr = Attr {
-            kind,
-            payload: &buf[4..len],
-        };
-        buf = &buf[align4(len).min(buf.len())..];
-        Some(Ok(attr))
-    })
-}
-
-fn key32(payload: &[u8], what: &'static str) -> Result<[u8; 32], ParseError> {
-    payload
-        .try_into()
-        .map_err(|_| ParseError::BadAttribute(what))
-}
-
-fn u64_of(payload: &[u8], what: &'static str) -> Result<u64, ParseError> {
-    Ok(u64::from_ne_bytes(
-        payload
-            .try_into()
-            .map_err(|_| ParseError::BadAttribute(what))?,
-    ))
+fn key32(a: &Attr<'_>, what: &'static str) -> Result<[u8; 32], ParseError> {
+    a.array().ok_or(ParseError::BadAttribute(what))
 }
 
 fn parse_endpoint(p: &[u8]) -> Result<Option<SocketAddr>, ParseError> {
@@ -385,16 +318,14 @@ fn parse_endpoint(p: &[u8]) -> Result<Option<SocketAddr>, ParseError> {
     }
 }
 
-fn parse_allowed_ip(payload: &[u8]) -> Result<IpNet, ParseError> {
+fn parse_allowed_ip(a: &Attr<'_>) -> Result<IpNet, ParseError> {
     let (mut family, mut addr, mut mask) = (None, None, None);
-    for a in attrs(payload) {
+    for a in a.try_nested() {
         let a = a?;
-        match a.kind {
-            WGALLOWEDIP_A_FAMILY if a.payload.len() == 2 => {
-                family = Some(u16::from_ne_bytes([a.payload[0], a.payload[1]]))
-            }
+        match a.ty {
+            WGALLOWEDIP_A_FAMILY if a.payload.len() == 2 => family = a.u16(),
             WGALLOWEDIP_A_IPADDR => addr = Some(a.payload),
-            WGALLOWEDIP_A_CIDR_MASK if a.payload.len() == 1 => mask = Some(a.payload[0]),
+            WGALLOWEDIP_A_CIDR_MASK if a.payload.len() == 1 => mask = a.u8(),
             _ => {}
         }
     }
@@ -412,33 +343,43 @@ fn parse_allowed_ip(payload: &[u8]) -> Result<IpNet, ParseError> {
     IpNet::new(ip, mask).map(|n| n.trunc()).map_err(|_| bad())
 }
 
-fn parse_peer(payload: &[u8]) -> Result<ObservedPeer, ParseError> {
+fn parse_peer(section: &Attr<'_>) -> Result<ObservedPeer, ParseError> {
     let mut peer = ObservedPeer::new(PublicKey([0; 32]));
     let mut has_key = false;
-    for a in attrs(payload) {
+    for a in section.try_nested() {
         let a = a?;
-        match a.kind {
+        match a.ty {
             WGPEER_A_PUBLIC_KEY => {
-                peer.public_key = PublicKey(key32(a.payload, "peer public key")?);
+                peer.public_key = PublicKey(key32(&a, "peer public key")?);
                 has_key = true;
             }
             WGPEER_A_PRESHARED_KEY => {
-                let k = key32(a.payload, "preshared key")?;
-                peer.preshared_key = (k != [0; 32]).then(|| SecretKey::from_bytes(k));
+                let k = Zeroizing::new(key32(&a, "preshared key")?);
+                peer.preshared_key = (*k != [0; 32]).then(|| SecretKey::from_bytes(*k));
             }
             WGPEER_A_ENDPOINT => peer.endpoint = parse_endpoint(a.payload)?,
             WGPEER_A_PERSISTENT_KEEPALIVE_INTERVAL if a.payload.len() == 2 => {
-                peer.persistent_keepalive = u16::from_ne_bytes([a.payload[0], a.payload[1]])
+                peer.persistent_keepalive = a.u16().unwrap_or(0)
             }
             WGPEER_A_LAST_HANDSHAKE_TIME if a.payload.len() >= 8 => {
                 // struct __kernel_timespec { s64 tv_sec; s64 tv_nsec; }
-                peer.last_handshake_unix = u64_of(&a.payload[..8], "handshake time")?;
+                peer.last_handshake_unix = a.u64().unwrap_or(0);
             }
-            WGPEER_A_RX_BYTES => peer.rx_bytes = u64_of(a.payload, "rx bytes")?,
-            WGPEER_A_TX_BYTES => peer.tx_bytes = u64_of(a.payload, "tx bytes")?,
+            WGPEER_A_RX_BYTES => {
+                peer.rx_bytes = a
+                    .array::<8>()
+                    .map(u64::from_ne_bytes)
+                    .ok_or(ParseError::BadAttribute("rx bytes"))?
+            }
+            WGPEER_A_TX_BYTES => {
+                peer.tx_bytes = a
+                    .array::<8>()
+                    .map(u64::from_ne_bytes)
+                    .ok_or(ParseError::BadAttribute("tx bytes"))?
+            }
             WGPEER_A_ALLOWEDIPS => {
-                for ip in attrs(a.payload) {
-                    peer.allowed_ips.push(parse_allowed_ip(ip?.payload)?);
+                for ip in a.try_nested() {
+                    peer.allowed_ips.push(parse_allowed_ip(&ip?)?);
                 }
             }
             _ => {}
@@ -450,26 +391,29 @@ fn parse_peer(payload: &[u8]) -> Result<ObservedPeer, ParseError> {
     Ok(peer)
 }
 
-/// Folds the attributes of one `WG_CMD_GET_DEVICE` dump message (after the genl header) into
-/// `device`. The kernel splits a large device over several messages, continuing the last
-/// peer of one message at the start of the next: those are merged.
+/// Folds one `WG_CMD_GET_DEVICE` dump message into `device`. The kernel splits a large
+/// device over several messages, continuing the last peer of one message at the start of
+/// the next: those are merged.
 pub fn parse_device_message(
-    attrs_bytes: &[u8],
+    msg: &Message<'_>,
     device: &mut ObservedDevice,
 ) -> Result<(), ParseError> {
-    for a in attrs(attrs_bytes) {
+    if msg.payload.len() < GENL_HDRLEN {
+        return Err(ParseError::Truncated);
+    }
+    for a in netlink::try_attrs(&msg.payload[GENL_HDRLEN..]) {
         let a = a?;
-        match a.kind {
+        match a.ty {
             WGDEVICE_A_PUBLIC_KEY => {
-                let k = key32(a.payload, "public key")?;
+                let k = key32(&a, "public key")?;
                 device.public_key = (k != [0; 32]).then_some(PublicKey(k));
             }
             WGDEVICE_A_LISTEN_PORT if a.payload.len() == 2 => {
-                device.listen_port = u16::from_ne_bytes([a.payload[0], a.payload[1]])
+                device.listen_port = a.u16().unwrap_or(0)
             }
             WGDEVICE_A_PEERS => {
-                for p in attrs(a.payload) {
-                    let peer = parse_peer(p?.payload)?;
+                for p in a.try_nested() {
+                    let peer = parse_peer(&p?)?;
                     match device.peers.last_mut() {
                         Some(last) if last.public_key == peer.public_key => {
                             last.allowed_ips.extend(peer.allowed_ips)
@@ -484,198 +428,67 @@ pub fn parse_device_message(
     Ok(())
 }
 
-/// One message out of a netlink reply buffer.
-#[derive(Debug)]
-pub enum Reply<'a> {
-    /// A data message: its type and the bytes after the genl header.
-    Data {
-        kind: u16,
-        payload: &'a [u8],
-    },
-    /// An ack (errno 0) or an error (a positive errno).
-    Ack {
-        seq: u32,
-        errno: i32,
-    },
-    Done,
-}
-
-/// Splits a buffer read from a netlink socket into messages.
-pub fn replies(mut buf: &[u8]) -> Result<Vec<Reply<'_>>, ParseError> {
-    let mut out = Vec::new();
-    while buf.len() >= NLMSG_HDRLEN {
-        let len = u32::from_ne_bytes(buf[0..4].try_into().expect("4 bytes")) as usize;
-        let kind = u16::from_ne_bytes([buf[4], buf[5]]);
-        let seq = u32::from_ne_bytes(buf[8..12].try_into().expect("4 bytes"));
-        if len < NLMSG_HDRLEN || len > buf.len() {
-            return Err(ParseError::Truncated);
-        }
-        let body = &buf[NLMSG_HDRLEN..len];
-        out.push(match kind {
-            NLMSG_ERROR => {
-                let errno = i32::from_ne_bytes(
-                    body.get(0..4)
-                        .ok_or(ParseError::Truncated)?
-                        .try_into()
-                        .expect("4 bytes"),
-                );
-                Reply::Ack { seq, errno: -errno }
-            }
-            NLMSG_DONE => Reply::Done,
-            _ => Reply::Data {
-                kind,
-                payload: body.get(GENL_HDRLEN..).ok_or(ParseError::Truncated)?,
-            },
-        });
-        buf = &buf[align4(len).min(buf.len())..];
-    }
-    Ok(out)
-}
-
-/// The family id in a controller reply's attributes.
-fn parse_family_id(payload: &[u8]) -> Result<Option<u16>, ParseError> {
-    for a in attrs(payload) {
-        let a = a?;
-        if a.kind == CTRL_ATTR_FAMILY_ID && a.payload.len() == 2 {
-            return Ok(Some(u16::from_ne_bytes([a.payload[0], a.payload[1]])));
-        }
-    }
-    Ok(None)
-}
-
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("open generic netlink socket")]
-    Open(#[source] io::Error),
-    #[error("send to generic netlink")]
-    Send(#[source] io::Error),
-    #[error("receive from generic netlink")]
-    Receive(#[source] io::Error),
-    #[error("parse generic netlink reply")]
-    Parse(#[source] ParseError),
     #[error("look up the wireguard genl family")]
-    Family(#[source] io::Error),
+    Family(#[source] netlink::Error),
+    #[error("parse the device")]
+    Parse(#[source] ParseError),
     #[error("the kernel refused the request")]
-    Refused(#[source] io::Error),
+    Refused(#[source] netlink::Error),
 }
 
-/// A generic netlink socket bound to the `wireguard` family.
-pub struct Genl {
-    socket: NlSocket,
+/// The `wireguard` family's id (ENOENT when the kernel has no WireGuard).
+pub fn family(genl: &mut Genl) -> Result<u16, Error> {
+    genl.family(WG_GENL_NAME).map_err(Error::Family)
+}
+
+/// Sends `plan` to device `ifname`: every message, each waited for; the first refusal is
+/// the result.
+pub fn set_device(
+    genl: &mut Genl,
     family: u16,
-    seq: u32,
-    buf: Vec<u8>,
+    ifname: &str,
+    plan: &DevicePlan<'_>,
+) -> Result<(), Error> {
+    let socket = genl.socket();
+    let first = socket.next_seq();
+    let messages = render_set(family, ifname, plan, first, MAX_MESSAGE);
+    socket.reserve_seqs(messages.len() as u32 - 1);
+    let mut first_error = None;
+    for msg in &messages {
+        if let Err(e) = socket.request(msg.bytes(), |_| {}) {
+            first_error.get_or_insert(e);
+        }
+    }
+    match first_error {
+        Some(e) => Err(Error::Refused(e)),
+        None => Ok(()),
+    }
 }
 
-impl std::fmt::Debug for Genl {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Genl")
-            .field("family", &self.family)
-            .finish()
-    }
-}
-
-impl Genl {
-    /// Opens the socket and looks up the family (ENOENT when the kernel has no WireGuard).
-    pub fn open() -> Result<Genl, Error> {
-        let socket =
-            NlSocket::connect(NlFamily::Generic, None, Groups::empty()).map_err(Error::Open)?;
-        let mut genl = Genl {
-            socket,
-            family: 0,
-            seq: 1,
-            buf: vec![0; 64 * 1024],
-        };
-        let msg = render_get_family(genl.next_seq());
-        let mut family = None;
-        genl.exchange(&[msg], |kind, payload| {
-            if kind == GENL_ID_CTRL {
-                family = parse_family_id(payload)?;
+/// Reads device `ifname` back.
+pub fn get_device(genl: &mut Genl, family: u16, ifname: &str) -> Result<ObservedDevice, Error> {
+    let socket = genl.socket();
+    let read = socket.dump(
+        |seq| render_get(family, ifname, seq),
+        |msg, (device, failed): &mut (ObservedDevice, Option<ParseError>)| {
+            if msg.ty == family && failed.is_none() {
+                *failed = parse_device_message(msg, device).err();
             }
-            Ok(())
-        })
-        .map_err(|e| match e {
-            Error::Refused(io) => Error::Family(io),
-            other => other,
-        })?;
-        genl.family = family.ok_or(Error::Parse(ParseError::BadAttribute("family id")))?;
-        Ok(genl)
+        },
+    );
+    // The answer held the device's private and preshared keys.
+    socket.wipe();
+    let (mut device, failed) = read.map_err(Error::Refused)?;
+    if let Some(e) = failed {
+        return Err(Error::Parse(e));
     }
-
-    fn next_seq(&mut self) -> u32 {
-        self.seq = self.seq.wrapping_add(1);
-        self.seq
+    for p in &mut device.peers {
+        p.allowed_ips.sort();
+        p.allowed_ips.dedup();
     }
-
-    /// Sends `plan` to device `ifname`.
-    pub fn set_device(&mut self, ifname: &str, plan: &DevicePlan<'_>) -> Result<(), Error> {
-        let first = self.seq.wrapping_add(1);
-        let messages = render_set(self.family, ifname, plan, first, MAX_MESSAGE);
-        self.seq = first.wrapping_add(messages.len() as u32);
-        self.exchange(&messages, |_, _| Ok(()))
-    }
-
-    /// Reads device `ifname` back.
-    pub fn get_device(&mut self, ifname: &str) -> Result<ObservedDevice, Error> {
-        let seq = self.next_seq();
-        let msg = render_get(self.family, ifname, seq);
-        let mut device = ObservedDevice::default();
-        let family = self.family;
-        self.exchange(&[msg], |kind, payload| {
-            if kind == family {
-                parse_device_message(payload, &mut device)?;
-            }
-            Ok(())
-        })?;
-        for p in &mut device.peers {
-            p.allowed_ips.sort();
-            p.allowed_ips.dedup();
-        }
-        Ok(device)
-    }
-
-    /// Sends each message and reads until it is answered: an ack or error for a request, the
-    /// DONE (or an error) for a dump, the reply for a lookup. Data messages go to `on_data`.
-    /// The first error the kernel returns is the result.
-    fn exchange(
-        &mut self,
-        messages: &[Vec<u8>],
-        mut on_data: impl FnMut(u16, &[u8]) -> Result<(), ParseError>,
-    ) -> Result<(), Error> {
-        let mut first_error = None;
-        for msg in messages {
-            self.socket.send(msg, Msg::empty()).map_err(Error::Send)?;
-            let flags = u16::from_ne_bytes([msg[6], msg[7]]);
-            let dump = flags & NLM_F_DUMP == NLM_F_DUMP;
-            let wants_ack = flags & NLM_F_ACK != 0;
-            let mut answered = false;
-            while !answered {
-                let (n, _) = self
-                    .socket
-                    .recv(&mut self.buf[..], Msg::empty())
-                    .map_err(Error::Receive)?;
-                for reply in replies(&self.buf[..n]).map_err(Error::Parse)? {
-                    match reply {
-                        Reply::Data { kind, payload } => {
-                            on_data(kind, payload).map_err(Error::Parse)?;
-                            answered |= !dump && !wants_ack;
-                        }
-                        Reply::Done => answered = true,
-                        Reply::Ack { errno, .. } => {
-                            if errno != 0 && first_error.is_none() {
-                                first_error = Some(io::Error::from_raw_os_error(errno));
-                            }
-                            answered = true;
-                        }
-                    }
-                }
-            }
-        }
-        match first_error {
-            Some(e) => Err(Error::Refused(e)),
-            None => Ok(()),
-        }
-    }
+    Ok(device)
 }
 
 #[cfg(test)]
@@ -683,43 +496,36 @@ mod tests {
     use super::super::plan::tests::{peer, pk, spec};
     use super::super::plan::{plan, DevicePlan};
     use super::*;
+    use crate::dataplane::netlink::message::NLMSG_HDRLEN;
+    use crate::dataplane::netlink::messages;
 
     const FAMILY: u16 = 0x1c;
 
     /// Parses rendered SET messages as if they were a GET dump: the peer attributes are the
     /// same, so a round trip must give back the spec.
-    fn read_back(messages: &[Vec<u8>]) -> ObservedDevice {
+    fn read_back(datagrams: &[Datagram]) -> ObservedDevice {
         let mut device = ObservedDevice::default();
-        for m in messages {
-            let replies = replies(m).unwrap();
-            assert_eq!(replies.len(), 1);
-            let Reply::Data { kind, payload } = &replies[0] else {
-                panic!("not data")
-            };
-            assert_eq!(*kind, FAMILY);
-            parse_device_message(payload, &mut device).unwrap();
+        for d in datagrams {
+            let all: Vec<Message<'_>> = messages(d.bytes()).collect();
+            assert_eq!(all.len(), 1);
+            assert_eq!(all[0].ty, FAMILY);
+            parse_device_message(&all[0], &mut device).unwrap();
         }
         device
     }
 
     /// (peer key, flags) of every peer section of one message.
-    fn peer_flags(message: &[u8]) -> Vec<(PublicKey, u32)> {
-        let payload = &message[NLMSG_HDRLEN + GENL_HDRLEN..];
+    fn peer_flags(message: &Datagram) -> Vec<(PublicKey, u32)> {
+        let msg = messages(message.bytes()).next().unwrap();
         let mut out = Vec::new();
-        for a in attrs(payload) {
-            let a = a.unwrap();
-            if a.kind == WGDEVICE_A_PEERS {
-                for p in attrs(a.payload) {
+        for a in msg.attrs(GENL_HDRLEN) {
+            if a.ty == WGDEVICE_A_PEERS {
+                for p in a.nested() {
                     let (mut key, mut flags) = (None, 0);
-                    for pa in attrs(p.unwrap().payload) {
-                        let pa = pa.unwrap();
-                        match pa.kind {
-                            WGPEER_A_PUBLIC_KEY => {
-                                key = Some(PublicKey(key32(pa.payload, "k").unwrap()))
-                            }
-                            WGPEER_A_FLAGS => {
-                                flags = u32::from_ne_bytes(pa.payload.try_into().unwrap())
-                            }
+                    for pa in p.nested() {
+                        match pa.ty {
+                            WGPEER_A_PUBLIC_KEY => key = Some(PublicKey(key32(&pa, "k").unwrap())),
+                            WGPEER_A_FLAGS => flags = pa.u32().unwrap(),
                             _ => {}
                         }
                     }
@@ -745,7 +551,7 @@ mod tests {
         let p = plan(&s, &key, &ObservedDevice::default());
         let msgs = render_set(FAMILY, "wg0", &p, 7, MAX_MESSAGE);
         assert_eq!(msgs.len(), 1);
-        let m = &msgs[0];
+        let m = msgs[0].bytes();
         assert_eq!(
             u32::from_ne_bytes(m[0..4].try_into().unwrap()) as usize,
             m.len()
@@ -780,7 +586,7 @@ mod tests {
         let mut back = back;
         back.public_key = Some(super::super::keys::public_key(&key));
         assert!(plan(&s, &key, &back).is_empty());
-        assert!(peer_flags(m)
+        assert!(peer_flags(&msgs[0])
             .iter()
             .all(|(_, f)| *f == WGPEER_F_REPLACE_ALLOWEDIPS));
     }
@@ -814,7 +620,7 @@ mod tests {
             ]
         );
         // No private key or port when they already match.
-        assert!(!msgs[0].windows(32).any(|w| w == [9; 32]));
+        assert!(!msgs[0].bytes().windows(32).any(|w| w == [9; 32]));
     }
 
     #[test]
@@ -853,6 +659,7 @@ mod tests {
             assert!(msgs.len() > 1);
             for (i, m) in msgs.iter().enumerate() {
                 assert!(m.len() <= max, "message {i} is {} bytes", m.len());
+                let m = m.bytes();
                 assert_eq!(
                     u32::from_ne_bytes(m[8..12].try_into().unwrap()),
                     100 + i as u32
@@ -883,8 +690,9 @@ mod tests {
     }
 
     #[test]
-    fn get_and_family_requests() {
+    fn the_get_request_dumps_the_named_device() {
         let get = render_get(FAMILY, "wg7", 3);
+        let get = get.bytes();
         assert_eq!(
             u16::from_ne_bytes([get[6], get[7]]),
             NLM_F_REQUEST | NLM_F_DUMP
@@ -894,59 +702,32 @@ mod tests {
             &get[20..28],
             &[8, 0, WGDEVICE_A_IFNAME as u8, 0, b'w', b'g', b'7', 0]
         );
-        let fam = render_get_family(4);
-        assert_eq!(u16::from_ne_bytes([fam[4], fam[5]]), GENL_ID_CTRL);
-        assert_eq!(&fam[16..18], &[CTRL_CMD_GETFAMILY, 1]);
-        assert_eq!(fam.len(), 20 + 4 + align4("wireguard".len() + 1));
-    }
-
-    #[test]
-    fn replies_split_acks_errors_done_and_data() {
-        let mut buf = Vec::new();
-        // An error reply: header, then -errno and the offending header.
-        let mut err = Vec::new();
-        err.extend_from_slice(&36u32.to_ne_bytes());
-        err.extend_from_slice(&NLMSG_ERROR.to_ne_bytes());
-        err.extend_from_slice(&0u16.to_ne_bytes());
-        err.extend_from_slice(&9u32.to_ne_bytes());
-        err.extend_from_slice(&0u32.to_ne_bytes());
-        err.extend_from_slice(&(-libc::ENODEV).to_ne_bytes());
-        err.extend_from_slice(&[0; 16]);
-        buf.extend_from_slice(&err);
-        let mut done = vec![0; 20];
-        done[0..4].copy_from_slice(&20u32.to_ne_bytes());
-        done[4..6].copy_from_slice(&NLMSG_DONE.to_ne_bytes());
-        buf.extend_from_slice(&done);
-        let parsed = replies(&buf).unwrap();
-        assert!(matches!(parsed[0], Reply::Ack { seq: 9, errno } if errno == libc::ENODEV));
-        assert!(matches!(parsed[1], Reply::Done));
-        assert!(replies(&buf[..30]).is_err());
+        assert_eq!(get.len(), NLMSG_HDRLEN + GENL_HDRLEN + 8);
     }
 
     #[test]
     fn a_dump_message_with_handshake_and_counters_parses() {
-        let mut m = MessageWriter::new(FAMILY, 0, 1, WG_CMD_GET_DEVICE, 1);
-        m.attr(WGDEVICE_A_PUBLIC_KEY, &[4; 32]);
-        m.attr_u16(WGDEVICE_A_LISTEN_PORT, 51821);
-        m.open(WGDEVICE_A_PEERS);
-        m.open(0);
-        m.attr(WGPEER_A_PUBLIC_KEY, &[1; 32]);
+        let mut m = Datagram::new();
+        genl::message(&mut m, FAMILY, 0, 1, WG_CMD_GET_DEVICE, 1)
+            .attr(WGDEVICE_A_PUBLIC_KEY, &[4; 32])
+            .attr_u16(WGDEVICE_A_LISTEN_PORT, 51821);
+        let peers = m.nest(WGDEVICE_A_PEERS);
+        let peer = m.nest(0);
         let mut ts = Vec::new();
         ts.extend_from_slice(&1_700_000_000i64.to_ne_bytes());
         ts.extend_from_slice(&5i64.to_ne_bytes());
-        m.attr(WGPEER_A_LAST_HANDSHAKE_TIME, &ts);
-        m.attr(WGPEER_A_RX_BYTES, &123u64.to_ne_bytes());
-        m.attr(WGPEER_A_TX_BYTES, &456u64.to_ne_bytes());
-        m.attr(
-            WGPEER_A_ENDPOINT,
-            &sockaddr("198.51.100.9:51820".parse().unwrap()),
-        );
-        let msg = m.finish();
+        m.attr(WGPEER_A_PUBLIC_KEY, &[1; 32])
+            .attr(WGPEER_A_LAST_HANDSHAKE_TIME, &ts)
+            .attr(WGPEER_A_RX_BYTES, &123u64.to_ne_bytes())
+            .attr(WGPEER_A_TX_BYTES, &456u64.to_ne_bytes())
+            .attr(
+                WGPEER_A_ENDPOINT,
+                &sockaddr("198.51.100.9:51820".parse().unwrap()),
+            );
+        m.end_nest(peer);
+        m.end_nest(peers);
         let mut d = ObservedDevice::default();
-        let Reply::Data { payload, .. } = &replies(&msg).unwrap()[0] else {
-            panic!()
-        };
-        parse_device_message(payload, &mut d).unwrap();
+        parse_device_message(&messages(m.bytes()).next().unwrap(), &mut d).unwrap();
         assert_eq!(d.public_key, Some(PublicKey([4; 32])));
         assert_eq!(d.listen_port, 51821);
         let p = &d.peers[0];
@@ -955,5 +736,118 @@ mod tests {
             (1_700_000_000, 123, 456)
         );
         assert_eq!(p.endpoint, Some("198.51.100.9:51820".parse().unwrap()));
+    }
+}
+
+#[cfg(test)]
+mod props {
+    use super::super::plan::tests::{arb_device, arb_spec, expected, normalised};
+    use super::super::plan::{plan, ObservedDevice, ObservedPeer};
+    use super::*;
+    use crate::dataplane::netlink::messages;
+    use proptest::prelude::*;
+
+    const FAMILY: u16 = 0x1c;
+
+    /// The kernel's `WG_CMD_SET_DEVICE`, as a model: what a device holds after `messages`.
+    fn apply(device: &mut ObservedDevice, messages_: &[Datagram]) {
+        for d in messages_ {
+            for msg in messages(d.bytes()) {
+                assert_eq!(msg.ty, FAMILY);
+                for a in msg.attrs(GENL_HDRLEN) {
+                    match a.ty {
+                        WGDEVICE_A_PRIVATE_KEY => {
+                            let key = SecretKey::from_bytes(a.array().unwrap());
+                            device.public_key = Some(super::super::keys::public_key(&key));
+                        }
+                        WGDEVICE_A_LISTEN_PORT => device.listen_port = a.u16().unwrap(),
+                        WGDEVICE_A_PEERS => {
+                            for section in a.nested() {
+                                apply_peer(device, &section);
+                            }
+                        }
+                        _ => {}
+                    }
+                }
+            }
+        }
+    }
+
+    fn apply_peer(device: &mut ObservedDevice, section: &Attr<'_>) {
+        let flags = section
+            .nested()
+            .get(WGPEER_A_FLAGS)
+            .and_then(|f| f.u32())
+            .unwrap_or(0);
+        // The same reader the agent uses on a GET; flags and the presence of each setting
+        // are what SET adds to it.
+        let given = parse_peer(section).unwrap();
+        let has = |ty| section.nested().get(ty).is_some();
+        if flags & WGPEER_F_REMOVE_ME != 0 {
+            device.peers.retain(|p| p.public_key != given.public_key);
+            return;
+        }
+        let at = match device
+            .peers
+            .iter()
+            .position(|p| p.public_key == given.public_key)
+        {
+            Some(i) => i,
+            None => {
+                device.peers.push(ObservedPeer::new(given.public_key));
+                device.peers.len() - 1
+            }
+        };
+        let peer = &mut device.peers[at];
+        if has(WGPEER_A_PRESHARED_KEY) {
+            peer.preshared_key = given.preshared_key;
+        }
+        if has(WGPEER_A_PERSISTENT_KEEPALIVE_INTERVAL) {
+            peer.persistent_keepalive = given.persistent_keepalive;
+        }
+        if has(WGPEER_A_ENDPOINT) {
+            peer.endpoint = given.endpoint;
+        }
+        if flags & WGPEER_F_REPLACE_ALLOWEDIPS != 0 {
+            peer.allowed_ips.clear();
+        }
+        peer.allowed_ips.extend(given.allowed_ips);
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(128))]
+
+        /// Random peer set and device -> plan -> genl messages (chunked at any size) ->
+        /// the device the spec describes, and the same messages read back as a GET dump
+        /// give the peers they carry.
+        #[test]
+        fn genl_messages_take_any_device_to_the_spec(
+            desired in arb_spec(),
+            before in arb_device(),
+            max in 512usize..4096,
+        ) {
+            let key = desired.private_key.clone().unwrap();
+            let p = plan(&desired, &key, &before);
+            let msgs = render_set(FAMILY, "wg0", &p, 1, max);
+            for m in &msgs {
+                prop_assert!(m.len() <= max);
+            }
+            let mut device = before.clone();
+            apply(&mut device, &msgs);
+            prop_assert_eq!(normalised(device), normalised(expected(&desired, &before)));
+
+            // Against an empty device every peer is added: parsing the messages as a dump
+            // gives back the spec's peers.
+            let fresh = plan(&desired, &key, &ObservedDevice::default());
+            let mut read = ObservedDevice::default();
+            for m in render_set(FAMILY, "wg0", &fresh, 1, max) {
+                for msg in messages(m.bytes()) {
+                    parse_device_message(&msg, &mut read).unwrap();
+                }
+            }
+            let want: Vec<_> = desired.peers.iter().map(|p| (p.public_key, p.allowed_ips.clone(), p.endpoint)).collect();
+            let got: Vec<_> = read.peers.iter().map(|p| (p.public_key, p.allowed_ips.clone(), p.endpoint)).collect();
+            prop_assert_eq!(got, want);
+        }
     }
 }

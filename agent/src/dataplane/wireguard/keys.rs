@@ -10,6 +10,7 @@ use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine as _;
 use rand_core::OsRng;
 use weft_schema::key::{PublicKey, SecretKey};
+use zeroize::Zeroizing;
 
 use crate::atomic_file;
 
@@ -41,28 +42,37 @@ pub fn generate() -> SecretKey {
     SecretKey::from_bytes(secret.to_bytes())
 }
 
-/// The key kept in `state_dir`, generated and stored there first if there is none.
-pub fn load_or_generate(state_dir: &Path) -> Result<SecretKey, KeyFileError> {
+/// The key kept in `state_dir`, `None` when there is none yet. Reads only.
+pub fn load(state_dir: &Path) -> Result<Option<SecretKey>, KeyFileError> {
     let path = state_dir.join(KEY_FILE);
-    match fs::read_to_string(&path) {
-        Ok(text) => {
-            SecretKey::parse(text.trim()).map_err(|_| KeyFileError::Malformed(path.clone()))
-        }
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {
-            fs::create_dir_all(state_dir)
-                .map_err(|e| KeyFileError::CreateDir(state_dir.to_owned(), e))?;
-            let key = generate();
-            write_atomically(&path, &key).map_err(|e| KeyFileError::Write(path.clone(), e))?;
-            Ok(key)
-        }
+    // The file's text is the key: wiped once parsed.
+    match fs::read_to_string(&path).map(Zeroizing::new) {
+        Ok(text) => SecretKey::parse(text.trim())
+            .map(Some)
+            .map_err(|_| KeyFileError::Malformed(path.clone())),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(KeyFileError::Read(path, e)),
     }
+}
+
+/// The key kept in `state_dir`, generated and stored there first if there is none.
+pub fn load_or_generate(state_dir: &Path) -> Result<SecretKey, KeyFileError> {
+    if let Some(key) = load(state_dir)? {
+        return Ok(key);
+    }
+    fs::create_dir_all(state_dir).map_err(|e| KeyFileError::CreateDir(state_dir.to_owned(), e))?;
+    let key = generate();
+    let path = state_dir.join(KEY_FILE);
+    write_atomically(&path, &key).map_err(|e| KeyFileError::Write(path.clone(), e))?;
+    Ok(key)
 }
 
 /// Keeps the key as base64 in a file of mode 0600 (never readable by others, not even for
 /// an instant), replaced atomically, so a crash leaves either no key or the whole key.
 fn write_atomically(path: &Path, key: &SecretKey) -> io::Result<()> {
-    let mut text = BASE64.encode(key.expose());
+    // Room for the text up front: a reallocation would leave a copy of the key behind.
+    let mut text = Zeroizing::new(String::with_capacity(48));
+    BASE64.encode_string(key.expose(), &mut text);
     text.push('\n');
     atomic_file::replace(path, text.as_bytes(), 0o600)
 }
@@ -96,6 +106,16 @@ mod tests {
         assert_eq!(first, second);
         // No temporary file is left behind.
         assert_eq!(fs::read_dir(&dir).unwrap().count(), 1);
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn loading_never_generates() {
+        let dir = temp_dir("load");
+        assert_eq!(load(&dir).unwrap(), None);
+        assert_eq!(fs::read_dir(&dir).unwrap().count(), 0, "nothing written");
+        let key = load_or_generate(&dir).unwrap();
+        assert_eq!(load(&dir).unwrap(), Some(key));
         fs::remove_dir_all(&dir).unwrap();
     }
 

@@ -7,10 +7,12 @@
 //! - [`userspace`]: the boringtun device, its threads and the `wg` socket we serve for it.
 //! - [`keys`]: the generated private key kept in the state directory.
 //!
-//! Both backends get the same treatment: read the device, diff, send only the difference (so
-//! unchanged peers keep their sessions), then make the link match (MTU, the overlay address,
-//! up, the connected route). Everything runs on the reconciler's thread and in its network
-//! namespace; boringtun's threads are born there too.
+//! [`WireGuardManager`] has the shape of every subsystem once the device exists: read the
+//! device and its link, plan the difference (peers through [`plan`], the link through the
+//! shared link planner with [`Ownership::Whole`]: the interface is wholly the agent's), send
+//! only that (so unchanged peers keep their sessions), and report. Creating or removing the
+//! device, and choosing its backend, come before. Everything runs on the reconciler's thread
+//! and in its network namespace; boringtun's threads are born there too.
 
 pub mod kernel;
 pub mod keys;
@@ -22,15 +24,17 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
-use ipnet::IpNet;
 use tracing::{info, warn};
 use weft_schema::key::SecretKey;
+use weft_schema::text::error_line;
 use weft_schema::validate::WireGuard;
 use weft_schema::{Backend, Overall, WireGuardStatus};
 
-use crate::dataplane::error_line;
-use crate::dataplane::rtnl::{self, Family, LinkInfo, Route, Rtnl};
-use plan::ObservedDevice;
+use super::link::{self, Link, LinkSpec, LinkState, Ownership};
+use super::netlink::genl::Genl;
+use super::rtnl::{self, Rtnl};
+use super::subsystem::Subsystem;
+use plan::{DevicePlan, ObservedDevice};
 use userspace::UserspaceDevice;
 
 /// The MTU a new TUN has, which is all boringtun 0.7 ever reads in fd mode (it re-reads the
@@ -77,12 +81,14 @@ impl fmt::Display for Mode {
 pub enum Error {
     #[error("load or generate the WireGuard private key")]
     Key(#[source] keys::KeyFileError),
+    #[error("no private key for {0}: the generated key is not in the state directory yet")]
+    NoKey(String),
     #[error("create wireguard interface {0}")]
     CreateLink(String, #[source] rtnl::Error),
     #[error("interface {0} exists and is not a WireGuard device (kind {1})")]
     Occupied(String, String),
-    #[error("open the kernel WireGuard control for {0}")]
-    OpenGenl(String, #[source] kernel::Error),
+    #[error("reach the kernel's WireGuard for {0}")]
+    Kernel(String, #[source] kernel::Error),
     #[error("start userspace WireGuard device {0}")]
     StartUserspace(String, #[source] userspace::Error),
     #[error("read WireGuard device {0}")]
@@ -90,43 +96,11 @@ pub enum Error {
     #[error("set peers on {0}")]
     SetDevice(String, #[source] DeviceError),
     #[error("look up interface {0}")]
-    Link(String, #[source] rtnl::Error),
-    #[error("interface {0} vanished")]
-    Vanished(String),
-    #[error("set MTU {mtu} on {ifname}")]
-    SetMtu {
-        ifname: String,
-        mtu: u32,
-        #[source]
-        source: rtnl::Error,
-    },
-    #[error("read addresses of {0}")]
-    Addresses(String, #[source] rtnl::Error),
-    #[error("add address {addr} to {ifname}")]
-    AddAddress {
-        ifname: String,
-        addr: IpNet,
-        #[source]
-        source: rtnl::Error,
-    },
-    #[error("remove stale address {addr} from {ifname}")]
-    DeleteAddress {
-        ifname: String,
-        addr: IpNet,
-        #[source]
-        source: rtnl::Error,
-    },
-    #[error("bring {0} up")]
-    SetUp(String, #[source] rtnl::Error),
-    #[error("read routes for {0}")]
-    Routes(String, #[source] rtnl::Error),
-    #[error("install route {route} on {ifname}")]
-    AddRoute {
-        ifname: String,
-        route: IpNet,
-        #[source]
-        source: rtnl::Error,
-    },
+    LookUp(String, #[source] rtnl::Error),
+    #[error("interface {0} does not exist")]
+    NoInterface(String),
+    #[error(transparent)]
+    Link(link::Error),
     #[error("remove interface {0}")]
     DeleteLink(String, #[source] rtnl::Error),
 }
@@ -151,7 +125,8 @@ impl DeviceError {
 /// The running device behind the interface.
 #[derive(Debug)]
 enum Device {
-    Kernel(kernel::Genl),
+    /// The kernel's, reached through the `wireguard` generic netlink family (its id).
+    Kernel(u16),
     Userspace(UserspaceDevice),
 }
 
@@ -163,16 +138,21 @@ impl Device {
         }
     }
 
-    fn get(&mut self, ifname: &str) -> Result<ObservedDevice, DeviceError> {
+    fn get(&mut self, genl: &mut Genl, ifname: &str) -> Result<ObservedDevice, DeviceError> {
         match self {
-            Device::Kernel(genl) => Ok(genl.get_device(ifname)?),
+            Device::Kernel(family) => Ok(kernel::get_device(genl, *family, ifname)?),
             Device::Userspace(dev) => Ok(dev.get()?),
         }
     }
 
-    fn set(&mut self, ifname: &str, plan: &plan::DevicePlan<'_>) -> Result<(), DeviceError> {
+    fn set(
+        &mut self,
+        genl: &mut Genl,
+        ifname: &str,
+        plan: &DevicePlan<'_>,
+    ) -> Result<(), DeviceError> {
         match self {
-            Device::Kernel(genl) => Ok(genl.set_device(ifname, plan)?),
+            Device::Kernel(family) => Ok(kernel::set_device(genl, *family, ifname, plan)?),
             Device::Userspace(dev) => match uapi::render_set(plan) {
                 Some(request) => Ok(dev.set(&request)?),
                 None => Ok(()),
@@ -187,11 +167,45 @@ struct Active {
     device: Device,
 }
 
+/// What the kernel holds for the overlay, as far as the plan needs.
+#[derive(Debug)]
+pub enum State {
+    /// The spec has no WireGuard section.
+    Unmanaged,
+    Present {
+        /// The private key the device must hold (the spec's, or the generated one).
+        key: SecretKey,
+        device: ObservedDevice,
+        link: LinkState,
+    },
+}
+
+/// The changes: to the device (peers, key, port) and to its link.
+#[derive(Debug, Default)]
+pub struct Plan<'a> {
+    pub device: DevicePlan<'a>,
+    pub link: Vec<link::Change>,
+}
+
+/// The link a WireGuard spec asks for: MTU, exactly its address, up, the connected route.
+pub fn link_spec(desired: &WireGuard) -> LinkSpec {
+    LinkSpec {
+        interface: desired.interface.clone(),
+        mtu: Some(desired.mtu),
+        address: desired.address,
+        gateway: None,
+        connected_route: true,
+        ownership: Ownership::Whole,
+    }
+}
+
 /// Keeps the pod's WireGuard interface in the state of the spec. Lives on the reconciler's
 /// thread: its sockets and devices belong to that thread's network namespace.
 pub struct WireGuardManager {
     mode: Mode,
     state_dir: PathBuf,
+    /// The generic netlink socket the kernel backend talks through.
+    genl: Genl,
     active: Option<Active>,
     /// The interface a previous agent process made for this pod (the kept spec names it),
     /// until this process adopts or removes it.
@@ -215,10 +229,12 @@ impl fmt::Debug for WireGuardManager {
 }
 
 impl WireGuardManager {
-    pub fn new(mode: Mode, state_dir: &Path) -> WireGuardManager {
+    /// `genl` is a generic netlink socket opened in the namespace the overlay lives in.
+    pub fn new(mode: Mode, state_dir: &Path, genl: Genl) -> WireGuardManager {
         WireGuardManager {
             mode,
             state_dir: state_dir.to_owned(),
+            genl,
             active: None,
             inherited: None,
             generated: None,
@@ -253,114 +269,31 @@ impl WireGuardManager {
         }
     }
 
-    /// Makes the kernel hold `desired`: the interface with its key, port, exactly its peers,
-    /// MTU, address and connected route; or no interface when `desired` is `None`.
-    pub fn apply(&mut self, rtnl: &mut Rtnl, desired: Option<&WireGuard>) -> Result<(), Error> {
-        if let Some(old) = self.inherited.take() {
-            if desired.map(|d| d.interface.as_str()) != Some(old.as_str()) {
-                remove_inherited(rtnl, &old)?;
-            }
-        }
+    /// Before an apply: when the spec leaves `PrivateKey` null, loads the key kept in the
+    /// state directory, generating and storing one the first time. The only place that
+    /// writes the key file; reads never do.
+    pub fn prepare(&mut self, desired: Option<&WireGuard>) -> Result<(), Error> {
         let Some(desired) = desired else {
-            return self.remove(rtnl);
+            return Ok(());
         };
-        let ifname = desired.interface.as_str();
-        if self.active.as_ref().is_some_and(|a| a.ifname != ifname) {
-            self.remove(rtnl)?;
+        if desired.private_key.is_none() && self.generated.is_none() {
+            self.generated = Some(keys::load_or_generate(&self.state_dir).map_err(Error::Key)?);
         }
-        let key = self.private_key(desired)?;
-        if self.active.is_some()
-            && rtnl
-                .link(ifname)
-                .map_err(|e| Error::Link(ifname.into(), e))?
-                .is_none()
-        {
-            // Someone deleted the interface: the device behind it is an orphan. Start over.
-            warn!(
-                interface = ifname,
-                "WireGuard interface vanished; recreating it"
-            );
-            self.discard();
-        }
-        if self.active.is_none() {
-            let device = self.create(rtnl, ifname)?;
-            self.active = Some(Active {
-                ifname: ifname.to_owned(),
-                device,
-            });
-        }
-        let active = self.active.as_mut().expect("created above");
-        if matches!(active.device, Device::Userspace(_)) && desired.mtu > USERSPACE_READ_MTU {
-            // boringtun (fd mode) sizes its TUN reads by the MTU the TUN had when it started.
-            warn!(
-                interface = ifname,
-                mtu = desired.mtu,
-                "boringtun reads at most {USERSPACE_READ_MTU}-byte packets: larger ones are truncated"
-            );
-        }
-        let result = configure_device(&mut active.device, ifname, desired, &key);
-        if let Err(Error::GetDevice(_, e) | Error::SetDevice(_, e)) = &result {
-            if e.is_stuck() {
-                // A device that stopped answering does not recover: replace it on the next
-                // apply rather than time out on it forever.
-                warn!(
-                    interface = ifname,
-                    "WireGuard device stopped answering; it will be restarted"
-                );
-                self.discard();
-            }
-        }
-        result?;
-        configure_link(rtnl, desired)
+        Ok(())
     }
 
-    /// The device as it is now, compared with `desired`; `None` when WireGuard is not
-    /// managed.
-    pub fn observe(
-        &mut self,
-        rtnl: &mut Rtnl,
-        desired: Option<&WireGuard>,
-    ) -> Option<WireGuardStatus> {
-        let desired = desired?;
-        let backend = self.backend().unwrap_or(Backend::Kernel);
-        let degraded = |error: String| WireGuardStatus {
-            overall: Overall::Degraded,
-            last_error: error,
-            backend,
-            interface: desired.interface.to_string(),
-            public_key: String::new(),
-            listen_port: 0,
-            peers: Vec::new(),
-        };
-        let key = match self.private_key(desired) {
-            Ok(key) => key,
-            Err(e) => return Some(degraded(error_line(&e))),
-        };
-        let ifname = desired.interface.as_str();
-        let Some(active) = self.active.as_mut().filter(|a| a.ifname == ifname) else {
-            return Some(degraded(format!("interface {ifname} does not exist")));
-        };
-        // Without its interface a userspace device no longer answers: do not wait on it.
-        match rtnl.link(ifname) {
-            Ok(Some(_)) => {}
-            Ok(None) => return Some(degraded(format!("interface {ifname} does not exist"))),
-            Err(e) => return Some(degraded(error_line(&Error::Link(ifname.into(), e)))),
+    /// The private key for `desired`: the spec's, or the generated one (read from the state
+    /// directory if this process has not loaded it, never generated here).
+    fn key(&mut self, desired: &WireGuard) -> Result<SecretKey, Error> {
+        if let Some(key) = &desired.private_key {
+            return Ok(key.clone());
         }
-        let observed = match active.device.get(ifname) {
-            Ok(o) => o,
-            Err(e) => return Some(degraded(error_line(&Error::GetDevice(ifname.into(), e)))),
-        };
-        let problems = match link_problems(rtnl, desired) {
-            Ok(p) => p,
-            Err(e) => vec![error_line(&e)],
-        };
-        Some(plan::status(
-            active.device.backend(),
-            desired,
-            &key,
-            &observed,
-            &problems,
-        ))
+        if self.generated.is_none() {
+            self.generated = keys::load(&self.state_dir).map_err(Error::Key)?;
+        }
+        self.generated
+            .clone()
+            .ok_or_else(|| Error::NoKey(desired.interface.to_string()))
     }
 
     /// Stops a userspace device (its interface goes with it). A kernel interface stays: it
@@ -379,24 +312,13 @@ impl WireGuardManager {
         }
     }
 
-    fn private_key(&mut self, desired: &WireGuard) -> Result<SecretKey, Error> {
-        if let Some(key) = &desired.private_key {
-            return Ok(key.clone());
-        }
-        if self.generated.is_none() {
-            let key = keys::load_or_generate(&self.state_dir).map_err(Error::Key)?;
-            self.generated = Some(key);
-        }
-        Ok(self.generated.clone().expect("loaded above"))
-    }
-
     /// Creates the interface with the chosen backend; in auto mode the first creation is the
     /// probe.
     fn create(&mut self, rtnl: &mut Rtnl, ifname: &str) -> Result<Device, Error> {
         match self.decided {
             Some(Backend::Userspace) => start_userspace(ifname),
-            Some(Backend::Kernel) => create_kernel(rtnl, ifname),
-            None => match create_kernel(rtnl, ifname) {
+            Some(Backend::Kernel) => create_kernel(rtnl, &mut self.genl, ifname),
+            None => match create_kernel(rtnl, &mut self.genl, ifname) {
                 Ok(device) => {
                     self.decided = Some(Backend::Kernel);
                     info!(interface = ifname, "using kernel WireGuard");
@@ -430,7 +352,7 @@ impl WireGuardManager {
         // that lingers is deleted too.
         if let Some(link) = rtnl
             .link(&ifname)
-            .map_err(|e| Error::Link(ifname.clone(), e))?
+            .map_err(|e| Error::LookUp(ifname.clone(), e))?
         {
             match rtnl.delete_link(link.index) {
                 Err(e) if e.errno() != Some(libc::ENODEV) => {
@@ -442,6 +364,184 @@ impl WireGuardManager {
         info!(interface = %ifname, "removed WireGuard interface");
         Ok(())
     }
+
+    /// Makes sure the device named by `desired` runs: replaces one of another name, and one
+    /// whose interface someone deleted (the device behind it is an orphan).
+    fn ensure_device(&mut self, rtnl: &mut Rtnl, desired: &WireGuard) -> Result<(), Error> {
+        let ifname = desired.interface.as_str();
+        if self.active.as_ref().is_some_and(|a| a.ifname != ifname) {
+            self.remove(rtnl)?;
+        }
+        if self.active.is_some()
+            && rtnl
+                .link(ifname)
+                .map_err(|e| Error::LookUp(ifname.into(), e))?
+                .is_none()
+        {
+            warn!(
+                interface = ifname,
+                "WireGuard interface vanished; recreating it"
+            );
+            self.discard();
+        }
+        if self.active.is_none() {
+            let device = self.create(rtnl, ifname)?;
+            self.active = Some(Active {
+                ifname: ifname.to_owned(),
+                device,
+            });
+        }
+        if matches!(
+            self.active.as_ref().map(|a| &a.device),
+            Some(Device::Userspace(_))
+        ) && desired.mtu > USERSPACE_READ_MTU
+        {
+            // boringtun (fd mode) sizes its TUN reads by the MTU the TUN had when it started.
+            warn!(
+                interface = ifname,
+                mtu = desired.mtu,
+                "boringtun reads at most {USERSPACE_READ_MTU}-byte packets: larger ones are truncated"
+            );
+        }
+        Ok(())
+    }
+
+    /// After a device error: a device that stopped answering does not recover, so it is
+    /// replaced on the next apply rather than timed out on forever.
+    fn check_stuck(&mut self, ifname: &str, e: &DeviceError) {
+        if e.is_stuck() {
+            warn!(
+                interface = ifname,
+                "WireGuard device stopped answering; it will be restarted"
+            );
+            self.discard();
+        }
+    }
+}
+
+impl Subsystem for WireGuardManager {
+    type Desired = Option<WireGuard>;
+    type State = State;
+    type Plan<'a> = Plan<'a>;
+    type Error = Error;
+    type Status = Option<WireGuardStatus>;
+
+    /// The device and its link. Without its interface a userspace device no longer answers:
+    /// the interface is looked up first, and the device not asked then.
+    fn read(&mut self, rtnl: &mut Rtnl, desired: &Option<WireGuard>) -> Result<State, Error> {
+        let Some(desired) = desired else {
+            return Ok(State::Unmanaged);
+        };
+        let key = self.key(desired)?;
+        let ifname = desired.interface.as_str();
+        let missing = || Error::NoInterface(ifname.into());
+        if self.active.as_ref().is_none_or(|a| a.ifname != ifname) {
+            return Err(missing());
+        }
+        let link = match Link.read(rtnl, &link_spec(desired)) {
+            Err(link::Error::NoInterface(_)) => return Err(missing()),
+            other => other.map_err(Error::Link)?,
+        };
+        let active = self.active.as_mut().expect("checked above");
+        let device = match active.device.get(&mut self.genl, ifname) {
+            Ok(device) => device,
+            Err(e) => {
+                self.check_stuck(ifname, &e);
+                return Err(Error::GetDevice(ifname.into(), e));
+            }
+        };
+        Ok(State::Present { key, device, link })
+    }
+
+    fn plan<'a>(&self, desired: &'a Option<WireGuard>, state: &'a State) -> Plan<'a> {
+        match (desired, state) {
+            (Some(desired), State::Present { key, device, link }) => Plan {
+                device: plan::plan(desired, key, device),
+                link: link::plan(&link_spec(desired), link),
+            },
+            _ => Plan::default(),
+        }
+    }
+
+    fn send(
+        &mut self,
+        rtnl: &mut Rtnl,
+        desired: &Option<WireGuard>,
+        state: &State,
+        plan: Plan<'_>,
+    ) -> Result<(), Error> {
+        let (Some(desired), State::Present { link, .. }) = (desired, state) else {
+            return Ok(());
+        };
+        let ifname = desired.interface.as_str();
+        if plan.device.is_empty() {
+            tracing::debug!(interface = ifname, "peers are already up to date");
+        } else {
+            info!(
+                interface = ifname,
+                added = plan.device.added.len(),
+                changed = plan.device.changed.len(),
+                removed = plan.device.removed.len(),
+                "updating WireGuard device"
+            );
+            let active = self
+                .active
+                .as_mut()
+                .ok_or_else(|| Error::NoInterface(ifname.into()))?;
+            if let Err(e) = active.device.set(&mut self.genl, ifname, &plan.device) {
+                self.check_stuck(ifname, &e);
+                return Err(Error::SetDevice(ifname.into(), e));
+            }
+        }
+        if plan.link.is_empty() {
+            return Ok(());
+        }
+        Link.send(rtnl, &link_spec(desired), link, plan.link)
+            .map_err(Error::Link)
+    }
+
+    fn status(
+        &self,
+        desired: &Option<WireGuard>,
+        read: Result<&State, &Error>,
+    ) -> Option<WireGuardStatus> {
+        let desired = desired.as_ref()?;
+        let backend = self.backend().unwrap_or(Backend::Kernel);
+        match read {
+            Ok(State::Present { key, device, link }) => {
+                let problems = Link.status(&link_spec(desired), Ok(link)).problems;
+                Some(plan::status(backend, desired, key, device, &problems))
+            }
+            Ok(State::Unmanaged) => None,
+            Err(e) => Some(WireGuardStatus {
+                overall: Overall::Degraded,
+                last_error: error_line(e),
+                backend,
+                interface: desired.interface.to_string(),
+                public_key: String::new(),
+                listen_port: 0,
+                peers: Vec::new(),
+            }),
+        }
+    }
+
+    /// Makes the kernel hold `desired`: the interface with its key, port, exactly its peers,
+    /// MTU, address and connected route; or no interface when `desired` is `None`. The key
+    /// must have been loaded by [`WireGuardManager::prepare`].
+    fn apply(&mut self, rtnl: &mut Rtnl, desired: &Option<WireGuard>) -> Result<(), Error> {
+        if let Some(old) = self.inherited.take() {
+            if desired.as_ref().map(|d| d.interface.as_str()) != Some(old.as_str()) {
+                remove_inherited(rtnl, &old)?;
+            }
+        }
+        let Some(spec) = desired else {
+            return self.remove(rtnl);
+        };
+        self.ensure_device(rtnl, spec)?;
+        let state = self.read(rtnl, desired)?;
+        let plan = self.plan(desired, &state);
+        self.send(rtnl, desired, &state, plan)
+    }
 }
 
 /// Deletes an earlier process's interface: a kernel WireGuard link, or the TUN link of a
@@ -449,7 +549,7 @@ impl WireGuardManager {
 fn remove_inherited(rtnl: &mut Rtnl, ifname: &str) -> Result<(), Error> {
     let Some(link) = rtnl
         .link(ifname)
-        .map_err(|e| Error::Link(ifname.into(), e))?
+        .map_err(|e| Error::LookUp(ifname.into(), e))?
     else {
         return Ok(());
     };
@@ -471,33 +571,6 @@ impl Drop for WireGuardManager {
     }
 }
 
-/// Reads the device, diffs it against the spec and sends only the difference.
-fn configure_device(
-    device: &mut Device,
-    ifname: &str,
-    desired: &WireGuard,
-    key: &SecretKey,
-) -> Result<(), Error> {
-    let observed = device
-        .get(ifname)
-        .map_err(|e| Error::GetDevice(ifname.into(), e))?;
-    let plan = plan::plan(desired, key, &observed);
-    if plan.is_empty() {
-        tracing::debug!(interface = ifname, "peers are already up to date");
-        return Ok(());
-    }
-    info!(
-        interface = ifname,
-        added = plan.added.len(),
-        changed = plan.changed.len(),
-        removed = plan.removed.len(),
-        "updating WireGuard device"
-    );
-    device
-        .set(ifname, &plan)
-        .map_err(|e| Error::SetDevice(ifname.into(), e))
-}
-
 fn start_userspace(ifname: &str) -> Result<Device, Error> {
     let dev =
         UserspaceDevice::start(ifname).map_err(|e| Error::StartUserspace(ifname.into(), e))?;
@@ -506,14 +579,14 @@ fn start_userspace(ifname: &str) -> Result<Device, Error> {
 }
 
 /// Creates (or adopts, after an agent restart) a kernel `wireguard` link.
-fn create_kernel(rtnl: &mut Rtnl, ifname: &str) -> Result<Device, Error> {
+fn create_kernel(rtnl: &mut Rtnl, genl: &mut Genl, ifname: &str) -> Result<Device, Error> {
     match rtnl.create_link(ifname, "wireguard") {
         Ok(()) => {}
         Err(e) if e.errno() == Some(libc::EEXIST) => {
             let link = rtnl
                 .link(ifname)
-                .map_err(|e| Error::Link(ifname.into(), e))?
-                .ok_or_else(|| Error::Vanished(ifname.into()))?;
+                .map_err(|e| Error::LookUp(ifname.into(), e))?
+                .ok_or_else(|| Error::NoInterface(ifname.into()))?;
             if link.kind.as_deref() != Some("wireguard") {
                 return Err(Error::Occupied(
                     ifname.into(),
@@ -523,128 +596,8 @@ fn create_kernel(rtnl: &mut Rtnl, ifname: &str) -> Result<Device, Error> {
         }
         Err(e) => return Err(Error::CreateLink(ifname.into(), e)),
     }
-    let genl = kernel::Genl::open().map_err(|e| Error::OpenGenl(ifname.into(), e))?;
-    Ok(Device::Kernel(genl))
-}
-
-/// The link's state as the spec wants it: MTU, exactly the overlay address, up, and the
-/// connected route to the address's prefix.
-fn configure_link(rtnl: &mut Rtnl, desired: &WireGuard) -> Result<(), Error> {
-    let ifname = desired.interface.as_str();
-    let link = find_link(rtnl, ifname)?;
-    if link.mtu != desired.mtu {
-        rtnl.set_link_mtu(link.index, desired.mtu)
-            .map_err(|source| Error::SetMtu {
-                ifname: ifname.into(),
-                mtu: desired.mtu,
-                source,
-            })?;
-    }
-    let addresses = rtnl
-        .addresses(link.index)
-        .map_err(|e| Error::Addresses(ifname.into(), e))?;
-    for stale in addresses
-        .iter()
-        .map(|a| a.addr)
-        .filter(|a| *a != desired.address && !is_link_local(a))
-    {
-        rtnl.delete_address(link.index, stale)
-            .map_err(|source| Error::DeleteAddress {
-                ifname: ifname.into(),
-                addr: stale,
-                source,
-            })?;
-    }
-    if !addresses.iter().any(|a| a.addr == desired.address) {
-        rtnl.add_address(link.index, desired.address)
-            .map_err(|source| Error::AddAddress {
-                ifname: ifname.into(),
-                addr: desired.address,
-                source,
-            })?;
-    }
-    if !link.up {
-        rtnl.set_link_up(link.index)
-            .map_err(|e| Error::SetUp(ifname.into(), e))?;
-    }
-    // The kernel adds the connected route with the address once the link is up; it is put
-    // back only when someone removed it.
-    if !has_connected_route(rtnl, desired, link.index)? {
-        let dst = desired.address.trunc();
-        rtnl.replace_route(&Route {
-            dst,
-            gateway: None,
-            oif: link.index,
-            metric: 0,
-        })
-        .map_err(|source| Error::AddRoute {
-            ifname: ifname.into(),
-            route: dst,
-            source,
-        })?;
-    }
-    Ok(())
-}
-
-fn find_link(rtnl: &mut Rtnl, ifname: &str) -> Result<LinkInfo, Error> {
-    rtnl.link(ifname)
-        .map_err(|e| Error::Link(ifname.into(), e))?
-        .ok_or_else(|| Error::Vanished(ifname.into()))
-}
-
-fn is_link_local(net: &IpNet) -> bool {
-    match net {
-        IpNet::V4(n) => n.addr().is_link_local(),
-        IpNet::V6(n) => (n.addr().segments()[0] & 0xffc0) == 0xfe80,
-    }
-}
-
-fn has_connected_route(rtnl: &mut Rtnl, desired: &WireGuard, index: u32) -> Result<bool, Error> {
-    let ifname = desired.interface.as_str();
-    let family = match desired.address {
-        IpNet::V4(_) => Family::V4,
-        IpNet::V6(_) => Family::V6,
-    };
-    let dst = desired.address.trunc();
-    Ok(rtnl
-        .routes(family)
-        .map_err(|e| Error::Routes(ifname.into(), e))?
-        .iter()
-        .any(|r| r.dst == dst && r.oif == Some(index) && r.gateway.is_none()))
-}
-
-/// What differs on the link from the spec, as status lines.
-fn link_problems(rtnl: &mut Rtnl, desired: &WireGuard) -> Result<Vec<String>, Error> {
-    let ifname = desired.interface.as_str();
-    let Some(link) = rtnl
-        .link(ifname)
-        .map_err(|e| Error::Link(ifname.into(), e))?
-    else {
-        return Ok(vec![format!("interface {ifname} does not exist")]);
-    };
-    let mut problems = Vec::new();
-    if !link.up {
-        problems.push(format!("{ifname} is down"));
-    }
-    if link.mtu != desired.mtu {
-        problems.push(format!(
-            "{ifname} has MTU {}, not {}",
-            link.mtu, desired.mtu
-        ));
-    }
-    let addresses = rtnl
-        .addresses(link.index)
-        .map_err(|e| Error::Addresses(ifname.into(), e))?;
-    if !addresses.iter().any(|a| a.addr == desired.address) {
-        problems.push(format!("{ifname} lacks address {}", desired.address));
-    }
-    if !has_connected_route(rtnl, desired, link.index)? {
-        problems.push(format!(
-            "no route to {} on {ifname}",
-            desired.address.trunc()
-        ));
-    }
-    Ok(problems)
+    let family = kernel::family(genl).map_err(|e| Error::Kernel(ifname.into(), e))?;
+    Ok(Device::Kernel(family))
 }
 
 #[cfg(test)]

@@ -65,6 +65,17 @@ pub struct DevicePlan<'a> {
     pub changed: Vec<&'a Peer>,
     /// Peers the device has that the spec does not name, sorted.
     pub removed: Vec<PublicKey>,
+    /// For changed peers whose spec leaves the endpoint open: the endpoint the device had
+    /// learned from their packets. A backend that replaces a changed peer (boringtun)
+    /// states it again, so the peer stays reachable before it speaks first.
+    pub learned: Vec<(PublicKey, SocketAddr)>,
+}
+
+impl DevicePlan<'_> {
+    /// The endpoint the device had learned for changed peer `key`.
+    pub fn learned(&self, key: &PublicKey) -> Option<SocketAddr> {
+        self.learned.iter().find(|(k, _)| k == key).map(|(_, e)| *e)
+    }
 }
 
 impl DevicePlan<'_> {
@@ -118,7 +129,12 @@ pub fn plan<'a>(
     for peer in &desired.peers {
         match current.get(&peer.public_key) {
             None => plan.added.push(peer),
-            Some(seen) if !peer_matches(peer, seen) => plan.changed.push(peer),
+            Some(seen) if !peer_matches(peer, seen) => {
+                plan.changed.push(peer);
+                if let (None, Some(learned)) = (peer.endpoint, seen.endpoint) {
+                    plan.learned.push((peer.public_key, learned));
+                }
+            }
             Some(_) => {}
         }
     }
@@ -210,7 +226,126 @@ pub fn status(
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+    use proptest::collection::vec;
+    use proptest::prelude::*;
     use weft_schema::validate::IfName;
+
+    /// A network as validation leaves it: truncated to its prefix.
+    pub(crate) fn arb_net() -> impl Strategy<Value = IpNet> {
+        prop_oneof![
+            (any::<[u8; 4]>(), 0u8..=32).prop_map(|(a, p)| IpNet::new(
+                std::net::IpAddr::from(a),
+                p
+            )
+            .unwrap()
+            .trunc()),
+            (any::<[u8; 16]>(), 0u8..=128).prop_map(|(a, p)| IpNet::new(
+                std::net::IpAddr::from(a),
+                p
+            )
+            .unwrap()
+            .trunc()),
+        ]
+    }
+
+    fn arb_endpoint() -> impl Strategy<Value = SocketAddr> {
+        prop_oneof![
+            (any::<[u8; 4]>(), 1u16..).prop_map(|(a, port)| SocketAddr::from((a, port))),
+            (any::<[u8; 16]>(), 1u16..).prop_map(|(a, port)| SocketAddr::from((a, port))),
+        ]
+    }
+
+    fn arb_secret() -> impl Strategy<Value = SecretKey> {
+        any::<[u8; 32]>()
+            .prop_filter("all zeros means none", |k| *k != [0; 32])
+            .prop_map(SecretKey::from_bytes)
+    }
+
+    /// A key from a small pool, so a spec and a device share peers.
+    fn pool_key(i: u8) -> PublicKey {
+        let mut k = [i; 32];
+        k[31] = 0xa5;
+        PublicKey(k)
+    }
+
+    prop_compose! {
+        /// A peer as a validated spec holds it (allowed IPs sorted, deduplicated).
+        pub(crate) fn arb_peer(key: u8)(
+            endpoint in proptest::option::of(arb_endpoint()),
+            mut allowed_ips in vec(arb_net(), 0..12),
+            persistent_keepalive in proptest::option::of(1u16..),
+            preshared_key in proptest::option::of(arb_secret()),
+        ) -> Peer {
+            allowed_ips.sort();
+            allowed_ips.dedup();
+            Peer { public_key: pool_key(key), endpoint, allowed_ips, persistent_keepalive, preshared_key }
+        }
+    }
+
+    /// Peers with distinct keys from the pool, in a random order.
+    pub(crate) fn arb_peers(max: usize) -> impl Strategy<Value = Vec<Peer>> {
+        proptest::sample::subsequence((0u8..24).collect::<Vec<_>>(), 0..=max)
+            .prop_flat_map(|keys| keys.into_iter().map(arb_peer).collect::<Vec<_>>())
+            .prop_shuffle()
+    }
+
+    prop_compose! {
+        /// What a device might hold: some of the pool's peers with any settings.
+        pub(crate) fn arb_device()(
+            peers in arb_peers(12),
+            listen_port in any::<u16>(),
+            public_key in proptest::option::of(any::<[u8; 32]>().prop_map(PublicKey)),
+        ) -> ObservedDevice {
+            ObservedDevice { public_key, listen_port, peers: peers.iter().map(seen).collect() }
+        }
+    }
+
+    prop_compose! {
+        /// A spec over the pool's peers.
+        pub(crate) fn arb_spec()(peers in arb_peers(12), listen_port in 1u16..) -> WireGuard {
+            let mut s = spec(peers);
+            s.listen_port = listen_port;
+            s
+        }
+    }
+
+    /// What a device holds once `plan` (against `before`) has been carried out correctly.
+    pub(crate) fn expected(desired: &WireGuard, before: &ObservedDevice) -> ObservedDevice {
+        let mut peers: Vec<ObservedPeer> = desired
+            .peers
+            .iter()
+            .map(|p| {
+                let mut o = seen(p);
+                // An endpoint the spec leaves open keeps what the device had learned.
+                if p.endpoint.is_none() {
+                    o.endpoint = before
+                        .peers
+                        .iter()
+                        .find(|b| b.public_key == p.public_key)
+                        .and_then(|b| b.endpoint);
+                }
+                o
+            })
+            .collect();
+        peers.sort_by_key(|p| p.public_key);
+        ObservedDevice {
+            public_key: Some(super::super::keys::public_key(
+                desired.private_key.as_ref().unwrap(),
+            )),
+            listen_port: desired.listen_port,
+            peers,
+        }
+    }
+
+    /// `device` with its peers in key order and their allowed IPs normalised, to compare.
+    pub(crate) fn normalised(mut device: ObservedDevice) -> ObservedDevice {
+        device.peers.sort_by_key(|p| p.public_key);
+        for p in &mut device.peers {
+            p.allowed_ips.sort();
+            p.allowed_ips.dedup();
+        }
+        device
+    }
 
     pub(crate) fn pk(n: u8) -> PublicKey {
         PublicKey([n; 32])
@@ -237,7 +372,7 @@ pub(crate) mod tests {
         }
     }
 
-    fn seen(p: &Peer) -> ObservedPeer {
+    pub(crate) fn seen(p: &Peer) -> ObservedPeer {
         ObservedPeer {
             public_key: p.public_key,
             endpoint: p.endpoint,

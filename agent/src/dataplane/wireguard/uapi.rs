@@ -13,13 +13,14 @@ use std::net::SocketAddr;
 use ipnet::IpNet;
 use weft_schema::key::{PublicKey, SecretKey};
 use weft_schema::validate::Peer;
+use zeroize::Zeroizing;
 
 use super::plan::{DevicePlan, ObservedDevice, ObservedPeer};
 
-/// A `set=1` request. It may hold the private key, so its `Debug` is redacted and it has no
-/// `Display`: it goes to the device and nowhere else.
+/// A `set=1` request. It may hold the private key, so its `Debug` is redacted, it has no
+/// `Display` (it goes to the device and nowhere else), and it is wiped when dropped.
 #[derive(Clone, PartialEq, Eq)]
-pub struct SetRequest(String);
+pub struct SetRequest(Zeroizing<String>);
 
 impl SetRequest {
     /// The request text; handle with care.
@@ -40,14 +41,20 @@ impl fmt::Debug for SetRequest {
 /// `preshared_key` over from one peer section to the next, so every added section states
 /// `remove=false`, its keepalive (0 for off) and its preshared key (zeros for none)
 /// explicitly. An endpoint cannot be unset, so sections without one come before those with
-/// one, and every removal comes first.
+/// one, and every removal comes first. A changed peer is removed and added again: the
+/// endpoint the device had learned for it, when the spec names none, is stated again.
 pub fn render_set(plan: &DevicePlan<'_>) -> Option<SetRequest> {
     if plan.is_empty() {
         return None;
     }
-    let mut out = String::from("set=1\n");
+    // Sized for the whole request up front: growing would copy the private key into a new
+    // buffer and free the old one unwiped.
+    let mut out = Zeroizing::new(String::with_capacity(set_request_bound(plan)));
+    out.push_str("set=1\n");
     if let Some(key) = plan.private_key {
-        let _ = writeln!(out, "private_key={}", hex::encode(key.expose()));
+        out.push_str("private_key=");
+        push_hex(&mut out, key.expose());
+        out.push('\n');
     }
     if let Some(port) = plan.listen_port {
         let _ = writeln!(out, "listen_port={port}");
@@ -65,33 +72,97 @@ pub fn render_set(plan: &DevicePlan<'_>) -> Option<SetRequest> {
     }
     let mut adds: Vec<&Peer> = plan.added.iter().chain(&plan.changed).copied().collect();
     // Stable: the spec's order is kept within each group.
-    adds.sort_by_key(|p| p.endpoint.is_some());
+    let endpoint = |p: &Peer| p.endpoint.or_else(|| plan.learned(&p.public_key));
+    adds.sort_by_key(|p| endpoint(p).is_some());
     for peer in adds {
-        render_peer(&mut out, peer);
+        render_peer(&mut out, peer, endpoint(peer));
     }
     out.push('\n');
+    debug_assert!(out.len() <= out.capacity(), "the bound held");
     Some(SetRequest(out))
 }
 
-fn render_peer(out: &mut String, peer: &Peer) {
-    let psk = peer
-        .preshared_key
-        .as_ref()
-        .map(|k| *k.expose())
-        .unwrap_or([0; 32]);
+/// The most bytes a `set=1` request for `plan` can take.
+fn set_request_bound(plan: &DevicePlan<'_>) -> usize {
+    const KEY_LINE: usize = "preshared_key=".len() + 64 + 1;
+    const PEER: usize = 3 * KEY_LINE
+        + "remove=false\n".len()
+        + "persistent_keepalive_interval=65535\n".len()
+        + "endpoint=[ffff:ffff:ffff:ffff:ffff:ffff:255.255.255.255%4294967295]:65535\n".len()
+        + "replace_allowed_ips=true\n".len();
+    const ALLOWED_IP: usize = "allowed_ip=ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff/128\n".len();
+    let removed = plan.removed.len() + plan.changed.len();
+    let added = plan.added.len() + plan.changed.len();
+    let ips: usize = plan
+        .added
+        .iter()
+        .chain(&plan.changed)
+        .map(|p| p.allowed_ips.len())
+        .sum();
+    "set=1\n".len()
+        + KEY_LINE
+        + "listen_port=65535\n".len()
+        + removed * (KEY_LINE + "remove=true\n".len())
+        + added * PEER
+        + ips * ALLOWED_IP
+        + 1
+}
+
+/// Appends `bytes` to a buffer that holds secrets; when it must grow, the old buffer is
+/// wiped before it is freed.
+pub fn push_secret(buf: &mut Zeroizing<Vec<u8>>, bytes: &[u8]) {
+    if buf.len() + bytes.len() > buf.capacity() {
+        let mut grown = Vec::with_capacity((2 * buf.capacity()).max(buf.len() + bytes.len()));
+        grown.extend_from_slice(buf);
+        *buf = Zeroizing::new(grown);
+    }
+    buf.extend_from_slice(bytes);
+}
+
+/// Whether a reply read so far is whole: it ends with `errno=N` and an empty line.
+pub fn reply_complete(reply: &[u8]) -> bool {
+    let Some(body) = reply.strip_suffix(b"\n\n") else {
+        return false;
+    };
+    let last = body.rsplit(|&b| b == b'\n').next().unwrap_or(body);
+    last.starts_with(b"errno=")
+}
+
+/// A peer section; `endpoint` is the spec's, or the one the device had learned.
+fn render_peer(out: &mut String, peer: &Peer, endpoint: Option<SocketAddr>) {
+    let psk = Zeroizing::new(
+        peer.preshared_key
+            .as_ref()
+            .map(|k| *k.expose())
+            .unwrap_or([0; 32]),
+    );
     let _ = writeln!(
         out,
-        "public_key={}\nremove=false\npreshared_key={}\npersistent_keepalive_interval={}",
+        "public_key={}\nremove=false",
         hex::encode(peer.public_key.as_bytes()),
-        hex::encode(psk),
+    );
+    out.push_str("preshared_key=");
+    push_hex(out, &psk[..]);
+    let _ = writeln!(
+        out,
+        "\npersistent_keepalive_interval={}",
         peer.persistent_keepalive.unwrap_or(0),
     );
-    if let Some(endpoint) = peer.endpoint {
+    if let Some(endpoint) = endpoint {
         let _ = writeln!(out, "endpoint={endpoint}");
     }
     out.push_str("replace_allowed_ips=true\n");
     for net in &peer.allowed_ips {
         let _ = writeln!(out, "allowed_ip={net}");
+    }
+}
+
+/// Writes `bytes` in hex straight into `out`, with no intermediate string to leave behind.
+fn push_hex(out: &mut String, bytes: &[u8]) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    for b in bytes {
+        out.push(char::from(DIGITS[usize::from(b >> 4)]));
+        out.push(char::from(DIGITS[usize::from(b & 0xf)]));
     }
 }
 
@@ -219,12 +290,14 @@ fn finish(device: &mut ObservedDevice, handshake_secs: &[Option<u64>], clock: Ha
 /// Rewrites boringtun's `get=1` reply so its handshake times are times, as the protocol
 /// says and `wg` expects (boringtun 0.7 sends the time elapsed since the handshake, which
 /// `wg show` would print as decades ago). `now` is the time since the epoch.
-pub fn handshake_elapsed_to_epoch(reply: &str, now: std::time::Duration) -> String {
-    let mut out = String::with_capacity(reply.len());
+pub fn handshake_elapsed_to_epoch(reply: &str, now: std::time::Duration) -> Zeroizing<String> {
+    // The reply carries preshared keys. Each rewritten handshake grows by at most the
+    // digits of a time: room for that up front, so the text is never copied while it grows.
+    let handshakes = reply.matches("last_handshake_time_sec=").count();
+    let mut out = Zeroizing::new(String::with_capacity(reply.len() + 24 * handshakes + 1));
     let mut lines = reply.split_inclusive('\n').peekable();
     while let Some(line) = lines.next() {
-        let elapsed_secs = line
-            .trim_end()
+        let elapsed_secs = line_body(line)
             .strip_prefix("last_handshake_time_sec=")
             .and_then(|v| v.parse::<u64>().ok());
         let Some(secs) = elapsed_secs else {
@@ -234,7 +307,7 @@ pub fn handshake_elapsed_to_epoch(reply: &str, now: std::time::Duration) -> Stri
         let nanos = lines
             .next_if(|l| l.starts_with("last_handshake_time_nsec="))
             .and_then(|l| {
-                l.trim_end()
+                line_body(l)
                     .strip_prefix("last_handshake_time_nsec=")?
                     .parse::<u32>()
                     .ok()
@@ -249,6 +322,13 @@ pub fn handshake_elapsed_to_epoch(reply: &str, now: std::time::Duration) -> Stri
         );
     }
     out
+}
+
+/// A line without its ending, as `str::lines` gives it (so a value the parser would refuse,
+/// `5   ` say, is not rewritten into one it takes).
+fn line_body(line: &str) -> &str {
+    let line = line.strip_suffix('\n').unwrap_or(line);
+    line.strip_suffix('\r').unwrap_or(line)
 }
 
 fn hex32(text: &str) -> Option<[u8; 32]> {
@@ -400,6 +480,72 @@ mod tests {
         assert!(!format!("{d:?}").contains(&hex::encode([9; 32])));
     }
 
+    /// Found by the `uapi_get` fuzz target: a handshake time with trailing blanks does not
+    /// parse, and the rewrite must not make it parse.
+    #[test]
+    fn the_rewrite_keeps_a_refused_handshake_time_refused() {
+        let valid = format!(
+            "public_key={}\nlast_handshake_time_sec=5\nerrno=0\n\n",
+            hex::encode([1; 32])
+        );
+        let now = std::time::Duration::new(1_000, 0);
+        assert!(parse_get(&valid, HandshakeClock::Elapsed { now_unix: 1_000 }).is_ok());
+        let reply = valid.replace("=5\n", "=00000    \n");
+        assert_eq!(
+            parse_get(&reply, HandshakeClock::Elapsed { now_unix: 1_000 }),
+            Err(ParseError::BadValue {
+                line: 2,
+                key: "last_handshake_time_sec".into()
+            })
+        );
+        let rewritten = handshake_elapsed_to_epoch(&reply, now);
+        assert_eq!(rewritten.as_str(), reply);
+        assert!(parse_get(&rewritten, HandshakeClock::SinceEpoch).is_err());
+    }
+
+    #[test]
+    fn replies_are_whole_at_errno_and_an_empty_line() {
+        assert!(!reply_complete(b""));
+        assert!(!reply_complete(b"listen_port=1\n"));
+        assert!(!reply_complete(b"listen_port=1\nerrno=0\n"));
+        assert!(reply_complete(b"listen_port=1\nerrno=0\n\n"));
+        assert!(reply_complete(b"errno=0\n\n"));
+        assert!(!reply_complete(b"a=1\n\n"));
+        let mut buf = Zeroizing::new(Vec::with_capacity(2));
+        push_secret(&mut buf, b"abc");
+        push_secret(&mut buf, b"def");
+        assert_eq!(&buf[..], b"abcdef");
+    }
+
+    #[test]
+    fn a_set_request_never_outgrows_its_first_buffer() {
+        let mut peers: Vec<Peer> = (1..=50u8)
+            .map(|n| {
+                let mut p = peer(
+                    n,
+                    &["ffff:ffff:ffff:ffff:ffff:ffff:ffff:0/112", "10.0.0.0/8"],
+                );
+                p.endpoint = Some(
+                    "[ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff]:65535"
+                        .parse()
+                        .unwrap(),
+                );
+                p.persistent_keepalive = Some(65535);
+                p.preshared_key = Some(SecretKey::from_bytes([n; 32]));
+                p
+            })
+            .collect();
+        peers.sort_by_key(|p| p.public_key);
+        let s = spec(peers);
+        let key = s.private_key.clone().unwrap();
+        let req = render_set(&plan(&s, &key, &ObservedDevice::default())).unwrap();
+        assert!(req.0.len() <= set_request_bound(&plan(&s, &key, &ObservedDevice::default())));
+        assert_eq!(
+            req.0.capacity(),
+            set_request_bound(&plan(&s, &key, &ObservedDevice::default()))
+        );
+    }
+
     #[test]
     fn elapsed_handshake_times_become_times() {
         let reply = "listen_port=1\npublic_key=aa\nlast_handshake_time_sec=7\n\
@@ -407,7 +553,7 @@ mod tests {
                      public_key=bb\nrx_bytes=0\nerrno=0\n";
         let now = std::time::Duration::new(1_000, 0);
         assert_eq!(
-            handshake_elapsed_to_epoch(reply, now),
+            handshake_elapsed_to_epoch(reply, now).as_str(),
             "listen_port=1\npublic_key=aa\nlast_handshake_time_sec=992\n\
              last_handshake_time_nsec=500000000\nrx_bytes=1\n\
              public_key=bb\nrx_bytes=0\nerrno=0\n"
@@ -448,6 +594,140 @@ mod tests {
                 Err(err),
                 "{reply:?}"
             );
+        }
+    }
+}
+
+#[cfg(test)]
+mod props {
+    use super::super::plan::tests::{arb_device, arb_spec, expected, normalised};
+    use super::super::plan::{plan, ObservedDevice, ObservedPeer};
+    use super::*;
+    use proptest::prelude::*;
+
+    fn key(hex: &str) -> [u8; 32] {
+        hex32(hex).expect("a hex key")
+    }
+
+    /// boringtun 0.7's `set=1` (`device/api.rs`), as a model: a peer section's settings carry
+    /// over into the next section (only its allowed IPs start empty), a section commits when
+    /// the next begins or at the empty line, and changing a peer that exists panics the
+    /// device, which the model refuses too.
+    fn apply(device: &mut ObservedDevice, request: &str) {
+        #[derive(Default)]
+        struct Section {
+            key: Option<PublicKey>,
+            remove: bool,
+            endpoint: Option<SocketAddr>,
+            keepalive: Option<u16>,
+            psk: Option<[u8; 32]>,
+            ips: Vec<IpNet>,
+        }
+        fn commit(device: &mut ObservedDevice, s: &mut Section) {
+            let Some(key) = s.key else { return };
+            if s.remove {
+                device.peers.retain(|p| p.public_key != key);
+            } else {
+                assert!(
+                    device.peers.iter().all(|p| p.public_key != key),
+                    "boringtun panics: modifying existing peer {key:?}"
+                );
+                let mut p = ObservedPeer::new(key);
+                p.endpoint = s.endpoint;
+                p.persistent_keepalive = s.keepalive.unwrap_or(0);
+                p.preshared_key = s.psk.filter(|k| *k != [0; 32]).map(SecretKey::from_bytes);
+                p.allowed_ips = s.ips.clone();
+                device.peers.push(p);
+            }
+            s.ips.clear();
+        }
+        let mut lines = request.lines();
+        assert_eq!(lines.next(), Some("set=1"));
+        let mut section = Section::default();
+        for line in lines {
+            if line.is_empty() {
+                break;
+            }
+            let (k, v) = line.split_once('=').expect("key=value");
+            match k {
+                "private_key" => {
+                    let secret = SecretKey::from_bytes(key(v));
+                    device.public_key = Some(super::super::keys::public_key(&secret));
+                }
+                "listen_port" => device.listen_port = v.parse().unwrap(),
+                "public_key" => {
+                    commit(device, &mut section);
+                    section.key = Some(PublicKey(key(v)));
+                }
+                "remove" => section.remove = v.parse().unwrap(),
+                "preshared_key" => section.psk = Some(key(v)),
+                "endpoint" => section.endpoint = Some(v.parse().unwrap()),
+                "persistent_keepalive_interval" => section.keepalive = Some(v.parse().unwrap()),
+                "replace_allowed_ips" => {}
+                "allowed_ip" => section.ips.push(v.parse().unwrap()),
+                other => panic!("boringtun refuses {other}"),
+            }
+        }
+        commit(device, &mut section);
+    }
+
+    /// A `get=1` reply as boringtun writes one, handshake times as times.
+    fn get_reply(device: &ObservedDevice) -> String {
+        let mut out = String::new();
+        if let Some(k) = device.public_key {
+            out += &format!("own_public_key={}\n", hex::encode(k.as_bytes()));
+        }
+        out += &format!("listen_port={}\nfwmark=0\n", device.listen_port);
+        for p in &device.peers {
+            out += &format!("public_key={}\n", hex::encode(p.public_key.as_bytes()));
+            if let Some(k) = &p.preshared_key {
+                out += &format!("preshared_key={}\n", hex::encode(k.expose()));
+            }
+            if p.persistent_keepalive != 0 {
+                out += &format!("persistent_keepalive_interval={}\n", p.persistent_keepalive);
+            }
+            if let Some(e) = p.endpoint {
+                out += &format!("endpoint={e}\n");
+            }
+            for ip in &p.allowed_ips {
+                out += &format!("allowed_ip={ip}\n");
+            }
+            if p.last_handshake_unix != 0 {
+                out += &format!(
+                    "last_handshake_time_sec={}\nlast_handshake_time_nsec=0\n",
+                    p.last_handshake_unix
+                );
+            }
+            out += &format!("rx_bytes={}\ntx_bytes={}\n", p.rx_bytes, p.tx_bytes);
+        }
+        out + "errno=0\n\n"
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(128))]
+
+        /// Random peer set and device -> plan -> one `set=1` -> (boringtun's semantics) the
+        /// device the spec describes, never modifying a peer in place.
+        #[test]
+        fn a_set_request_takes_any_device_to_the_spec(desired in arb_spec(), before in arb_device()) {
+            let key = desired.private_key.clone().unwrap();
+            let mut device = before.clone();
+            if let Some(req) = render_set(&plan(&desired, &key, &before)) {
+                apply(&mut device, req.expose());
+            }
+            prop_assert_eq!(normalised(device), normalised(expected(&desired, &before)));
+        }
+
+        /// Random device -> `get=1` reply -> parse: the same device.
+        #[test]
+        fn a_get_reply_parses_to_the_device(before in arb_device(), handshake in any::<u32>(), rx in any::<u64>()) {
+            let mut device = normalised(before);
+            for (i, p) in device.peers.iter_mut().enumerate() {
+                p.last_handshake_unix = u64::from(handshake) * (i as u64 % 2);
+                p.rx_bytes = rx;
+            }
+            let parsed = parse_get(&get_reply(&device), HandshakeClock::SinceEpoch).unwrap();
+            prop_assert_eq!(normalised(parsed), device);
         }
     }
 }

@@ -9,19 +9,29 @@
 //! boringtun's threads are plain OS threads with blocking epoll loops; they are created by
 //! the reconciler's thread and so share its network namespace. Closing our end of the pair
 //! makes the device exit; [`UserspaceDevice::stop`] then joins its threads.
+//!
+//! The socket we serve is hardened against its clients: it exists with mode 0600 from the
+//! moment it has its name (bound in a private 0700 directory, then renamed into place); each
+//! connection has a deadline and a bounded request, and connections are served side by side
+//! from one poll loop, so a client that sends nothing, or a megabyte without a newline,
+//! delays no one; a failed accept is retried, never the end of the server; and the server is
+//! stopped through a wake-up socket it owns, never by touching a descriptor number that may
+//! have been reused. Replies carry preshared keys: they are wiped once sent.
 
-use std::fs;
-use std::io::{self, BufRead, BufReader, Write};
+use std::fs::{self, DirBuilder};
+use std::io::{self, Read, Write};
 use std::os::fd::{AsRawFd, IntoRawFd};
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use boringtun::device::{DeviceConfig, DeviceHandle};
 use tracing::{debug, warn};
+use zeroize::Zeroizing;
 
 use super::plan::ObservedDevice;
 use super::uapi::{self, HandshakeClock, SetRequest};
@@ -32,8 +42,15 @@ pub const SOCKET_DIR: &str = "/var/run/wireguard";
 /// How long a request to the device may take before we call the device stuck. A 10,000-peer
 /// `set=1` takes well under a second; a device whose worker panicked never answers.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
-/// How long a `wg` client may take to send its request.
-const CLIENT_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long a `wg` client may keep a connection: to send its request and read the reply.
+pub const CLIENT_DEADLINE: Duration = Duration::from_secs(2);
+/// The longest request read from a client (`get=1` and its empty line are 7 bytes).
+pub const MAX_REQUEST: usize = 4096;
+/// Connections served at once; a new one beyond this closes the oldest.
+const MAX_CLIENTS: usize = 16;
+/// After an accept failed for want of descriptors or memory, wait this long before trying
+/// again rather than spin.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -55,25 +72,28 @@ pub enum Error {
 /// request with a fresh buffered reader per wake-up, so a second request sent before the
 /// first is answered could be lost.
 struct Control {
-    writer: UnixStream,
-    reader: BufReader<UnixStream>,
+    stream: UnixStream,
 }
 
 impl Control {
-    /// Sends one whole request and returns the reply up to and including `errno=N`.
-    fn request(&mut self, text: &str) -> io::Result<String> {
-        self.writer.write_all(text.as_bytes())?;
-        let mut reply = String::new();
+    /// Sends one whole request and returns the reply up to and including `errno=N` and the
+    /// empty line after it. The reply may hold keys: it is wiped when dropped.
+    fn request(&mut self, text: &str) -> io::Result<Zeroizing<String>> {
+        self.stream.write_all(text.as_bytes())?;
+        let mut reply = Zeroizing::new(Vec::with_capacity(4096));
+        let mut chunk = Zeroizing::new([0u8; 4096]);
         loop {
-            let before = reply.len();
-            if self.reader.read_line(&mut reply)? == 0 {
-                return Err(io::ErrorKind::UnexpectedEof.into());
-            }
-            if reply[before..].starts_with("errno=") {
-                // The protocol ends a reply with an empty line after errno.
-                let mut blank = String::new();
-                self.reader.read_line(&mut blank)?;
-                return Ok(reply);
+            let n = match self.stream.read(&mut chunk[..]) {
+                Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            };
+            uapi::push_secret(&mut reply, &chunk[..n]);
+            if uapi::reply_complete(&reply) {
+                let text = String::from_utf8(std::mem::take(&mut *reply))
+                    .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.utf8_error()))?;
+                return Ok(Zeroizing::new(text));
             }
         }
     }
@@ -114,11 +134,7 @@ impl UserspaceDevice {
         // boringtun owns `theirs` from here on (it wraps the fd in its own UnixStream).
         let device = DeviceHandle::new(name, config).map_err(|e| Error::Start(name.into(), e))?;
         close_tun_on_exec();
-        let reader = BufReader::new(ours.try_clone().map_err(Error::SocketPair)?);
-        let control = Arc::new(Mutex::new(Control {
-            writer: ours,
-            reader,
-        }));
+        let control = Arc::new(Mutex::new(Control { stream: ours }));
         let mut dev = UserspaceDevice {
             name: name.to_owned(),
             control: Arc::clone(&control),
@@ -161,7 +177,7 @@ impl UserspaceDevice {
         uapi::parse_get(&reply, HandshakeClock::Elapsed { now_unix }).map_err(Error::Parse)
     }
 
-    fn request(&self, text: &str) -> Result<String, Error> {
+    fn request(&self, text: &str) -> Result<Zeroizing<String>, Error> {
         let mut control = self.control.lock().unwrap_or_else(|p| p.into_inner());
         control.request(text).map_err(Error::Talk)
     }
@@ -175,7 +191,7 @@ impl UserspaceDevice {
         if let Some(mut device) = self.device.take() {
             {
                 let control = self.control.lock().unwrap_or_else(|p| p.into_inner());
-                let _ = control.writer.shutdown(std::net::Shutdown::Both);
+                let _ = control.stream.shutdown(std::net::Shutdown::Both);
             }
             // boringtun's wait() unwraps each worker's join: a worker that panicked would
             // take the reconciler down with it. Contain that here.
@@ -233,39 +249,33 @@ struct SocketServer {
     /// Device and inode of the socket file we bound: we remove the path only while it is
     /// still ours (another device of the same name elsewhere may have taken it over).
     identity: (u64, u64),
-    listener_fd: i32,
+    /// Closing it wakes the server thread, which then ends (and closes the listener).
+    waker: UnixStream,
     thread: JoinHandle<()>,
 }
 
 impl SocketServer {
     fn start(path: PathBuf, control: Arc<Mutex<Control>>) -> io::Result<SocketServer> {
-        fs::create_dir_all(SOCKET_DIR)?;
-        match fs::remove_file(&path) {
-            Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
-            _ => {}
-        }
-        let listener = UnixListener::bind(&path)?;
-        // wg runs as root; nobody else has business configuring the device.
-        fs::set_permissions(&path, fs::Permissions::from_mode(0o600))?;
+        let listener = bind_private(&path)?;
         let meta = fs::metadata(&path)?;
-        let listener_fd = listener.as_raw_fd();
+        listener.set_nonblocking(true)?;
+        let (waker, woken) = UnixStream::pair()?;
         let thread = std::thread::Builder::new()
             .name("wg-uapi".into())
-            .spawn(move || serve(listener, control))?;
+            .spawn(move || serve(listener, woken, control))?;
         Ok(SocketServer {
             path,
             identity: (meta.dev(), meta.ino()),
-            listener_fd,
+            waker,
             thread,
         })
     }
 
     fn stop(self) {
-        // SAFETY: `listener_fd` is the listening socket the server thread owns and is still
-        // blocked on in accept(); shutdown() on it only wakes that accept() with an error
-        // (EINVAL), after which the thread returns and closes it. The fd stays valid until
-        // the join below.
-        unsafe { libc::shutdown(self.listener_fd, libc::SHUT_RDWR) };
+        // The thread polls the other end: a hang-up ends it. Nothing here touches the
+        // listener, which the thread owns and closes.
+        let _ = self.waker.shutdown(std::net::Shutdown::Both);
+        drop(self.waker);
         let _ = self.thread.join();
         if let Ok(meta) = fs::metadata(&self.path) {
             if (meta.dev(), meta.ino()) == self.identity {
@@ -275,54 +285,247 @@ impl SocketServer {
     }
 }
 
-fn serve(listener: UnixListener, control: Arc<Mutex<Control>>) {
-    loop {
-        let client = match listener.accept() {
-            Ok((client, _)) => client,
-            // shutdown() by stop(): EINVAL. Anything else is as final.
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(_) => return,
+/// Binds the socket at `path` so that it is never reachable with a mode other than 0600:
+/// bound in a fresh directory of mode 0700 (whatever the umask, no one else can reach
+/// into it), set to 0600 there, then renamed to its name, which replaces a stale socket of
+/// an earlier device atomically.
+fn bind_private(path: &Path) -> io::Result<UnixListener> {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let dir = path.parent().unwrap_or(Path::new(SOCKET_DIR));
+    fs::create_dir_all(dir)?;
+    let private = dir.join(format!(
+        ".weft-{}-{}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    ));
+    DirBuilder::new().mode(0o700).create(&private)?;
+    let result = (|| {
+        let staged = private.join("sock");
+        let listener = UnixListener::bind(&staged)?;
+        fs::set_permissions(&staged, fs::Permissions::from_mode(0o600))?;
+        fs::rename(&staged, path)?;
+        Ok(listener)
+    })();
+    let _ = fs::remove_dir_all(&private);
+    result
+}
+
+/// A `wg` client being served.
+struct Client {
+    stream: UnixStream,
+    deadline: Instant,
+    request: Vec<u8>,
+    /// The reply once the request is complete (it may carry preshared keys), and how much
+    /// of it was written.
+    reply: Option<(Zeroizing<Vec<u8>>, usize)>,
+}
+
+/// What a client's request asks for, once it can tell.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Request {
+    /// Not complete yet.
+    Partial,
+    Get,
+    /// `set=1` from outside: refused (EPERM). The agent owns the device's configuration, and
+    /// a `set` that modifies an existing peer panics a boringtun worker and wedges the
+    /// device for good.
+    Set,
+    /// Anything else, or too long: EINVAL.
+    Invalid,
+}
+
+/// Reads what a client has sent so far.
+pub fn request(bytes: &[u8]) -> Request {
+    let Some(end) = bytes.iter().position(|&b| b == b'\n') else {
+        return if bytes.len() >= MAX_REQUEST {
+            Request::Invalid
+        } else {
+            Request::Partial
         };
-        if let Err(e) = relay(&client, &control) {
-            debug!(cause = %e, "wg client request failed");
+    };
+    match &bytes[..end] {
+        // The request ends with an empty line.
+        b"get=1" if bytes[end + 1..].starts_with(b"\n") => Request::Get,
+        b"get=1" if bytes.len() >= MAX_REQUEST => Request::Invalid,
+        b"get=1" => Request::Partial,
+        b"set=1" => Request::Set,
+        _ => Request::Invalid,
+    }
+}
+
+/// The server loop: every client on its own deadline, none waiting for another.
+fn serve(listener: UnixListener, woken: UnixStream, control: Arc<Mutex<Control>>) {
+    let mut clients: Vec<Client> = Vec::new();
+    let mut accept_after = Instant::now();
+    loop {
+        let now = Instant::now();
+        clients.retain(|c| c.deadline > now);
+        let accepting = now >= accept_after;
+        let mut fds = vec![
+            pollfd(woken.as_raw_fd(), libc::POLLIN),
+            pollfd(
+                listener.as_raw_fd(),
+                if accepting { libc::POLLIN } else { 0 },
+            ),
+        ];
+        fds.extend(clients.iter().map(|c| {
+            let events = if c.reply.is_some() {
+                libc::POLLOUT
+            } else {
+                libc::POLLIN
+            };
+            pollfd(c.stream.as_raw_fd(), events)
+        }));
+        let wake = clients
+            .iter()
+            .map(|c| c.deadline)
+            .chain((!accepting).then_some(accept_after))
+            .min();
+        let timeout = wake.map_or(-1, |t| {
+            t.saturating_duration_since(now)
+                .as_millis()
+                .min(i32::MAX as u128) as i32
+                + 1
+        });
+        // SAFETY: `fds` is a live array of `fds.len()` pollfds for the duration of the call.
+        let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout) };
+        if n < 0 {
+            continue; // EINTR
+        }
+        if fds[0].revents != 0 {
+            return; // stop(): the waker hung up
+        }
+        for (client, fd) in clients.iter_mut().zip(&fds[2..]) {
+            if fd.revents != 0 {
+                step(client, &control);
+            }
+        }
+        clients.retain(|c| !c.done());
+        if fds[1].revents != 0 {
+            accept_after = accept(&listener, &mut clients);
         }
     }
 }
 
-/// Answers one client: reads its request (up to the empty line), relays `get=1` to the
-/// device and writes the reply back.
-///
-/// `set=1` from outside is refused with EPERM: the agent owns the device's configuration,
-/// and a `set` that modifies an existing peer panics a boringtun worker and wedges the
-/// device for good.
-fn relay(client: &UnixStream, control: &Mutex<Control>) -> io::Result<()> {
-    client.set_read_timeout(Some(CLIENT_TIMEOUT))?;
-    client.set_write_timeout(Some(CLIENT_TIMEOUT))?;
-    let mut reader = BufReader::new(client);
-    let mut command = String::new();
-    reader.read_line(&mut command)?;
-    let reply = match command.trim_end() {
-        "get=1" => {
-            // Drain the request's terminating empty line.
-            let mut rest = String::new();
-            reader.read_line(&mut rest)?;
-            let reply = {
-                let mut control = control.lock().unwrap_or_else(|p| p.into_inner());
-                control.request("get=1\n\n")?
-            };
-            let now = SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .unwrap_or_default();
-            uapi::handshake_elapsed_to_epoch(&reply, now)
+fn pollfd(fd: i32, events: i16) -> libc::pollfd {
+    libc::pollfd {
+        fd,
+        events,
+        revents: 0,
+    }
+}
+
+/// Accepts every pending connection. Returns when to accept again: now, or after a back-off
+/// when the process is out of descriptors or memory (the pending connections wait in the
+/// kernel's queue meanwhile).
+fn accept(listener: &UnixListener, clients: &mut Vec<Client>) -> Instant {
+    loop {
+        match listener.accept() {
+            Ok((stream, _)) => {
+                if stream.set_nonblocking(true).is_err() {
+                    continue;
+                }
+                if clients.len() >= MAX_CLIENTS {
+                    // The oldest has had the longest to say what it wants.
+                    clients.remove(0);
+                }
+                clients.push(Client {
+                    stream,
+                    deadline: Instant::now() + CLIENT_DEADLINE,
+                    request: Vec::new(),
+                    reply: None,
+                });
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Instant::now(),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) if e.raw_os_error() == Some(libc::ECONNABORTED) => continue,
+            Err(e) => {
+                warn!(cause = %e, "accepting a wg client failed; trying again shortly");
+                return Instant::now() + ACCEPT_BACKOFF;
+            }
         }
-        "set=1" => {
-            warn!("refused a set=1 on the WireGuard control socket: the agent owns this device");
-            format!("errno={}\n", libc::EPERM)
+    }
+}
+
+impl Client {
+    fn done(&self) -> bool {
+        matches!(&self.reply, Some((reply, written)) if *written == reply.len())
+    }
+}
+
+/// Moves one client on: reads what it sent (up to [`MAX_REQUEST`]), answers a complete
+/// request, writes as much of the answer as it takes. A client that hangs up, errs or
+/// oversteps is closed (by making it done).
+fn step(client: &mut Client, control: &Mutex<Control>) {
+    let close = |client: &mut Client| client.reply = Some((Zeroizing::new(Vec::new()), 0));
+    if client.reply.is_none() {
+        let mut chunk = [0u8; 512];
+        let room = MAX_REQUEST
+            .saturating_sub(client.request.len())
+            .min(chunk.len());
+        match (&client.stream).read(&mut chunk[..room]) {
+            Ok(0) => return close(client),
+            Ok(n) => client.request.extend_from_slice(&chunk[..n]),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+            Err(_) => return close(client),
         }
-        _ => format!("errno={}\n", libc::EINVAL),
+        let reply = match request(&client.request) {
+            Request::Partial => return,
+            Request::Get => match relay_get(control) {
+                Ok(reply) => reply,
+                Err(e) => {
+                    debug!(cause = %e, "wg client request failed");
+                    return close(client);
+                }
+            },
+            Request::Set => {
+                warn!(
+                    "refused a set=1 on the WireGuard control socket: the agent owns this device"
+                );
+                Zeroizing::new(format!("errno={}\n\n", libc::EPERM).into_bytes())
+            }
+            Request::Invalid => Zeroizing::new(format!("errno={}\n\n", libc::EINVAL).into_bytes()),
+        };
+        client.reply = Some((reply, 0));
+    }
+    if let Some((reply, written)) = &mut client.reply {
+        match (&client.stream).write(&reply[*written..]) {
+            Ok(n) => *written += n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(_) => *written = reply.len(),
+        }
+    }
+}
+
+/// Asks the device and rewrites its handshake times as times, as `wg` expects.
+fn relay_get(control: &Mutex<Control>) -> io::Result<Zeroizing<Vec<u8>>> {
+    let reply = {
+        let mut control = control.lock().unwrap_or_else(|p| p.into_inner());
+        control.request("get=1\n\n")?
     };
-    let mut client = client;
-    client.write_all(reply.as_bytes())?;
-    client.write_all(b"\n")?;
-    Ok(())
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
+    let mut text = uapi::handshake_elapsed_to_epoch(&reply, now);
+    // The same allocation, moved: nothing of the reply is left behind unwiped.
+    Ok(Zeroizing::new(std::mem::take(&mut *text).into_bytes()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_are_read_up_to_their_bound() {
+        assert_eq!(request(b""), Request::Partial);
+        assert_eq!(request(b"get=1\n"), Request::Partial);
+        assert_eq!(request(b"get=1\n\n"), Request::Get);
+        assert_eq!(request(b"set=1\n"), Request::Set);
+        assert_eq!(request(b"gut=1\n"), Request::Invalid);
+        assert_eq!(request(&[b'x'; MAX_REQUEST - 1]), Request::Partial);
+        assert_eq!(request(&[b'x'; MAX_REQUEST]), Request::Invalid);
+        let mut long_get = b"get=1\n".to_vec();
+        long_get.resize(MAX_REQUEST, b'y');
+        assert_eq!(request(&long_get), Request::Invalid);
+    }
 }

@@ -1,7 +1,18 @@
-//! nf_tables constants from `linux/netfilter/nf_tables.h` and friends, named as there. Only
-//! the ones this table uses.
-#![allow(dead_code)]
+//! nf_tables constants from `linux/netfilter/nfnetlink.h`, `nf_tables.h` and friends, named
+//! as there: the one place they are defined.
 
+/// `NFNL_SUBSYS_NFTABLES`: the high byte of every nf_tables message type.
+pub const NFNL_SUBSYS_NFTABLES: u16 = 10;
+pub const NFNL_MSG_BATCH_BEGIN: u16 = 0x10;
+pub const NFNL_MSG_BATCH_END: u16 = 0x11;
+/// Batch-begin attribute: commit only if the ruleset generation is still this one.
+pub const NFNL_BATCH_GENID: u16 = 1;
+/// The multicast group of committed ruleset changes.
+pub const NFNLGRP_NFTABLES: u32 = 7;
+/// `struct nfgenmsg`: family, version, resource id.
+pub const NFGENMSG_LEN: usize = 4;
+
+pub const NFPROTO_UNSPEC: u8 = 0;
 pub const NFPROTO_INET: u8 = 1;
 pub const NFPROTO_IPV4: u8 = 2;
 pub const NFPROTO_IPV6: u8 = 10;
@@ -11,18 +22,25 @@ pub const NFT_MSG_GETTABLE: u16 = 1;
 pub const NFT_MSG_DELTABLE: u16 = 2;
 pub const NFT_MSG_NEWCHAIN: u16 = 3;
 pub const NFT_MSG_GETCHAIN: u16 = 4;
+pub const NFT_MSG_DELCHAIN: u16 = 5;
 pub const NFT_MSG_NEWRULE: u16 = 6;
 pub const NFT_MSG_GETRULE: u16 = 7;
+pub const NFT_MSG_DELRULE: u16 = 8;
 pub const NFT_MSG_NEWSET: u16 = 9;
-pub const NFT_MSG_GETSET: u16 = 10;
+pub const NFT_MSG_DELSET: u16 = 11;
 pub const NFT_MSG_NEWSETELEM: u16 = 12;
 pub const NFT_MSG_GETSETELEM: u16 = 13;
+pub const NFT_MSG_DELSETELEM: u16 = 14;
+pub const NFT_MSG_NEWGEN: u16 = 15;
 pub const NFT_MSG_GETGEN: u16 = 16;
-pub const NFTA_GEN_ID: u16 = 1;
-/// Batch-begin attribute: commit only if the ruleset generation is still this one.
-pub const NFNL_BATCH_GENID: u16 = 1;
+/// `NFT_MSG_DESTROY*` (kernel 6.3+): like the deletes, but a missing object is no error.
+pub const NFT_MSG_DESTROYTABLE: u16 = 26;
+pub const NFT_MSG_DESTROYCHAIN: u16 = 27;
+pub const NFT_MSG_DESTROYRULE: u16 = 28;
 
-pub const NLM_F_APPEND: u16 = 0x800;
+pub const NFTA_GEN_ID: u16 = 1;
+pub const NFTA_GEN_PROC_PID: u16 = 2;
+pub const NFTA_GEN_PROC_NAME: u16 = 3;
 
 pub const NFTA_TABLE_NAME: u16 = 1;
 pub const NFTA_TABLE_FLAGS: u16 = 2;
@@ -46,6 +64,7 @@ pub const NF_ACCEPT: u32 = 1;
 
 pub const NFTA_RULE_TABLE: u16 = 1;
 pub const NFTA_RULE_CHAIN: u16 = 2;
+pub const NFTA_RULE_HANDLE: u16 = 3;
 pub const NFTA_RULE_EXPRESSIONS: u16 = 4;
 pub const NFTA_RULE_USERDATA: u16 = 7;
 pub const NFTA_LIST_ELEM: u16 = 1;
@@ -101,6 +120,7 @@ pub const NFTA_IMMEDIATE_DATA: u16 = 2;
 
 pub const NFTA_LOOKUP_SET: u16 = 1;
 pub const NFTA_LOOKUP_SREG: u16 = 2;
+pub const NFTA_LOOKUP_DREG: u16 = 3;
 pub const NFTA_LOOKUP_SET_ID: u16 = 4;
 pub const NFTA_LOOKUP_FLAGS: u16 = 5;
 

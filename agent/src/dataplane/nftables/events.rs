@@ -1,0 +1,202 @@
+//! nf_tables notifications (group `NFNLGRP_NFTABLES`), decoded for drift detection.
+//!
+//! The kernel announces every committed transaction as the objects it changed followed by one
+//! `NFT_MSG_NEWGEN` that carries the generation id and the pid and name of the process that
+//! committed it (`nft monitor` prints it as "new generation 3 by process 11584 (nft)"). A
+//! decoder watches one table and reports the transactions that touched it, and who made them.
+
+use super::abi::*;
+use super::{attrs, TableRef};
+use crate::dataplane::netlink::messages;
+
+/// One committed transaction that changed the watched table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Transaction {
+    /// What it did, in order (`rule added to chain input`).
+    pub changes: Vec<String>,
+    /// Who committed it, when the kernel said.
+    pub pid: Option<u32>,
+    pub process: Option<String>,
+}
+
+impl Transaction {
+    /// `nft (pid 4242)`, or `pid 4242`, or `unknown`.
+    pub fn by(&self) -> String {
+        match (&self.process, self.pid) {
+            (Some(name), Some(pid)) => format!("{name} (pid {pid})"),
+            (None, Some(pid)) => format!("pid {pid}"),
+            (Some(name), None) => name.clone(),
+            (None, None) => "unknown".into(),
+        }
+    }
+}
+
+/// Collects notifications across datagrams until each transaction's `NEWGEN`.
+#[derive(Debug)]
+pub struct Decoder {
+    family: u8,
+    table: String,
+    pending: Vec<String>,
+}
+
+/// At most this many changes are kept of one transaction: a 10,000-rule table replaced by
+/// someone else says what it did in its first ones.
+const MAX_CHANGES: usize = 64;
+
+impl Decoder {
+    pub fn new(table: TableRef<'_>) -> Decoder {
+        Decoder {
+            family: table.family,
+            table: table.name.to_owned(),
+            pending: Vec::new(),
+        }
+    }
+
+    /// Feeds one datagram; returns the transactions it completed that touched the table.
+    pub fn feed(&mut self, datagram: &[u8]) -> Vec<Transaction> {
+        let mut done = Vec::new();
+        for msg in messages(datagram) {
+            if msg.ty >> 8 != NFNL_SUBSYS_NFTABLES {
+                continue;
+            }
+            let kind = msg.ty & 0xff;
+            if kind == NFT_MSG_NEWGEN {
+                let (mut pid, mut process) = (None, None);
+                for a in attrs(&msg) {
+                    match a.ty {
+                        NFTA_GEN_PROC_PID => pid = a.be32(),
+                        NFTA_GEN_PROC_NAME => process = Some(a.str().to_owned()),
+                        _ => {}
+                    }
+                }
+                if !self.pending.is_empty() {
+                    done.push(Transaction {
+                        changes: std::mem::take(&mut self.pending),
+                        pid,
+                        process,
+                    });
+                }
+                continue;
+            }
+            if msg.payload.first() != Some(&self.family) {
+                continue;
+            }
+            // The first attribute of tables, chains, rules and sets is the table's name.
+            let (mut table, mut chain) = ("", "");
+            let chain_attr = match kind {
+                NFT_MSG_NEWRULE | NFT_MSG_DELRULE | NFT_MSG_DESTROYRULE => NFTA_RULE_CHAIN,
+                _ => NFTA_CHAIN_NAME,
+            };
+            for a in attrs(&msg) {
+                if a.ty == NFTA_TABLE_NAME {
+                    table = a.str();
+                } else if a.ty == chain_attr {
+                    chain = a.str();
+                }
+            }
+            if table != self.table {
+                continue;
+            }
+            let change = match kind {
+                NFT_MSG_NEWTABLE => "table created or changed".to_owned(),
+                NFT_MSG_DELTABLE | NFT_MSG_DESTROYTABLE => "table deleted".to_owned(),
+                NFT_MSG_NEWCHAIN => format!("chain {chain} created or changed"),
+                NFT_MSG_DELCHAIN | NFT_MSG_DESTROYCHAIN => format!("chain {chain} deleted"),
+                NFT_MSG_NEWRULE => format!("rule added to chain {chain}"),
+                NFT_MSG_DELRULE | NFT_MSG_DESTROYRULE => format!("rule deleted from chain {chain}"),
+                NFT_MSG_NEWSET | NFT_MSG_DELSET | NFT_MSG_NEWSETELEM | NFT_MSG_DELSETELEM => {
+                    "set changed".to_owned()
+                }
+                _ => continue,
+            };
+            if self.pending.len() < MAX_CHANGES {
+                self.pending.push(change);
+            }
+        }
+        done
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dataplane::netlink::Datagram;
+
+    const TABLE: TableRef<'static> = TableRef {
+        family: NFPROTO_INET,
+        name: "weft-fw",
+    };
+
+    fn msg(d: &mut Datagram, kind: u16, family: u8, table: &str, chain: Option<(u16, &str)>) {
+        d.message((NFNL_SUBSYS_NFTABLES << 8) | kind, 0, 0)
+            .fixed(&[family, 0, 0, 0])
+            .attr_str(NFTA_TABLE_NAME, table);
+        if let Some((ty, name)) = chain {
+            d.attr_str(ty, name);
+        }
+    }
+
+    fn newgen(d: &mut Datagram, pid: u32, name: &str) {
+        d.message((NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_NEWGEN, 0, 0)
+            .fixed(&[0; 4])
+            .attr_be32(NFTA_GEN_ID, 42)
+            .attr_be32(NFTA_GEN_PROC_PID, pid)
+            .attr_str(NFTA_GEN_PROC_NAME, name);
+    }
+
+    #[test]
+    fn a_transaction_on_our_table_is_reported_with_its_author() {
+        let mut d = Datagram::new();
+        msg(
+            &mut d,
+            NFT_MSG_NEWRULE,
+            NFPROTO_INET,
+            "weft-fw",
+            Some((NFTA_RULE_CHAIN, "input")),
+        );
+        msg(&mut d, NFT_MSG_DELTABLE, NFPROTO_INET, "other", None);
+        // Same name, other family: another table.
+        msg(&mut d, NFT_MSG_DELTABLE, NFPROTO_IPV4, "weft-fw", None);
+        newgen(&mut d, 4242, "nft");
+        let got = Decoder::new(TABLE).feed(d.bytes());
+        assert_eq!(
+            got,
+            vec![Transaction {
+                changes: vec!["rule added to chain input".into()],
+                pid: Some(4242),
+                process: Some("nft".into()),
+            }]
+        );
+        assert_eq!(got[0].by(), "nft (pid 4242)");
+    }
+
+    #[test]
+    fn transactions_on_other_tables_are_ignored_and_may_span_datagrams() {
+        let mut dec = Decoder::new(TABLE);
+        let mut d = Datagram::new();
+        msg(
+            &mut d,
+            NFT_MSG_NEWRULE,
+            NFPROTO_INET,
+            "filter",
+            Some((NFTA_RULE_CHAIN, "input")),
+        );
+        newgen(&mut d, 1, "iptables");
+        assert!(dec.feed(d.bytes()).is_empty());
+
+        let mut d = Datagram::new();
+        msg(
+            &mut d,
+            NFT_MSG_DELCHAIN,
+            NFPROTO_INET,
+            "weft-fw",
+            Some((NFTA_CHAIN_NAME, "output")),
+        );
+        assert!(dec.feed(d.bytes()).is_empty());
+        let mut d = Datagram::new();
+        newgen(&mut d, 7, "python3");
+        let got = dec.feed(d.bytes());
+        assert_eq!(got[0].changes, vec!["chain output deleted".to_owned()]);
+        assert_eq!(got[0].by(), "python3 (pid 7)");
+    }
+}

@@ -1,0 +1,347 @@
+//! nftables over netlink, for any table: the socket that reads tables, chains, rules and set
+//! elements and commits transactions, the typed expressions ([`expr`]), the transaction
+//! writer ([`batch`]) and the notification decoder ([`events`]). The firewall is one user;
+//! nothing here knows its table.
+//!
+//! Reads go through the netlink layer's exchange loop (a dump the kernel flags interrupted
+//! is read again). A transaction is one datagram followed by a fence (a request the kernel
+//! only acknowledges): the kernel has queued every answer to the batch before the fence's,
+//! so the fence's ack ends the reading.
+
+pub mod abi;
+pub mod batch;
+pub mod events;
+pub mod expr;
+
+use std::io;
+
+use abi::*;
+use batch::{comment_of, Transaction};
+use expr::{Expr, Value};
+
+use super::netlink::message::{NLM_F_ACK, NLM_F_DUMP, NLM_F_REQUEST};
+use super::netlink::{self, fence, Attr, Datagram, Event, Message, Protocol, Socket};
+
+/// The kernel queues every answer to a batch before `send` returns (one error per refused
+/// message): room for them, and for dump datagrams.
+const RCVBUF_BYTES: usize = 8 << 20;
+
+/// A table, by family and name.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TableRef<'a> {
+    pub family: u8,
+    pub name: &'a str,
+}
+
+/// A table as the kernel reports it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Table {
+    pub flags: u32,
+    /// The owning socket's port, when the table has an owner.
+    pub owner: Option<u32>,
+}
+
+/// A chain as the kernel reports it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Chain {
+    pub name: String,
+    pub kind: String,
+    /// Hook number and priority, for a base chain.
+    pub hook: Option<(u32, i32)>,
+    pub policy: Option<u32>,
+}
+
+/// A rule as the kernel reports it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Rule {
+    pub chain: String,
+    pub handle: u64,
+    pub exprs: Vec<Expr>,
+    pub comment: Option<String>,
+}
+
+/// A set element: its key and whether it ends an interval.
+pub type Element = (Value, bool);
+
+/// A transaction the kernel refused: nothing of it took effect.
+#[derive(Debug)]
+pub struct Refusal<L> {
+    /// The label of the message refused (`None`: the kernel named no message of the batch).
+    pub what: Option<L>,
+    pub errno: i32,
+    /// The kernel's extended-ack text.
+    pub text: Option<String>,
+}
+
+/// Why a transaction did not commit.
+#[derive(Debug)]
+pub enum CommitError<L> {
+    Refused(Refusal<L>),
+    /// The datagram could not be sized, sent or answered.
+    Netlink(netlink::Error),
+    /// Every answer came, but not the ack of the batch.
+    NoAnswer,
+}
+
+/// A `NETLINK_NETFILTER` socket. Tables created through it with the owner flag can be
+/// changed only through it.
+#[derive(Debug)]
+pub struct Nft {
+    socket: Socket,
+}
+
+/// `NFT_MSG_GET*` for `family`, asking for a dump or an ack.
+fn request(ty: u16, dump: bool, family: u8, seq: u32) -> Datagram {
+    let mut d = Datagram::new();
+    let flags = if dump { NLM_F_DUMP } else { 0 } | NLM_F_ACK | NLM_F_REQUEST;
+    d.message((NFNL_SUBSYS_NFTABLES << 8) | ty, flags, seq)
+        .fixed(&[family, 0, 0, 0]);
+    d
+}
+
+fn is_nft(msg: &Message<'_>, ty: u16) -> bool {
+    msg.ty == (NFNL_SUBSYS_NFTABLES << 8) | ty
+}
+
+/// The attributes of an nf_tables message, after its `nfgenmsg`.
+pub fn attrs<'a>(msg: &Message<'a>) -> netlink::Attrs<'a> {
+    msg.attrs(NFGENMSG_LEN)
+}
+
+/// The generation id of a `NFT_MSG_NEWGEN`.
+pub fn genid_of(msg: &Message<'_>) -> Option<u32> {
+    if !is_nft(msg, NFT_MSG_NEWGEN) {
+        return None;
+    }
+    attrs(msg).get(NFTA_GEN_ID)?.be32()
+}
+
+/// Table `name` from a `NFT_MSG_NEWTABLE`.
+pub fn table_of(msg: &Message<'_>, name: &str) -> Option<Table> {
+    if !is_nft(msg, NFT_MSG_NEWTABLE) {
+        return None;
+    }
+    let mut table = Table {
+        flags: 0,
+        owner: None,
+    };
+    let mut named = None;
+    for a in attrs(msg) {
+        match a.ty {
+            NFTA_TABLE_NAME => named = Some(a.str()),
+            NFTA_TABLE_FLAGS => table.flags = a.be32()?,
+            NFTA_TABLE_OWNER => table.owner = a.be32(),
+            _ => {}
+        }
+    }
+    (named == Some(name)).then_some(table)
+}
+
+/// A chain of table `name` from a `NFT_MSG_NEWCHAIN`.
+pub fn chain_of(msg: &Message<'_>, table: &str) -> Option<Chain> {
+    if !is_nft(msg, NFT_MSG_NEWCHAIN) {
+        return None;
+    }
+    let mut of = None;
+    let mut chain = Chain {
+        name: String::new(),
+        kind: String::new(),
+        hook: None,
+        policy: None,
+    };
+    for a in attrs(msg) {
+        match a.ty {
+            NFTA_CHAIN_TABLE => of = Some(a.str()),
+            NFTA_CHAIN_NAME => chain.name = a.str().to_owned(),
+            NFTA_CHAIN_TYPE => chain.kind = a.str().to_owned(),
+            NFTA_CHAIN_POLICY => chain.policy = a.be32(),
+            NFTA_CHAIN_HOOK => {
+                let hook = a.nested();
+                let num = hook.clone().get(NFTA_HOOK_HOOKNUM).and_then(|h| h.be32());
+                let prio = hook.get(NFTA_HOOK_PRIORITY).and_then(|h| h.be32());
+                chain.hook = num.zip(prio.map(|p| p as i32));
+            }
+            _ => {}
+        }
+    }
+    (of == Some(table)).then_some(chain)
+}
+
+/// A rule of table `name` from a `NFT_MSG_NEWRULE` (a dump's, or one a batch writes).
+pub fn rule_of(msg: &Message<'_>, table: &str) -> Option<Rule> {
+    if !is_nft(msg, NFT_MSG_NEWRULE) {
+        return None;
+    }
+    let mut of = None;
+    let mut rule = Rule {
+        chain: String::new(),
+        handle: 0,
+        exprs: Vec::new(),
+        comment: None,
+    };
+    for a in attrs(msg) {
+        match a.ty {
+            NFTA_RULE_TABLE => of = Some(a.str()),
+            NFTA_RULE_CHAIN => rule.chain = a.str().to_owned(),
+            NFTA_RULE_HANDLE => rule.handle = a.be64().unwrap_or(0),
+            NFTA_RULE_EXPRESSIONS => {
+                rule.exprs = a
+                    .nested()
+                    .filter(|e| e.ty == NFTA_LIST_ELEM)
+                    .map(|e| Expr::read(&e))
+                    .collect();
+            }
+            NFTA_RULE_USERDATA => rule.comment = comment_of(a.payload),
+            _ => {}
+        }
+    }
+    (of == Some(table)).then_some(rule)
+}
+
+/// The elements of a `NFT_MSG_NEWSETELEM` (a dump's, or one a batch writes), appended to
+/// `out`.
+pub fn elements_of(msg: &Message<'_>, out: &mut Vec<Element>) {
+    if !is_nft(msg, NFT_MSG_NEWSETELEM) {
+        return;
+    }
+    for list in attrs(msg).filter(|a| a.ty == NFTA_SET_ELEM_LIST_ELEMENTS) {
+        // Any nest type, as the kernel reads it: the kernel dumps NFTA_LIST_ELEM, libnftnl
+        // numbers the elements it writes 1, 2, 3...
+        for elem in list.nested() {
+            out.extend(element(&elem));
+        }
+    }
+}
+
+fn element(elem: &Attr<'_>) -> Option<Element> {
+    let (mut key, mut flags) = (None, 0);
+    for a in elem.nested() {
+        match a.ty {
+            NFTA_SET_ELEM_KEY => key = Value::new(a.nested().get(NFTA_DATA_VALUE)?.payload),
+            NFTA_SET_ELEM_FLAGS => flags = a.be32().unwrap_or(0),
+            _ => {}
+        }
+    }
+    Some((key?, flags & NFT_SET_ELEM_INTERVAL_END != 0))
+}
+
+impl Nft {
+    /// Opens a socket in the calling thread's network namespace.
+    pub fn open() -> io::Result<Nft> {
+        let socket = Socket::open(Protocol::Netfilter)?;
+        socket.set_rcvbuf(RCVBUF_BYTES)?;
+        Ok(Nft { socket })
+    }
+
+    /// The port the kernel records as owner of tables this socket creates.
+    pub fn port(&self) -> u32 {
+        self.socket.port()
+    }
+
+    /// The sequence number the next batch is to start at ([`Nft::commit`] takes the rest).
+    pub fn batch_seq(&self) -> u32 {
+        self.socket.peek_seq()
+    }
+
+    /// The namespace's ruleset generation.
+    pub fn genid(&mut self) -> Result<u32, netlink::Error> {
+        let seq = self.socket.next_seq();
+        let mut genid = None;
+        self.socket.request(
+            request(NFT_MSG_GETGEN, false, NFPROTO_UNSPEC, seq).bytes(),
+            |m| genid = genid.or(genid_of(m)),
+        )?;
+        genid.ok_or_else(|| {
+            netlink::Error::Receive(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "NEWGEN without an id",
+            ))
+        })
+    }
+
+    /// The table, or `None` when there is none.
+    pub fn table(&mut self, table: TableRef<'_>) -> Result<Option<Table>, netlink::Error> {
+        let seq = self.socket.next_seq();
+        let mut d = request(NFT_MSG_GETTABLE, false, table.family, seq);
+        d.attr_str(NFTA_TABLE_NAME, table.name);
+        let mut found = None;
+        match self.socket.request(d.bytes(), |m| {
+            found = found.take().or(table_of(m, table.name))
+        }) {
+            Ok(()) => Ok(found),
+            Err(e) if e.errno() == Some(libc::ENOENT) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The chains of the table.
+    pub fn chains(&mut self, table: TableRef<'_>) -> Result<Vec<Chain>, netlink::Error> {
+        self.socket.dump(
+            |seq| request(NFT_MSG_GETCHAIN, true, table.family, seq),
+            |m, out: &mut Vec<Chain>| out.extend(chain_of(m, table.name)),
+        )
+    }
+
+    /// The rules of the table, in chain order.
+    pub fn rules(&mut self, table: TableRef<'_>) -> Result<Vec<Rule>, netlink::Error> {
+        self.socket.dump(
+            |seq| {
+                let mut d = request(NFT_MSG_GETRULE, true, table.family, seq);
+                d.attr_str(NFTA_RULE_TABLE, table.name);
+                d
+            },
+            |m, out: &mut Vec<Rule>| out.extend(rule_of(m, table.name)),
+        )
+    }
+
+    /// The elements of set `set` of the table, in the kernel's order.
+    pub fn elements(
+        &mut self,
+        table: TableRef<'_>,
+        set: &str,
+    ) -> Result<Vec<Element>, netlink::Error> {
+        self.socket.dump(
+            |seq| {
+                let mut d = request(NFT_MSG_GETSETELEM, true, table.family, seq);
+                d.attr_str(NFTA_SET_ELEM_LIST_SET, set)
+                    .attr_str(NFTA_SET_ELEM_LIST_TABLE, table.name);
+                d
+            },
+            |m, out: &mut Vec<Element>| elements_of(m, out),
+        )
+    }
+
+    /// Sends a transaction as one datagram and reads the kernel's answers: `Ok` when it
+    /// committed, the first refusal otherwise (the kernel then applied none of it).
+    pub fn commit<L: Copy>(&mut self, tx: &Transaction<L>) -> Result<(), CommitError<L>> {
+        self.socket
+            .fit_send(tx.bytes.len())
+            .map_err(|e| CommitError::Netlink(netlink::Error::Send(e)))?;
+        self.socket.reserve_seqs(tx.labels.len() as u32);
+        let fence_seq = self.socket.next_seq();
+        let fence = fence(fence_seq);
+        let mut refused = None;
+        let mut acked = false;
+        let acked_seq = tx.acked_seq();
+        self.socket
+            .exchange(&[&tx.bytes, fence.bytes()], tx.first_seq..=fence_seq, |e| {
+                if let Event::End(ack) = e {
+                    if ack.errno == 0 {
+                        acked |= ack.seq == acked_seq;
+                    } else if refused.is_none() && ack.seq != fence_seq {
+                        refused = Some(Refusal {
+                            what: tx.label(ack.seq),
+                            errno: ack.errno,
+                            text: ack.text,
+                        });
+                    }
+                }
+            })
+            .map_err(CommitError::Netlink)?;
+        match refused {
+            Some(r) => Err(CommitError::Refused(r)),
+            None if !acked => Err(CommitError::NoAnswer),
+            None => Ok(()),
+        }
+    }
+}
