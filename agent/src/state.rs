@@ -80,6 +80,7 @@ mod tests {
         let spec = PodSpec {
             pod_id: "web-1".into(),
             generation: 3,
+            not_after_unix: None,
             network: None,
             firewall: Some(Default::default()),
             wireguard: None,

@@ -357,6 +357,7 @@ mod tests {
             published_at_unix_ms: 0,
             drift_repairs: 0,
             last_drift: None,
+            signed_by: None,
             network: None,
             firewall: None,
             wireguard: None,

@@ -28,7 +28,9 @@
 //!   a positional array (serde would otherwise take `["web-1",7]` for a `PodSpec`).
 
 pub mod codec;
+mod json_objects;
 pub mod key;
+pub mod sign;
 pub mod spec;
 pub mod status;
 pub mod subject;

@@ -74,6 +74,60 @@ pub fn quote(value: &str) -> String {
     out
 }
 
+/// Another library's message (serde's `unknown field `...``, `invalid type: string "..."`)
+/// with every value it quotes between backticks or double quotes bounded as [`quote`] bounds
+/// one: the first [`QUOTE_BYTES`] bytes, `...` marking the cut. Control characters are escaped
+/// everywhere, so the message stays one line.
+pub fn bound_quoted(message: &str) -> String {
+    let mut out = String::with_capacity(message.len().min(4 * LAST_ERROR_BYTES));
+    // The open delimiter, the bytes of the value kept so far, and whether it was cut.
+    let mut open: Option<(char, usize, bool)> = None;
+    let mut chars = message.chars();
+    while let Some(c) = chars.next() {
+        match &mut open {
+            None => {
+                if c == '`' || c == '"' {
+                    open = Some((c, 0, false));
+                }
+                push_escaped(&mut out, c);
+            }
+            Some((delim, _, cut)) if c == *delim => {
+                if *cut {
+                    out.push_str(CUT);
+                }
+                out.push(c);
+                open = None;
+            }
+            Some((delim, kept, cut)) => {
+                // A backslash escape inside a Rust-style "..." quote belongs to the value.
+                let escaped = (*delim == '"' && c == '\\').then(|| chars.next()).flatten();
+                let len = c.len_utf8() + escaped.map_or(0, char::len_utf8);
+                if *kept + len > QUOTE_BYTES {
+                    *cut = true;
+                    continue;
+                }
+                *kept += len;
+                push_escaped(&mut out, c);
+                if let Some(e) = escaped {
+                    push_escaped(&mut out, e);
+                }
+            }
+        }
+    }
+    if let Some((_, _, true)) = open {
+        out.push_str(CUT);
+    }
+    out
+}
+
+fn push_escaped(out: &mut String, c: char) {
+    if c.is_control() {
+        let _ = write!(out, "{}", c.escape_default());
+    } else {
+        out.push(c);
+    }
+}
+
 /// `text` bounded for a `LastError` or a reply's `Error`: at most [`LAST_ERROR_BYTES`] bytes,
 /// `...` marking a cut, control characters (which a quoted value has already escaped) replaced
 /// by spaces so one error stays one line.
@@ -147,6 +201,40 @@ mod tests {
         assert_eq!(quote(&s), format!("\"{}...\"", "x".repeat(QUOTE_BYTES - 1)));
         // The worst case (every byte a control character) stays small.
         assert!(quote(&"\u{1}".repeat(10_000)).len() < 8 * QUOTE_BYTES);
+    }
+
+    #[test]
+    fn values_quoted_by_other_libraries_are_bounded() {
+        assert_eq!(
+            bound_quoted("unknown field `Source`, expected one of `PodId`"),
+            "unknown field `Source`, expected one of `PodId`"
+        );
+        let long = format!(
+            "unknown field `{}`, expected `Sources`",
+            "x".repeat(1 << 20)
+        );
+        assert_eq!(
+            bound_quoted(&long),
+            format!(
+                "unknown field `{}...`, expected `Sources`",
+                "x".repeat(QUOTE_BYTES)
+            )
+        );
+        let ctl = format!(
+            "invalid type: string \"{}\", expected u64",
+            "\u{1}".repeat(5000)
+        );
+        let bounded = bound_quoted(&ctl);
+        assert!(bounded.len() < 8 * QUOTE_BYTES, "{}", bounded.len());
+        assert!(!bounded.contains(char::is_control));
+        assert!(bounded.ends_with("...\", expected u64"), "{bounded}");
+        // Escaped quotes inside a value do not end it.
+        assert_eq!(bound_quoted(r#"string "a\"b""#), r#"string "a\"b""#);
+        // An unclosed quote is still cut.
+        assert_eq!(
+            bound_quoted(&format!("`{}", "y".repeat(100))),
+            format!("`{}...", "y".repeat(QUOTE_BYTES))
+        );
     }
 
     #[test]

@@ -150,6 +150,7 @@ mod tests {
         let wire = PodSpec {
             pod_id: "p".into(),
             generation,
+            not_after_unix: None,
             network: None,
             firewall: None,
             wireguard: None,
