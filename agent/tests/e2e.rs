@@ -386,7 +386,7 @@ fn statuses_come_every_interval_and_on_request_in_either_encoding() {
         let asked = Instant::now();
         let s = cp.status_get("slow", Encoding::Bincode).await.unwrap();
         let took = asked.elapsed();
-        let now_ms = weft_emitter::Clock::now_unix_ms(&weft_emitter::SystemClock);
+        let now_ms = weft_emitter::bus::Clock::now_unix_ms(&weft_emitter::bus::SystemClock);
         println!("status.get answered in {took:?}");
         assert!(took < Duration::from_secs(1), "{took:?}");
         assert_eq!(s.observed_generation, 3);

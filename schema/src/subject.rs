@@ -86,6 +86,11 @@ impl Subjects {
         &self.pod
     }
 
+    /// The subject prefix (`weft`).
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
     /// `<prefix>.pod.<pod>.spec`: control plane -> agent.
     pub fn spec(&self) -> String {
         format!("{}.pod.{}.spec", self.prefix, self.pod)

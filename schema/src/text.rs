@@ -151,6 +151,32 @@ pub fn last_error(text: &str) -> String {
     out
 }
 
+/// Seconds since the epoch as an RFC 3339 UTC time (`2025-11-22T03:20:00Z`), for errors that
+/// name a time from a spec (`NotAfterUnix`). Years past 9999 are written as the number.
+pub fn rfc3339(unix: u64) -> String {
+    const YEAR_10000: u64 = 253_402_300_800;
+    if unix >= YEAR_10000 {
+        return format!("unix time {unix}");
+    }
+    let (days, secs) = (unix / 86_400, unix % 86_400);
+    // Howard Hinnant's civil_from_days, for days since 1970-01-01.
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+        secs / 3600,
+        secs / 60 % 60,
+        secs % 60
+    )
+}
+
 /// The longest prefix of `s` of at most `max` bytes that ends on a character boundary, and
 /// whether anything was cut.
 fn cut_at(s: &str, max: usize) -> (&str, bool) {
@@ -235,6 +261,15 @@ mod tests {
             bound_quoted(&format!("`{}", "y".repeat(100))),
             format!("`{}...", "y".repeat(QUOTE_BYTES))
         );
+    }
+
+    #[test]
+    fn unix_times_read_as_rfc3339() {
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
+        assert_eq!(rfc3339(1_763_779_200), "2025-11-22T02:40:00Z");
+        assert_eq!(rfc3339(951_782_400), "2000-02-29T00:00:00Z");
+        assert_eq!(rfc3339(253_402_300_799), "9999-12-31T23:59:59Z");
+        assert_eq!(rfc3339(u64::MAX), format!("unix time {}", u64::MAX));
     }
 
     #[test]

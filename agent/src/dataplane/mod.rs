@@ -139,6 +139,14 @@ impl Dataplane {
         }
     }
 
+    /// Installs the baseline firewall alone (policy drop; `--firewall-at-start baseline`,
+    /// before any spec is known) and reads it back.
+    pub fn apply_baseline_firewall(&mut self) -> Result<FirewallStatus, String> {
+        let ruleset = firewall::render(&Default::default(), None);
+        self.firewall.apply(&ruleset).map_err(|e| error_line(&e))?;
+        Ok(self.firewall.observe(Some(&ruleset)))
+    }
+
     /// Reads back what the kernel holds for `spec`'s subsystems.
     pub fn observe(&mut self, spec: &ValidSpec) -> Observed {
         let ruleset = self.ruleset(spec);
