@@ -21,10 +21,14 @@ use crate::state::StateDir;
 /// How long shutdown waits for the last status and replies to leave.
 const FLUSH_TIMEOUT: Duration = Duration::from_millis(500);
 
-/// Messages that may wait in each subscription's queue; more are dropped by the client (and
-/// logged). A burst of 16 MiB specs then holds at most this many bodies, plus the one being
-/// decoded.
-pub const SUBSCRIPTION_CAPACITY: usize = 8;
+/// Messages that may wait in each subscription's queue (async-nats's default is 65,536);
+/// more are dropped by the client and logged ("slow consumer"). Intake empties its queue at
+/// once into a backlog bounded in bytes (`intake::BACKLOG_BYTES`), and `status.get` is
+/// answered or dropped at once, so the queues stay short: a queue fills only with what the
+/// client reads in one go, which is many small messages (a burst of 1,000 small specs fits)
+/// or few large ones (a read is 64 KiB). A publisher that outruns even that loses messages,
+/// the newest included: a control plane that needs each spec to arrive sends requests.
+pub const SUBSCRIPTION_CAPACITY: usize = 1024;
 
 fn settings(kernel: &KernelArgs) -> dataplane::Settings {
     dataplane::Settings {
@@ -43,6 +47,7 @@ fn settings(kernel: &KernelArgs) -> dataplane::Settings {
 /// subscription queues.
 pub fn connect_options(pod: &PodId) -> impl FnOnce(ConnectOptions) -> ConnectOptions {
     let name = format!("weft-agent {pod}");
+    let pod = pod.clone();
     move |options| {
         options
             .name(name)
@@ -52,6 +57,9 @@ pub fn connect_options(pod: &PodId) -> impl FnOnce(ConnectOptions) -> ConnectOpt
             // outstanding: 3 x 4 s = 12 s, with margin.
             .ping_interval(Duration::from_secs(4))
             .subscription_capacity(SUBSCRIPTION_CAPACITY)
+            // Its own inboxes, so a server can let each pod read its inboxes only
+            // (agent/deploy/nats-server.conf).
+            .custom_inbox_prefix(format!("_INBOX_{pod}"))
     }
 }
 

@@ -23,7 +23,7 @@ use tracing::{info, warn};
 use weft_emitter::bus::{header, open_bucket};
 use weft_emitter::rate::LogGate;
 
-use super::{Intake, SpecMessage};
+use super::{Backlog, Intake, SpecMessage};
 use crate::dataplane::error_line;
 
 /// Values kept per key in a spec bucket the agent creates: a few past generations, for
@@ -58,13 +58,13 @@ pub fn operation(headers: Option<&HeaderMap>) -> Operation {
 /// (no server yet, JetStream away, the consumer lost, no permission) is logged and the watch
 /// made again; the generations make a re-delivered value harmless (the same content is
 /// re-asserted). A failure that lasts is reported in the status `LastError`.
-pub async fn watch(client: Client, intake: Intake) {
+pub(crate) async fn watch(client: Client, intake: &Intake, backlog: &Backlog) {
     let bucket = intake.subjects.spec_bucket();
     let key = intake.subjects.pod().to_string();
     let mut failing = false;
     let mut gate = LogGate::default();
     loop {
-        match watch_once(&client, &intake, &mut failing, &mut gate).await {
+        match watch_once(&client, intake, backlog, &mut failing, &mut gate).await {
             Ok(()) => warn!(bucket, key, "spec KV watch ended; watching again"),
             Err(e) => {
                 // An agent started before NATS fails here every second: say it once.
@@ -92,6 +92,7 @@ pub async fn watch(client: Client, intake: Intake) {
 async fn watch_once(
     client: &Client,
     intake: &Intake,
+    backlog: &Backlog,
     failing: &mut bool,
     gate: &mut LogGate,
 ) -> Result<(), async_nats::Error> {
@@ -104,6 +105,13 @@ async fn watch_once(
     let stream = js.get_stream(format!("KV_{bucket}")).await?;
     let mut messages = stream
         .create_consumer(consumer::push::OrderedConfig {
+            // Named, so the request names the filter too
+            // ($JS.API.CONSUMER.CREATE.<stream>.<name>.<filter>) and a server can let a pod
+            // create consumers of its own key only.
+            name: Some(format!(
+                "weft-spec-{key}-{}",
+                client.new_inbox().rsplit('.').next().unwrap_or("0")
+            )),
             deliver_subject: client.new_inbox(),
             description: Some(format!("weft-agent spec watch for {key}")),
             filter_subject: format!("$KV.{bucket}.{key}"),
@@ -132,7 +140,7 @@ async fn watch_once(
                 }
                 let message = SpecMessage::from_nats(msg.headers.as_ref(), msg.payload.clone());
                 drop(msg);
-                intake.take(message, None, gate).await;
+                backlog.push(message, None, gate);
             }
             Err(e) => {
                 warn!(bucket, key, cause = %error_line(&e), "spec KV watch interrupted");

@@ -1,6 +1,9 @@
-//! Intake: the NATS side of the agent's specs. Reads each spec message (signature, decode,
-//! validation: [`read_spec`]) on a blocking thread, off the runtime's workers, one at a time,
-//! and hands valid ones to the reconciler. Bad input never reaches it: it is answered
+//! Intake: the NATS side of the agent's specs. Messages are taken off the subscription at
+//! once into a backlog bounded in bytes ([`BACKLOG_BYTES`]: when a burst overflows it, the
+//! oldest waiting messages are dropped unread, and a request among them is answered `Stale`);
+//! each is then read (signature, decode, validation: [`read_spec`]) on a blocking thread, off
+//! the runtime's workers, one at a time, and valid ones are handed to the reconciler, whose
+//! mailbox keeps the newest generation. Bad input never reaches it: it is answered
 //! `Rejected` (when it came as a request), logged (at most once a second per reason, with a
 //! count of those not logged), and shown in the status `LastError`; nothing in the kernel
 //! changes.
@@ -15,17 +18,19 @@
 pub mod kv;
 mod message;
 
-use std::sync::Arc;
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use async_nats::{Client, Subject};
 use bytes::Bytes;
 use futures::StreamExt;
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, Notify};
 use tracing::{debug, info, warn};
 use weft_emitter::bus::{headers, reply_allowed, reply_encoding};
 use weft_emitter::fit;
 use weft_emitter::rate::LogGate;
+use weft_schema::codec::MAX_BODY_BYTES;
 use weft_schema::sign::TrustKeys;
 use weft_schema::{ApplyReply, ApplyResult, Encoding, Subjects};
 
@@ -41,12 +46,80 @@ pub struct Intake {
     pub trust: Option<Arc<TrustKeys>>,
 }
 
+/// The most bytes of spec bodies waiting to be read: two of the largest.
+pub const BACKLOG_BYTES: usize = 2 * MAX_BODY_BYTES;
+/// The most spec messages waiting to be read, whatever their size.
+pub const BACKLOG_MESSAGES: usize = 4096;
+
 /// Where an answer goes: the request's reply subject and encoding.
 #[derive(Debug)]
-struct ReplyTo {
+pub(crate) struct ReplyTo {
     client: Client,
     subject: Subject,
     encoding: Encoding,
+    pod: String,
+}
+
+/// A message waiting to be read, and where its answer goes.
+type Waiting = (SpecMessage, Option<ReplyTo>);
+
+/// Messages waiting to be read, newest last, and their bodies' bytes.
+#[derive(Debug, Default)]
+pub(crate) struct Backlog {
+    waiting: Mutex<(VecDeque<Waiting>, usize)>,
+    arrived: Notify,
+}
+
+impl Backlog {
+    /// Adds a message; drops (and answers) the oldest ones while the backlog is over its
+    /// bounds. The newest is never dropped.
+    pub(crate) fn push(&self, message: SpecMessage, reply: Option<ReplyTo>, gate: &mut LogGate) {
+        let mut dropped = Vec::new();
+        {
+            let mut w = self.waiting.lock().unwrap_or_else(|p| p.into_inner());
+            w.1 += message.body.len();
+            w.0.push_back((message, reply));
+            while w.0.len() > 1 && (w.1 > BACKLOG_BYTES || w.0.len() > BACKLOG_MESSAGES) {
+                let (old, reply) = w.0.pop_front().expect("more than one");
+                w.1 -= old.body.len();
+                dropped.push(reply);
+            }
+        }
+        if !dropped.is_empty() {
+            if let Some(skipped) = gate.pass("backlog") {
+                warn!(
+                    dropped = dropped.len(),
+                    skipped,
+                    "specs dropped unread: newer ones arrived faster than they could be read"
+                );
+            }
+            for to in dropped.into_iter().flatten() {
+                let reply = ApplyReply {
+                    pod_id: String::new(),
+                    generation: 0,
+                    result: ApplyResult::Stale,
+                    error: "dropped unread: newer specs arrived while it waited".into(),
+                    apply_micros: 0,
+                };
+                tokio::spawn(send(to, reply));
+            }
+        }
+        self.arrived.notify_one();
+    }
+
+    /// The oldest waiting message, when there is one.
+    async fn next(&self) -> Waiting {
+        loop {
+            {
+                let mut w = self.waiting.lock().unwrap_or_else(|p| p.into_inner());
+                if let Some((message, reply)) = w.0.pop_front() {
+                    w.1 -= message.body.len();
+                    return (message, reply);
+                }
+            }
+            self.arrived.notified().await;
+        }
+    }
 }
 
 /// Serves specs from `source` until the subscription ends (or, for KV, for ever: the watch
@@ -56,16 +129,33 @@ pub async fn run(
     intake: Intake,
     source: SpecSource,
 ) -> Result<(), async_nats::SubscribeError> {
+    let backlog = Backlog::default();
+    let reading = async {
+        let mut gate = LogGate::default();
+        loop {
+            let (message, reply) = backlog.next().await;
+            intake.take(message, reply, &mut gate).await;
+        }
+    };
+    tokio::pin!(reading);
     match source {
         SpecSource::Subject => {
             let mut specs = client.subscribe(intake.subjects.spec()).await?;
             info!(subject = %intake.subjects.spec(), "subscribed");
             let mut gate = LogGate::default();
-            while let Some(msg) = specs.next().await {
+            loop {
+                let msg = tokio::select! {
+                    msg = specs.next() => match msg {
+                        Some(msg) => msg,
+                        None => return Ok(()),
+                    },
+                    () = &mut reading => unreachable!("reading never ends"),
+                };
                 let reply = msg.reply.and_then(|to| {
                     if reply_allowed(intake.subjects.prefix(), &to) {
                         return Some(ReplyTo {
                             client: client.clone(),
+                            pod: intake.subjects.pod().to_string(),
                             subject: to,
                             encoding: reply_encoding(weft_emitter::bus::header(
                                 msg.headers.as_ref(),
@@ -84,20 +174,26 @@ pub async fn run(
                     None
                 });
                 let message = SpecMessage::from_nats(msg.headers.as_ref(), msg.payload);
-                intake.take(message, reply, &mut gate).await;
+                backlog.push(message, reply, &mut gate);
             }
-            Ok(())
         }
         SpecSource::Kv => {
-            kv::watch(client, intake).await;
-            Ok(())
+            tokio::select! {
+                () = kv::watch(client, &intake, &backlog) => Ok(()),
+                () = &mut reading => unreachable!("reading never ends"),
+            }
         }
     }
 }
 
 impl Intake {
     /// Reads one message off the runtime's workers and acts on what it is.
-    async fn take(&self, message: SpecMessage, reply: Option<ReplyTo>, gate: &mut LogGate) {
+    pub(crate) async fn take(
+        &self,
+        message: SpecMessage,
+        reply: Option<ReplyTo>,
+        gate: &mut LogGate,
+    ) {
         let (pod, trust) = (self.subjects.pod().clone(), self.trust.clone());
         // One message at a time: a burst waits in the subscription's small queue, so at most
         // one body is being decoded, whatever arrives.
@@ -192,6 +288,9 @@ fn unix_now() -> u64 {
 }
 
 async fn send(to: ReplyTo, mut reply: ApplyReply) {
+    if reply.pod_id.is_empty() {
+        reply.pod_id = to.pod.clone();
+    }
     fit::bound_reply(&mut reply);
     let body = Bytes::from(to.encoding.encode(&reply));
     if let Err(e) = to

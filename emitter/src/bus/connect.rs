@@ -48,8 +48,13 @@ struct State {
     outage: Option<Outage>,
     /// A refusal of the last outage, for the first status the new connection carries.
     report: Option<String>,
+    /// The server's last few errors on a live connection (permission violations ...).
+    server_errors: std::collections::VecDeque<String>,
     gate: LogGate,
 }
+
+/// How many server errors a [`Link`] remembers.
+const SERVER_ERRORS_KEPT: usize = 16;
 
 struct Outage {
     since: Instant,
@@ -76,6 +81,12 @@ impl Link {
     /// over 4 s: ...`), once, for the next status.
     pub fn take_report(&self) -> Option<String> {
         self.lock().report.take()
+    }
+
+    /// The server's last errors on a live connection, oldest first (a permission violation
+    /// reads `permissions violation for publish to "weft.pod.web-2.spec"`).
+    pub fn server_errors(&self) -> Vec<String> {
+        self.lock().server_errors.iter().cloned().collect()
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
@@ -124,6 +135,10 @@ impl Link {
                 // Permission violations and the like, on a live connection: the server's
                 // words, at most once a second.
                 let mut s = self.lock();
+                if s.server_errors.len() == SERVER_ERRORS_KEPT {
+                    s.server_errors.pop_front();
+                }
+                s.server_errors.push_back(err.to_string());
                 if let Some(skipped) = s.gate.pass("server error") {
                     warn!(cause = %err, skipped, "NATS server error");
                 }
