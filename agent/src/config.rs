@@ -250,13 +250,19 @@ fn trust_keys(path: &Path) -> Result<TrustKeys, String> {
     TrustKeys::parse(&text).map_err(|e| e.to_string())
 }
 
-/// clap's first line, which names the flag ("error: invalid value 'x' for '--status-interval
-/// <STATUS_INTERVAL>': ..."), without the usage block after it.
+/// clap's first paragraph, which names the flag ("error: invalid value 'x' for
+/// '--status-interval <STATUS_INTERVAL>': ...", or "the following required arguments were
+/// not provided:" and the flags on the lines after it), on one line, without the usage block.
 fn one_line(rendered: &str) -> String {
-    let first = rendered.lines().next().unwrap_or("").trim();
+    let first: Vec<&str> = rendered
+        .lines()
+        .map(str::trim)
+        .take_while(|l| !l.is_empty())
+        .collect();
+    let first = first.join(" ");
     format!(
         "weft-agent: {}",
-        first.strip_prefix("error: ").unwrap_or(first)
+        first.strip_prefix("error: ").unwrap_or(&first)
     )
 }
 

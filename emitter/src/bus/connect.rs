@@ -166,9 +166,12 @@ impl Link {
                  user, key or token and the server's configuration"
                     .to_owned(),
             )
-        } else if kind == ConnectErrorKind::Authentication.to_string()
+        } else if detail.is_some()
+            || kind == ConnectErrorKind::Authentication.to_string()
             || kind == ConnectErrorKind::Tls.to_string()
         {
+            // The TLS handshake's failures reach the client as an "IO error": the verifier
+            // and the certificate resolver say what it was.
             // The verifier or the auth callback said why; an attempt that failed before
             // either ran keeps the reason seen last.
             Some(
@@ -280,8 +283,36 @@ impl NatsConfig {
             Some((chain, key)) => builder
                 .with_client_auth_cert(chain.clone(), key.clone_key())
                 .expect("the client certificate and key were checked with the flags"),
-            None => builder.with_no_client_auth(),
+            None => {
+                builder.with_client_cert_resolver(Arc::new(NoCertificate { link: link.clone() }))
+            }
         }
+    }
+}
+
+/// No client certificate, and a [`Link`] told when a server asks for one (mutual TLS): the
+/// handshake then fails as an "IO error" that would say nothing.
+#[derive(Debug)]
+struct NoCertificate {
+    link: Link,
+}
+
+impl rustls::client::ResolvesClientCert for NoCertificate {
+    fn resolve(
+        &self,
+        _root_hint_subjects: &[&[u8]],
+        _sigschemes: &[SignatureScheme],
+    ) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        self.link.detail(
+            "the server asks for a client certificate (mutual TLS) and none is configured \
+             (--nats-tls-cert, --nats-tls-key)"
+                .into(),
+        );
+        None
+    }
+
+    fn has_certs(&self) -> bool {
+        false
     }
 }
 
