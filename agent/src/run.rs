@@ -151,17 +151,27 @@ pub async fn run(
         .instrument(info_span!("intake")),
     );
 
-    let failed = tokio::select! {
-        () = shutdown => None,
-        joined = &mut reconciler_thread => Some(match joined {
+    let reconciler_ended =
+        |joined: Result<std::thread::Result<()>, tokio::task::JoinError>| match joined {
             Ok(Err(panic)) => format!("the reconciler panicked: {}", panic_text(panic.as_ref())),
             _ => "the reconciler stopped".to_owned(),
-        }),
+        };
+    let failed = tokio::select! {
+        () = shutdown => None,
+        joined = &mut reconciler_thread => Some(reconciler_ended(joined)),
         ended = &mut intake => Some(format!("intake stopped: {}", ended_text(ended))),
         ended = &mut status_get => Some(format!("status.get stopped: {}", ended_text(ended))),
         _ = &mut emitter => Some("the emitter stopped".to_owned()),
     };
-    if let Some(why) = failed {
+    if let Some(mut why) = failed {
+        // The emitter ends when the reconciler's status channel closes: name the cause.
+        if !why.starts_with("the reconciler") {
+            if let Ok(joined) =
+                tokio::time::timeout(Duration::from_millis(500), &mut reconciler_thread).await
+            {
+                why = reconciler_ended(joined);
+            }
+        }
         // No clean stop: the process is to exit non-zero at once (kernel state stays).
         anyhow::bail!(why);
     }

@@ -374,6 +374,16 @@ impl Stack {
 
     /// Starts (or restarts) the agent of pod `id`.
     pub fn start_agent(&mut self, id: &str, extra: &[&str]) -> Result<()> {
+        self.start_agent_with_env(id, extra, &[])
+    }
+
+    /// [`Self::start_agent`] with environment variables set for the agent.
+    pub fn start_agent_with_env(
+        &mut self,
+        id: &str,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Result<()> {
         let i = self
             .pods
             .iter()
@@ -382,10 +392,11 @@ impl Stack {
         let args = self.agent_args(&self.pods[i], extra);
         let log = self.dir.join(format!("{id}-agent.log"));
         let pod = &mut self.pods[i];
-        pod.agent = Some(AgentProcess::spawn(
+        pod.agent = Some(AgentProcess::spawn_with_env(
             &pod.ns.ns,
             &self.agent_bin,
             &args,
+            env,
             log,
         )?);
         Ok(())
