@@ -9,6 +9,13 @@ use weft_agent::config::{self, Command, Exit, LogFormat};
 use weft_agent::dataplane::error_line;
 use weft_schema::Overall;
 
+/// jemalloc instead of glibc's malloc: a spec is a million short strings at worst (16 MiB of
+/// `/32`s), and glibc gives each a 32-byte chunk where jemalloc uses 16 bytes. Measured with
+/// `benches/spec_memory.rs`, a 16 MiB spec's peak above idle went from 4.5x its size to 4.1x
+/// with it, and to 3.8x with validation that frees each rule as it goes.
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 /// EX_USAGE from sysexits.h: the command line was wrong.
 const EX_USAGE: u8 = 64;
 

@@ -94,6 +94,7 @@ pub async fn run(
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|s| *s).await;
     };
+    let mirror_problem = weft_emitter::MirrorProblem::default();
     let mirror = config.status_kv.then(|| {
         let (mirror, latest) = tokio::sync::watch::channel(None);
         tokio::spawn(
@@ -102,6 +103,7 @@ pub async fn run(
                 subjects.status_bucket(),
                 pod.to_string(),
                 latest,
+                mirror_problem.clone(),
             )
             .instrument(info_span!("status_kv")),
         );
@@ -114,6 +116,7 @@ pub async fn run(
                 subject: subjects.status(),
             },
             mirror,
+            mirror_problem,
         },
         clock: SystemClock,
         encoding: config.status_encoding,
@@ -125,7 +128,7 @@ pub async fn run(
     };
     let mut emitter = tokio::spawn(
         emitter
-            .run(reconciler.status(), link, stopped(stop_rx.clone()))
+            .run(reconciler.status(), link.clone(), stopped(stop_rx.clone()))
             .instrument(info_span!("emitter")),
     );
     let mut status_get = tokio::spawn(
@@ -145,6 +148,7 @@ pub async fn run(
                 subjects: subjects.clone(),
                 reconciler: reconciler.clone(),
                 trust: config.trust.clone(),
+                link: link.clone(),
             },
             config.spec_source,
         )

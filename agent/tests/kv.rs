@@ -227,3 +227,52 @@ fn specs_come_from_the_bucket_even_written_while_the_agent_was_down() {
     );
     assert!(holds(&stack.pods[0], 5));
 }
+
+#[test]
+fn an_agent_that_may_not_create_the_buckets_says_so_until_the_control_plane_does() {
+    require_root();
+    // The shipped configuration: pods may not create buckets.
+    let mut stack = Stack::new(agent_bin()).unwrap();
+    stack.add_pod("web-1").unwrap();
+    stack.start_agent("web-1", ARGS).unwrap();
+    stack.block_on(|| async {
+        let cp = stack.control_plane().await.unwrap();
+        let dash = Dashboard::watch(&cp.client, "weft", "web-1").await.unwrap();
+        let s = dash
+            .wait_for(
+                Duration::from_secs(20),
+                "the missing buckets in the status",
+                Instant::now(),
+                |s| s.last_error.contains("unusable") || s.last_error.contains("mirror"),
+            )
+            .await;
+        println!("status without buckets: {}", s.last_error);
+        assert_eq!(s.overall, Overall::Degraded);
+        // The control plane creates them; the agent's retries find them.
+        let js = jetstream::new(cp.client.clone());
+        let specs = weft_emitter::bus::open_bucket(&js, "weft-specs", 10)
+            .await
+            .unwrap();
+        weft_emitter::bus::open_bucket(&js, "weft-status", 1)
+            .await
+            .unwrap();
+        let since = Instant::now();
+        specs
+            .put("web-1", Encoding::Json.encode(&spec("web-1", 1)).into())
+            .await
+            .unwrap();
+        dash.wait_for(Duration::from_secs(15), "generation 1, clean", since, |s| {
+            s.observed_generation == 1 && s.overall == Overall::Healthy
+        })
+        .await;
+        let status = js.get_key_value("weft-status").await.unwrap();
+        wait_until_async(Duration::from_secs(5), "the mirror", || async {
+            match kv_status(&status, "web-1").await {
+                Some(s) if s.observed_generation == 1 => Ok(()),
+                other => Err(format!("{other:?}")),
+            }
+        })
+        .await;
+    });
+    assert!(holds(&stack.pods[0], 1));
+}

@@ -40,6 +40,11 @@ pub trait Sink: Send + Sync + 'static {
 
     /// The largest message the sink takes, headers included (0: not known yet).
     fn max_payload(&self) -> usize;
+
+    /// A standing problem of the sink to report in each snapshot while it lasts.
+    fn problem(&self) -> Option<String> {
+        None
+    }
 }
 
 /// Publishes on a subject of a NATS connection.
@@ -74,7 +79,12 @@ pub struct Mirrored<S> {
     pub primary: S,
     /// `None`: no mirror, the primary alone.
     pub mirror: Option<watch::Sender<Option<Snapshot>>>,
+    /// Why the mirror fails, while it does ([`mirror_to_kv`] sets it).
+    pub mirror_problem: MirrorProblem,
 }
+
+/// Why the status KV mirror fails, while it does.
+pub type MirrorProblem = std::sync::Arc<std::sync::Mutex<Option<String>>>;
 
 impl<S: Sink> Sink for Mirrored<S> {
     type Error = S::Error;
@@ -89,6 +99,13 @@ impl<S: Sink> Sink for Mirrored<S> {
     fn max_payload(&self) -> usize {
         self.primary.max_payload()
     }
+
+    fn problem(&self) -> Option<String> {
+        self.mirror_problem
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
 }
 
 /// How long a failed mirror put waits before it tries the newest snapshot again.
@@ -99,14 +116,21 @@ const MIRROR_RETRY: Duration = Duration::from_secs(1);
 /// arrive while a put is in flight are skipped for the newest one. The value is the body as
 /// published on the subject, and the message keeps both headers, so a stream reader sees the
 /// encoding; plain KV readers (which see no headers) should leave `--status-encoding` at JSON.
+///
+/// A failure on a working connection (no bucket and no right to create it, no right to put)
+/// is set in `problem` until a put succeeds, for the statuses to report, and logged once per
+/// distinct cause.
 pub async fn mirror_to_kv(
     js: jetstream::Context,
     bucket: String,
     key: String,
     mut latest: watch::Receiver<Option<Snapshot>>,
+    problem: MirrorProblem,
 ) {
     let subject = format!("$KV.{bucket}.{key}");
     let mut opened = false;
+    let mut logged: Option<String> = None;
+    let set = |p: Option<String>| *problem.lock().unwrap_or_else(|e| e.into_inner()) = p;
     loop {
         if latest.changed().await.is_err() {
             return;
@@ -116,9 +140,22 @@ pub async fn mirror_to_kv(
                 break;
             };
             match put(&js, &bucket, &mut opened, &subject, headers, body).await {
-                Ok(()) => break,
+                Ok(()) => {
+                    set(None);
+                    logged = None;
+                    break;
+                }
                 Err(e) => {
-                    warn!(bucket, cause = %ErrorLine(e.as_ref()), "status KV mirror failed");
+                    let cause = ErrorLine(e.as_ref()).to_string();
+                    if logged.as_deref() != Some(cause.as_str()) {
+                        warn!(bucket, %cause, "status KV mirror failed; retrying every second");
+                        logged = Some(cause.clone());
+                    }
+                    if js.client().connection_state() == async_nats::connection::State::Connected {
+                        set(Some(format!(
+                            "status KV mirror to bucket {bucket} failed: {cause}"
+                        )));
+                    }
                     tokio::time::sleep(MIRROR_RETRY).await;
                 }
             }

@@ -317,6 +317,13 @@ fn within(errs: &mut ValidationErrors, path: &str, len: usize, bound: usize) -> 
 impl ValidSpec {
     /// Validates a whole spec for the agent of pod `pod`.
     pub fn validate(spec: &PodSpec, pod: &PodId) -> Result<ValidSpec, ValidationErrors> {
+        Self::validate_owned(spec.clone(), pod)
+    }
+
+    /// [`Self::validate`], consuming the spec: each firewall rule and peer is dropped as soon
+    /// as it is validated, so a large spec is never held twice (as strings and as typed
+    /// values) at once.
+    pub fn validate_owned(spec: PodSpec, pod: &PodId) -> Result<ValidSpec, ValidationErrors> {
         let mut errs = ValidationErrors::default();
         let pod_id = match PodId::parse(&spec.pod_id) {
             Ok(id) if &id == pod => Some(id),
@@ -345,13 +352,9 @@ impl ValidSpec {
             .network
             .as_ref()
             .and_then(|n| network(&mut errs, "Network", n));
-        let firewall = firewall(
-            &mut errs,
-            spec.firewall.as_ref().unwrap_or(&FirewallSpec::default()),
-        );
+        let firewall = firewall(&mut errs, spec.firewall.unwrap_or_default());
         let wireguard = spec
             .wireguard
-            .as_ref()
             .and_then(|w| wireguard(&mut errs, "WireGuard", w));
         if let (Some(n), Some(w)) = (&network, &wireguard) {
             if n.interface == w.interface {
@@ -368,7 +371,7 @@ impl ValidSpec {
                 not_after_unix: spec.not_after_unix,
                 network,
                 firewall: firewall.expect("no errors means a firewall"),
-                wireguard: spec.wireguard.as_ref().and(wireguard),
+                wireguard,
             }),
             _ => Err(errs),
         }
@@ -503,7 +506,7 @@ enum Direction {
     Egress,
 }
 
-fn firewall(errs: &mut ValidationErrors, spec: &FirewallSpec) -> Option<Firewall> {
+fn firewall(errs: &mut ValidationErrors, spec: FirewallSpec) -> Option<Firewall> {
     let before = errs.total;
     let mut fw = Firewall::default();
     if within(
@@ -512,7 +515,8 @@ fn firewall(errs: &mut ValidationErrors, spec: &FirewallSpec) -> Option<Firewall
         spec.ingress.len(),
         limits::RULES_PER_DIRECTION,
     ) {
-        for (i, r) in spec.ingress.iter().enumerate() {
+        // Each rule's strings are freed once it is validated.
+        for (i, r) in spec.ingress.into_iter().enumerate() {
             let path = format!("Firewall.Ingress[{i}]");
             if let Some(rule) = rule(
                 errs,
@@ -533,7 +537,7 @@ fn firewall(errs: &mut ValidationErrors, spec: &FirewallSpec) -> Option<Firewall
         spec.egress.len(),
         limits::RULES_PER_DIRECTION,
     ) {
-        for (i, r) in spec.egress.iter().enumerate() {
+        for (i, r) in spec.egress.into_iter().enumerate() {
             let path = format!("Firewall.Egress[{i}]");
             if let Some(rule) = rule(
                 errs,
@@ -664,7 +668,7 @@ fn merge_ports(mut ranges: Vec<PortRange>) -> Vec<PortRange> {
     merged
 }
 
-fn wireguard(errs: &mut ValidationErrors, path: &str, spec: &WireGuardSpec) -> Option<WireGuard> {
+fn wireguard(errs: &mut ValidationErrors, path: &str, spec: WireGuardSpec) -> Option<WireGuard> {
     let before = errs.total;
     let interface = ifname(errs, &format!("{path}.Interface"), &spec.interface);
     let address = match spec.address.parse::<IpNet>() {
@@ -705,9 +709,9 @@ fn wireguard(errs: &mut ValidationErrors, path: &str, spec: &WireGuardSpec) -> O
         limits::PEERS,
     ) {
         let mut seen = std::collections::HashMap::new();
-        for (i, p) in spec.peers.iter().enumerate() {
+        for (i, p) in spec.peers.into_iter().enumerate() {
             let ppath = format!("{path}.Peers[{i}]");
-            if let Some(peer) = peer(errs, &ppath, p) {
+            if let Some(peer) = peer(errs, &ppath, &p) {
                 if let Some(first) = seen.insert(peer.public_key, i) {
                     errs.push(
                         format!("{ppath}.PublicKey"),

@@ -69,7 +69,15 @@ pub(crate) async fn watch(client: Client, intake: &Intake, backlog: &Backlog) {
             Err(e) => {
                 // An agent started before NATS fails here every second: say it once.
                 if !failing {
-                    let cause = error_line(e.as_ref());
+                    let mut cause = error_line(e.as_ref());
+                    // A refused JetStream request is only a timeout to the client; the server
+                    // said why on the side.
+                    if let Some(said) = intake.link.server_errors().into_iter().rev().find(|e| {
+                        e.to_lowercase().contains("permissions violation")
+                            && e.contains(&format!("KV_{bucket}"))
+                    }) {
+                        cause = format!("{cause} (the server said: {said})");
+                    }
                     warn!(bucket, key, %cause, "spec KV watch failed; retrying every second");
                     // Connected, the server refused (no bucket and no right to create it, no
                     // permission): a dashboard should see it. Before a connection it is the

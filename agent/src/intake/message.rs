@@ -211,14 +211,16 @@ pub fn read_spec(pod: &PodId, trust: Option<&TrustKeys>, msg: &SpecMessage) -> R
             }
         }
     };
-    match ValidSpec::validate(&wire, pod) {
+    let generation = wire.generation;
+    // Consumed: the wire strings of each rule are freed as it is validated.
+    match ValidSpec::validate_owned(wire, pod) {
         Ok(spec) => Read::Valid {
             spec: Box::new(spec),
             signed_by,
         },
         Err(errs) => Read::Rejected {
-            generation: wire.generation,
-            error: last_error(&format!("generation {} rejected: {errs}", wire.generation)),
+            generation,
+            error: last_error(&format!("generation {generation} rejected: {errs}")),
             reason: Reason::Invalid,
         },
     }

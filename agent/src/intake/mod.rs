@@ -44,6 +44,8 @@ pub struct Intake {
     pub subjects: Subjects,
     pub reconciler: Handle,
     pub trust: Option<Arc<TrustKeys>>,
+    /// The connection's state: what the server refused, to say why a JetStream call failed.
+    pub link: weft_emitter::bus::Link,
 }
 
 /// The most bytes of spec bodies waiting to be read: two of the largest.
