@@ -71,7 +71,7 @@ fn main() {
             stack.restart_nats().expect("restart nats-server");
             let back = now_unix_ms();
             let status = stack.block_on(|| async {
-                let client = stack.client("dashboard").await.unwrap().client;
+                let client = stack.client("control").await.unwrap().client;
                 let log = StatusLog::create(&client, "weft", "bench-1").await.unwrap();
                 log.first_since(back, Duration::from_secs(5)).await.unwrap()
             });

@@ -223,8 +223,8 @@ fn only_specs_signed_by_a_trusted_key_are_applied() {
         let (h, b) = message(&spec(8, None), Some(&key));
         let r = request_when_ready(&cp, h, b).await;
         assert_eq!(r.result, ApplyResult::Applied, "{r:?}");
-        let s = cp.status_get("web-1", Encoding::Json).await.unwrap();
-        assert_eq!((s.observed_generation, s.signed_by), (8, None));
+        let s = wait_for_status(&cp, |s| s.observed_generation == 8).await;
+        assert_eq!(s.signed_by, None);
     });
     let _ = std::fs::remove_dir_all(&dir);
 }
@@ -282,8 +282,8 @@ fn a_tampered_kept_spec_is_not_applied_at_restart() {
         let (h, b) = message(&spec(6, None), Some(&key));
         let r = cp.request_raw("web-1", Some(h), b).await.unwrap();
         assert_eq!(r.result, ApplyResult::Applied, "{r:?}");
-        let s = cp.status_get("web-1", Encoding::Json).await.unwrap();
-        assert_eq!((s.overall, s.observed_generation), (Overall::Healthy, 6));
+        let s = wait_for_status(&cp, |s| s.observed_generation == 6).await;
+        assert_eq!(s.overall, Overall::Healthy, "{s:?}");
     });
     let _ = std::fs::remove_dir_all(&dir);
 }

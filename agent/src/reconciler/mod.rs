@@ -78,6 +78,24 @@ pub struct Reconciler {
     baseline: Option<FirewallStatus>,
     /// Stale and conflicting specs are logged at most once a second each.
     log_gate: LogGate,
+    /// Answers held until the status they change is out (see [`Self::take_answers`]).
+    answers: Vec<Answer>,
+}
+
+/// An answer to a spec, to send once the status it changed is published.
+#[derive(Debug)]
+pub struct Answer {
+    reply: Replier,
+    generation: u64,
+    result: ApplyResult,
+    error: String,
+}
+
+impl Answer {
+    pub fn send(self, pod: &PodId) {
+        self.reply
+            .send(pod, self.generation, self.result, self.error);
+    }
 }
 
 impl Reconciler {
@@ -96,7 +114,24 @@ impl Reconciler {
             signed_by: None,
             baseline: None,
             log_gate: LogGate::default(),
+            answers: Vec::new(),
         }
+    }
+
+    /// The answers of the specs handled since the last call. The actor sends them after it
+    /// published the status, so a control plane that asks for the status once it has its
+    /// answer sees what the answer says.
+    pub fn take_answers(&mut self) -> Vec<Answer> {
+        std::mem::take(&mut self.answers)
+    }
+
+    fn answer(&mut self, reply: Replier, generation: u64, result: ApplyResult, error: String) {
+        self.answers.push(Answer {
+            reply,
+            generation,
+            result,
+            error,
+        });
     }
 
     /// Checks kept and incoming specs against these keys.
@@ -192,7 +227,9 @@ impl Reconciler {
                 if let Some(skipped) = self.log_gate.pass("stale") {
                     info!(generation, applied, skipped, "stale spec ignored");
                 }
-                sub.answer(
+                self.answer(
+                    sub.reply,
+                    generation,
                     ApplyResult::Stale,
                     format!(
                         "generation {generation} is older than the applied generation {applied}"
@@ -205,7 +242,7 @@ impl Reconciler {
                     warn!(generation, error = %e, skipped, "spec rejected");
                 }
                 self.rejection = Some(e.clone());
-                sub.answer(ApplyResult::Rejected, e);
+                self.answer(sub.reply, generation, ApplyResult::Rejected, e);
             }
             Decision::Apply | Decision::Reassert => {
                 let Submission {
@@ -228,7 +265,7 @@ impl Reconciler {
                 } else {
                     (ApplyResult::Failed, failure_line(&failures))
                 };
-                reply.send(&self.pod, generation, result, error);
+                self.answer(reply, generation, result, error);
             }
         }
     }
@@ -552,6 +589,10 @@ fn run(
                 }
                 changed
             });
+        }
+        let pod = rec.pod.clone();
+        for answer in rec.take_answers() {
+            answer.send(&pod);
         }
     }
 }
