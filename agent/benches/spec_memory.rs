@@ -32,32 +32,36 @@ fn main() {
     let agent_bin = Path::new(env!("CARGO_BIN_EXE_weft-agent"));
     let mut stack = Stack::new(agent_bin).expect("stack");
     stack.add_pod("bench").expect("pod");
-    stack
-        .start_agent("bench", &["--status-interval", "5s"])
-        .expect("start agent");
-    let pid = stack.pods[0].agent.as_ref().unwrap().pid().unwrap();
 
     let big = if full { 16 * MIB - 4096 } else { MIB };
-    // The applied spec first: the allocator keeps what a large spec freed, which would
-    // make the idle figure of a later case meaningless.
+    // Each case in a fresh agent: the allocator keeps what a large spec freed, which would
+    // make a later idle figure meaningless. The refused spec first: it leaves no kept spec
+    // for the next start to re-assert.
     let cases = [
         (
-            "valid, applied (60,000 sources)",
-            spec("bench", 2, usize::MAX, 60_000),
-            ApplyResult::Applied,
+            "decode + validate (refused: another pod)",
+            spec("other-pod", 2, big, usize::MAX),
+            ApplyResult::Rejected,
         ),
         (
-            "decode + validate (refused: another pod)",
-            spec("other-pod", 3, big, usize::MAX),
-            ApplyResult::Rejected,
+            "valid, applied (60,000 sources)",
+            spec("bench", 3, usize::MAX, 60_000),
+            ApplyResult::Applied,
         ),
     ];
     println!("spec_memory: peak RSS of weft-agent above its idle RSS (VmHWM after reset)");
-    stack.block_on(|| async {
-        let cp = stack.control_plane().await.unwrap();
-        ready(&cp).await;
-        for (what, body, want) in &cases {
-            // Idle: whatever the last case left is freed and the agent sits in its loops.
+    for (what, body, want) in &cases {
+        if stack.pods[0].agent.is_some() {
+            stack.stop_agent("bench").expect("stop agent");
+        }
+        stack
+            .start_agent("bench", &["--status-interval", "5s"])
+            .expect("start agent");
+        let pid = stack.pods[0].agent.as_ref().unwrap().pid().unwrap();
+        stack.block_on(|| async {
+            let cp = stack.control_plane().await.unwrap();
+            ready(&cp).await;
+            // Idle: connected, subscribed, sitting in its loops.
             tokio::time::sleep(Duration::from_millis(500)).await;
             let idle = vm(pid, "VmRSS");
             std::fs::write(format!("/proc/{pid}/clear_refs"), "5").expect("reset VmHWM");
@@ -86,8 +90,8 @@ fn main() {
                 peak as f64 / 1024.0,
                 above / MIB as f64,
             );
-        }
-    });
+        });
+    }
     println!("  goal: peak - idle under 4x the body for a 16 MiB spec");
 }
 
