@@ -112,12 +112,8 @@ impl StateDir {
             _ => 1,
         };
         let file = self.path.join(APPLYING_FILE);
-        atomic_file::replace(
-            &file,
-            format!("{generation} {attempts}\n").as_bytes(),
-            0o600,
-        )
-        .map_err(|e| Error::Write(file, e))?;
+        write_private(&file, format!("{generation} {attempts}\n").as_bytes())
+            .map_err(|e| Error::Write(file, e))?;
         Ok(Applying {
             generation,
             attempts,
@@ -128,6 +124,19 @@ impl StateDir {
     pub fn end_apply(&self) {
         let _ = fs::remove_file(self.path.join(APPLYING_FILE));
     }
+}
+
+/// Writes `contents` to a file readable by its owner only, in place.
+fn write_private(path: &Path, contents: &[u8]) -> io::Result<()> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt;
+    fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)?
+        .write_all(contents)
 }
 
 #[cfg(test)]
