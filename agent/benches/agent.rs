@@ -27,6 +27,7 @@ use futures::StreamExt;
 use serde_json::json;
 use weft_schema::{ApplyResult, Encoding, Overall, PodSpec};
 use weft_testkit::control::{headers, ControlPlane, Dashboard};
+use weft_testkit::natsconf::Permissions;
 use weft_testkit::require_root;
 use weft_testkit::stack::{Pod, Stack};
 
@@ -63,11 +64,27 @@ fn main() {
         )
         .expect("start agent");
     let pid = stack.pods[0].agent.as_ref().unwrap().pid().unwrap();
+    // The bare round trip's two ends, as users of the same server (TLS and auth included).
+    let echo_permissions = |publish: &str, subscribe: &str, responds| Permissions {
+        publish: vec![publish.into()],
+        subscribe: vec![subscribe.into()],
+        allow_responses: responds,
+    };
+    stack
+        .add_user("echo", echo_permissions("_nothing", "bench.echo", true))
+        .expect("echo user");
+    stack
+        .add_user(
+            "echo-client",
+            echo_permissions("bench.echo", "_INBOX.>", false),
+        )
+        .expect("echo client user");
 
     let report = stack.block_on(|| async {
-        let cp = ControlPlane::connect(&stack.nats_url()).await.unwrap();
+        let cp = stack.control_plane().await.unwrap();
         let dash = Dashboard::watch(&cp.client, "weft", "bench").await.unwrap();
-        let _echo = Echo::start(&stack.nats_url()).await;
+        let _echo = Echo::start(stack.client("echo").await.unwrap().client).await;
+        let echo_client = stack.client("echo-client").await.unwrap().client;
         wait_for_agent(&cp).await;
 
         // Request latency, agent and bare NATS interleaved.
@@ -78,7 +95,10 @@ fn main() {
         for _ in 0..sizes.requests {
             generation += 1;
             let start = Instant::now();
-            let r = cp.client.request("bench.echo", Bytes::new()).await.unwrap();
+            let r = echo_client
+                .request("bench.echo", Bytes::new())
+                .await
+                .unwrap();
             nats.push(start.elapsed());
             assert!(r.payload.is_empty());
 
@@ -255,8 +275,7 @@ fn us(d: Duration) -> f64 {
 struct Echo(tokio::task::JoinHandle<()>);
 
 impl Echo {
-    async fn start(url: &str) -> Echo {
-        let client = async_nats::connect(url).await.unwrap();
+    async fn start(client: async_nats::Client) -> Echo {
         let mut sub = client.subscribe("bench.echo").await.unwrap();
         client.flush().await.unwrap();
         Echo(tokio::spawn(async move {

@@ -14,7 +14,6 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 use weft_schema::{ApplyResult, Encoding, PodSpec};
-use weft_testkit::control::ControlPlane;
 use weft_testkit::stack::Stack;
 use weft_testkit::Netns;
 
@@ -117,7 +116,7 @@ fn main() {
     }))
     .unwrap();
     stack.block_on(|| async {
-        let cp = ControlPlane::connect(&stack.nats_url()).await.unwrap();
+        let cp = stack.control_plane().await.unwrap();
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             match cp.request("bench", &spec, Encoding::Json).await {

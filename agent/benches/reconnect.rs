@@ -14,7 +14,6 @@ use std::time::Duration;
 
 use serde_json::json;
 use weft_schema::{ApplyResult, Encoding, Overall, PodSpec};
-use weft_testkit::control::ControlPlane;
 use weft_testkit::require_root;
 use weft_testkit::stack::Stack;
 use weft_testkit::status_log::{now_unix_ms, StatusLog};
@@ -40,7 +39,7 @@ fn main() {
     }))
     .unwrap();
     stack.block_on(|| async {
-        let cp = ControlPlane::connect(&stack.nats_url()).await.unwrap();
+        let cp = stack.control_plane().await.unwrap();
         StatusLog::create(&cp.client, "weft", "bench-1")
             .await
             .unwrap();
@@ -72,11 +71,7 @@ fn main() {
             stack.restart_nats().expect("restart nats-server");
             let back = now_unix_ms();
             let status = stack.block_on(|| async {
-                let client = async_nats::ConnectOptions::new()
-                    .retry_on_initial_connect()
-                    .connect(stack.nats_url())
-                    .await
-                    .unwrap();
+                let client = stack.client("control").await.unwrap().client;
                 let log = StatusLog::create(&client, "weft", "bench-1").await.unwrap();
                 log.first_since(back, Duration::from_secs(5)).await.unwrap()
             });

@@ -11,6 +11,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 /// Replaces `path` with `contents`, mode `mode`.
 pub fn replace(path: &Path, contents: &[u8], mode: u32) -> io::Result<()> {
+    replace_parts(path, &[contents], mode)
+}
+
+/// Replaces `path` with `parts` written one after the other (no copy into one buffer).
+pub fn replace_parts(path: &Path, parts: &[&[u8]], mode: u32) -> io::Result<()> {
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
         _ => PathBuf::from("."),
@@ -23,7 +28,9 @@ pub fn replace(path: &Path, contents: &[u8], mode: u32) -> io::Result<()> {
             .mode(mode)
             .open(&temp)?;
         file.set_permissions(fs::Permissions::from_mode(mode))?;
-        file.write_all(contents)?;
+        for part in parts {
+            file.write_all(part)?;
+        }
         file.sync_all()?;
         fs::rename(&temp, path)
     })();

@@ -2,12 +2,15 @@
 //! environment as `WEFT_` + the flag's name in capitals with `_`. Values are parsed here, once,
 //! into typed settings: nothing downstream sees a raw string.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use weft_emitter::bus::{NatsArgs, NatsConfig};
+use weft_schema::sign::TrustKeys;
 use weft_schema::subject::check_prefix;
-use weft_schema::{Encoding, PodId};
+use weft_schema::{Encoding, PodId, Subjects};
 
 /// Keeps a pod's network in the state its control plane publishes on NATS.
 #[derive(Debug, Parser)]
@@ -36,10 +39,9 @@ pub enum Command {
 /// The daemon: subscribe to the pod's spec and keep the kernel matching it.
 #[derive(Debug, Args)]
 pub struct DaemonArgs {
-    /// NATS server URL, or a comma-separated list of a cluster's servers.
-    /// Required unless the subcommand is `apply`.
-    #[arg(long, env = "WEFT_NATS_URL", value_delimiter = ',')]
-    pub nats_url: Vec<String>,
+    /// How to reach NATS (--nats-url is required unless the subcommand is `apply`).
+    #[command(flatten)]
+    pub nats: NatsArgs,
     /// This pod's id: 1 to 63 characters of [A-Za-z0-9_-]. Required unless `apply`.
     #[arg(long, env = "WEFT_POD_ID")]
     pub pod_id: Option<PodId>,
@@ -64,6 +66,15 @@ pub struct DaemonArgs {
     /// Full resync with the kernel at least this often, a safety net for lost events.
     #[arg(long, env = "WEFT_RESYNC_INTERVAL", default_value = "60s", value_parser = duration)]
     pub resync_interval: Duration,
+    /// Apply only specs signed by one of these keys: one base64 Ed25519 public key per line,
+    /// `#` comments (two lines allow a rotation). Without it, anyone who may publish on the
+    /// spec subject controls the pod's firewall.
+    #[arg(long, env = "WEFT_TRUST_KEYS", value_name = "FILE")]
+    pub trust_keys: Option<PathBuf>,
+    /// Before any spec is known: `kept` applies only a kept spec; `baseline` also installs
+    /// the baseline firewall (policy drop) at once when no spec is applied.
+    #[arg(long, env = "WEFT_FIREWALL_AT_START", value_enum, default_value_t = FirewallAtStart::Kept)]
+    pub firewall_at_start: FirewallAtStart,
     #[command(flatten)]
     pub kernel: KernelArgs,
 }
@@ -102,6 +113,12 @@ pub struct LogArgs {
 pub enum SpecSource {
     Subject,
     Kv,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum FirewallAtStart {
+    Kept,
+    Baseline,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -157,7 +174,7 @@ where
     })?;
     if cli.command.is_none() {
         let missing: Vec<&str> = [
-            ("--nats-url", cli.daemon.nats_url.is_empty()),
+            ("--nats-url", cli.daemon.nats.nats_url.is_empty()),
             ("--pod-id", cli.daemon.pod_id.is_none()),
         ]
         .into_iter()
@@ -173,13 +190,79 @@ where
     Ok(cli)
 }
 
-/// clap's first line, which names the flag ("error: invalid value 'x' for '--status-interval
-/// <STATUS_INTERVAL>': ..."), without the usage block after it.
+/// The daemon's settings, every file read and checked.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub subjects: Subjects,
+    pub status_interval: Duration,
+    pub spec_source: SpecSource,
+    pub status_encoding: Encoding,
+    pub status_kv: bool,
+    pub resync_interval: Duration,
+    pub trust: Option<Arc<TrustKeys>>,
+    pub firewall_at_start: FirewallAtStart,
+    pub kernel: KernelArgs,
+}
+
+/// The largest trust-keys file read (a key is a 44-character line).
+const MAX_TRUST_KEYS_BYTES: u64 = 1024 * 1024;
+
+/// Reads and checks what the daemon's flags name (NATS secrets and certificates, trust
+/// keys); the error is the one line to exit 64 with. Opens no socket.
+pub fn load(args: &DaemonArgs) -> Result<(Config, NatsConfig), Exit> {
+    let usage = |line: String| Exit::Usage(format!("weft-agent: {line}"));
+    let pod = args
+        .pod_id
+        .clone()
+        .ok_or_else(|| usage("--pod-id is required".into()))?;
+    let nats = args.nats.load().map_err(|e| usage(e.to_string()))?;
+    let trust = match &args.trust_keys {
+        None => None,
+        Some(path) => {
+            Some(Arc::new(trust_keys(path).map_err(|e| {
+                usage(format!("--trust-keys {}: {e}", path.display()))
+            })?))
+        }
+    };
+    let config = Config {
+        subjects: Subjects::new(&args.subject_prefix, pod),
+        status_interval: args.status_interval,
+        spec_source: args.spec_source,
+        status_encoding: args.status_encoding,
+        status_kv: args.status_kv,
+        resync_interval: args.resync_interval,
+        trust,
+        firewall_at_start: args.firewall_at_start,
+        kernel: args.kernel.clone(),
+    };
+    Ok((config, nats))
+}
+
+fn trust_keys(path: &Path) -> Result<TrustKeys, String> {
+    use std::io::Read;
+    let mut text = String::new();
+    std::fs::File::open(path)
+        .and_then(|f| f.take(MAX_TRUST_KEYS_BYTES + 1).read_to_string(&mut text))
+        .map_err(|e| e.to_string())?;
+    if text.len() as u64 > MAX_TRUST_KEYS_BYTES {
+        return Err(format!("larger than {MAX_TRUST_KEYS_BYTES} bytes"));
+    }
+    TrustKeys::parse(&text).map_err(|e| e.to_string())
+}
+
+/// clap's first paragraph, which names the flag ("error: invalid value 'x' for
+/// '--status-interval <STATUS_INTERVAL>': ...", or "the following required arguments were
+/// not provided:" and the flags on the lines after it), on one line, without the usage block.
 fn one_line(rendered: &str) -> String {
-    let first = rendered.lines().next().unwrap_or("").trim();
+    let first: Vec<&str> = rendered
+        .lines()
+        .map(str::trim)
+        .take_while(|l| !l.is_empty())
+        .collect();
+    let first = first.join(" ");
     format!(
         "weft-agent: {}",
-        first.strip_prefix("error: ").unwrap_or(first)
+        first.strip_prefix("error: ").unwrap_or(&first)
     )
 }
 
@@ -211,7 +294,7 @@ mod tests {
         ])
         .unwrap();
         let d = cli.daemon;
-        assert_eq!(d.nats_url.len(), 2);
+        assert_eq!(d.nats.nats_url.len(), 2);
         assert_eq!(d.pod_id.unwrap().as_str(), "web-1");
         assert_eq!(d.status_interval, Duration::from_secs(90));
         assert_eq!(d.status_encoding, Encoding::Bincode);

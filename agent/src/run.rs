@@ -5,21 +5,30 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::Context;
-use tokio::sync::Notify;
-use tracing::{info, info_span, warn, Instrument};
-use weft_emitter::{mirror_to_kv, stamp, Clock, Emitter, Mirrored, NatsSink, SystemClock};
-use weft_schema::validate::ValidSpec;
-use weft_schema::{Encoding, PodId, PodSpec, PodStatus, Subjects};
+use async_nats::ConnectOptions;
+use bytes::Bytes;
+use tracing::{info, info_span, Instrument};
+use weft_emitter::bus::{stamp, Clock, Connection, SystemClock};
+use weft_emitter::{mirror_to_kv, status_get, Emitter, Mirrored, NatsSink};
+use weft_schema::{PodId, PodStatus};
 
-use crate::config::{ApplyArgs, DaemonArgs, KernelArgs, WireGuardMode};
+use crate::config::{ApplyArgs, Config, KernelArgs, WireGuardMode};
 use crate::dataplane::{self, wireguard, Dataplane};
-use crate::intake;
-use crate::reconciler::{Handle, Reconciler, Replier, Submission};
+use crate::intake::{self, read_spec, Intake, Read, SpecMessage};
+use crate::reconciler::{Handle, Reconciler, Replier, Start, Submission};
 use crate::state::StateDir;
 
 /// How long shutdown waits for the last status and replies to leave.
 const FLUSH_TIMEOUT: Duration = Duration::from_millis(500);
+
+/// Messages that may wait in each subscription's queue (async-nats's default is 65,536);
+/// more are dropped by the client and logged ("slow consumer"). Intake empties its queue at
+/// once into a backlog bounded in bytes (`intake::BACKLOG_BYTES`), and `status.get` is
+/// answered or dropped at once, so the queues stay short: a queue fills only with what the
+/// client reads in one go, which is many small messages (a burst of 1,000 small specs fits)
+/// or few large ones (a read is 64 KiB). A publisher that outruns even that loses messages,
+/// the newest included: a control plane that needs each spec to arrive sends requests.
+pub const SUBSCRIPTION_CAPACITY: usize = 1024;
 
 fn settings(kernel: &KernelArgs) -> dataplane::Settings {
     dataplane::Settings {
@@ -33,57 +42,60 @@ fn settings(kernel: &KernelArgs) -> dataplane::Settings {
     }
 }
 
+/// The agent's own connection options, added to the NATS flags': retried for ever from the
+/// start (the agent does not need NATS to start), a dead link noticed within 15 s, small
+/// subscription queues.
+pub fn connect_options(pod: &PodId) -> impl FnOnce(ConnectOptions) -> ConnectOptions {
+    let name = format!("weft-agent {pod}");
+    let pod = pod.clone();
+    move |options| {
+        options
+            .name(name)
+            .retry_on_initial_connect()
+            .max_reconnects(None)
+            // async-nats gives up on the connection at the third ping tick with pings
+            // outstanding: 3 x 4 s = 12 s, with margin.
+            .ping_interval(Duration::from_secs(4))
+            .subscription_capacity(SUBSCRIPTION_CAPACITY)
+            // Its own inboxes, so a server can let each pod read its inboxes only
+            // (agent/deploy/nats-server.conf).
+            .custom_inbox_prefix(format!("_INBOX_{pod}"))
+    }
+}
+
 /// Runs the agent until `shutdown` completes. The kept spec is applied before NATS is
-/// reached; the connection is retried forever in the background, and the subscriptions are
+/// reached; `bus` keeps retrying its connection in the background, and the subscriptions are
 /// made (and re-made by the client after an outage) once it is up. Kernel state stays in
 /// place when this returns.
-pub async fn run(args: DaemonArgs, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
-    let pod = args.pod_id.clone().context("--pod-id is required")?;
-    let subjects = Subjects::new(&args.subject_prefix, pod.clone());
-    let (reconciler, thread) =
-        Handle::spawn(pod.clone(), settings(&args.kernel), args.resync_interval)?;
+///
+/// Returns an error when a part of the agent stops by itself (the reconciler thread
+/// panicked, a task ended): the process should exit non-zero, and a supervisor restart it.
+pub async fn run(
+    config: Config,
+    bus: Connection,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
+    let Connection { client, link } = bus;
+    let subjects = config.subjects.clone();
+    let pod = subjects.pod().clone();
+    let (reconciler, thread) = Handle::spawn(
+        pod.clone(),
+        settings(&config.kernel),
+        Start {
+            resync_every: config.resync_interval,
+            trust: config.trust.clone(),
+            firewall_at_start: config.firewall_at_start,
+        },
+    )?;
+    let reconciler_thread = tokio::task::spawn_blocking(move || thread.join());
+    tokio::pin!(reconciler_thread);
 
-    // A reconnect publishes a fresh status at once: dashboards missed whatever happened
-    // while the link was down.
-    let publish_now = Arc::new(Notify::new());
-    let on_event = publish_now.clone();
-    let client = async_nats::ConnectOptions::new()
-        .name(format!("weft-agent {pod}"))
-        .retry_on_initial_connect()
-        .max_reconnects(None)
-        // A dead link must be noticed within 15 s. async-nats gives up on the connection at
-        // the third ping tick with pings outstanding: 3 x 4 s = 12 s, with margin.
-        .ping_interval(Duration::from_secs(4))
-        .event_callback(move |event| {
-            let on_event = on_event.clone();
-            async move {
-                match event {
-                    async_nats::Event::Connected => {
-                        info!("connected to NATS");
-                        on_event.notify_one();
-                    }
-                    async_nats::Event::Disconnected => warn!("disconnected from NATS"),
-                    other => info!(event = %other, "NATS"),
-                }
-            }
-        })
-        // Each URL on its own: async-nats parses a single string as one URL, so a joined
-        // "a,b,c" would be refused as an invalid port.
-        .connect(args.nats_url.as_slice())
-        .await
-        .context("NATS URL")?;
-
-    let clock = Arc::new(SystemClock);
-    let sink = NatsSink {
-        client: client.clone(),
-        subject: subjects.status(),
-    };
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|s| *s).await;
     };
-    let status = reconciler.status();
-    let mirror = args.status_kv.then(|| {
+    let mirror_problem = weft_emitter::MirrorProblem::default();
+    let mirror = config.status_kv.then(|| {
         let (mirror, latest) = tokio::sync::watch::channel(None);
         tokio::spawn(
             mirror_to_kv(
@@ -91,6 +103,7 @@ pub async fn run(args: DaemonArgs, shutdown: impl Future<Output = ()>) -> anyhow
                 subjects.status_bucket(),
                 pod.to_string(),
                 latest,
+                mirror_problem.clone(),
             )
             .instrument(info_span!("status_kv")),
         );
@@ -98,44 +111,104 @@ pub async fn run(args: DaemonArgs, shutdown: impl Future<Output = ()>) -> anyhow
     });
     let emitter = Emitter {
         sink: Mirrored {
-            primary: sink,
+            primary: NatsSink {
+                client: client.clone(),
+                subject: subjects.status(),
+            },
             mirror,
+            mirror_problem,
         },
         clock: SystemClock,
-        encoding: args.status_encoding,
-        interval: args.status_interval,
+        encoding: config.status_encoding,
+        interval: config.status_interval,
         refresh: Some({
             let reconciler = reconciler.clone();
             Arc::new(move || reconciler.observe_now())
         }),
     };
-    let emitter = tokio::spawn(
+    let mut emitter = tokio::spawn(
         emitter
-            .run(status, publish_now, stopped(stop_rx.clone()))
+            .run(reconciler.status(), link.clone(), stopped(stop_rx.clone()))
             .instrument(info_span!("emitter")),
     );
-    let intake = tokio::spawn(
+    let mut status_get = tokio::spawn(
+        status_get::serve(
+            client.clone(),
+            subjects.status_get(),
+            subjects.prefix().to_owned(),
+            reconciler.status(),
+            SystemClock,
+        )
+        .instrument(info_span!("status_get")),
+    );
+    let mut intake = tokio::spawn(
         intake::run(
             client.clone(),
-            subjects,
-            args.spec_source,
-            reconciler.clone(),
-            clock,
+            Intake {
+                subjects: subjects.clone(),
+                reconciler: reconciler.clone(),
+                trust: config.trust.clone(),
+                link: link.clone(),
+            },
+            config.spec_source,
         )
         .instrument(info_span!("intake")),
     );
 
-    shutdown.await;
+    let reconciler_ended =
+        |joined: Result<std::thread::Result<()>, tokio::task::JoinError>| match joined {
+            Ok(Err(panic)) => format!("the reconciler panicked: {}", panic_text(panic.as_ref())),
+            _ => "the reconciler stopped".to_owned(),
+        };
+    let failed = tokio::select! {
+        () = shutdown => None,
+        joined = &mut reconciler_thread => Some(reconciler_ended(joined)),
+        ended = &mut intake => Some(format!("intake stopped: {}", ended_text(ended))),
+        ended = &mut status_get => Some(format!("status.get stopped: {}", ended_text(ended))),
+        _ = &mut emitter => Some("the emitter stopped".to_owned()),
+    };
+    if let Some(mut why) = failed {
+        // The emitter ends when the reconciler's status channel closes: name the cause.
+        if !why.starts_with("the reconciler") {
+            if let Ok(joined) =
+                tokio::time::timeout(Duration::from_millis(500), &mut reconciler_thread).await
+            {
+                why = reconciler_ended(joined);
+            }
+        }
+        // No clean stop: the process is to exit non-zero at once (kernel state stays).
+        anyhow::bail!(why);
+    }
     info!("stopping; kernel state stays in place");
     intake.abort();
+    status_get.abort();
     let _ = stop_tx.send(true);
     let _ = emitter.await;
     reconciler.shutdown();
-    tokio::task::spawn_blocking(move || thread.join())
-        .await?
-        .map_err(|_| anyhow::anyhow!("reconciler thread panicked"))?;
+    match reconciler_thread.await? {
+        Ok(()) => {}
+        Err(panic) => anyhow::bail!("the reconciler panicked: {}", panic_text(panic.as_ref())),
+    }
     let _ = tokio::time::timeout(FLUSH_TIMEOUT, client.flush()).await;
     Ok(())
+}
+
+fn panic_text(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "(no message)".into())
+}
+
+fn ended_text<E: std::fmt::Display>(
+    ended: Result<Result<(), E>, tokio::task::JoinError>,
+) -> String {
+    match ended {
+        Ok(Ok(())) => "its subscription ended".into(),
+        Ok(Err(e)) => e.to_string(),
+        Err(e) => e.to_string(),
+    }
 }
 
 /// Why a one-shot apply did not get as far as the kernel.
@@ -147,8 +220,8 @@ pub enum ApplyOnceError {
     Decode(std::path::PathBuf, #[source] weft_schema::DecodeError),
     #[error("PodId: {0}")]
     PodId(String),
-    #[error("spec rejected: {0}")]
-    Invalid(weft_schema::ValidationErrors),
+    #[error("{0}")]
+    Invalid(String),
     #[error(transparent)]
     Other(#[from] anyhow::Error),
 }
@@ -157,11 +230,17 @@ pub enum ApplyOnceError {
 /// and returns the resulting status, read back from the kernel and stamped.
 pub fn apply_once(args: &ApplyArgs) -> Result<PodStatus, ApplyOnceError> {
     let body = std::fs::read(&args.spec).map_err(|e| ApplyOnceError::Read(args.spec.clone(), e))?;
-    let wire: PodSpec = Encoding::Json
-        .decode(&body)
+    let mut kept = SpecMessage::with_body(Bytes::from(body));
+    kept.content_type = Some(weft_schema::codec::CONTENT_TYPE_JSON.into());
+    let wire: weft_schema::PodSpec = weft_schema::Encoding::Json
+        .decode(&kept.body)
         .map_err(|e| ApplyOnceError::Decode(args.spec.clone(), e))?;
     let pod = PodId::parse(&wire.pod_id).map_err(ApplyOnceError::PodId)?;
-    let spec = ValidSpec::validate(&wire, &pod).map_err(ApplyOnceError::Invalid)?;
+    drop(wire);
+    let spec = match read_spec(&pod, None, &kept) {
+        Read::Valid { spec, .. } => *spec,
+        Read::Rejected { error, .. } => return Err(ApplyOnceError::Invalid(error)),
+    };
     let settings = settings(&args.kernel);
     let state = StateDir::open(&settings.state_dir).map_err(anyhow::Error::from)?;
     let dataplane = Dataplane::open(&settings).map_err(anyhow::Error::from)?;
@@ -169,7 +248,8 @@ pub fn apply_once(args: &ApplyArgs) -> Result<PodStatus, ApplyOnceError> {
     rec.inherit_kept();
     rec.handle(Submission {
         spec,
-        wire,
+        kept,
+        signed_by: None,
         reply: Replier::new(None),
     });
     let mut status = rec.status();

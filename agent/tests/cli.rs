@@ -78,3 +78,130 @@ fn env_vars_stand_in_for_flags() {
     assert_eq!(code, 64, "{err}");
     assert!(err.contains("--pod-id"), "{err}");
 }
+
+/// A temporary directory, removed on drop.
+struct Dir(std::path::PathBuf);
+
+impl Dir {
+    fn new() -> Dir {
+        let d = std::env::temp_dir().join(format!("weft-cli-{}", std::process::id()));
+        std::fs::create_dir_all(&d).unwrap();
+        Dir(d)
+    }
+
+    fn file(&self, name: &str, text: &str, mode: u32) -> String {
+        use std::os::unix::fs::PermissionsExt;
+        let p = self.0.join(name);
+        std::fs::write(&p, text).unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode)).unwrap();
+        p.display().to_string()
+    }
+}
+
+impl Drop for Dir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+#[test]
+fn bad_secret_files_exit_64_with_one_line_naming_the_flag_before_any_socket() {
+    let d = Dir::new();
+    let open_password = d.file("pw-open", "s3cret\n", 0o644);
+    let good_password = d.file("pw", "s3cret\n", 0o600);
+    let bad_seed = d.file("seed", "SUnotaseed\n", 0o600);
+    let bad_creds = d.file("creds", "just some text\n", 0o600);
+    let open_key = d.file("key-open.pem", "-----BEGIN PRIVATE KEY-----\n", 0o644);
+    let cert = d.file("cert.pem", "not a certificate\n", 0o644);
+    let bad_trust = d.file("trust", "# keys\nnot-a-key\n", 0o644);
+    let missing = d.0.join("missing").display().to_string();
+    // 192.0.2.1 is TEST-NET-1: if the agent got as far as connecting, it would hang, not exit.
+    let base = ["--nats-url", "nats://192.0.2.1:4222", "--pod-id", "web-1"];
+    type Case<'a> = (Vec<&'a str>, &'a str, &'a str);
+    let cases: Vec<Case> = vec![
+        (
+            vec!["--nats-user", "u", "--nats-password-file", &open_password],
+            "--nats-password-file",
+            "mode 0644 lets group or others at it (chmod 600)",
+        ),
+        (
+            vec!["--nats-user", "u", "--nats-password-file", &missing],
+            "--nats-password-file",
+            "No such file",
+        ),
+        (
+            vec!["--nats-token-file", &open_password],
+            "--nats-token-file",
+            "mode 0644",
+        ),
+        (
+            vec!["--nats-nkey", &bad_seed],
+            "--nats-nkey",
+            "not a user nkey seed",
+        ),
+        (
+            vec!["--nats-creds", &bad_creds],
+            "--nats-creds",
+            "not a NATS credentials file",
+        ),
+        (vec!["--nats-user", "u"], "--nats-password-file", ""),
+        (
+            vec!["--nats-password-file", &good_password],
+            "--nats-user",
+            "",
+        ),
+        (vec!["--nats-tls-cert", &cert], "--nats-tls-key", ""),
+        (
+            vec!["--nats-tls-ca", &cert],
+            "--nats-tls-ca",
+            "no usable CA certificate",
+        ),
+        (
+            vec!["--nats-tls-cert", &cert, "--nats-tls-key", &open_key],
+            "--nats-tls-",
+            "",
+        ),
+        (
+            vec![
+                "--nats-nkey",
+                &bad_seed,
+                "--nats-token-file",
+                &good_password,
+            ],
+            "--nats-token-file",
+            "",
+        ),
+        (
+            vec!["--trust-keys", &bad_trust],
+            "--trust-keys",
+            "line 2: \"not-a-key\" is not a key",
+        ),
+        (
+            vec!["--nats-url", "nats://a:b:c"],
+            "--nats-url",
+            "is not a NATS URL",
+        ),
+    ];
+    for (extra, flag, says) in cases {
+        let mut args = base.to_vec();
+        args.extend_from_slice(&extra);
+        let (code, _, err) = agent(&args, &[]);
+        assert_eq!(code, 64, "{args:?}: {err}");
+        assert_eq!(err.lines().count(), 1, "{args:?}: {err:?}");
+        assert!(
+            err.contains(flag) && err.contains(says),
+            "{args:?}: {err:?}"
+        );
+        assert!(!err.contains("s3cret"), "a secret in an error: {err}");
+    }
+    // The same from the environment.
+    let (code, _, err) = agent(
+        &base,
+        &[
+            ("WEFT_NATS_USER", "u"),
+            ("WEFT_NATS_PASSWORD_FILE", &open_password),
+        ],
+    );
+    assert_eq!(code, 64, "{err}");
+    assert!(err.contains("--nats-password-file"), "{err}");
+}

@@ -92,6 +92,7 @@ fn agents_follow_the_cluster_when_their_node_dies() {
                     .await
                     .unwrap(),
                 prefix: "weft".into(),
+                link: None,
             };
             let dash = Dashboard::watch(&cp.client, "weft", "web-1").await.unwrap();
             // Routes and the agent's new connection settle in a moment: retry until answered.

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 use weft_schema::{ApplyResult, Encoding, Overall, PodSpec, PodStatus, Subsystem};
-use weft_testkit::control::{ControlPlane, Dashboard};
+use weft_testkit::control::Dashboard;
 use weft_testkit::observe::{ip_json, ipv4_addrs, nft_table, nft_table_text};
 use weft_testkit::stack::{Pod, Stack};
 use weft_testkit::{require_root, unique_ifname, wait_until, Netns};
@@ -110,7 +110,7 @@ fn outside_changes_are_prevented_or_repaired_and_foreign_objects_left_alone() {
     let gw = stack.pods[0].gateway();
 
     stack.block_on(|| async {
-        let cp = ControlPlane::connect(&stack.nats_url()).await.unwrap();
+        let cp = stack.control_plane().await.unwrap();
         let dash = Dashboard::watch(&cp.client, "weft", "drift").await.unwrap();
         let r = cp
             .request_when_ready("drift", &desired, Encoding::Json)
@@ -261,7 +261,7 @@ fn foreign_table_is_byte_identical_across_applies_and_repairs() {
         .unwrap();
     let wg = unique_ifname("wg", 2);
     stack.block_on(|| async {
-        let cp = ControlPlane::connect(&stack.nats_url()).await.unwrap();
+        let cp = stack.control_plane().await.unwrap();
         for g in 1..=3 {
             let mut s = spec(&stack.pods[0], g, &wg, g as usize);
             s.wireguard = None;
@@ -313,7 +313,7 @@ fn a_restart_rewrites_nothing_and_kill_9_never_opens_the_firewall() {
     let mut first = spec(&stack.pods[0], 1, &wg, 50);
     first.wireguard = None;
     stack.block_on(|| async {
-        let cp = ControlPlane::connect(&stack.nats_url()).await.unwrap();
+        let cp = stack.control_plane().await.unwrap();
         let r = cp.request_when_ready("crash", &first, Encoding::Json).await;
         assert_eq!(r.result, ApplyResult::Applied, "{r:?}");
     });
@@ -326,7 +326,7 @@ fn a_restart_rewrites_nothing_and_kill_9_never_opens_the_firewall() {
         .start_agent("crash", &["--status-interval", "1s"])
         .unwrap();
     let converged = stack.block_on(|| async {
-        let cp = ControlPlane::connect(&stack.nats_url()).await.unwrap();
+        let cp = stack.control_plane().await.unwrap();
         let dash = Dashboard::watch(&cp.client, "weft", "crash").await.unwrap();
         dash.wait_for(
             Duration::from_secs(15),
@@ -364,7 +364,7 @@ fn a_restart_rewrites_nothing_and_kill_9_never_opens_the_firewall() {
             })
             .collect();
         stack.block_on(|| async {
-            let cp = ControlPlane::connect(&stack.nats_url()).await.unwrap();
+            let cp = stack.control_plane().await.unwrap();
             for s in &burst {
                 cp.publish("crash", s, Encoding::Json).await.unwrap();
             }
@@ -385,7 +385,7 @@ fn a_restart_rewrites_nothing_and_kill_9_never_opens_the_firewall() {
     let mut last = spec(&stack.pods[0], generation + 1, &wg, 10);
     last.wireguard = None;
     stack.block_on(|| async {
-        let cp = ControlPlane::connect(&stack.nats_url()).await.unwrap();
+        let cp = stack.control_plane().await.unwrap();
         let r = cp.request_when_ready("crash", &last, Encoding::Json).await;
         assert_eq!(r.result, ApplyResult::Applied, "{r:?}");
     });
@@ -422,7 +422,7 @@ fn an_outside_edit_of_the_resolver_file_is_repaired_and_reported_under_network()
     }))
     .unwrap();
     stack.block_on(|| async {
-        let cp = ControlPlane::connect(&stack.nats_url()).await.unwrap();
+        let cp = stack.control_plane().await.unwrap();
         let dash = Dashboard::watch(&cp.client, "weft", "rslv").await.unwrap();
         let r = cp
             .request_when_ready("rslv", &desired, Encoding::Json)

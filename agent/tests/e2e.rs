@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 use weft_schema::{ApplyResult, Encoding, Overall, PodSpec};
-use weft_testkit::control::{headers, ControlPlane, Dashboard};
+use weft_testkit::control::{headers, Dashboard};
 use weft_testkit::observe::{ip_json, ipv4_addrs, kernel_snapshot, nft_table, wg_dump};
 use weft_testkit::stack::{Pod, Stack};
 use weft_testkit::{require_root, unique_ifname, wait_until};
@@ -78,7 +78,7 @@ fn a_spec_request_is_applied_the_kernel_matches_and_the_status_says_so() {
     let spec = full_spec(&stack.pods[0], 7, &wg);
 
     let (reply, status) = stack.block_on(|| async {
-        let cp = ControlPlane::connect(&stack.nats_url()).await.unwrap();
+        let cp = stack.control_plane().await.unwrap();
         let dash = Dashboard::watch(&cp.client, "weft", "web-1").await.unwrap();
         let since = Instant::now();
         let reply = cp.request_when_ready("web-1", &spec, Encoding::Json).await;
@@ -149,7 +149,7 @@ fn bad_input_is_rejected_named_and_changes_nothing() {
     let good = small_spec("web-1", 5);
 
     stack.block_on(|| async {
-        let cp = ControlPlane::connect(&stack.nats_url()).await.unwrap();
+        let cp = stack.control_plane().await.unwrap();
         let dash = Dashboard::watch(&cp.client, "weft", "web-1").await.unwrap();
         let r = cp.request_when_ready("web-1", &good, Encoding::Json).await;
         assert_eq!(r.result, ApplyResult::Applied, "{r:?}");
@@ -245,7 +245,7 @@ fn stale_specs_change_nothing_and_bursts_coalesce() {
     const BURST: u64 = 1000;
 
     let converged = stack.block_on(|| async {
-        let cp = ControlPlane::connect(&stack.nats_url()).await.unwrap();
+        let cp = stack.control_plane().await.unwrap();
         let dash = Dashboard::watch(&cp.client, "weft", "web-1").await.unwrap();
         let r = cp
             .request_when_ready("web-1", &small_spec("web-1", 10), Encoding::Json)
@@ -344,7 +344,7 @@ fn statuses_come_every_interval_and_on_request_in_either_encoding() {
         .unwrap();
 
     stack.block_on(|| async {
-        let cp = ControlPlane::connect(&stack.nats_url()).await.unwrap();
+        let cp = stack.control_plane().await.unwrap();
         // Raw subscription: the headers themselves are part of the contract.
         let mut raw = cp.client.subscribe("weft.pod.tick.status").await.unwrap();
         cp.client.flush().await.unwrap();
@@ -386,7 +386,7 @@ fn statuses_come_every_interval_and_on_request_in_either_encoding() {
         let asked = Instant::now();
         let s = cp.status_get("slow", Encoding::Bincode).await.unwrap();
         let took = asked.elapsed();
-        let now_ms = weft_emitter::Clock::now_unix_ms(&weft_emitter::SystemClock);
+        let now_ms = weft_emitter::bus::Clock::now_unix_ms(&weft_emitter::bus::SystemClock);
         println!("status.get answered in {took:?}");
         assert!(took < Duration::from_secs(1), "{took:?}");
         assert_eq!(s.observed_generation, 3);
@@ -409,7 +409,7 @@ fn an_agent_started_before_nats_applies_its_kept_spec_then_connects() {
     }))
     .unwrap();
     stack.block_on(|| async {
-        let cp = ControlPlane::connect(&stack.nats_url()).await.unwrap();
+        let cp = stack.control_plane().await.unwrap();
         let r = cp.request_when_ready("web-1", &spec, Encoding::Json).await;
         assert_eq!(r.result, ApplyResult::Applied, "{r:?}");
     });
@@ -447,7 +447,7 @@ fn an_agent_started_before_nats_applies_its_kept_spec_then_connects() {
     stack.restart_nats().unwrap();
     let back = Instant::now();
     stack.block_on(|| async {
-        let cp = ControlPlane::connect(&stack.nats_url()).await.unwrap();
+        let cp = stack.control_plane().await.unwrap();
         let dash = Dashboard::watch(&cp.client, "weft", "web-1").await.unwrap();
         let s = dash
             .wait_for(

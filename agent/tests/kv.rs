@@ -7,9 +7,9 @@ use std::time::{Duration, Instant};
 use async_nats::jetstream::{self, kv};
 use serde_json::json;
 use weft_schema::{Encoding, Overall, PodSpec, PodStatus};
-use weft_testkit::control::{headers, ControlPlane, Dashboard};
+use weft_testkit::control::{headers, Dashboard};
 use weft_testkit::observe::{nft_ruleset_text, nft_table};
-use weft_testkit::stack::{Pod, Stack};
+use weft_testkit::stack::{Options, Pod, Stack};
 use weft_testkit::{require_root, wait_until_async};
 
 fn agent_bin() -> &'static Path {
@@ -58,12 +58,18 @@ async fn kv_status(store: &kv::Store, pod: &str) -> Option<PodStatus> {
 #[test]
 fn specs_come_from_the_bucket_even_written_while_the_agent_was_down() {
     require_root();
-    let mut stack = Stack::new(agent_bin()).unwrap();
+    // This pod's user may create the buckets (the shipped configuration leaves that to the
+    // control plane: see trust_nats.rs).
+    let options = Options {
+        pods_create_buckets: true,
+        ..Options::default()
+    };
+    let mut stack = Stack::with(agent_bin(), options).unwrap();
     stack.add_pod("web-1").unwrap();
     // No bucket yet: the agent creates both.
     stack.start_agent("web-1", ARGS).unwrap();
     stack.block_on(|| async {
-        let cp = ControlPlane::connect(&stack.nats_url()).await.unwrap();
+        let cp = stack.control_plane().await.unwrap();
         let js = jetstream::new(cp.client.clone());
         let specs = bucket(&js, "weft-specs").await;
         let status = bucket(&js, "weft-status").await;
@@ -85,7 +91,7 @@ fn specs_come_from_the_bucket_even_written_while_the_agent_was_down() {
     // Written while the agent is stopped, applied when it starts.
     stack.stop_agent("web-1").unwrap();
     stack.block_on(|| async {
-        let cp = ControlPlane::connect(&stack.nats_url()).await.unwrap();
+        let cp = stack.control_plane().await.unwrap();
         let specs = jetstream::new(cp.client.clone())
             .get_key_value("weft-specs")
             .await
@@ -102,7 +108,7 @@ fn specs_come_from_the_bucket_even_written_while_the_agent_was_down() {
     stack.start_agent("web-1", ARGS).unwrap();
 
     stack.block_on(|| async {
-        let cp = ControlPlane::connect(&stack.nats_url()).await.unwrap();
+        let cp = stack.control_plane().await.unwrap();
         let js = jetstream::new(cp.client.clone());
         let specs = js.get_key_value("weft-specs").await.unwrap();
         let status = js.get_key_value("weft-status").await.unwrap();
@@ -173,7 +179,7 @@ fn specs_come_from_the_bucket_even_written_while_the_agent_was_down() {
     // Deleting and purging the key keep the kernel as it is, and say so in the log.
     let before = nft_ruleset_text(&stack.pods[0].ns.ns).unwrap();
     stack.block_on(|| async {
-        let cp = ControlPlane::connect(&stack.nats_url()).await.unwrap();
+        let cp = stack.control_plane().await.unwrap();
         let specs = jetstream::new(cp.client.clone())
             .get_key_value("weft-specs")
             .await
@@ -199,7 +205,7 @@ fn specs_come_from_the_bucket_even_written_while_the_agent_was_down() {
     stack.restart_nats().unwrap();
     let back = Instant::now();
     stack.block_on(|| async {
-        let cp = ControlPlane::connect(&stack.nats_url()).await.unwrap();
+        let cp = stack.control_plane().await.unwrap();
         let specs = bucket(&jetstream::new(cp.client.clone()), "weft-specs").await;
         let dash = Dashboard::watch(&cp.client, "weft", "web-1").await.unwrap();
         let since = Instant::now();
@@ -220,4 +226,53 @@ fn specs_come_from_the_bucket_even_written_while_the_agent_was_down() {
         back.elapsed()
     );
     assert!(holds(&stack.pods[0], 5));
+}
+
+#[test]
+fn an_agent_that_may_not_create_the_buckets_says_so_until_the_control_plane_does() {
+    require_root();
+    // The shipped configuration: pods may not create buckets.
+    let mut stack = Stack::new(agent_bin()).unwrap();
+    stack.add_pod("web-1").unwrap();
+    stack.start_agent("web-1", ARGS).unwrap();
+    stack.block_on(|| async {
+        let cp = stack.control_plane().await.unwrap();
+        let dash = Dashboard::watch(&cp.client, "weft", "web-1").await.unwrap();
+        let s = dash
+            .wait_for(
+                Duration::from_secs(20),
+                "the missing buckets in the status",
+                Instant::now(),
+                |s| s.last_error.contains("unusable") || s.last_error.contains("mirror"),
+            )
+            .await;
+        println!("status without buckets: {}", s.last_error);
+        assert_eq!(s.overall, Overall::Degraded);
+        // The control plane creates them; the agent's retries find them.
+        let js = jetstream::new(cp.client.clone());
+        let specs = weft_emitter::bus::open_bucket(&js, "weft-specs", 10)
+            .await
+            .unwrap();
+        weft_emitter::bus::open_bucket(&js, "weft-status", 1)
+            .await
+            .unwrap();
+        let since = Instant::now();
+        specs
+            .put("web-1", Encoding::Json.encode(&spec("web-1", 1)).into())
+            .await
+            .unwrap();
+        dash.wait_for(Duration::from_secs(15), "generation 1, clean", since, |s| {
+            s.observed_generation == 1 && s.overall == Overall::Healthy
+        })
+        .await;
+        let status = js.get_key_value("weft-status").await.unwrap();
+        wait_until_async(Duration::from_secs(5), "the mirror", || async {
+            match kv_status(&status, "web-1").await {
+                Some(s) if s.observed_generation == 1 => Ok(()),
+                other => Err(format!("{other:?}")),
+            }
+        })
+        .await;
+    });
+    assert!(holds(&stack.pods[0], 1));
 }

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 use weft_schema::{ApplyResult, Encoding, Overall, PodSpec};
-use weft_testkit::control::{ControlPlane, Dashboard};
+use weft_testkit::control::Dashboard;
 use weft_testkit::observe::{kernel_snapshot, nft_table};
 use weft_testkit::stack::{Pod, Stack};
 use weft_testkit::status_log::{now_unix_ms, StatusLog};
@@ -44,7 +44,7 @@ fn a_server_restart_leaves_the_kernel_alone_and_the_status_resumes_at_once() {
         .unwrap();
     let first = spec(&stack.pods[0], 1);
     stack.block_on(|| async {
-        let cp = ControlPlane::connect(&stack.nats_url()).await.unwrap();
+        let cp = stack.control_plane().await.unwrap();
         StatusLog::create(&cp.client, "weft", "web-1")
             .await
             .unwrap();
@@ -75,7 +75,7 @@ fn a_server_restart_leaves_the_kernel_alone_and_the_status_resumes_at_once() {
     let back = now_unix_ms();
     let second = spec(&stack.pods[0], 2);
     stack.block_on(|| async {
-        let cp = ControlPlane::connect(&stack.nats_url()).await.unwrap();
+        let cp = stack.control_plane().await.unwrap();
         let statuses = StatusLog::create(&cp.client, "weft", "web-1")
             .await
             .unwrap();
@@ -116,7 +116,7 @@ fn a_silently_dead_control_link_is_noticed_within_15_s_and_recovers() {
         .unwrap();
     let first = spec(&stack.pods[0], 1);
     stack.block_on(|| async {
-        let cp = ControlPlane::connect(&stack.nats_url()).await.unwrap();
+        let cp = stack.control_plane().await.unwrap();
         let r = cp.request_when_ready("web-1", &first, Encoding::Json).await;
         assert_eq!(r.result, ApplyResult::Applied, "{r:?}");
     });
@@ -165,7 +165,7 @@ fn a_silently_dead_control_link_is_noticed_within_15_s_and_recovers() {
     let restored = Instant::now();
     let back = now_unix_ms();
     stack.block_on(|| async {
-        let cp = ControlPlane::connect(&stack.nats_url()).await.unwrap();
+        let cp = stack.control_plane().await.unwrap();
         let dash = Dashboard::watch(&cp.client, "weft", "web-1").await.unwrap();
         let s = dash
             .wait_for(

@@ -204,6 +204,7 @@ fn spec(generation: u64, wireguard: Option<WireGuardSpec>) -> PodSpec {
     PodSpec {
         pod_id: "vm-1".into(),
         generation,
+        not_after_unix: None,
         network: None,
         firewall: None,
         wireguard,

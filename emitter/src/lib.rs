@@ -4,51 +4,29 @@
 //! reconnect), and otherwise every `interval`, so a dashboard never waits longer than one
 //! interval for a sign of life. `PublishedAtUnix` and `PublishedAtUnixMs` are stamped just
 //! before each publish and nowhere else. A failed publish is logged and folded into the next
-//! snapshot (`Overall: Degraded`, `LastError`); the emitter never stops on an error.
+//! snapshot (`Overall: Degraded`, `LastError`); the emitter never stops on an error. Every
+//! snapshot fits the server's `max_payload` ([`fit`]).
+//!
+//! The crate is also the NATS side shared by the agent and tools: [`bus`] (headers, stamp,
+//! clock, buckets, the connection and its flags), [`status_get`] (answers
+//! `status.get`, where DESIGN.md puts it), [`rate`] (limits on what the bus can provoke).
+
+pub mod bus;
+pub mod fit;
+pub mod rate;
+pub mod status_get;
 
 use std::future::Future;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
-use async_nats::jetstream::{self, kv};
+use async_nats::jetstream;
 use async_nats::HeaderMap;
-use tokio::sync::{watch, Notify};
-use tracing::{debug, info, warn};
-use weft_schema::codec::{HEADER_CONTENT_TYPE, HEADER_SCHEMA};
+use tokio::sync::watch;
+use tracing::{debug, warn};
 use weft_schema::text::ErrorLine;
-use weft_schema::{Encoding, Overall, PodStatus, SCHEMA_VERSION};
+use weft_schema::{Encoding, Overall, PodStatus};
 
-/// Where the time comes from; tests inject their own.
-pub trait Clock: Send + Sync + 'static {
-    /// Milliseconds since the Unix epoch.
-    fn now_unix_ms(&self) -> u64;
-}
-
-/// The system's wall clock.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct SystemClock;
-
-impl Clock for SystemClock {
-    fn now_unix_ms(&self) -> u64 {
-        SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_millis() as u64)
-            .unwrap_or(0)
-    }
-}
-
-/// Stamps a snapshot with the publication time.
-pub fn stamp(status: &mut PodStatus, now_unix_ms: u64) {
-    status.published_at_unix_ms = now_unix_ms;
-    status.published_at_unix = now_unix_ms / 1000;
-}
-
-/// The two headers every weft message carries.
-pub fn headers(encoding: Encoding) -> HeaderMap {
-    let mut h = HeaderMap::new();
-    h.insert(HEADER_CONTENT_TYPE, encoding.content_type());
-    h.insert(HEADER_SCHEMA, SCHEMA_VERSION.to_string().as_str());
-    h
-}
+use bus::{headers, open_bucket, stamp, Clock, Link};
 
 /// Somewhere snapshots go: a NATS subject in production, a buffer in timing tests.
 pub trait Sink: Send + Sync + 'static {
@@ -59,6 +37,14 @@ pub trait Sink: Send + Sync + 'static {
         headers: HeaderMap,
         body: bytes::Bytes,
     ) -> impl Future<Output = Result<(), Self::Error>> + Send;
+
+    /// The largest message the sink takes, headers included (0: not known yet).
+    fn max_payload(&self) -> usize;
+
+    /// A standing problem of the sink to report in each snapshot while it lasts.
+    fn problem(&self) -> Option<String> {
+        None
+    }
 }
 
 /// Publishes on a subject of a NATS connection.
@@ -76,6 +62,10 @@ impl Sink for NatsSink {
             .publish_with_headers(self.subject.clone(), headers, body)
             .await
     }
+
+    fn max_payload(&self) -> usize {
+        self.client.max_payload()
+    }
 }
 
 /// One encoded snapshot, as it left for the subject.
@@ -89,7 +79,12 @@ pub struct Mirrored<S> {
     pub primary: S,
     /// `None`: no mirror, the primary alone.
     pub mirror: Option<watch::Sender<Option<Snapshot>>>,
+    /// Why the mirror fails, while it does ([`mirror_to_kv`] sets it).
+    pub mirror_problem: MirrorProblem,
 }
+
+/// Why the status KV mirror fails, while it does.
+pub type MirrorProblem = std::sync::Arc<std::sync::Mutex<Option<String>>>;
 
 impl<S: Sink> Sink for Mirrored<S> {
     type Error = S::Error;
@@ -100,50 +95,17 @@ impl<S: Sink> Sink for Mirrored<S> {
         }
         self.primary.publish(headers, body).await
     }
-}
 
-/// Why a KV bucket could not be opened.
-#[derive(Debug, thiserror::Error)]
-pub enum BucketError {
-    #[error("create bucket {0}")]
-    Create(String, #[source] jetstream::context::CreateStreamError),
-    #[error("open bucket {0}")]
-    Open(String, #[source] jetstream::context::KeyValueError),
-}
-
-/// Opens bucket `name`, creating it (file storage, `history` values per key) when it does not
-/// exist yet. Creating is idempotent on the server: agents racing to create the same bucket
-/// with the same settings all succeed.
-///
-/// The bucket's stream is created directly, with the settings `create_key_value` would use:
-/// async-nats 0.51's `create_key_value` first reads the account info, whose reply from
-/// nats-server 2.9 it cannot parse ("data did not match any variant of untagged enum").
-pub async fn open_bucket(
-    js: &jetstream::Context,
-    name: &str,
-    history: i64,
-) -> Result<kv::Store, BucketError> {
-    if let Ok(store) = js.get_key_value(name).await {
-        return Ok(store);
+    fn max_payload(&self) -> usize {
+        self.primary.max_payload()
     }
-    js.create_stream(jetstream::stream::Config {
-        name: format!("KV_{name}"),
-        subjects: vec![format!("$KV.{name}.>")],
-        max_messages_per_subject: history,
-        storage: jetstream::stream::StorageType::File,
-        allow_rollup: true,
-        deny_delete: true,
-        allow_direct: true,
-        discard: jetstream::stream::DiscardPolicy::New,
-        num_replicas: 1,
-        ..Default::default()
-    })
-    .await
-    .map_err(|e| BucketError::Create(name.to_owned(), e))?;
-    info!(bucket = name, history, "created KV bucket");
-    js.get_key_value(name)
-        .await
-        .map_err(|e| BucketError::Open(name.to_owned(), e))
+
+    fn problem(&self) -> Option<String> {
+        self.mirror_problem
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
 }
 
 /// How long a failed mirror put waits before it tries the newest snapshot again.
@@ -154,14 +116,21 @@ const MIRROR_RETRY: Duration = Duration::from_secs(1);
 /// arrive while a put is in flight are skipped for the newest one. The value is the body as
 /// published on the subject, and the message keeps both headers, so a stream reader sees the
 /// encoding; plain KV readers (which see no headers) should leave `--status-encoding` at JSON.
+///
+/// A failure on a working connection (no bucket and no right to create it, no right to put)
+/// is set in `problem` until a put succeeds, for the statuses to report, and logged once per
+/// distinct cause.
 pub async fn mirror_to_kv(
     js: jetstream::Context,
     bucket: String,
     key: String,
     mut latest: watch::Receiver<Option<Snapshot>>,
+    problem: MirrorProblem,
 ) {
     let subject = format!("$KV.{bucket}.{key}");
     let mut opened = false;
+    let mut logged: Option<String> = None;
+    let set = |p: Option<String>| *problem.lock().unwrap_or_else(|e| e.into_inner()) = p;
     loop {
         if latest.changed().await.is_err() {
             return;
@@ -171,9 +140,22 @@ pub async fn mirror_to_kv(
                 break;
             };
             match put(&js, &bucket, &mut opened, &subject, headers, body).await {
-                Ok(()) => break,
+                Ok(()) => {
+                    set(None);
+                    logged = None;
+                    break;
+                }
                 Err(e) => {
-                    warn!(bucket, cause = %ErrorLine(e.as_ref()), "status KV mirror failed");
+                    let cause = ErrorLine(e.as_ref()).to_string();
+                    if logged.as_deref() != Some(cause.as_str()) {
+                        warn!(bucket, %cause, "status KV mirror failed; retrying every second");
+                        logged = Some(cause.clone());
+                    }
+                    if js.client().connection_state() == async_nats::connection::State::Connected {
+                        set(Some(format!(
+                            "status KV mirror to bucket {bucket} failed: {cause}"
+                        )));
+                    }
                     tokio::time::sleep(MIRROR_RETRY).await;
                 }
             }
@@ -234,12 +216,13 @@ pub type Refresh = std::sync::Arc<dyn Fn() + Send + Sync>;
 pub const REFRESH_WAIT: Duration = Duration::from_millis(250);
 
 impl<S: Sink, C: Clock> Emitter<S, C> {
-    /// Runs until `shutdown` completes. `status` carries the newest observed status; `now`
-    /// asks for a snapshot at once without a change (after a reconnect).
+    /// Runs until `shutdown` completes. `status` carries the newest observed status; a
+    /// (re)connection of `link` publishes a snapshot at once without a change, carrying the
+    /// refusals the connection met before, if any.
     pub async fn run(
         self,
         mut status: watch::Receiver<PodStatus>,
-        now: std::sync::Arc<Notify>,
+        link: Link,
         shutdown: impl Future<Output = ()>,
     ) {
         tokio::pin!(shutdown);
@@ -247,9 +230,14 @@ impl<S: Sink, C: Clock> Emitter<S, C> {
         let mut published: u64 = 0;
         loop {
             let mut snapshot = status.borrow_and_update().clone();
-            if let Some(err) = publish_error.take() {
+            let past = [
+                publish_error
+                    .take()
+                    .map(|e| format!("status publish failed: {e}")),
+                link.take_report(),
+            ];
+            for line in past.into_iter().flatten() {
                 snapshot.overall = Overall::Degraded;
-                let line = format!("status publish failed: {err}");
                 snapshot.last_error = if snapshot.last_error.is_empty() {
                     line
                 } else {
@@ -257,16 +245,13 @@ impl<S: Sink, C: Clock> Emitter<S, C> {
                 };
             }
             stamp(&mut snapshot, self.clock.now_unix_ms());
-            let body = bytes::Bytes::from(self.encoding.encode(&snapshot));
-            match self.sink.publish(headers(self.encoding), body).await {
+            let generation = snapshot.observed_generation;
+            let overall = snapshot.overall;
+            let body = fit::encode_status(snapshot, self.encoding, self.sink.max_payload());
+            match self.sink.publish(headers(self.encoding), body.into()).await {
                 Ok(()) => {
                     published += 1;
-                    debug!(
-                        published,
-                        generation = snapshot.observed_generation,
-                        overall = ?snapshot.overall,
-                        "status published"
-                    );
+                    debug!(published, generation, ?overall, "status published");
                 }
                 Err(err) => {
                     warn!(cause = %err, "status publish failed");
@@ -282,7 +267,7 @@ impl<S: Sink, C: Clock> Emitter<S, C> {
                         return; // the reconciler is gone: the agent is stopping
                     }
                 }
-                _ = now.notified() => {}
+                _ = link.reconnected().notified() => {}
                 _ = tokio::time::sleep(self.interval) => {
                     if let Some(refresh) = &self.refresh {
                         refresh();
@@ -297,7 +282,9 @@ impl<S: Sink, C: Clock> Emitter<S, C> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::bus::SystemClock;
     use std::sync::{Arc, Mutex};
+    use weft_schema::codec::{HEADER_CONTENT_TYPE, HEADER_SCHEMA};
 
     /// A sink that records what it was given, with tokio's (paused) time of each publish.
     #[derive(Clone, Default)]
@@ -335,6 +322,10 @@ mod tests {
                 .push((tokio::time::Instant::now(), status));
             Ok(())
         }
+
+        fn max_payload(&self) -> usize {
+            0
+        }
     }
 
     /// A clock that follows tokio's paused time from a fixed epoch.
@@ -357,6 +348,7 @@ mod tests {
             published_at_unix_ms: 0,
             drift_repairs: 0,
             last_drift: None,
+            signed_by: None,
             network: None,
             firewall: None,
             wireguard: None,
@@ -376,7 +368,7 @@ mod tests {
             interval: Duration::from_secs(5),
             refresh: None,
         };
-        let task = tokio::spawn(emitter.run(rx, Arc::new(Notify::new()), async {
+        let task = tokio::spawn(emitter.run(rx, Link::default(), async {
             let _ = stop_rx.await;
         }));
 
@@ -419,7 +411,7 @@ mod tests {
         };
         let task = tokio::spawn(emitter.run(
             rx,
-            Arc::new(Notify::new()),
+            Link::default(),
             tokio::time::sleep(Duration::from_millis(2_500)),
         ));
         task.await.unwrap();
@@ -460,7 +452,7 @@ mod tests {
         };
         let task = tokio::spawn(emitter.run(
             rx,
-            Arc::new(Notify::new()),
+            Link::default(),
             tokio::time::sleep(Duration::from_millis(6_500)),
         ));
         task.await.unwrap();
@@ -476,7 +468,7 @@ mod tests {
     async fn notify_publishes_without_a_change() {
         let rec = Recorder::default();
         let (_tx, rx) = watch::channel(pending());
-        let now = Arc::new(Notify::new());
+        let link = Link::default();
         let emitter = Emitter {
             sink: rec.clone(),
             clock: SystemClock,
@@ -485,9 +477,9 @@ mod tests {
             refresh: None,
         };
         let task =
-            tokio::spawn(emitter.run(rx, now.clone(), tokio::time::sleep(Duration::from_secs(2))));
+            tokio::spawn(emitter.run(rx, link.clone(), tokio::time::sleep(Duration::from_secs(2))));
         tokio::time::sleep(Duration::from_secs(1)).await;
-        now.notify_one();
+        link.reconnected().notify_one();
         task.await.unwrap();
         assert_eq!(rec.seen.lock().unwrap().len(), 2);
     }

@@ -1,9 +1,13 @@
 //! Message bodies: JSON or bincode 2 (`config::standard()`) of the same serde types, chosen by
 //! the `Content-Type` header, with the schema version in `Weft-Schema`.
 
+use std::fmt::Write as _;
+
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
+use crate::json_objects::{ObjectsOnly, POSITIONAL};
+use crate::text::{bound_quoted, error_line, quote};
 use crate::SCHEMA_VERSION;
 
 /// NATS header naming the body's encoding.
@@ -68,30 +72,23 @@ impl Encoding {
 
     /// Decodes a whole body; trailing bytes are an error. JSON objects must be objects:
     /// serde's derive would also take a positional array (`["web-1",7]`) for a struct, which
-    /// skips every field-name check, so those are refused.
-    pub fn decode<T: DeserializeOwned + Serialize>(self, body: &[u8]) -> Result<T, DecodeError> {
+    /// skips every field-name check, so those are refused (during the one parse, see
+    /// [`crate::json_objects`]).
+    pub fn decode<T: DeserializeOwned>(self, body: &[u8]) -> Result<T, DecodeError> {
         if body.len() > MAX_BODY_BYTES {
             return Err(DecodeError::TooLarge(body.len()));
         }
         match self {
             Encoding::Json => {
+                // One parse, straight into the typed value: no `serde_json::Value` of the
+                // whole document, so peak memory is the body and what it decodes into.
                 let mut de = serde_json::Deserializer::from_slice(body);
-                let value = serde_path_to_error::deserialize(&mut de).map_err(|err| {
-                    let path = err.path().to_string();
-                    DecodeError::Json {
-                        path: if path == "." { String::new() } else { path },
-                        source: err.into_inner(),
-                    }
-                })?;
+                let value =
+                    serde_path_to_error::deserialize(ObjectsOnly(&mut de)).map_err(json_error)?;
                 de.end().map_err(|source| DecodeError::Json {
                     path: String::new(),
                     source,
                 })?;
-                // Both parse: the body just did, and our types always serialize.
-                let input: serde_json::Value =
-                    serde_json::from_slice(body).expect("the body parsed once already");
-                let typed = serde_json::to_value(&value).expect("wire types serialize to JSON");
-                objects_stay_objects(&input, &typed, &mut String::new())?;
                 Ok(value)
             }
             Encoding::Bincode => {
@@ -106,45 +103,36 @@ impl Encoding {
     }
 }
 
-/// Walks the body and the decoded value side by side: wherever the value has an object, the
-/// body must have had one too.
-fn objects_stay_objects(
-    input: &serde_json::Value,
-    typed: &serde_json::Value,
-    path: &mut String,
-) -> Result<(), DecodeError> {
-    use serde_json::Value;
-    match (input, typed) {
-        (Value::Array(_), Value::Object(_)) => Err(DecodeError::Positional(if path.is_empty() {
-            ".".into()
-        } else {
-            path.clone()
-        })),
-        (Value::Object(a), Value::Object(b)) => {
-            for (key, v) in a {
-                if let Some(t) = b.get(key) {
-                    let len = path.len();
-                    if !path.is_empty() {
-                        path.push('.');
-                    }
-                    path.push_str(key);
-                    objects_stay_objects(v, t, path)?;
-                    path.truncate(len);
+/// A JSON decoding error with its path, the keys in it bounded like quoted values (a body
+/// can spell a key of a megabyte).
+fn json_error(err: serde_path_to_error::Error<serde_json::Error>) -> DecodeError {
+    use serde_path_to_error::Segment;
+    let mut path = String::new();
+    for segment in err.path() {
+        match segment {
+            Segment::Seq { index } => {
+                let _ = write!(path, "[{index}]");
+            }
+            Segment::Map { key } | Segment::Enum { variant: key } => {
+                if !path.is_empty() {
+                    path.push('.');
                 }
+                let quoted = quote(key);
+                path.push_str(&quoted[1..quoted.len() - 1]);
             }
-            Ok(())
-        }
-        (Value::Array(a), Value::Array(b)) => {
-            for (i, (v, t)) in a.iter().zip(b).enumerate() {
-                let len = path.len();
-                path.push_str(&format!("[{i}]"));
-                objects_stay_objects(v, t, path)?;
-                path.truncate(len);
+            Segment::Unknown => {
+                if !path.is_empty() {
+                    path.push('.');
+                }
+                path.push('?');
             }
-            Ok(())
         }
-        _ => Ok(()),
     }
+    let source = err.into_inner();
+    if source.to_string().starts_with(POSITIONAL) {
+        return DecodeError::Positional(if path.is_empty() { ".".into() } else { path });
+    }
+    DecodeError::Json { path, source }
 }
 
 impl std::fmt::Display for Encoding {
@@ -178,7 +166,7 @@ pub fn check_schema_version(value: Option<&str>) -> Result<(), DecodeError> {
 }
 
 /// Reads a message: checks both headers, then decodes the body.
-pub fn decode_message<T: DeserializeOwned + Serialize>(
+pub fn decode_message<T: DeserializeOwned>(
     content_type: Option<&str>,
     schema_version: Option<&str>,
     body: &[u8],
@@ -191,9 +179,9 @@ pub fn decode_message<T: DeserializeOwned + Serialize>(
 /// Why a body was not decoded.
 #[derive(Debug, thiserror::Error)]
 pub enum DecodeError {
-    #[error("unsupported Content-Type {0:?} (application/json or application/x-bincode)")]
+    #[error("unsupported Content-Type {} (application/json or application/x-bincode)", quote(.0))]
     ContentType(String),
-    #[error("unsupported Weft-Schema {0:?} (this agent speaks {SCHEMA_VERSION})")]
+    #[error("unsupported Weft-Schema {} (this agent speaks {SCHEMA_VERSION})", quote(.0))]
     SchemaVersion(String),
     #[error("body of {0} bytes, at most {MAX_BODY_BYTES}")]
     TooLarge(usize),
@@ -212,30 +200,11 @@ pub enum DecodeError {
 }
 
 impl DecodeError {
-    /// The error and its causes on one line, for replies and statuses.
+    /// The error and its causes on one line, for replies and statuses. Every value it quotes
+    /// (a field name as the body spelled it, a string of the wrong type) is cut to its first
+    /// 64 bytes and control characters are escaped: a body can spell a megabyte of `\n`.
     pub fn to_line(&self) -> String {
-        let mut line = self.to_string();
-        let mut cause = std::error::Error::source(self);
-        while let Some(err) = cause {
-            line.push_str(": ");
-            line.push_str(&err.to_string());
-            cause = err.source();
-        }
-        // serde names an unknown field as the body spelled it, and JSON can spell a newline
-        // ("Sources\n"): escape control characters so the line stays one line in logs and
-        // statuses.
-        if !line.contains(char::is_control) {
-            return line;
-        }
-        let mut escaped = String::with_capacity(line.len() + 8);
-        for c in line.chars() {
-            if c.is_control() {
-                escaped.extend(c.escape_default());
-            } else {
-                escaped.push(c);
-            }
-        }
-        escaped
+        bound_quoted(&error_line(self))
     }
 }
 
@@ -277,6 +246,56 @@ mod tests {
     }
 
     #[test]
+    fn hostile_names_are_quoted_short() {
+        // A megabyte-long field name of control characters, as JSON escapes.
+        let name = "\\u0001".repeat(1 << 18);
+        let body = format!(r#"{{"PodId":"a","Generation":1,"Firewall":{{"{name}":[]}}}}"#);
+        let line = Encoding::Json
+            .decode::<PodSpec>(body.as_bytes())
+            .unwrap_err()
+            .to_line();
+        assert!(line.len() < 1024, "{} bytes: {line}", line.len());
+        assert!(!line.contains(char::is_control), "{line}");
+        assert!(
+            line.starts_with(r"invalid JSON at Firewall.\u{1}\u{1}"),
+            "{line}"
+        );
+
+        // The same as a bincode interface name: decoded, then refused by validation.
+        let spec = PodSpec {
+            pod_id: "a".into(),
+            generation: 1,
+            not_after_unix: None,
+            network: Some(crate::NetworkSpec {
+                interface: "\u{1b}".repeat(1 << 20),
+                address: "192.0.2.5/24".into(),
+                gateway: None,
+                mtu: None,
+                nameservers: vec![],
+                search_domains: vec![],
+            }),
+            firewall: None,
+            wireguard: None,
+        };
+        let body = Encoding::Bincode.encode(&spec);
+        assert!(body.len() > 1 << 20);
+        let decoded: PodSpec = Encoding::Bincode.decode(&body).unwrap();
+        let pod = crate::PodId::parse("a").unwrap();
+        let errors = crate::ValidSpec::validate(&decoded, &pod)
+            .unwrap_err()
+            .to_string();
+        assert!(errors.len() < 512, "{} bytes: {errors}", errors.len());
+        assert!(
+            errors.starts_with(r#"Network.Interface: "\u{1b}"#),
+            "{errors}"
+        );
+        assert!(
+            errors.contains(r#"..." is not an interface name"#),
+            "{errors}"
+        );
+    }
+
+    #[test]
     fn positional_arrays_are_not_objects() {
         let err = Encoding::Json.decode::<PodSpec>(br#"["web-1",1,null,null,null]"#);
         assert_eq!(
@@ -303,6 +322,7 @@ mod tests {
         let spec = PodSpec {
             pod_id: "a".into(),
             generation: 1,
+            not_after_unix: None,
             network: None,
             firewall: None,
             wireguard: None,

@@ -1,5 +1,5 @@
 //! WireGuard keys. Private and preshared keys never reach a log line, a status, a reply or a
-//! `Debug` print: their types redact themselves.
+//! `Debug` print: their types redact themselves, and wipe their bytes when dropped.
 
 use std::fmt;
 
@@ -7,6 +7,7 @@ use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine as _;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
+use zeroize::{Zeroize, ZeroizeOnDrop};
 
 /// Base64 of exactly 32 bytes, as a regular expression: 43 characters and one `=`, the last
 /// character carrying 4 bits and two zero bits (the decoder refuses non-zero trailing bits).
@@ -18,6 +19,12 @@ pub const KEY_PATTERN: &str = r"^[A-Za-z0-9+/]{42}[AEIMQUYcgkosw048]=$";
 // The control plane writes it; nothing the agent sends ever carries one.
 #[schemars(extend("pattern" = KEY_PATTERN, "writeOnly" = true))]
 pub struct Secret(String);
+
+impl Drop for Secret {
+    fn drop(&mut self) {
+        self.0.zeroize();
+    }
+}
 
 impl Secret {
     pub fn new(value: impl Into<String>) -> Self {
@@ -43,10 +50,13 @@ pub enum KeyError {
     NotBase64,
     #[error("{0} bytes, a key is 32")]
     WrongLength(usize),
+    #[error("not an Ed25519 public key")]
+    NotAPoint,
 }
 
 fn decode32(text: &str) -> Result<[u8; 32], KeyError> {
-    let bytes = BASE64.decode(text).map_err(|_| KeyError::NotBase64)?;
+    // The decoded bytes may be a private key: wiped once copied out.
+    let bytes = zeroize::Zeroizing::new(BASE64.decode(text).map_err(|_| KeyError::NotBase64)?);
     <[u8; 32]>::try_from(bytes.as_slice()).map_err(|_| KeyError::WrongLength(bytes.len()))
 }
 
@@ -80,8 +90,9 @@ impl fmt::Debug for PublicKey {
     }
 }
 
-/// A WireGuard private or preshared key. Its `Debug` is redacted and it has no `Display`.
-#[derive(Clone, PartialEq, Eq)]
+/// A WireGuard private or preshared key. Its `Debug` is redacted, it has no `Display`, and
+/// its bytes are wiped when it is dropped.
+#[derive(Clone, PartialEq, Eq, Zeroize, ZeroizeOnDrop)]
 pub struct SecretKey([u8; 32]);
 
 impl SecretKey {
@@ -107,17 +118,6 @@ impl SecretKey {
 impl fmt::Debug for SecretKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("SecretKey(<redacted>)")
-    }
-}
-
-impl Drop for SecretKey {
-    fn drop(&mut self) {
-        // Best effort: do not leave key bytes in freed memory.
-        for b in self.0.iter_mut() {
-            // SAFETY: `b` is a valid, aligned, exclusive reference into our own array;
-            // the volatile write only stops the compiler from eliding the wipe.
-            unsafe { std::ptr::write_volatile(b, 0) };
-        }
     }
 }
 

@@ -7,6 +7,11 @@
 //! `Content-Type` header), and [`validate`] turns a decoded [`PodSpec`] into typed values
 //! ([`ValidSpec`]) in one pass, or says every field that is wrong.
 //!
+//! [`sign`] holds the signing rule of CONTRACT.md v1.1 (the exact signed bytes, a Go snippet,
+//! a test vector) with an Ed25519 helper for control planes written in Rust, and [`text`] the
+//! bounds on everything foreign the agent echoes (a quoted value: 64 bytes, escaped;
+//! `LastError`: 1 KiB).
+//!
 //! Wire types keep the strings the control plane writes (`"10.0.0.0/8"`, `"8000-8080"`);
 //! nothing downstream of validation ever parses one again.
 //!
@@ -30,9 +35,19 @@
 //!   field, as a list's element, or as a whole rule or peer is refused, naming where it is.
 //! - An object must be a JSON object, not a positional array (serde would otherwise take
 //!   `["web-1",7]` for a `PodSpec`).
+//! - `Generation` is at most 2^53 - 1 (v1.1); `NotAfterUnix` may be any number of seconds
+//!   (one past year 9999 is never reached). Both are in the bincode encoding: `NotAfterUnix`
+//!   comes right after `Generation`, `SignedBy` right after `LastDrift`.
+//! - `PodStatus.SignedBy` is always sent (`null` when nobody signed); a status without it (a
+//!   v1 agent's) decodes with `null`.
+//! - A JSON body is parsed once, straight into the typed value, with every quoted value of a
+//!   decoding error (a field name as the body spelled it) bounded like [`text::quote`]; an
+//!   empty array in place of a `PodSpec` is refused as positional, not as a short sequence.
 
 pub mod codec;
+mod json_objects;
 pub mod key;
+pub mod sign;
 pub mod spec;
 pub mod status;
 pub mod subject;

@@ -25,8 +25,12 @@ pub struct PodSpec {
     #[schemars(pattern(r"^[A-Za-z0-9_-]{1,63}$"))]
     pub pod_id: String,
     /// Orders specs: lower than the last applied is stale, equal is re-asserted.
-    #[schemars(range(min = 1))]
+    #[schemars(range(min = 1, max = limits::GENERATION_MAX))]
     pub generation: u64,
+    /// Seconds since the epoch: a spec received after this time is rejected, and an applied
+    /// spec that passes it leaves the pod `Degraded` until a fresh one arrives (v1.1).
+    #[serde(default)]
+    pub not_after_unix: Option<u64>,
     /// The pod interface; absent means the interface is not managed.
     #[serde(default)]
     pub network: Option<NetworkSpec>,

@@ -35,6 +35,11 @@ pub struct PodStatus {
     pub drift_repairs: u64,
     /// The last of those repairs.
     pub last_drift: Option<DriftEvent>,
+    /// The base64 Ed25519 key that signed the applied spec; `null` without `--trust-keys`
+    /// (whatever headers the spec carried) and before a spec is applied (v1.1). Absent in a
+    /// v1 agent's status: a dashboard reads that as `null`.
+    #[serde(default)]
+    pub signed_by: Option<String>,
     /// `null` when the pod interface is not managed.
     pub network: Option<NetworkStatus>,
     /// `null` before the first spec.

@@ -2,6 +2,8 @@
 
 use std::fmt;
 
+use crate::text::quote;
+
 /// A pod id: 1 to 63 characters of `[A-Za-z0-9_-]`, so it is always one subject token.
 #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct PodId(String);
@@ -9,14 +11,15 @@ pub struct PodId(String);
 impl PodId {
     pub fn parse(text: &str) -> Result<Self, String> {
         if text.is_empty() || text.len() > 63 {
-            return Err(format!("{text:?} must be 1 to 63 characters"));
+            return Err(format!("{} must be 1 to 63 characters", quote(text)));
         }
         if let Some(c) = text
             .chars()
             .find(|c| !(c.is_ascii_alphanumeric() || *c == '_' || *c == '-'))
         {
             return Err(format!(
-                "{text:?} has {c:?}; only A-Z a-z 0-9 _ - are allowed"
+                "{} has {c:?}; only A-Z a-z 0-9 _ - are allowed",
+                quote(text)
             ));
         }
         Ok(PodId(text.to_owned()))
@@ -81,6 +84,11 @@ impl Subjects {
 
     pub fn pod(&self) -> &PodId {
         &self.pod
+    }
+
+    /// The subject prefix (`weft`).
+    pub fn prefix(&self) -> &str {
+        &self.prefix
     }
 
     /// `<prefix>.pod.<pod>.spec`: control plane -> agent.

@@ -74,6 +74,60 @@ pub fn quote(value: &str) -> String {
     out
 }
 
+/// Another library's message (serde's `unknown field `...``, `invalid type: string "..."`)
+/// with every value it quotes between backticks or double quotes bounded as [`quote`] bounds
+/// one: the first [`QUOTE_BYTES`] bytes, `...` marking the cut. Control characters are escaped
+/// everywhere, so the message stays one line.
+pub fn bound_quoted(message: &str) -> String {
+    let mut out = String::with_capacity(message.len().min(4 * LAST_ERROR_BYTES));
+    // The open delimiter, the bytes of the value kept so far, and whether it was cut.
+    let mut open: Option<(char, usize, bool)> = None;
+    let mut chars = message.chars();
+    while let Some(c) = chars.next() {
+        match &mut open {
+            None => {
+                if c == '`' || c == '"' {
+                    open = Some((c, 0, false));
+                }
+                push_escaped(&mut out, c);
+            }
+            Some((delim, _, cut)) if c == *delim => {
+                if *cut {
+                    out.push_str(CUT);
+                }
+                out.push(c);
+                open = None;
+            }
+            Some((delim, kept, cut)) => {
+                // A backslash escape inside a Rust-style "..." quote belongs to the value.
+                let escaped = (*delim == '"' && c == '\\').then(|| chars.next()).flatten();
+                let len = c.len_utf8() + escaped.map_or(0, char::len_utf8);
+                if *kept + len > QUOTE_BYTES {
+                    *cut = true;
+                    continue;
+                }
+                *kept += len;
+                push_escaped(&mut out, c);
+                if let Some(e) = escaped {
+                    push_escaped(&mut out, e);
+                }
+            }
+        }
+    }
+    if let Some((_, _, true)) = open {
+        out.push_str(CUT);
+    }
+    out
+}
+
+fn push_escaped(out: &mut String, c: char) {
+    if c.is_control() {
+        let _ = write!(out, "{}", c.escape_default());
+    } else {
+        out.push(c);
+    }
+}
+
 /// `text` bounded for a `LastError` or a reply's `Error`: at most [`LAST_ERROR_BYTES`] bytes,
 /// `...` marking a cut, control characters (which a quoted value has already escaped) replaced
 /// by spaces so one error stays one line.
@@ -95,6 +149,32 @@ pub fn last_error(text: &str) -> String {
         out.push_str(CUT);
     }
     out
+}
+
+/// Seconds since the epoch as an RFC 3339 UTC time (`2025-11-22T03:20:00Z`), for errors that
+/// name a time from a spec (`NotAfterUnix`). Years past 9999 are written as the number.
+pub fn rfc3339(unix: u64) -> String {
+    const YEAR_10000: u64 = 253_402_300_800;
+    if unix >= YEAR_10000 {
+        return format!("unix time {unix}");
+    }
+    let (days, secs) = (unix / 86_400, unix % 86_400);
+    // Howard Hinnant's civil_from_days, for days since 1970-01-01.
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+        secs / 3600,
+        secs / 60 % 60,
+        secs % 60
+    )
 }
 
 /// The longest prefix of `s` of at most `max` bytes that ends on a character boundary, and
@@ -147,6 +227,49 @@ mod tests {
         assert_eq!(quote(&s), format!("\"{}...\"", "x".repeat(QUOTE_BYTES - 1)));
         // The worst case (every byte a control character) stays small.
         assert!(quote(&"\u{1}".repeat(10_000)).len() < 8 * QUOTE_BYTES);
+    }
+
+    #[test]
+    fn values_quoted_by_other_libraries_are_bounded() {
+        assert_eq!(
+            bound_quoted("unknown field `Source`, expected one of `PodId`"),
+            "unknown field `Source`, expected one of `PodId`"
+        );
+        let long = format!(
+            "unknown field `{}`, expected `Sources`",
+            "x".repeat(1 << 20)
+        );
+        assert_eq!(
+            bound_quoted(&long),
+            format!(
+                "unknown field `{}...`, expected `Sources`",
+                "x".repeat(QUOTE_BYTES)
+            )
+        );
+        let ctl = format!(
+            "invalid type: string \"{}\", expected u64",
+            "\u{1}".repeat(5000)
+        );
+        let bounded = bound_quoted(&ctl);
+        assert!(bounded.len() < 8 * QUOTE_BYTES, "{}", bounded.len());
+        assert!(!bounded.contains(char::is_control));
+        assert!(bounded.ends_with("...\", expected u64"), "{bounded}");
+        // Escaped quotes inside a value do not end it.
+        assert_eq!(bound_quoted(r#"string "a\"b""#), r#"string "a\"b""#);
+        // An unclosed quote is still cut.
+        assert_eq!(
+            bound_quoted(&format!("`{}", "y".repeat(100))),
+            format!("`{}...", "y".repeat(QUOTE_BYTES))
+        );
+    }
+
+    #[test]
+    fn unix_times_read_as_rfc3339() {
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
+        assert_eq!(rfc3339(1_763_779_200), "2025-11-22T02:40:00Z");
+        assert_eq!(rfc3339(951_782_400), "2000-02-29T00:00:00Z");
+        assert_eq!(rfc3339(253_402_300_799), "9999-12-31T23:59:59Z");
+        assert_eq!(rfc3339(u64::MAX), format!("unix time {}", u64::MAX));
     }
 
     #[test]

@@ -14,9 +14,12 @@ use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use crate::key::{PublicKey, SecretKey};
 use crate::spec::{FirewallSpec, NetworkSpec, PeerSpec, PodSpec, WireGuardSpec};
 use crate::subject::PodId;
+use crate::text::quote;
 
 /// The bounds of contract v1; a spec over one is rejected with the bound in the message.
 pub mod limits {
+    /// 2^53 - 1: the largest integer every JSON decoder keeps exact (a float64 mantissa).
+    pub const GENERATION_MAX: u64 = (1 << 53) - 1;
     pub const RULES_PER_DIRECTION: usize = 10_000;
     pub const ADDRESSES_PER_RULE: usize = 65_536;
     pub const PORTS_PER_RULE: usize = 1_024;
@@ -37,6 +40,8 @@ pub mod limits {
 pub struct ValidSpec {
     pub pod_id: PodId,
     pub generation: u64,
+    /// The spec is not to be applied after this time (seconds since the epoch).
+    pub not_after_unix: Option<u64>,
     pub network: Option<Network>,
     /// Always present: an absent firewall is the baseline.
     pub firewall: Firewall,
@@ -51,17 +56,21 @@ impl IfName {
     pub fn parse(text: &str) -> Result<Self, String> {
         if text.is_empty() || text.len() > 15 {
             return Err(format!(
-                "{text:?} is not an interface name (1-15 characters)"
+                "{} is not an interface name (1-15 characters)",
+                quote(text)
             ));
         }
         if text == "." || text == ".." {
-            return Err(format!("{text:?} is not an interface name"));
+            return Err(format!("{} is not an interface name", quote(text)));
         }
         if let Some(c) = text
             .chars()
             .find(|c| *c == '/' || *c == ':' || c.is_whitespace() || c.is_control())
         {
-            return Err(format!("{text:?} is not an interface name (has {c:?})"));
+            return Err(format!(
+                "{} is not an interface name (has {c:?})",
+                quote(text)
+            ));
         }
         Ok(IfName(text.to_owned()))
     }
@@ -121,7 +130,8 @@ impl Protocol {
             "icmp" => Ok(Protocol::Icmp),
             "icmpv6" => Ok(Protocol::Icmpv6),
             other => Err(format!(
-                "{other:?} is not a protocol (tcp, udp, icmp, icmpv6 or any)"
+                "{} is not a protocol (tcp, udp, icmp, icmpv6 or any)",
+                quote(other)
             )),
         }
     }
@@ -156,14 +166,16 @@ impl PortRange {
             // Digits only: `u32::from_str` would also take "+22", and " 22" is not "N" either.
             if t.is_empty() || !t.bytes().all(|b| b.is_ascii_digit()) {
                 return Err(format!(
-                    "{text:?} is not a port or range (\"N\" or \"N-M\")"
+                    "{} is not a port or range (\"N\" or \"N-M\")",
+                    quote(text)
                 ));
             }
             match t.parse::<u32>() {
                 Ok(n) if (1..=65_535).contains(&n) => Ok(n as u16),
                 Ok(n) => Err(format!("{n} is not a port (1-65535)")),
                 Err(_) => Err(format!(
-                    "{text:?} is not a port or range (\"N\" or \"N-M\")"
+                    "{} is not a port or range (\"N\" or \"N-M\")",
+                    quote(text)
                 )),
             }
         };
@@ -172,7 +184,10 @@ impl PortRange {
             Some((a, b)) => {
                 let (first, last) = (port(a)?, port(b)?);
                 if first > last {
-                    return Err(format!("{text:?} is an empty range (start after end)"));
+                    return Err(format!(
+                        "{} is an empty range (start after end)",
+                        quote(text)
+                    ));
                 }
                 Ok(PortRange { first, last })
             }
@@ -302,6 +317,13 @@ fn within(errs: &mut ValidationErrors, path: &str, len: usize, bound: usize) -> 
 impl ValidSpec {
     /// Validates a whole spec for the agent of pod `pod`.
     pub fn validate(spec: &PodSpec, pod: &PodId) -> Result<ValidSpec, ValidationErrors> {
+        Self::validate_owned(spec.clone(), pod)
+    }
+
+    /// [`Self::validate`], consuming the spec: each firewall rule and peer is dropped as soon
+    /// as it is validated, so a large spec is never held twice (as strings and as typed
+    /// values) at once.
+    pub fn validate_owned(spec: PodSpec, pod: &PodId) -> Result<ValidSpec, ValidationErrors> {
         let mut errs = ValidationErrors::default();
         let pod_id = match PodId::parse(&spec.pod_id) {
             Ok(id) if &id == pod => Some(id),
@@ -316,18 +338,23 @@ impl ValidSpec {
         };
         if spec.generation == 0 {
             errs.push("Generation", "must be at least 1 (0 means nothing applied)");
+        } else if spec.generation > limits::GENERATION_MAX {
+            errs.push(
+                "Generation",
+                format!(
+                    "{} is above 2^53 - 1 ({}), the largest integer every JSON decoder keeps exact",
+                    spec.generation,
+                    limits::GENERATION_MAX
+                ),
+            );
         }
         let network = spec
             .network
             .as_ref()
             .and_then(|n| network(&mut errs, "Network", n));
-        let firewall = firewall(
-            &mut errs,
-            spec.firewall.as_ref().unwrap_or(&FirewallSpec::default()),
-        );
+        let firewall = firewall(&mut errs, spec.firewall.unwrap_or_default());
         let wireguard = spec
             .wireguard
-            .as_ref()
             .and_then(|w| wireguard(&mut errs, "WireGuard", w));
         if let (Some(n), Some(w)) = (&network, &wireguard) {
             if n.interface == w.interface {
@@ -341,9 +368,10 @@ impl ValidSpec {
             (Some(pod_id), 0) => Ok(ValidSpec {
                 pod_id,
                 generation: spec.generation,
+                not_after_unix: spec.not_after_unix,
                 network,
                 firewall: firewall.expect("no errors means a firewall"),
-                wireguard: spec.wireguard.as_ref().and(wireguard),
+                wireguard,
             }),
             _ => Err(errs),
         }
@@ -386,7 +414,7 @@ fn dns_name(text: &str) -> Result<String, String> {
     if ok {
         Ok(name.to_owned())
     } else {
-        Err(format!("{text:?} is not a DNS name"))
+        Err(format!("{} is not a DNS name", quote(text)))
     }
 }
 
@@ -398,7 +426,10 @@ fn network(errs: &mut ValidationErrors, path: &str, spec: &NetworkSpec) -> Optio
         Err(_) if spec.address.parse::<IpNet>().is_ok() => {
             errs.push(
                 format!("{path}.Address"),
-                format!("{:?} is not IPv4 (the pod address is IPv4)", spec.address),
+                format!(
+                    "{} is not IPv4 (the pod address is IPv4)",
+                    quote(&spec.address)
+                ),
             );
             None
         }
@@ -406,8 +437,8 @@ fn network(errs: &mut ValidationErrors, path: &str, spec: &NetworkSpec) -> Optio
             errs.push(
                 format!("{path}.Address"),
                 format!(
-                    "{:?} is not a CIDR with its prefix (10.0.0.5/24)",
-                    spec.address
+                    "{} is not a CIDR with its prefix (10.0.0.5/24)",
+                    quote(&spec.address)
                 ),
             );
             None
@@ -418,7 +449,7 @@ fn network(errs: &mut ValidationErrors, path: &str, spec: &NetworkSpec) -> Optio
             .map_err(|_| {
                 errs.push(
                     format!("{path}.Gateway"),
-                    format!("{g:?} is not an IPv4 address"),
+                    format!("{} is not an IPv4 address", quote(g)),
                 )
             })
             .ok()
@@ -436,7 +467,7 @@ fn network(errs: &mut ValidationErrors, path: &str, spec: &NetworkSpec) -> Optio
                 Ok(a) => nameservers.push(a),
                 Err(_) => errs.push(
                     format!("{path}.Nameservers[{i}]"),
-                    format!("{ns:?} is not an IP address"),
+                    format!("{} is not an IP address", quote(ns)),
                 ),
             }
         }
@@ -475,7 +506,7 @@ enum Direction {
     Egress,
 }
 
-fn firewall(errs: &mut ValidationErrors, spec: &FirewallSpec) -> Option<Firewall> {
+fn firewall(errs: &mut ValidationErrors, spec: FirewallSpec) -> Option<Firewall> {
     let before = errs.total;
     let mut fw = Firewall::default();
     if within(
@@ -484,7 +515,8 @@ fn firewall(errs: &mut ValidationErrors, spec: &FirewallSpec) -> Option<Firewall
         spec.ingress.len(),
         limits::RULES_PER_DIRECTION,
     ) {
-        for (i, r) in spec.ingress.iter().enumerate() {
+        // Each rule's strings are freed once it is validated.
+        for (i, r) in spec.ingress.into_iter().enumerate() {
             let path = format!("Firewall.Ingress[{i}]");
             if let Some(rule) = rule(
                 errs,
@@ -505,7 +537,7 @@ fn firewall(errs: &mut ValidationErrors, spec: &FirewallSpec) -> Option<Firewall
         spec.egress.len(),
         limits::RULES_PER_DIRECTION,
     ) {
-        for (i, r) in spec.egress.iter().enumerate() {
+        for (i, r) in spec.egress.into_iter().enumerate() {
             let path = format!("Firewall.Egress[{i}]");
             if let Some(rule) = rule(
                 errs,
@@ -527,7 +559,7 @@ fn firewall(errs: &mut ValidationErrors, spec: &FirewallSpec) -> Option<Firewall
 fn cidr(text: &str) -> Result<IpNet, String> {
     text.parse::<IpNet>()
         .or_else(|_| text.parse::<IpAddr>().map(IpNet::from))
-        .map_err(|_| format!("{text:?} is not an IP address or CIDR"))
+        .map_err(|_| format!("{} is not an IP address or CIDR", quote(text)))
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -636,7 +668,7 @@ fn merge_ports(mut ranges: Vec<PortRange>) -> Vec<PortRange> {
     merged
 }
 
-fn wireguard(errs: &mut ValidationErrors, path: &str, spec: &WireGuardSpec) -> Option<WireGuard> {
+fn wireguard(errs: &mut ValidationErrors, path: &str, spec: WireGuardSpec) -> Option<WireGuard> {
     let before = errs.total;
     let interface = ifname(errs, &format!("{path}.Interface"), &spec.interface);
     let address = match spec.address.parse::<IpNet>() {
@@ -645,8 +677,8 @@ fn wireguard(errs: &mut ValidationErrors, path: &str, spec: &WireGuardSpec) -> O
             errs.push(
                 format!("{path}.Address"),
                 format!(
-                    "{:?} is not a CIDR with its prefix (10.9.0.1/24)",
-                    spec.address
+                    "{} is not a CIDR with its prefix (10.9.0.1/24)",
+                    quote(&spec.address)
                 ),
             );
             None
@@ -677,9 +709,9 @@ fn wireguard(errs: &mut ValidationErrors, path: &str, spec: &WireGuardSpec) -> O
         limits::PEERS,
     ) {
         let mut seen = std::collections::HashMap::new();
-        for (i, p) in spec.peers.iter().enumerate() {
+        for (i, p) in spec.peers.into_iter().enumerate() {
             let ppath = format!("{path}.Peers[{i}]");
-            if let Some(peer) = peer(errs, &ppath, p) {
+            if let Some(peer) = peer(errs, &ppath, &p) {
                 if let Some(first) = seen.insert(peer.public_key, i) {
                     errs.push(
                         format!("{ppath}.PublicKey"),
@@ -710,17 +742,23 @@ fn peer(errs: &mut ValidationErrors, path: &str, spec: &PeerSpec) -> Option<Peer
         .map_err(|e| {
             errs.push(
                 format!("{path}.PublicKey"),
-                format!("{:?} is not a key: {e}", spec.public_key),
+                format!("{} is not a key: {e}", quote(&spec.public_key)),
             )
         })
         .ok();
     let endpoint = spec.endpoint.as_deref().and_then(|e| {
         match e.parse::<SocketAddr>() {
             Ok(a) if a.port() != 0 => return Some(a),
-            Ok(_) => errs.push(format!("{path}.Endpoint"), format!("{e:?} has port 0")),
+            Ok(_) => errs.push(
+                format!("{path}.Endpoint"),
+                format!("{} has port 0", quote(e)),
+            ),
             Err(_) => errs.push(
                 format!("{path}.Endpoint"),
-                format!("{e:?} is not IP:port or [IPv6]:port (host names are not resolved)"),
+                format!(
+                    "{} is not IP:port or [IPv6]:port (host names are not resolved)",
+                    quote(e)
+                ),
             ),
         }
         None

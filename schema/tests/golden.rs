@@ -7,9 +7,9 @@
 //! `WEFT_BLESS=1 cargo test -p weft-schema` rewrites the fixtures from the values.
 //!
 //! The `contract_*.json` fixtures are the examples of CONTRACT.md, copied as written (the
-//! `...` of the `LastDrift` example replaced by a number); they must decode.
-//! `go_pod_spec_nulls.json` is a spec as Go's `encoding/json` writes it when every slice is nil
-//! and every pointer unset: each such field `null`.
+//! `...` of the `LastDrift` example replaced by a number, and v1.1's `SignedBy` added to the
+//! status); they must decode. `go_pod_spec_nulls.json` is a spec as Go's `encoding/json` writes
+//! it when every slice is nil and every pointer unset: each such field `null`.
 
 mod support;
 
@@ -57,11 +57,11 @@ fn minimal_spec_is_golden() {
     // fields in declaration order. If this changes, every bincode peer breaks.
     assert_eq!(
         read_fixture("pod_spec_minimal.bincode"),
-        b"\x05web-1\x01\x00\x00\x00",
+        b"\x05web-1\x01\x00\x00\x00\x00",
     );
     assert_eq!(
         read_fixture("pod_spec_minimal.json"),
-        br#"{"PodId":"web-1","Generation":1,"Network":null,"Firewall":null,"WireGuard":null}"#,
+        br#"{"PodId":"web-1","Generation":1,"NotAfterUnix":null,"Network":null,"Firewall":null,"WireGuard":null}"#,
     );
 }
 
@@ -116,6 +116,7 @@ fn contract_pod_spec_example_decodes() {
     let expected = PodSpec {
         pod_id: "web-1".into(),
         generation: 7,
+        not_after_unix: None,
         network: Some(NetworkSpec {
             interface: "eth0".into(),
             address: "10.0.0.5/24".into(),
@@ -186,6 +187,7 @@ fn contract_pod_status_example_decodes() {
         published_at_unix_ms: 1_763_779_200_123,
         drift_repairs: 0,
         last_drift: None,
+        signed_by: None,
         network: Some(NetworkStatus {
             overall: Overall::Healthy,
             last_error: String::new(),

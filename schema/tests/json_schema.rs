@@ -385,6 +385,10 @@ fn the_schema_refuses_what_the_contract_refuses() {
             "WireGuard.Peers[0].PersistentKeepaliveSeconds: 65536 is past maximum 65535",
         ),
         (
+            spec(json!({"Generation": 9_007_199_254_740_992u64})),
+            "Generation: 9007199254740992 is past maximum 9007199254740991",
+        ),
+        (
             spec(json!({"Firewall": {"Ingress": [{"Comment": "x".repeat(129)}]}})),
             "Firewall.Ingress[0].Comment: length 129 is past maxLength 128",
         ),
@@ -407,7 +411,7 @@ fn the_schema_takes_what_the_agent_takes() {
         Encoding::Json.encode(&minimal_spec()),
         br#"{"PodId":"web-1","Generation":1,"Firewall":{}}"#.to_vec(),
         br#"{"PodId":"web-1","Generation":1,"Firewall":null,"Network":null}"#.to_vec(),
-        br#"{"PodId":"web-1","Generation":18446744073709551615,"WireGuard":{"Interface":"wg0","Address":"2001:db8::1/64","ListenPort":65535,"Mtu":576,"PrivateKey":null,"Peers":[{"PublicKey":"AQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQE=","PersistentKeepaliveSeconds":0}]}}"#.to_vec(),
+        br#"{"PodId":"web-1","Generation":9007199254740991,"WireGuard":{"Interface":"wg0","Address":"2001:db8::1/64","ListenPort":65535,"Mtu":576,"PrivateKey":null,"Peers":[{"PublicKey":"AQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQE=","PersistentKeepaliveSeconds":0}]}}"#.to_vec(),
     ];
     for body in bodies {
         accept(None, None, &body).expect("the agent takes it");

@@ -249,7 +249,7 @@ fn allowed_ips_are_truncated_sorted_and_deduplicated() {
 #[test]
 fn bounds_are_inclusive() {
     let spec = valid(&format!(
-        r#"{{"PodId":"{pod}","Generation":18446744073709551615,
+        r#"{{"PodId":"{pod}","Generation":9007199254740991,
             "Network":{{"Interface":"{if15}","Address":"192.0.2.5/24","Mtu":576,
                        "SearchDomains":["{d253}","example.org."]}},
             "Firewall":{{"Ingress":[{{"Protocol":"tcp","Ports":["1-65535"],"Comment":"{c128}"}}]}},
@@ -269,7 +269,7 @@ fn bounds_are_inclusive() {
         c128 = "\u{20ac}".repeat(42) + "xy",
         key = public_key(9),
     ));
-    assert_eq!(spec.generation, u64::MAX);
+    assert_eq!(spec.generation, (1 << 53) - 1);
     let net = spec.network.unwrap();
     assert_eq!(net.mtu, Some(576));
     assert_eq!(
@@ -296,6 +296,18 @@ fn bounds_are_inclusive() {
     .unwrap_err();
     assert!(err.starts_with("PodId: "), "{err}");
     assert!(err.contains("Network.SearchDomains[0]"), "{err}");
+    // One message locks no pod out: a generation no JSON decoder keeps exact is refused.
+    for too_big in ["9007199254740992", "18446744073709551615"] {
+        let err =
+            accept_json(&format!(r#"{{"PodId":"web-1","Generation":{too_big}}}"#)).unwrap_err();
+        assert_eq!(
+            err,
+            format!(
+                "Generation: {too_big} is above 2^53 - 1 (9007199254740991), the largest \
+                 integer every JSON decoder keeps exact"
+            )
+        );
+    }
 }
 
 #[test]

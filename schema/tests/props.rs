@@ -189,6 +189,7 @@ fn render(v: &ValidSpec) -> PodSpec {
     PodSpec {
         pod_id: v.pod_id.to_string(),
         generation: v.generation,
+        not_after_unix: v.not_after_unix,
         network: v.network.as_ref().map(|n| NetworkSpec {
             interface: n.interface.to_string(),
             address: n.address.to_string(),
@@ -521,7 +522,7 @@ fn wireguard_spec() -> impl Strategy<Value = WireGuardSpec> {
 fn pod_spec() -> impl Strategy<Value = PodSpec> {
     (
         prop_oneof![8 => Just(POD.to_owned()), 1 => Just("web-2".to_owned()), 1 => junk()],
-        prop_oneof![8 => 1u64.., 1 => Just(0u64)],
+        prop_oneof![16 => 1u64..=limits::GENERATION_MAX, 1 => Just(0u64), 1 => limits::GENERATION_MAX + 1..],
         prop::option::of(network_spec()),
         prop::option::of(
             (vec(ingress_rule(), 0..4), vec(egress_rule(), 0..4))
@@ -533,6 +534,7 @@ fn pod_spec() -> impl Strategy<Value = PodSpec> {
             |(pod_id, generation, network, firewall, wireguard)| PodSpec {
                 pod_id,
                 generation,
+                not_after_unix: None,
                 network,
                 firewall,
                 wireguard,
@@ -686,7 +688,7 @@ fn good_wireguard() -> impl Strategy<Value = WireGuardSpec> {
 
 fn good_pod_spec() -> impl Strategy<Value = PodSpec> {
     (
-        1u64..,
+        1u64..=limits::GENERATION_MAX,
         prop::option::of(good_network()),
         prop::option::of(good_firewall()),
         prop::option::of(good_wireguard()),
@@ -694,6 +696,7 @@ fn good_pod_spec() -> impl Strategy<Value = PodSpec> {
         .prop_map(|(generation, network, firewall, wireguard)| PodSpec {
             pod_id: POD.into(),
             generation,
+            not_after_unix: None,
             network,
             firewall,
             wireguard,

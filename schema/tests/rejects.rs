@@ -141,7 +141,7 @@ fn cases() -> Vec<Case> {
         json(
             "JSON array instead of object",
             "[]",
-            "invalid JSON: invalid length 0, expected struct PodSpec with 5 elements at line 1 column 2",
+            "invalid JSON at .: an object with field names is expected, not an array",
         ),
         with_headers(
             "JSON not UTF-8",
@@ -171,7 +171,7 @@ fn cases() -> Vec<Case> {
             "field name in the wrong case",
             r#"{"PodId":"web-1","Generation":1,"Wireguard":null}"#,
             "invalid JSON at Wireguard: unknown field `Wireguard`, expected one of `PodId`, \
-             `Generation`, `Network`, `Firewall`, `WireGuard` at line 1 column 43",
+             `Generation`, `NotAfterUnix`, `Network`, `Firewall`, `WireGuard` at line 1 column 43",
         ),
         json(
             "missing PodId",

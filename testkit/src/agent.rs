@@ -18,11 +18,23 @@ pub struct AgentProcess {
 impl AgentProcess {
     /// Starts `bin args..` inside `ns` (`ip netns exec` execs it, so the pid is the agent's).
     pub fn spawn(ns: &Netns, bin: &Path, args: &[String], log: PathBuf) -> Result<AgentProcess> {
+        Self::spawn_with_env(ns, bin, args, &[], log)
+    }
+
+    /// [`Self::spawn`] with environment variables set for the agent.
+    pub fn spawn_with_env(
+        ns: &Netns,
+        bin: &Path,
+        args: &[String],
+        env: &[(&str, &str)],
+        log: PathBuf,
+    ) -> Result<AgentProcess> {
         let file =
             std::fs::File::create(&log).with_context(|| format!("create {}", log.display()))?;
         let child = ns
             .command(bin.to_str().context("binary path is not UTF-8")?)
             .args(args)
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(file)
@@ -69,6 +81,13 @@ impl AgentProcess {
     /// True while the process runs.
     pub fn running(&mut self) -> bool {
         matches!(self.child.as_mut().map(|c| c.try_wait()), Some(Ok(None)))
+    }
+
+    /// How the process ended, once it has (without signalling it).
+    pub fn exited(&mut self) -> Option<ExitStatus> {
+        self.child
+            .as_mut()
+            .and_then(|c| c.try_wait().ok().flatten())
     }
 
     /// The log so far.

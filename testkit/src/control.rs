@@ -39,6 +39,19 @@ pub fn decode<T: serde::de::DeserializeOwned + serde::Serialize>(
 pub struct ControlPlane {
     pub client: Client,
     pub prefix: String,
+    /// The connection's state (server errors such as permission violations), when it was
+    /// made through `weft_emitter::bus`.
+    pub link: Option<weft_emitter::bus::Link>,
+}
+
+impl From<weft_emitter::bus::Connection> for ControlPlane {
+    fn from(c: weft_emitter::bus::Connection) -> ControlPlane {
+        ControlPlane {
+            client: c.client,
+            prefix: "weft".into(),
+            link: Some(c.link),
+        }
+    }
 }
 
 impl ControlPlane {
@@ -51,6 +64,7 @@ impl ControlPlane {
         Ok(ControlPlane {
             client,
             prefix: "weft".into(),
+            link: None,
         })
     }
 

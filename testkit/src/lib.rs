@@ -3,7 +3,10 @@
 //! - [`netns`]: network namespaces and veth pairs with unique names, deleted on drop, and a
 //!   way to run a closure on a thread inside a namespace.
 //! - [`observe`]: independent observers (`nft -j`, `ip -j`, `wg show`) for assertions.
-//! - [`nats`]: a real `nats-server` on a free port.
+//! - [`nats`]: a real `nats-server` on a free port, with a configuration file or without.
+//! - [`natsconf`]: the nats-server configuration weft ships (users, permissions, TLS), generated.
+//! - [`pki`]: test certificates made at run time; [`identity`]: a client's credentials as
+//!   flags and as a connection.
 //! - [`agent`]: the real `weft-agent` binary inside a namespace.
 //! - [`control`]: a control plane publishing specs and a dashboard collecting statuses.
 //! - [`hub`]: a hub namespace (NATS, the test's clients) and pod namespaces joined to it.
@@ -18,9 +21,12 @@ pub mod control;
 pub mod eventually;
 pub mod go;
 pub mod hub;
+pub mod identity;
 pub mod nats;
+pub mod natsconf;
 pub mod netns;
 pub mod observe;
+pub mod pki;
 pub mod stack;
 pub mod status_log;
 pub mod vm;

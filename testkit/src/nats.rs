@@ -1,10 +1,12 @@
-//! A real `nats-server` on a free port, with JetStream, killed on drop.
+//! A real `nats-server` on a free port, with JetStream, killed on drop; optionally with a
+//! configuration file (users, permissions, TLS: see [`crate::natsconf`]) that can be
+//! changed and reloaded while it runs.
 
 use std::io::{BufRead, BufReader};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
-use std::time::Duration;
+use std::sync::{mpsc, Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 
@@ -15,6 +17,11 @@ pub struct NatsServer {
     port: u16,
     store: PathBuf,
     extra: Vec<String>,
+    config: Option<PathBuf>,
+    env: Vec<(String, String)>,
+    /// The server's log (stderr), line by line, since its last start.
+    log: Arc<Mutex<Vec<String>>>,
+    tls: bool,
 }
 
 impl NatsServer {
@@ -26,6 +33,27 @@ impl NatsServer {
 
     /// Starts on `port` (0: a free one) with extra arguments (cluster routes ...).
     pub fn start_with(port: u16, extra: &[&str]) -> Result<NatsServer> {
+        Self::launch_new(port, extra, None, Vec::new(), false)
+    }
+
+    /// Starts on a free port with the configuration file `config`, reading `env` (variables
+    /// the file names); `tls` says whether the file turns TLS on (for [`Self::url`]). The
+    /// file enables JetStream itself (a `-js` flag would be dropped by a reload).
+    pub fn start_with_config(
+        config: &Path,
+        env: Vec<(String, String)>,
+        tls: bool,
+    ) -> Result<NatsServer> {
+        Self::launch_new(0, &[], Some(config.to_owned()), env, tls)
+    }
+
+    fn launch_new(
+        port: u16,
+        extra: &[&str],
+        config: Option<PathBuf>,
+        env: Vec<(String, String)>,
+        tls: bool,
+    ) -> Result<NatsServer> {
         let store = std::env::temp_dir().join(format!(
             "weft-nats-{}-{}",
             std::process::id(),
@@ -36,6 +64,10 @@ impl NatsServer {
             port,
             store,
             extra: extra.iter().map(|s| s.to_string()).collect(),
+            config,
+            env,
+            log: Arc::default(),
+            tls,
         };
         server.launch()?;
         Ok(server)
@@ -47,18 +79,27 @@ impl NatsServer {
         } else {
             self.port.to_string()
         };
-        let mut child = Command::new("nats-server")
-            .args(["-a", "0.0.0.0", "-p", &port, "-js", "-sd"])
-            .arg(&self.store)
+        let mut cmd = Command::new("nats-server");
+        if let Some(config) = &self.config {
+            cmd.arg("-c").arg(config);
+        }
+        cmd.args(["-a", "0.0.0.0", "-p", &port]);
+        if self.config.is_none() {
+            cmd.args(["-js", "-sd"]).arg(&self.store);
+        }
+        let mut child = cmd
             .args(&self.extra)
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
             .context("spawn nats-server (is it installed? .ci/deps installs it)")?;
         let stderr = child.stderr.take().expect("piped");
         let (tx, rx) = mpsc::channel();
-        // Reads the log for the port and readiness, then keeps draining it so the server
-        // never blocks on a full pipe.
+        let log = self.log.clone();
+        log.lock().unwrap().clear();
+        // Reads the log for the port and readiness, then keeps reading it (tests wait for
+        // lines in it) so the server never blocks on a full pipe.
         std::thread::spawn(move || {
             let mut port = None;
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
@@ -71,6 +112,11 @@ impl NatsServer {
                 if line.contains("Server is ready") {
                     let _ = tx.send(port);
                 }
+                let mut log = log.lock().unwrap();
+                // A bound, for servers that log a lot.
+                if log.len() < 100_000 {
+                    log.push(line);
+                }
             }
         });
         match rx.recv_timeout(Duration::from_secs(10)) {
@@ -82,7 +128,10 @@ impl NatsServer {
             _ => {
                 let _ = child.kill();
                 let _ = child.wait();
-                bail!("nats-server did not become ready within 10 s")
+                bail!(
+                    "nats-server did not become ready within 10 s:\n{}",
+                    self.log.lock().unwrap().join("\n")
+                )
             }
         }
     }
@@ -91,19 +140,67 @@ impl NatsServer {
         self.port
     }
 
-    /// `nats://127.0.0.1:<port>`
+    fn scheme(&self) -> &'static str {
+        if self.tls {
+            "tls"
+        } else {
+            "nats"
+        }
+    }
+
+    /// `nats://127.0.0.1:<port>` (`tls://` when the configuration turns TLS on).
     pub fn url(&self) -> String {
-        format!("nats://127.0.0.1:{}", self.port)
+        format!("{}://127.0.0.1:{}", self.scheme(), self.port)
     }
 
     /// `nats://<addr>:<port>`, for clients in other namespaces.
     pub fn url_at(&self, addr: &str) -> String {
-        format!("nats://{addr}:{}", self.port)
+        format!("{}://{addr}:{}", self.scheme(), self.port)
     }
 
     /// True between a start and a kill.
     pub fn is_running(&self) -> bool {
         self.child.is_some()
+    }
+
+    /// The server's log since its last start.
+    pub fn log(&self) -> Vec<String> {
+        self.log.lock().unwrap().clone()
+    }
+
+    /// Waits up to `timeout` for a log line containing `text`, after the first `skip` lines.
+    pub fn wait_log(&self, text: &str, skip: usize, timeout: Duration) -> Result<String> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(line) = self
+                .log
+                .lock()
+                .unwrap()
+                .iter()
+                .skip(skip)
+                .find(|l| l.contains(text))
+            {
+                return Ok(line.clone());
+            }
+            if Instant::now() > deadline {
+                bail!("nats-server logged no {text:?} within {timeout:?}");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Makes the server read its configuration file again (SIGHUP) and waits until it has.
+    pub fn reload(&self) -> Result<()> {
+        let child = self.child.as_ref().context("nats-server is not running")?;
+        let skip = self.log.lock().unwrap().len();
+        // SAFETY: kill(2) on the pid of our child, which has not been reaped.
+        unsafe { libc::kill(child.id() as i32, libc::SIGHUP) };
+        self.wait_log(
+            "Reloaded server configuration",
+            skip,
+            Duration::from_secs(10),
+        )
+        .map(|_| ())
     }
 
     /// Kills the server (SIGKILL: an outage, not a goodbye).
@@ -114,7 +211,7 @@ impl NatsServer {
         }
     }
 
-    /// Starts it again on the same port with the same store.
+    /// Starts it again on the same port with the same store and configuration.
     pub fn restart(&mut self) -> Result<()> {
         self.kill();
         self.launch()

@@ -3,16 +3,178 @@
 //! the interface its agent manages (`eth0`, cabled to the router). The router holds each
 //! pod's gateway (`10.0.<i>.1/24`) and forwards between pods, so pod `i` is meant to take
 //! `10.0.<i>.5/24` via `10.0.<i>.1`. Used by the end-to-end tests and the demo.
+//!
+//! The server runs as weft ships it ([`crate::natsconf`]): TLS on with certificates made for
+//! the stack ([`crate::pki`]), one nkey user per pod with the pod's permissions only, a
+//! control-plane user and a dashboard user. Adding a pod adds its user and reloads the
+//! server. [`Options`] turns parts of that off or changes them for a test.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context, Result};
+use weft_emitter::bus::Connection;
 
 use crate::agent::AgentProcess;
+use crate::control::ControlPlane;
 use crate::hub::{Hub, PodNs};
+use crate::identity::{write_secret, Auth, Identity};
 use crate::nats::NatsServer;
+use crate::natsconf::{
+    control_plane_permissions, dashboard_permissions, pod_inbox, pod_permissions, user_nkey,
+    Authorization, Credential, Permissions, ServerConfig, Tls, User, Value, WEFT_MAX_PAYLOAD,
+};
 use crate::netns::{veth, Netns};
+use crate::pki::{Ca, CertFiles};
+
+/// How the stack's server is set up.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// No TLS, no users: anyone connects (v1's stack).
+    pub plain: bool,
+    /// Mutual TLS: every client presents a certificate of the stack's CA.
+    pub mutual_tls: bool,
+    /// Pods may create the KV buckets (the shipped configuration leaves that to the control
+    /// plane).
+    pub pods_create_buckets: bool,
+    /// The server's `max_payload` (`None`: nats-server's default, 1 MiB).
+    pub max_payload: Option<u64>,
+}
+
+impl Default for Options {
+    fn default() -> Options {
+        Options {
+            plain: false,
+            mutual_tls: false,
+            pods_create_buckets: false,
+            max_payload: Some(WEFT_MAX_PAYLOAD),
+        }
+    }
+}
+
+/// The stack's certificates and credentials.
+#[derive(Debug)]
+pub struct Security {
+    pub ca: Ca,
+    pub server_cert: CertFiles,
+    pub control: Identity,
+    pub dashboard: Identity,
+    /// Each pod's identity, by pod id.
+    pub pods: BTreeMap<String, Identity>,
+    /// Users a test added, with their permissions.
+    pub others: BTreeMap<String, (Identity, Permissions)>,
+    /// The public nkey of every user, by identity name.
+    public_keys: BTreeMap<String, String>,
+    dir: PathBuf,
+    options: Options,
+}
+
+impl Security {
+    fn new(dir: &Path, options: &Options) -> Result<Security> {
+        let ca = Ca::new(dir, "weft-test-ca")?;
+        let server_cert = ca.server("nats-server")?;
+        let mut s = Security {
+            ca,
+            server_cert,
+            control: Identity {
+                name: String::new(),
+                auth: Auth::None,
+                ca: None,
+                client_cert: None,
+            },
+            dashboard: Identity {
+                name: String::new(),
+                auth: Auth::None,
+                ca: None,
+                client_cert: None,
+            },
+            pods: BTreeMap::new(),
+            others: BTreeMap::new(),
+            public_keys: BTreeMap::new(),
+            dir: dir.to_owned(),
+            options: options.clone(),
+        };
+        s.control = s.identity("control")?;
+        s.dashboard = s.identity("dashboard")?;
+        Ok(s)
+    }
+
+    /// A new identity with its own nkey (and client certificate under mutual TLS).
+    pub fn identity(&mut self, name: &str) -> Result<Identity> {
+        let (seed, public) = user_nkey();
+        let seed_file = write_secret(&self.dir.join(format!("{name}.nk")), &seed)?;
+        self.public_keys.insert(name.to_owned(), public);
+        Ok(Identity {
+            name: name.to_owned(),
+            auth: Auth::Nkey(seed_file),
+            ca: Some(self.ca.cert.clone()),
+            client_cert: if self.options.mutual_tls {
+                Some(self.ca.client(name)?)
+            } else {
+                None
+            },
+        })
+    }
+
+    /// The public nkey of identity `name`.
+    pub fn public_key(&self, name: &str) -> &str {
+        &self.public_keys[name]
+    }
+
+    /// The server configuration for the identities so far.
+    pub fn config(&self) -> ServerConfig {
+        let path = |p: &Path| Value::Literal(p.display().to_string());
+        let user = |name: &str, role: String, permissions: Permissions| User {
+            role,
+            credential: Credential::Nkey(Value::Literal(self.public_keys[name].clone())),
+            permissions,
+        };
+        let mut users: Vec<User> = self
+            .pods
+            .keys()
+            .map(|pod| {
+                let mut p = pod_permissions("weft", pod);
+                if self.options.pods_create_buckets {
+                    p.publish.push("$JS.API.STREAM.CREATE.KV_weft-specs".into());
+                    p.publish
+                        .push("$JS.API.STREAM.CREATE.KV_weft-status".into());
+                }
+                user(pod, format!("pod {pod}"), p)
+            })
+            .collect();
+        users.push(user(
+            "control",
+            "control plane".into(),
+            control_plane_permissions("weft"),
+        ));
+        users.push(user(
+            "dashboard",
+            "dashboard".into(),
+            dashboard_permissions("weft"),
+        ));
+        for (name, (_, p)) in &self.others {
+            users.push(user(name, format!("test user {name}"), p.clone()));
+        }
+        ServerConfig {
+            jetstream: Some(path(&self.dir.join("jetstream"))),
+            authorization: Authorization::Users(users),
+            tls: Some(Tls {
+                cert: path(&self.server_cert.cert),
+                key: path(&self.server_cert.key),
+                ca: path(&self.ca.cert),
+                verify: self.options.mutual_tls,
+            }),
+            max_payload: self.options.max_payload,
+        }
+    }
+
+    fn write(&self) -> Result<PathBuf> {
+        let conf = self.dir.join("nats-server.conf");
+        std::fs::write(&conf, self.config().render())?;
+        Ok(conf)
+    }
+}
 
 /// One pod of the stack.
 #[derive(Debug)]
@@ -46,25 +208,42 @@ pub struct Stack {
     pub router: Netns,
     pub nats: NatsServer,
     pub hub: Hub,
+    /// `None` for a plain stack.
+    pub security: Option<Security>,
     dir: PathBuf,
     agent_bin: PathBuf,
 }
 
 impl Stack {
-    /// Starts the hub with `nats-server` and the router. `agent_bin` is the `weft-agent`
-    /// binary to run in pods.
+    /// Starts the hub with `nats-server` (TLS and users on) and the router. `agent_bin` is
+    /// the `weft-agent` binary to run in pods.
     pub fn new(agent_bin: &Path) -> Result<Stack> {
+        Self::with(agent_bin, Options::default())
+    }
+
+    /// [`Self::new`] with other [`Options`].
+    pub fn with(agent_bin: &Path, options: Options) -> Result<Stack> {
         let hub = Hub::new()?;
-        let nats = hub.ns.enter(NatsServer::start)?;
-        let router = Netns::new("lan")?;
-        router.run("sysctl", &["-qw", "net.ipv4.ip_forward=1"])?;
         let dir = std::env::temp_dir().join(format!("weft-stack-{}", hub.ns.name()));
         std::fs::create_dir_all(&dir)?;
+        let (nats, security) = if options.plain {
+            (hub.ns.enter(NatsServer::start)?, None)
+        } else {
+            let security = Security::new(&dir.join("pki"), &options)?;
+            let conf = security.write()?;
+            let nats = hub
+                .ns
+                .enter(|| NatsServer::start_with_config(&conf, Vec::new(), true))?;
+            (nats, Some(security))
+        };
+        let router = Netns::new("lan")?;
+        router.run("sysctl", &["-qw", "net.ipv4.ip_forward=1"])?;
         Ok(Stack {
             pods: Vec::new(),
             router,
             nats,
             hub,
+            security,
             dir,
             agent_bin: agent_bin.to_owned(),
         })
@@ -83,6 +262,12 @@ impl Stack {
             "dev",
             &router_if,
         ])?;
+        if let Some(sec) = &mut self.security {
+            let identity = sec.identity(id)?;
+            sec.pods.insert(id.to_owned(), identity);
+            sec.write()?;
+            self.nats.reload()?;
+        }
         let state_dir = self.dir.join(format!("{id}-state"));
         let resolv_conf = self.dir.join(format!("{id}-resolv.conf"));
         self.pods.push(Pod {
@@ -104,7 +289,8 @@ impl Stack {
             .unwrap_or_else(|| panic!("no pod {id}"))
     }
 
-    /// The arguments an agent of `pod` runs with, before `extra`.
+    /// The arguments an agent of `pod` runs with, before `extra`: its NATS identity's flags
+    /// included.
     pub fn agent_args(&self, pod: &Pod, extra: &[&str]) -> Vec<String> {
         let mut args: Vec<String> = vec![
             "--nats-url".into(),
@@ -116,12 +302,88 @@ impl Stack {
             "--resolv-conf".into(),
             pod.resolv_conf.display().to_string(),
         ];
+        if let Some(sec) = &self.security {
+            args.extend(sec.pods[&pod.id].flags());
+        }
         args.extend(extra.iter().map(|s| s.to_string()));
         args
     }
 
+    /// The identity of role `name` (`control`, `dashboard`, a pod id or a user a test
+    /// added).
+    pub fn identity(&self, name: &str) -> Option<&Identity> {
+        let sec = self.security.as_ref()?;
+        match name {
+            "control" => Some(&sec.control),
+            "dashboard" => Some(&sec.dashboard),
+            other => sec
+                .pods
+                .get(other)
+                .or_else(|| sec.others.get(other).map(|(id, _)| id)),
+        }
+    }
+
+    /// Adds a user with `permissions` to the server (reloaded) and returns its identity
+    /// (on a plain stack: anyone may do anything, and the identity is anonymous).
+    pub fn add_user(&mut self, name: &str, permissions: Permissions) -> Result<Identity> {
+        let Some(sec) = &mut self.security else {
+            return Ok(Identity {
+                name: name.to_owned(),
+                auth: Auth::None,
+                ca: None,
+                client_cert: None,
+            });
+        };
+        let identity = sec.identity(name)?;
+        sec.others
+            .insert(name.to_owned(), (identity.clone(), permissions));
+        sec.write()?;
+        self.nats.reload()?;
+        Ok(identity)
+    }
+
+    /// A client of the hub's server as `name` (`control`, `dashboard` or a pod id, which
+    /// uses the pod's inbox prefix); anonymous on a plain stack.
+    pub async fn client(&self, name: &str) -> Result<Connection> {
+        let url = self.nats_url();
+        match self.identity(name) {
+            Some(id) => {
+                let inbox = self
+                    .pods
+                    .iter()
+                    .any(|p| p.id == name)
+                    .then(|| pod_inbox(name));
+                id.connect(&url, inbox).await
+            }
+            None => {
+                let plain = Identity {
+                    name: name.to_owned(),
+                    auth: Auth::None,
+                    ca: None,
+                    client_cert: None,
+                };
+                plain.connect(&url, None).await
+            }
+        }
+    }
+
+    /// A control plane connected as the control-plane user.
+    pub async fn control_plane(&self) -> Result<ControlPlane> {
+        Ok(ControlPlane::from(self.client("control").await?))
+    }
+
     /// Starts (or restarts) the agent of pod `id`.
     pub fn start_agent(&mut self, id: &str, extra: &[&str]) -> Result<()> {
+        self.start_agent_with_env(id, extra, &[])
+    }
+
+    /// [`Self::start_agent`] with environment variables set for the agent.
+    pub fn start_agent_with_env(
+        &mut self,
+        id: &str,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Result<()> {
         let i = self
             .pods
             .iter()
@@ -130,10 +392,11 @@ impl Stack {
         let args = self.agent_args(&self.pods[i], extra);
         let log = self.dir.join(format!("{id}-agent.log"));
         let pod = &mut self.pods[i];
-        pod.agent = Some(AgentProcess::spawn(
+        pod.agent = Some(AgentProcess::spawn_with_env(
             &pod.ns.ns,
             &self.agent_bin,
             &args,
+            env,
             log,
         )?);
         Ok(())

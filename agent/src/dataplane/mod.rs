@@ -199,6 +199,14 @@ impl Dataplane {
         }
     }
 
+    /// Installs the baseline firewall alone (policy drop; `--firewall-at-start baseline`,
+    /// before any spec is known) and reads it back.
+    pub fn apply_baseline_firewall(&mut self) -> Result<FirewallStatus, Error> {
+        let ruleset = firewall::render(&Default::default(), None);
+        self.firewall.apply(&ruleset)?;
+        Ok(self.firewall.observe(Some(&ruleset)))
+    }
+
     /// Reads back what the kernel holds for `spec`'s subsystems.
     pub fn observe(&mut self, spec: &ValidSpec) -> Observed {
         let mut observed = Observed {

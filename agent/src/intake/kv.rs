@@ -9,7 +9,7 @@
 //!   contract says for a message without headers). The watch reads the bucket's stream
 //!   directly because async-nats' KV entries drop the headers.
 //! - A put has no reply: a rejected value is logged and shown in the status `LastError`, as a
-//!   plain publish on the subject is.
+//!   plain publish on the subject is. Signatures (`--trust-keys`) are the put's headers.
 //! - Deleting or purging the key changes nothing in the kernel: the pod keeps its last
 //!   applied spec (and the state directory still holds it for restarts). The agent logs it.
 //!   Removing a pod's network is a spec, not the absence of one.
@@ -19,14 +19,12 @@ use std::time::Duration;
 use async_nats::jetstream::{self, consumer};
 use async_nats::{Client, HeaderMap};
 use futures::StreamExt;
-use tracing::{debug, info, warn};
-use weft_emitter::open_bucket;
-use weft_schema::codec::{HEADER_CONTENT_TYPE, HEADER_SCHEMA};
-use weft_schema::{PodId, Subjects};
+use tracing::{info, warn};
+use weft_emitter::bus::{header, open_bucket};
+use weft_emitter::rate::LogGate;
 
-use super::{header, read_spec, Intake};
+use super::{Backlog, Intake, SpecMessage};
 use crate::dataplane::error_line;
-use crate::reconciler::{Handle, Replier, Submission};
 
 /// Values kept per key in a spec bucket the agent creates: a few past generations, for
 /// whoever debugs a rollout.
@@ -57,19 +55,40 @@ pub fn operation(headers: Option<&HeaderMap>) -> Operation {
 }
 
 /// Watches the pod's key for ever: first its newest value, then every change. Any failure
-/// (no server yet, JetStream away, the consumer lost) is logged and the watch made again; the
-/// generations make a re-delivered value harmless (the same content is re-asserted).
-pub async fn watch(client: Client, subjects: Subjects, reconciler: Handle) {
-    let bucket = subjects.spec_bucket();
-    let key = subjects.pod().to_string();
+/// (no server yet, JetStream away, the consumer lost, no permission) is logged and the watch
+/// made again; the generations make a re-delivered value harmless (the same content is
+/// re-asserted). A failure that lasts is reported in the status `LastError`.
+pub(crate) async fn watch(client: Client, intake: &Intake, backlog: &Backlog) {
+    let bucket = intake.subjects.spec_bucket();
+    let key = intake.subjects.pod().to_string();
     let mut failing = false;
+    let mut gate = LogGate::default();
     loop {
-        match watch_once(&client, &subjects, &reconciler, &mut failing).await {
+        match watch_once(&client, intake, backlog, &mut failing, &mut gate).await {
             Ok(()) => warn!(bucket, key, "spec KV watch ended; watching again"),
             Err(e) => {
                 // An agent started before NATS fails here every second: say it once.
                 if !failing {
-                    warn!(bucket, key, cause = %error_line(e.as_ref()), "spec KV watch failed; retrying every second");
+                    let mut cause = error_line(e.as_ref());
+                    // A refused JetStream request is only a timeout to the client; the server
+                    // said why on the side.
+                    if let Some(said) = intake.link.server_errors().into_iter().rev().find(|e| {
+                        e.to_lowercase().contains("permissions violation")
+                            && e.contains(&format!("KV_{bucket}"))
+                    }) {
+                        cause = format!("{cause} (the server said: {said})");
+                    }
+                    warn!(bucket, key, %cause, "spec KV watch failed; retrying every second");
+                    // Connected, the server refused (no bucket and no right to create it, no
+                    // permission): a dashboard should see it. Before a connection it is the
+                    // outage, which the connection's own reports cover.
+                    if client.connection_state() == async_nats::connection::State::Connected {
+                        intake
+                            .reconciler
+                            .reject(weft_schema::text::last_error(&format!(
+                                "spec KV bucket {bucket} unusable: {cause}"
+                            )));
+                    }
                 }
                 failing = true;
             }
@@ -80,11 +99,12 @@ pub async fn watch(client: Client, subjects: Subjects, reconciler: Handle) {
 
 async fn watch_once(
     client: &Client,
-    subjects: &Subjects,
-    reconciler: &Handle,
+    intake: &Intake,
+    backlog: &Backlog,
     failing: &mut bool,
+    gate: &mut LogGate,
 ) -> Result<(), async_nats::Error> {
-    let (bucket, pod) = (&subjects.spec_bucket(), subjects.pod());
+    let (bucket, pod) = (&intake.subjects.spec_bucket(), intake.subjects.pod());
     let key = pod.as_str();
     let js = jetstream::new(client.clone());
     let store = open_bucket(&js, bucket, SPEC_HISTORY).await?;
@@ -93,6 +113,13 @@ async fn watch_once(
     let stream = js.get_stream(format!("KV_{bucket}")).await?;
     let mut messages = stream
         .create_consumer(consumer::push::OrderedConfig {
+            // Named, so the request names the filter too
+            // ($JS.API.CONSUMER.CREATE.<stream>.<name>.<filter>) and a server can let a pod
+            // create consumers of its own key only.
+            name: Some(format!(
+                "weft-spec-{key}-{}",
+                client.new_inbox().rsplit('.').next().unwrap_or("0")
+            )),
             deliver_subject: client.new_inbox(),
             description: Some(format!("weft-agent spec watch for {key}")),
             filter_subject: format!("$KV.{bucket}.{key}"),
@@ -107,7 +134,22 @@ async fn watch_once(
     *failing = false;
     while let Some(msg) = messages.next().await {
         match msg {
-            Ok(msg) => on_value(reconciler, pod, bucket, &msg),
+            Ok(msg) => {
+                let revision = msg.info().map(|i| i.stream_sequence).unwrap_or(0);
+                if let Operation::Removed(op) = operation(msg.headers.as_ref()) {
+                    warn!(
+                        bucket,
+                        key,
+                        revision,
+                        operation = op,
+                        "spec key removed; the kernel keeps the last applied spec"
+                    );
+                    continue;
+                }
+                let message = SpecMessage::from_nats(msg.headers.as_ref(), msg.payload.clone());
+                drop(msg);
+                backlog.push(message, None, gate);
+            }
             Err(e) => {
                 warn!(bucket, key, cause = %error_line(&e), "spec KV watch interrupted");
                 tokio::time::sleep(RETRY / 4).await;
@@ -115,42 +157,6 @@ async fn watch_once(
         }
     }
     Ok(())
-}
-
-fn on_value(reconciler: &Handle, pod: &PodId, bucket: &str, msg: &jetstream::Message) {
-    let key = pod.as_str();
-    let revision = msg.info().map(|i| i.stream_sequence).unwrap_or(0);
-    let headers = msg.headers.as_ref();
-    if let Operation::Removed(op) = operation(headers) {
-        warn!(
-            bucket,
-            key,
-            revision,
-            operation = op,
-            "spec key removed; the kernel keeps the last applied spec"
-        );
-        return;
-    }
-    let content_type = header(headers, HEADER_CONTENT_TYPE);
-    let schema = header(headers, HEADER_SCHEMA);
-    match read_spec(pod, content_type, schema, &msg.payload) {
-        Intake::Rejected { generation, error } => {
-            warn!(revision, generation, %error, "spec rejected");
-            reconciler.reject(error);
-        }
-        Intake::Valid(spec, wire) => {
-            debug!(
-                revision,
-                generation = spec.generation,
-                "spec received from KV"
-            );
-            reconciler.submit(Submission {
-                spec: *spec,
-                wire: *wire,
-                reply: Replier::new(None),
-            });
-        }
-    }
 }
 
 #[cfg(test)]

@@ -1,229 +1,305 @@
-//! Intake: the NATS side of the agent. Decodes specs by their headers, validates them into
-//! typed values, and hands valid ones to the reconciler. Bad input never reaches it: it is
-//! answered `Rejected` (when it came as a request), logged once with the reason, and shown in
-//! the status `LastError`. Also answers `status.get` with the newest status, stamped now.
+//! Intake: the NATS side of the agent's specs. Messages are taken off the subscription at
+//! once into a backlog bounded in bytes ([`BACKLOG_BYTES`]: when a burst overflows it, the
+//! oldest waiting messages are dropped unread, and a request among them is answered `Stale`);
+//! each is then read (signature, decode, validation: [`read_spec`]) on a blocking thread, off
+//! the runtime's workers, one at a time, and valid ones are handed to the reconciler, whose
+//! mailbox keeps the newest generation. Bad input never reaches it: it is answered
+//! `Rejected` (when it came as a request), logged (at most once a second per reason, with a
+//! count of those not logged), and shown in the status `LastError`; nothing in the kernel
+//! changes.
 //!
 //! Specs come from one source, never two: the plain subject, or with `--spec-source kv` the
-//! pod's key in the JetStream KV bucket (see [`kv`]). `status.get` is answered either way.
+//! pod's key in the JetStream KV bucket (see [`kv`]). `status.get` is answered by the emitter
+//! crate ([`weft_emitter::status_get`]).
+//!
+//! A request whose reply subject is under `<prefix>.` (or a `$` subject) is handled as a
+//! plain publish: applied or rejected, answered nowhere, logged.
 
 pub mod kv;
+mod message;
 
-use std::sync::Arc;
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+use std::time::{SystemTime, UNIX_EPOCH};
 
-use async_nats::{Client, HeaderMap, Message};
+use async_nats::{Client, Subject};
 use bytes::Bytes;
 use futures::StreamExt;
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, Notify};
 use tracing::{debug, info, warn};
-use weft_emitter::{headers, stamp, Clock};
-use weft_schema::codec::{decode_message, HEADER_CONTENT_TYPE, HEADER_SCHEMA};
-use weft_schema::validate::ValidSpec;
-use weft_schema::{ApplyReply, ApplyResult, Encoding, PodId, PodSpec, Subjects};
+use weft_emitter::bus::{headers, reply_allowed, reply_encoding};
+use weft_emitter::fit;
+use weft_emitter::rate::LogGate;
+use weft_schema::codec::MAX_BODY_BYTES;
+use weft_schema::sign::TrustKeys;
+use weft_schema::{ApplyReply, ApplyResult, Encoding, Subjects};
 
 use crate::config::SpecSource;
 use crate::reconciler::{Handle, Replier, Submission};
+pub use message::{expired, read_spec, Read, Reason, SpecMessage};
 
-/// A header's value, its name matched case-insensitively (NATS keeps names as sent).
-fn header<'a>(headers: Option<&'a HeaderMap>, name: &str) -> Option<&'a str> {
-    headers?
-        .iter()
-        .find(|(k, _)| AsRef::<str>::as_ref(*k).eq_ignore_ascii_case(name))
-        .and_then(|(_, v)| v.first())
-        .map(|v| v.as_str())
+/// What intake needs besides the connection.
+#[derive(Debug, Clone)]
+pub struct Intake {
+    pub subjects: Subjects,
+    pub reconciler: Handle,
+    pub trust: Option<Arc<TrustKeys>>,
+    /// The connection's state: what the server refused, to say why a JetStream call failed.
+    pub link: weft_emitter::bus::Link,
 }
 
-/// The outcome of reading one spec message.
+/// The most bytes of spec bodies waiting to be read: two of the largest.
+pub const BACKLOG_BYTES: usize = 2 * MAX_BODY_BYTES;
+/// The most spec messages waiting to be read, whatever their size.
+pub const BACKLOG_MESSAGES: usize = 4096;
+
+/// Where an answer goes: the request's reply subject and encoding.
 #[derive(Debug)]
-pub enum Intake {
-    Valid(Box<ValidSpec>, Box<PodSpec>),
-    /// Did not decode or validate. `generation` is 0 when the body did not decode.
-    Rejected {
-        generation: u64,
-        error: String,
-    },
+pub(crate) struct ReplyTo {
+    client: Client,
+    subject: Subject,
+    encoding: Encoding,
+    pod: String,
 }
 
-/// Decodes and validates one spec body. Pure: no I/O.
-pub fn read_spec(
-    pod: &PodId,
-    content_type: Option<&str>,
-    schema_version: Option<&str>,
-    body: &[u8],
-) -> Intake {
-    match decode_message::<PodSpec>(content_type, schema_version, body) {
-        Err(e) => Intake::Rejected {
-            generation: 0,
-            error: format!("spec rejected: {}", e.to_line()),
-        },
-        Ok((_, wire)) => match ValidSpec::validate(&wire, pod) {
-            Ok(spec) => Intake::Valid(Box::new(spec), Box::new(wire)),
-            Err(errs) => Intake::Rejected {
-                generation: wire.generation,
-                error: format!("generation {} rejected: {errs}", wire.generation),
-            },
-        },
+/// A message waiting to be read, and where its answer goes.
+type Waiting = (SpecMessage, Option<ReplyTo>);
+
+/// Messages waiting to be read, newest last, and their bodies' bytes.
+#[derive(Debug, Default)]
+pub(crate) struct Backlog {
+    waiting: Mutex<(VecDeque<Waiting>, usize)>,
+    arrived: Notify,
+}
+
+impl Backlog {
+    /// Adds a message; drops (and answers) the oldest ones while the backlog is over its
+    /// bounds. The newest is never dropped.
+    pub(crate) fn push(&self, message: SpecMessage, reply: Option<ReplyTo>, gate: &mut LogGate) {
+        let mut dropped = Vec::new();
+        {
+            let mut w = self.waiting.lock().unwrap_or_else(|p| p.into_inner());
+            w.1 += message.body.len();
+            w.0.push_back((message, reply));
+            while w.0.len() > 1 && (w.1 > BACKLOG_BYTES || w.0.len() > BACKLOG_MESSAGES) {
+                let (old, reply) = w.0.pop_front().expect("more than one");
+                w.1 -= old.body.len();
+                dropped.push(reply);
+            }
+        }
+        if !dropped.is_empty() {
+            if let Some(skipped) = gate.pass("backlog") {
+                warn!(
+                    dropped = dropped.len(),
+                    skipped,
+                    "specs dropped unread: newer ones arrived faster than they could be read"
+                );
+            }
+            for to in dropped.into_iter().flatten() {
+                let reply = ApplyReply {
+                    pod_id: String::new(),
+                    generation: 0,
+                    result: ApplyResult::Stale,
+                    error: "dropped unread: newer specs arrived while it waited".into(),
+                    apply_micros: 0,
+                };
+                tokio::spawn(send(to, reply));
+            }
+        }
+        self.arrived.notify_one();
+    }
+
+    /// The oldest waiting message, when there is one.
+    async fn next(&self) -> Waiting {
+        loop {
+            {
+                let mut w = self.waiting.lock().unwrap_or_else(|p| p.into_inner());
+                if let Some((message, reply)) = w.0.pop_front() {
+                    w.1 -= message.body.len();
+                    return (message, reply);
+                }
+            }
+            self.arrived.notified().await;
+        }
     }
 }
 
-/// The encoding of a reply: the request's, when it named one of the two, else JSON.
-fn reply_encoding(content_type: Option<&str>) -> Encoding {
-    Encoding::from_content_type(content_type).unwrap_or(Encoding::Json)
-}
-
-/// Serves status.get, and specs from `source`, until the subscriptions end (or, for KV, for
-/// ever: the watch is re-made after any failure).
-pub async fn run<C: Clock>(
+/// Serves specs from `source` until the subscription ends (or, for KV, for ever: the watch
+/// is re-made after any failure).
+pub async fn run(
     client: Client,
-    subjects: Subjects,
+    intake: Intake,
     source: SpecSource,
-    reconciler: Handle,
-    clock: Arc<C>,
 ) -> Result<(), async_nats::SubscribeError> {
-    let mut gets = client.subscribe(subjects.status_get()).await?;
+    let backlog = Backlog::default();
+    let reading = async {
+        let mut gate = LogGate::default();
+        loop {
+            let (message, reply) = backlog.next().await;
+            intake.take(message, reply, &mut gate).await;
+        }
+    };
+    tokio::pin!(reading);
     match source {
         SpecSource::Subject => {
-            let mut specs = client.subscribe(subjects.spec()).await?;
-            info!(subject = %subjects.spec(), "subscribed");
+            let mut specs = client.subscribe(intake.subjects.spec()).await?;
+            info!(subject = %intake.subjects.spec(), "subscribed");
+            let mut gate = LogGate::default();
             loop {
-                tokio::select! {
-                    Some(msg) = specs.next() => on_spec(&client, &subjects, &reconciler, msg),
-                    Some(msg) = gets.next() => on_status_get(&client, &reconciler, clock.as_ref(), msg).await,
-                    else => return Ok(()),
-                }
+                let msg = tokio::select! {
+                    msg = specs.next() => match msg {
+                        Some(msg) => msg,
+                        None => return Ok(()),
+                    },
+                    () = &mut reading => unreachable!("reading never ends"),
+                };
+                let reply = msg.reply.and_then(|to| {
+                    if reply_allowed(intake.subjects.prefix(), &to) {
+                        return Some(ReplyTo {
+                            client: client.clone(),
+                            pod: intake.subjects.pod().to_string(),
+                            subject: to,
+                            encoding: reply_encoding(weft_emitter::bus::header(
+                                msg.headers.as_ref(),
+                                weft_schema::codec::HEADER_CONTENT_TYPE,
+                            )),
+                        });
+                    }
+                    if let Some(skipped) = gate.pass("reply subject") {
+                        warn!(
+                            reply = %weft_schema::text::quote(&to),
+                            skipped,
+                            "spec handled as a plain publish: its reply subject is under the \
+                             subject prefix or a system subject, so it is not answered"
+                        );
+                    }
+                    None
+                });
+                let message = SpecMessage::from_nats(msg.headers.as_ref(), msg.payload);
+                backlog.push(message, reply, &mut gate);
             }
         }
         SpecSource::Kv => {
-            let watch = kv::watch(client.clone(), subjects.clone(), reconciler.clone());
-            tokio::pin!(watch);
-            loop {
-                tokio::select! {
-                    () = &mut watch => return Ok(()),
-                    Some(msg) = gets.next() => on_status_get(&client, &reconciler, clock.as_ref(), msg).await,
-                    else => return Ok(()),
-                }
+            tokio::select! {
+                () = kv::watch(client, &intake, &backlog) => Ok(()),
+                () = &mut reading => unreachable!("reading never ends"),
             }
         }
     }
 }
 
-fn on_spec(client: &Client, subjects: &Subjects, reconciler: &Handle, msg: Message) {
-    let content_type = header(msg.headers.as_ref(), HEADER_CONTENT_TYPE);
-    let schema = header(msg.headers.as_ref(), HEADER_SCHEMA);
-    let encoding = reply_encoding(content_type);
-    let pod = subjects.pod();
-    match read_spec(pod, content_type, schema, &msg.payload) {
-        Intake::Rejected { generation, error } => {
-            warn!(generation, %error, "spec rejected");
-            reconciler.reject(error.clone());
-            if let Some(to) = msg.reply {
-                let reply = ApplyReply {
-                    pod_id: pod.to_string(),
-                    generation,
-                    result: ApplyResult::Rejected,
-                    error,
-                    apply_micros: 0,
-                };
-                let client = client.clone();
-                tokio::spawn(async move { send(&client, to, encoding, &reply).await });
+impl Intake {
+    /// Reads one message off the runtime's workers and acts on what it is.
+    pub(crate) async fn take(
+        &self,
+        message: SpecMessage,
+        reply: Option<ReplyTo>,
+        gate: &mut LogGate,
+    ) {
+        let (pod, trust) = (self.subjects.pod().clone(), self.trust.clone());
+        // One message at a time: a burst waits in the subscription's small queue, so at most
+        // one body is being decoded, whatever arrives.
+        let read = tokio::task::spawn_blocking(move || {
+            let read = read_spec(&pod, trust.as_deref(), &message);
+            (message, read)
+        })
+        .await;
+        let (message, read) = match read {
+            Ok(done) => done,
+            Err(e) => {
+                // A panic in decoding is a bug; the spec is refused, the agent goes on.
+                warn!(cause = %e, "spec decoding failed");
+                return;
             }
-        }
-        Intake::Valid(spec, wire) => {
-            debug!(generation = spec.generation, "spec received");
-            let (tx, rx) = match msg.reply {
-                Some(_) => {
-                    let (tx, rx) = oneshot::channel();
-                    (Some(tx), Some(rx))
+        };
+        let read = match read {
+            Read::Valid { spec, .. } if expired(&spec, unix_now()).is_some() => Read::Rejected {
+                generation: spec.generation,
+                error: expired(&spec, unix_now()).expect("checked"),
+                reason: Reason::Expired,
+            },
+            other => other,
+        };
+        self.deliver(message, read, reply, gate);
+    }
+
+    /// Hands a valid spec to the reconciler, or records and answers a rejection.
+    fn deliver(
+        &self,
+        message: SpecMessage,
+        read: Read,
+        reply: Option<ReplyTo>,
+        gate: &mut LogGate,
+    ) {
+        let pod = self.subjects.pod();
+        match read {
+            Read::Rejected {
+                generation,
+                error,
+                reason,
+            } => {
+                drop(message);
+                if let Some(skipped) = gate.pass(reason.as_str()) {
+                    warn!(generation, %error, skipped, "spec rejected");
                 }
-                None => (None, None),
-            };
-            reconciler.submit(Submission {
-                spec: *spec,
-                wire: *wire,
-                reply: Replier::new(tx),
-            });
-            // The reply waits for the apply without holding up the next message, so a burst
-            // reaches the mailbox (and coalesces) while an apply runs.
-            if let (Some(to), Some(rx)) = (msg.reply, rx) {
-                let client = client.clone();
-                tokio::spawn(async move {
-                    if let Ok(reply) = rx.await {
-                        send(&client, to, encoding, &reply).await;
+                self.reconciler.reject(error.clone());
+                if let Some(to) = reply {
+                    let reply = ApplyReply {
+                        pod_id: pod.to_string(),
+                        generation,
+                        result: ApplyResult::Rejected,
+                        error,
+                        apply_micros: 0,
+                    };
+                    tokio::spawn(async move { send(to, reply).await });
+                }
+            }
+            Read::Valid { spec, signed_by } => {
+                debug!(generation = spec.generation, "spec received");
+                let (tx, rx) = match reply {
+                    Some(to) => {
+                        let (tx, rx) = oneshot::channel();
+                        (Some(tx), Some((to, rx)))
                     }
+                    None => (None, None),
+                };
+                self.reconciler.submit(Submission {
+                    spec: *spec,
+                    kept: message,
+                    signed_by,
+                    reply: Replier::new(tx),
                 });
+                // The reply waits for the apply without holding up the next message, so a
+                // burst reaches the mailbox (and coalesces) while an apply runs.
+                if let Some((to, rx)) = rx {
+                    tokio::spawn(async move {
+                        if let Ok(reply) = rx.await {
+                            send(to, reply).await;
+                        }
+                    });
+                }
             }
         }
     }
 }
 
-async fn on_status_get<C: Clock>(client: &Client, reconciler: &Handle, clock: &C, msg: Message) {
-    let Some(to) = msg.reply else { return };
-    let encoding = reply_encoding(header(msg.headers.as_ref(), HEADER_CONTENT_TYPE));
-    let mut status = reconciler.status().borrow().clone();
-    stamp(&mut status, clock.now_unix_ms());
-    send(client, to, encoding, &status).await;
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
-async fn send<T: serde::Serialize>(
-    client: &Client,
-    to: async_nats::Subject,
-    encoding: Encoding,
-    value: &T,
-) {
-    let body = Bytes::from(encoding.encode(value));
-    if let Err(e) = client
-        .publish_with_headers(to, headers(encoding), body)
+async fn send(to: ReplyTo, mut reply: ApplyReply) {
+    if reply.pod_id.is_empty() {
+        reply.pod_id = to.pod.clone();
+    }
+    fit::bound_reply(&mut reply);
+    let body = Bytes::from(to.encoding.encode(&reply));
+    if let Err(e) = to
+        .client
+        .publish_with_headers(to.subject, headers(to.encoding), body)
         .await
     {
         warn!(cause = %e, "reply not sent");
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn pod() -> PodId {
-        PodId::parse("web-1").unwrap()
-    }
-
-    #[test]
-    fn bad_bodies_are_rejected_with_generation_0() {
-        let Intake::Rejected { generation, error } = read_spec(&pod(), None, None, b"{") else {
-            panic!()
-        };
-        assert_eq!(generation, 0);
-        assert!(error.starts_with("spec rejected: invalid JSON"), "{error}");
-        let Intake::Rejected { error, .. } = read_spec(&pod(), Some("text/yaml"), None, b"{}")
-        else {
-            panic!()
-        };
-        assert!(error.contains("text/yaml"), "{error}");
-        let Intake::Rejected { error, .. } = read_spec(&pod(), None, Some("2"), b"{}") else {
-            panic!()
-        };
-        assert!(error.contains("Weft-Schema"), "{error}");
-    }
-
-    #[test]
-    fn invalid_specs_are_rejected_with_their_generation() {
-        let body = br#"{"PodId":"web-2","Generation":9}"#;
-        let Intake::Rejected { generation, error } = read_spec(&pod(), None, None, body) else {
-            panic!()
-        };
-        assert_eq!(generation, 9);
-        assert_eq!(
-            error,
-            "generation 9 rejected: PodId: web-2 is not this agent's pod (web-1)"
-        );
-    }
-
-    #[test]
-    fn replies_follow_the_request_encoding() {
-        assert_eq!(
-            reply_encoding(Some("application/x-bincode")),
-            Encoding::Bincode
-        );
-        assert_eq!(reply_encoding(Some("text/plain")), Encoding::Json);
-        assert_eq!(reply_encoding(None), Encoding::Json);
     }
 }

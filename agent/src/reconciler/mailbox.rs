@@ -10,14 +10,18 @@ use std::time::Instant;
 
 use tokio::sync::oneshot;
 use weft_schema::validate::ValidSpec;
-use weft_schema::{ApplyReply, ApplyResult, PodId, PodSpec};
+use weft_schema::{ApplyReply, ApplyResult, PodId};
+
+use crate::intake::SpecMessage;
 
 /// A valid spec on its way to the kernel.
 #[derive(Debug)]
 pub struct Submission {
     pub spec: ValidSpec,
-    /// As received, kept in the state directory once applied.
-    pub wire: PodSpec,
+    /// As received (headers and body), kept in the state directory once applied.
+    pub kept: SpecMessage,
+    /// The key that signed it, when signatures are checked.
+    pub signed_by: Option<String>,
     pub reply: Replier,
 }
 
@@ -147,9 +151,10 @@ mod tests {
 
     fn sub(generation: u64) -> (Submission, oneshot::Receiver<ApplyReply>) {
         let pod = PodId::parse("p").unwrap();
-        let wire = PodSpec {
+        let wire = weft_schema::PodSpec {
             pod_id: "p".into(),
             generation,
+            not_after_unix: None,
             network: None,
             firewall: None,
             wireguard: None,
@@ -159,7 +164,8 @@ mod tests {
         (
             Submission {
                 spec,
-                wire,
+                kept: SpecMessage::default(),
+                signed_by: None,
                 reply: Replier::new(Some(tx)),
             },
             rx,

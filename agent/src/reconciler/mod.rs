@@ -10,15 +10,20 @@ pub mod mailbox;
 mod status;
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use tokio::sync::watch;
 use tracing::{error, info, info_span, warn};
+use weft_emitter::rate::LogGate;
+use weft_schema::sign::TrustKeys;
+use weft_schema::text::rfc3339;
 use weft_schema::validate::ValidSpec;
-use weft_schema::{ApplyResult, PodId, PodStatus};
+use weft_schema::{ApplyResult, FirewallStatus, Overall, PodId, PodStatus};
 
+use crate::config::FirewallAtStart;
 use crate::dataplane::events::{Hints, KernelEvents};
 use crate::dataplane::{self, Dataplane, Failure, Observed};
+use crate::intake::{read_spec, Read};
 use crate::state::StateDir;
 use drift::{Budgets, Drift};
 pub use mailbox::{Inbox, Mailbox, Replier, Submission};
@@ -66,6 +71,32 @@ pub struct Reconciler {
     observed: Option<Observed>,
     drift: Drift,
     budgets: Budgets,
+    /// Keys a kept spec must be signed with (`--trust-keys`).
+    trust: Option<Arc<TrustKeys>>,
+    /// The key that signed the applied spec.
+    signed_by: Option<String>,
+    /// The baseline firewall installed at start, before any spec (`--firewall-at-start`).
+    baseline: Option<FirewallStatus>,
+    /// Stale and conflicting specs are logged at most once a second each.
+    log_gate: LogGate,
+    /// Answers held until the status they change is out (see [`Self::take_answers`]).
+    answers: Vec<Answer>,
+}
+
+/// An answer to a spec, to send once the status it changed is published.
+#[derive(Debug)]
+pub struct Answer {
+    reply: Replier,
+    generation: u64,
+    result: ApplyResult,
+    error: String,
+}
+
+impl Answer {
+    pub fn send(self, pod: &PodId) {
+        self.reply
+            .send(pod, self.generation, self.result, self.error);
+    }
 }
 
 impl Reconciler {
@@ -80,28 +111,98 @@ impl Reconciler {
             observed: None,
             drift: Drift::default(),
             budgets: Budgets::new(Instant::now()),
+            trust: None,
+            signed_by: None,
+            baseline: None,
+            log_gate: LogGate::default(),
+            answers: Vec::new(),
         }
+    }
+
+    /// The answers of the specs handled since the last call. The actor sends them after it
+    /// published the status, so a control plane that asks for the status once it has its
+    /// answer sees what the answer says.
+    pub fn take_answers(&mut self) -> Vec<Answer> {
+        std::mem::take(&mut self.answers)
+    }
+
+    fn answer(&mut self, reply: Replier, generation: u64, result: ApplyResult, error: String) {
+        self.answers.push(Answer {
+            reply,
+            generation,
+            result,
+            error,
+        });
+    }
+
+    /// Checks kept and incoming specs against these keys.
+    pub fn trusting(mut self, trust: Option<Arc<TrustKeys>>) -> Reconciler {
+        self.trust = trust;
+        self
     }
 
     /// Applies the spec kept in the state directory, if any: after a restart the kernel is
     /// brought back to the last applied generation before NATS is even reachable. Only what
-    /// drifted is written.
-    pub fn restore(&mut self) {
+    /// drifted is written. The kept spec is verified again (signature, decode, validation)
+    /// first, and not applied when the agent crashed while applying it twice in a row. With
+    /// nothing applied and `--firewall-at-start baseline`, installs the baseline firewall.
+    pub fn restore(&mut self, firewall_at_start: FirewallAtStart) {
+        self.restore_kept();
+        if self.applied.is_none() && firewall_at_start == FirewallAtStart::Baseline {
+            match self.dataplane.apply_baseline_firewall() {
+                Ok(status) => {
+                    info!("baseline firewall installed; waiting for a spec");
+                    self.baseline = Some(status);
+                }
+                Err(error) => {
+                    error!(error = %ErrorLine(&error), "baseline firewall not installed");
+                    self.failures = vec![Failure {
+                        subsystem: weft_schema::Subsystem::Firewall,
+                        error,
+                    }];
+                }
+            }
+        }
+    }
+
+    fn restore_kept(&mut self) {
+        let dir = self.state.path().display().to_string();
         let kept = match self.state.load_spec() {
             Ok(Some(kept)) => kept,
             Ok(None) => return,
             Err(e) => {
-                warn!(cause = %dataplane::error_line(&e), "kept spec unreadable; waiting for one");
+                let e = dataplane::error_line(&e);
+                warn!(cause = %e, "kept spec unreadable; waiting for a new spec");
+                self.rejection = Some(format!("kept spec unreadable: {e}; waiting for a new spec"));
                 return;
             }
         };
-        match ValidSpec::validate(&kept, &self.pod) {
-            Ok(spec) => {
-                info!(generation = spec.generation, "re-asserting the kept spec");
-                self.apply(spec);
+        let (spec, signed_by) = match read_spec(&self.pod, self.trust.as_deref(), &kept) {
+            Read::Valid { spec, signed_by } => (*spec, signed_by),
+            Read::Rejected { error, .. } => {
+                let line = format!(
+                    "kept spec in {dir} does not verify ({error}); not applied, waiting for a new spec"
+                );
+                warn!(error = %line, "kept spec not applied");
+                self.rejection = Some(line);
+                return;
             }
-            Err(e) => warn!(errors = %e, "kept spec is not valid for this pod; ignored"),
+        };
+        drop(kept);
+        if let Some(a) = self.state.applying() {
+            if a.generation == spec.generation && a.attempts >= 2 {
+                let line = format!(
+                    "kept spec generation {} crashed the agent; waiting for a new spec",
+                    spec.generation
+                );
+                error!(attempts = a.attempts, error = %line, "kept spec not applied");
+                self.rejection = Some(line);
+                return;
+            }
         }
+        info!(generation = spec.generation, "re-asserting the kept spec");
+        self.signed_by = signed_by;
+        self.apply(spec);
     }
 
     /// Learns from the kept spec which objects an earlier agent process made, without
@@ -111,7 +212,7 @@ impl Reconciler {
         let Ok(Some(kept)) = self.state.load_spec() else {
             return;
         };
-        if let Ok(spec) = ValidSpec::validate(&kept, &self.pod) {
+        if let Read::Valid { spec, .. } = read_spec(&self.pod, None, &kept) {
             if let Some(wg) = &spec.wireguard {
                 self.dataplane.inherit_wireguard(wg.interface.as_str());
             }
@@ -124,8 +225,12 @@ impl Reconciler {
         match decide(self.applied.as_ref(), &sub.spec) {
             Decision::Stale => {
                 let applied = self.applied_generation();
-                info!(generation, applied, "stale spec ignored");
-                sub.answer(
+                if let Some(skipped) = self.log_gate.pass("stale") {
+                    info!(generation, applied, skipped, "stale spec ignored");
+                }
+                self.answer(
+                    sub.reply,
+                    generation,
                     ApplyResult::Stale,
                     format!(
                         "generation {generation} is older than the applied generation {applied}"
@@ -134,32 +239,51 @@ impl Reconciler {
             }
             Decision::Conflict => {
                 let e = format!("generation {generation} was already applied with other content");
-                warn!(generation, error = %e, "spec rejected");
+                if let Some(skipped) = self.log_gate.pass("conflict") {
+                    warn!(generation, error = %e, skipped, "spec rejected");
+                }
                 self.rejection = Some(e.clone());
-                sub.answer(ApplyResult::Rejected, e);
+                self.answer(sub.reply, generation, ApplyResult::Rejected, e);
             }
             Decision::Apply | Decision::Reassert => {
-                let Submission { spec, wire, reply } = sub;
+                let Submission {
+                    spec,
+                    kept,
+                    signed_by,
+                    reply,
+                } = sub;
                 // Kept before the kernel is touched: a crash mid-apply restarts into this
                 // generation, not the previous one.
-                if let Err(e) = self.state.save_spec(&wire) {
+                if let Err(e) = self.state.save_spec(&kept) {
                     error!(cause = %dataplane::error_line(&e), "cannot keep the spec; a restart will not restore it");
                 }
+                // The body may hold private keys: not held longer than needed.
+                drop(kept);
+                self.signed_by = signed_by;
                 self.apply(spec);
                 let (result, error) = if self.failures.is_empty() {
                     (ApplyResult::Applied, String::new())
                 } else {
                     (ApplyResult::Failed, failure_line(&self.failures))
                 };
-                reply.send(&self.pod, generation, result, error);
+                self.answer(reply, generation, result, error);
             }
         }
     }
 
-    /// Applies `spec` and reads the kernel back. What failed is kept in `failures`.
+    /// Applies `spec` and reads the kernel back. What failed is kept in `failures`. The state
+    /// directory records the apply while it runs: if the process dies in it, the next start
+    /// knows.
     fn apply(&mut self, spec: ValidSpec) {
+        if let Err(e) = self.state.begin_apply(spec.generation) {
+            warn!(cause = %dataplane::error_line(&e), "cannot record the apply; a crash in it would not be noticed");
+        }
+        #[cfg(debug_assertions)]
+        injected_fault(spec.generation);
         let started = Instant::now();
         self.failures = self.dataplane.apply(&spec);
+        self.state.end_apply();
+        self.baseline = None;
         info!(
             generation = spec.generation,
             failed = self.failures.len(),
@@ -244,14 +368,51 @@ impl Reconciler {
 
     /// The status as of the last observation (unstamped: the emitter stamps it).
     pub fn status(&self) -> PodStatus {
-        compose(
+        let expired = self.expired(unix_now());
+        let rejection = match (self.rejection.as_deref(), expired.as_deref()) {
+            (Some(r), Some(e)) => Some(format!("{r}; {e}")),
+            (r, e) => r.or(e).map(str::to_owned),
+        };
+        let baseline = self.baseline.as_ref().map(|firewall| Observed {
+            network: None,
+            firewall: firewall.clone(),
+            wireguard: None,
+        });
+        let mut status = compose(
             &self.pod,
             self.applied.as_ref().map(|s| s.generation),
-            self.observed.as_ref(),
-            self.rejection.as_deref(),
+            self.observed.as_ref().or(baseline.as_ref()),
+            rejection.as_deref(),
             &self.failures,
             &self.drift,
-        )
+        );
+        status.signed_by = self.trust.as_ref().and(self.signed_by.clone());
+        if self.baseline.is_some() && status.overall == Overall::Healthy {
+            status.overall = Overall::Pending; // a baseline is not a spec
+        }
+        status
+    }
+
+    /// `spec expired at ...` once the applied spec is past its `NotAfterUnix`: the kernel
+    /// keeps it, the status says so until a fresh spec arrives.
+    fn expired(&self, now_unix: u64) -> Option<String> {
+        let not_after = self.applied.as_ref()?.not_after_unix?;
+        (now_unix > not_after).then(|| {
+            format!(
+                "spec expired at {} (NotAfterUnix {not_after}); the kernel keeps it until a \
+                 fresh spec arrives",
+                rfc3339(not_after)
+            )
+        })
+    }
+
+    /// When the applied spec expires, if it has not yet.
+    fn expiry_deadline(&self) -> Option<Instant> {
+        let not_after = self.applied.as_ref()?.not_after_unix?;
+        let now = unix_now();
+        (now <= not_after).then(|| {
+            Instant::now() + Duration::from_secs((not_after - now).saturating_add(1).min(1 << 32))
+        })
     }
 
     fn applied_generation(&self) -> u64 {
@@ -261,6 +422,16 @@ impl Reconciler {
     pub fn shutdown(&mut self) {
         self.dataplane.shutdown();
     }
+}
+
+/// How the reconciler starts.
+#[derive(Debug, Clone)]
+pub struct Start {
+    /// Full resync with the kernel at least this often.
+    pub resync_every: Duration,
+    /// Keys specs (the kept one included) must be signed with.
+    pub trust: Option<Arc<TrustKeys>>,
+    pub firewall_at_start: FirewallAtStart,
 }
 
 /// The actor's side of the reconciler: send it specs and rejections, watch its status.
@@ -276,7 +447,7 @@ impl Handle {
     pub fn spawn(
         pod: PodId,
         settings: dataplane::Settings,
-        resync_every: Duration,
+        start: Start,
     ) -> anyhow::Result<(Handle, std::thread::JoinHandle<()>)> {
         let mailbox = Arc::new(Mailbox::new()?);
         let state = StateDir::open(&settings.state_dir)?;
@@ -303,10 +474,10 @@ impl Handle {
                 let events = KernelEvents::open(&settings.resolv_conf)
                     .map_err(|e| warn!(cause = %e, "no kernel events; drift is found by the periodic checks only"))
                     .ok();
-                let mut rec = Reconciler::new(pod, dataplane, state);
-                rec.restore();
+                let mut rec = Reconciler::new(pod, dataplane, state).trusting(start.trust);
+                rec.restore(start.firewall_at_start);
                 status_tx.send_replace(rec.status());
-                run(&mut rec, &mb, events, &status_tx, resync_every);
+                run(&mut rec, &mb, events, &status_tx, start.resync_every);
                 rec.shutdown();
             })?;
         opened_rx
@@ -375,7 +546,7 @@ fn run(
         fds.extend(ev.fds());
     }
     loop {
-        let deadline = [Some(next_resync), held_back]
+        let deadline = [Some(next_resync), held_back, rec.expiry_deadline()]
             .into_iter()
             .flatten()
             .min()
@@ -419,6 +590,27 @@ fn run(
                 changed
             });
         }
+        let pod = rec.pod.clone();
+        for answer in rec.take_answers() {
+            answer.send(&pod);
+        }
+    }
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// A fault for tests, in debug builds only: `WEFT_FAULT_PANIC_AT_GENERATION=N` panics in the
+/// apply of generation N, which must end the process with a non-zero status and, twice in a
+/// row, keep the kept spec from being applied at the next start.
+#[cfg(debug_assertions)]
+fn injected_fault(generation: u64) {
+    let wanted = std::env::var("WEFT_FAULT_PANIC_AT_GENERATION").ok();
+    if wanted.and_then(|v| v.parse::<u64>().ok()) == Some(generation) {
+        panic!("injected fault in the apply of generation {generation}");
     }
 }
 

@@ -69,6 +69,7 @@ pub fn compose(
         published_at_unix_ms: 0,
         drift_repairs: drift.repairs,
         last_drift: drift.last.clone(),
+        signed_by: None,
         network,
         firewall,
         wireguard,

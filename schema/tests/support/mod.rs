@@ -115,6 +115,7 @@ pub fn full_spec() -> PodSpec {
     PodSpec {
         pod_id: POD.into(),
         generation: 7,
+        not_after_unix: Some(1_763_782_800),
         network: Some(NetworkSpec {
             interface: "eth0".into(),
             address: "192.0.2.5/24".into(),
@@ -184,6 +185,7 @@ pub fn minimal_spec() -> PodSpec {
     PodSpec {
         pod_id: POD.into(),
         generation: 1,
+        not_after_unix: None,
         network: None,
         firewall: None,
         wireguard: None,
@@ -202,6 +204,7 @@ pub fn pending_status() -> PodStatus {
         published_at_unix_ms: 1_763_779_200_123,
         drift_repairs: 0,
         last_drift: None,
+        signed_by: None,
         network: None,
         firewall: None,
         wireguard: None,
@@ -226,6 +229,7 @@ pub fn healthy_status() -> PodStatus {
             change: "rule added to chain input".into(),
             by: "nft (pid 4242)".into(),
         }),
+        signed_by: Some(public_key(9)),
         network: Some(NetworkStatus {
             overall: Overall::Healthy,
             last_error: String::new(),

@@ -1,7 +1,9 @@
 //! `weft-demo`: a whole local weft stack in namespaces, live.
 //!
-//! `nats-server` in a hub namespace, two pods (`web-1`, `web-2`) each running the real
-//! `weft-agent`, a LAN router between them. Each pod gets a spec with a network section, a
+//! `nats-server` in a hub namespace (configured as weft ships it: TLS, one nkey user per pod
+//! with its own subjects only, a control-plane and a dashboard user; certificates and keys
+//! made for the run), two pods (`web-1`, `web-2`) each running the real `weft-agent`, a LAN
+//! router between them. Each pod gets a spec with a network section, a
 //! firewall and a userspace WireGuard device with a key the agent generates; once both have
 //! reported their public keys, each pod's next spec names the other as its peer (endpoint
 //! through the router). Statuses are printed as they arrive, one line per pod per status.
@@ -140,7 +142,8 @@ fn run(opts: &Options) -> Result<bool> {
 
     let mut stack = Stack::new(&opts.agent_bin).context("start the hub and nats-server")?;
     println!(
-        "weft-demo: nats-server in {} ({}); router {}",
+        "weft-demo: nats-server in {} ({}, TLS with a CA made for this run, one nkey user per \
+         pod allowed its own subjects only); router {}",
         stack.hub.ns.name(),
         stack.nats_url(),
         stack.router.name()
@@ -220,9 +223,11 @@ async fn show_statuses(
     stack: &Stack,
     latest: Arc<Mutex<BTreeMap<String, PodStatus>>>,
 ) -> Result<tokio::task::JoinHandle<()>> {
-    let client = async_nats::connect(stack.nats_url())
+    let client = stack
+        .client("dashboard")
         .await
-        .context("dashboard connect")?;
+        .context("dashboard connect")?
+        .client;
     let mut sub = client.subscribe("weft.pod.*.status").await?;
     client.flush().await?;
     Ok(tokio::spawn(async move {
@@ -304,7 +309,7 @@ async fn prove(
     plans: &[PodPlan],
     latest: &Mutex<BTreeMap<String, PodStatus>>,
 ) -> Result<()> {
-    let cp = ControlPlane::connect(&stack.nats_url()).await?;
+    let cp = stack.control_plane().await?;
     let pods: Vec<&Pod> = plans
         .iter()
         .map(|p| stack.pods.iter().find(|q| q.id == p.id).expect("added"))
