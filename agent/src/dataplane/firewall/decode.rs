@@ -71,8 +71,8 @@ pub(crate) fn chains_as_contract(chains: &[nftables::Chain]) -> bool {
             chains.iter().any(|s| {
                 s.name == c.name
                     && s.kind == "filter"
-                    && s.hook == Some((c.hook, 0))
-                    && s.policy == Some(c.policy)
+                    && s.hook == Some((c.hook as u32, 0))
+                    && s.policy == Some(c.policy as u32)
             })
         })
 }

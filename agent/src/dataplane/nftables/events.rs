@@ -46,7 +46,7 @@ const MAX_CHANGES: usize = 64;
 impl Decoder {
     pub fn new(table: TableRef<'_>) -> Decoder {
         Decoder {
-            family: table.family,
+            family: table.family as u8,
             table: table.name.to_owned(),
             pending: Vec::new(),
         }
@@ -123,7 +123,7 @@ mod tests {
     use crate::dataplane::netlink::Datagram;
 
     const TABLE: TableRef<'static> = TableRef {
-        family: NFPROTO_INET,
+        family: nftnl::ProtoFamily::Inet,
         name: "weft-fw",
     };
 

@@ -29,7 +29,7 @@ const RCVBUF_BYTES: usize = 8 << 20;
 /// A table, by family and name.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct TableRef<'a> {
-    pub family: u8,
+    pub family: nftnl::ProtoFamily,
     pub name: &'a str,
 }
 
@@ -262,7 +262,7 @@ impl Nft {
     /// The table, or `None` when there is none.
     pub fn table(&mut self, table: TableRef<'_>) -> Result<Option<Table>, netlink::Error> {
         let seq = self.socket.next_seq();
-        let mut d = request(NFT_MSG_GETTABLE, false, table.family, seq);
+        let mut d = request(NFT_MSG_GETTABLE, false, table.family as u8, seq);
         d.attr_str(NFTA_TABLE_NAME, table.name);
         let mut found = None;
         match self.socket.request(d.bytes(), |m| {
@@ -277,7 +277,7 @@ impl Nft {
     /// The chains of the table.
     pub fn chains(&mut self, table: TableRef<'_>) -> Result<Vec<Chain>, netlink::Error> {
         self.socket.dump(
-            |seq| request(NFT_MSG_GETCHAIN, true, table.family, seq),
+            |seq| request(NFT_MSG_GETCHAIN, true, table.family as u8, seq),
             |m, out: &mut Vec<Chain>| out.extend(chain_of(m, table.name)),
         )
     }
@@ -286,7 +286,7 @@ impl Nft {
     pub fn rules(&mut self, table: TableRef<'_>) -> Result<Vec<Rule>, netlink::Error> {
         self.socket.dump(
             |seq| {
-                let mut d = request(NFT_MSG_GETRULE, true, table.family, seq);
+                let mut d = request(NFT_MSG_GETRULE, true, table.family as u8, seq);
                 d.attr_str(NFTA_RULE_TABLE, table.name);
                 d
             },
@@ -302,7 +302,7 @@ impl Nft {
     ) -> Result<Vec<Element>, netlink::Error> {
         self.socket.dump(
             |seq| {
-                let mut d = request(NFT_MSG_GETSETELEM, true, table.family, seq);
+                let mut d = request(NFT_MSG_GETSETELEM, true, table.family as u8, seq);
                 d.attr_str(NFTA_SET_ELEM_LIST_SET, set)
                     .attr_str(NFTA_SET_ELEM_LIST_TABLE, table.name);
                 d
@@ -343,5 +343,159 @@ impl Nft {
             None if !acked => Err(CommitError::NoAnswer),
             None => Ok(()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::batch::{BaseChain, Batch};
+    use super::expr::{Nat, Value};
+    use super::*;
+    use nftnl::{ChainType, Hook, Policy, ProtoFamily};
+
+    const TABLE: TableRef<'static> = TableRef {
+        family: ProtoFamily::Ipv4,
+        name: "weft-nat-test",
+    };
+
+    fn reg1(key: u32) -> Expr {
+        Expr::Meta {
+            key,
+            dreg: NFT_REG_1,
+        }
+    }
+
+    fn cmp(data: &[u8]) -> Expr {
+        Expr::Cmp {
+            sreg: NFT_REG_1,
+            op: NFT_CMP_EQ,
+            data: Value::new(data).unwrap(),
+        }
+    }
+
+    fn ifname(name: &str) -> Vec<u8> {
+        let mut b = name.as_bytes().to_vec();
+        b.resize(16, 0);
+        b
+    }
+
+    /// The host role's shapes, written by libnftnl, accepted by the kernel and read back as
+    /// written: a table of family ip with nat chains, masquerade by output interface, a dnat
+    /// of a port to an address, a fib check, counters, ct state; then one rule deleted by its
+    /// handle in a batch of its own, leaving the others.
+    #[test]
+    fn nat_chains_and_rules_commit_read_back_and_delete_by_handle() {
+        weft_testkit::require_root();
+        let ns = weft_testkit::Netns::new("nftnat").unwrap();
+        ns.enter(|| {
+            let mut nft = Nft::open().unwrap();
+            let post = BaseChain {
+                name: "postrouting",
+                kind: ChainType::Nat,
+                hook: Hook::PostRouting,
+                priority: 100,
+                policy: Policy::Accept,
+            };
+            let pre = BaseChain {
+                name: "prerouting",
+                kind: ChainType::Nat,
+                hook: Hook::PreRouting,
+                priority: -100,
+                policy: Policy::Accept,
+            };
+            let masquerade = vec![
+                reg1(NFT_META_OIFNAME),
+                cmp(&ifname("uplink0")),
+                Expr::Counter {
+                    packets: 0,
+                    bytes: 0,
+                },
+                Expr::Masquerade { flags: 0 },
+            ];
+            let dnat = vec![
+                Expr::Fib {
+                    flags: NFTA_FIB_F_DADDR,
+                    result: NFT_FIB_RESULT_ADDRTYPE,
+                    dreg: NFT_REG_1,
+                },
+                cmp(&RTN_LOCAL.to_ne_bytes()),
+                reg1(NFT_META_L4PROTO),
+                cmp(&[libc::IPPROTO_TCP as u8]),
+                Expr::Payload {
+                    dreg: NFT_REG_1,
+                    base: NFT_PAYLOAD_TRANSPORT_HEADER,
+                    offset: 2,
+                    len: 2,
+                },
+                cmp(&8080u16.to_be_bytes()),
+                Expr::Immediate {
+                    dreg: NFT_REG_1,
+                    data: Value::new(&[10, 0, 0, 2]).unwrap(),
+                },
+                Expr::Immediate {
+                    dreg: 2,
+                    data: Value::new(&80u16.to_be_bytes()).unwrap(),
+                },
+                Expr::Nat(Nat {
+                    kind: NFT_NAT_DNAT,
+                    family: u32::from(NFPROTO_IPV4),
+                    // As nft writes it, and as the kernel reports it either way.
+                    addr_min: Some(NFT_REG_1),
+                    addr_max: Some(NFT_REG_1),
+                    proto_min: Some(2),
+                    proto_max: Some(2),
+                    flags: NF_NAT_RANGE_MAP_IPS | NF_NAT_RANGE_PROTO_SPECIFIED,
+                }),
+            ];
+            let established = vec![
+                Expr::Ct {
+                    key: NFT_CT_STATE,
+                    dreg: NFT_REG_1,
+                },
+                Expr::Bitwise {
+                    sreg: NFT_REG_1,
+                    dreg: NFT_REG_1,
+                    len: 4,
+                    mask: Value::new(&CT_STATE_ESTABLISHED_RELATED.to_ne_bytes()).unwrap(),
+                    xor: Value::new(&[0; 4]).unwrap(),
+                },
+                Expr::Cmp {
+                    sreg: NFT_REG_1,
+                    op: NFT_CMP_NEQ,
+                    data: Value::new(&[0; 4]).unwrap(),
+                },
+                Expr::Verdict(NF_ACCEPT),
+            ];
+            let mut b = Batch::new(nft.batch_seq(), Some(nft.genid().unwrap()), "begin");
+            b.add_table(TABLE, 0, "table");
+            b.add_chain(TABLE, &post, "postrouting");
+            b.add_chain(TABLE, &pre, "prerouting");
+            b.add_rule(TABLE, "postrouting", &masquerade, Some("masq"), "masq");
+            b.add_rule(TABLE, "prerouting", &dnat, None, "dnat");
+            b.add_rule(TABLE, "prerouting", &established, None, "ct");
+            let tx = b.finish("end");
+            nft.commit(&tx).unwrap();
+
+            let text =
+                String::from_utf8(ns.run("nft", &["list", "ruleset"]).unwrap().stdout).unwrap();
+            for want in [
+                "type nat hook postrouting priority srcnat; policy accept;",
+                "oifname \"uplink0\" counter packets 0 bytes 0 masquerade comment \"masq\"",
+                "fib daddr type local tcp dport 8080 dnat to 10.0.0.2:80",
+                "ct state established,related accept",
+            ] {
+                assert!(text.contains(want), "missing {want:?} in\n{text}");
+            }
+            let rules = nft.rules(TABLE).unwrap();
+            let exprs: Vec<&Vec<Expr>> = rules.iter().map(|r| &r.exprs).collect();
+            assert_eq!(exprs, vec![&masquerade, &dnat, &established]);
+            assert_eq!(rules[0].comment.as_deref(), Some("masq"));
+
+            let mut b = Batch::new(nft.batch_seq(), None, "begin");
+            b.delete_rule(TABLE, "prerouting", rules[1].handle, "delete dnat");
+            nft.commit(&b.finish("end")).unwrap();
+            let left: Vec<u64> = nft.rules(TABLE).unwrap().iter().map(|r| r.handle).collect();
+            assert_eq!(left, vec![rules[0].handle, rules[2].handle]);
+        });
     }
 }
