@@ -127,6 +127,7 @@ mod tests {
     use crate::dataplane::netlink::message::NLMSG_HDRLEN;
     use crate::dataplane::rtnl::{Family, Route};
     use crate::dataplane::wireguard::plan::{self, tests as wg};
+    use neli::consts::rtnl::Rtm;
     use weft_schema::validate::{Firewall, PortRange, Protocol, Rule};
 
     /// Requests turned into the answers of the same layout (`NEW*` instead of the request).
@@ -167,14 +168,12 @@ mod tests {
         let batch = firewall::replace_batch(&render(&fw, Some(51820)));
         let mut rtnl = Vec::new();
         rtnl.extend(as_answer(
-            link::create_request("wg0", "wireguard", 1).bytes().to_vec(),
-            link::RTM_NEWLINK,
+            link::create_request("wg0", "wireguard", 1),
+            Rtm::Newlink.into(),
         ));
         rtnl.extend(as_answer(
-            addr::add_request(2, "192.0.2.5/24".parse().unwrap(), 2)
-                .bytes()
-                .to_vec(),
-            addr::RTM_NEWADDR,
+            addr::add_request(2, "192.0.2.5/24".parse().unwrap(), 2),
+            Rtm::Newaddr.into(),
         ));
         let default = Route {
             dst: "0.0.0.0/0".parse().unwrap(),
@@ -183,10 +182,10 @@ mod tests {
             metric: 0,
         };
         rtnl.extend(as_answer(
-            route::replace_request(&default, 3).bytes().to_vec(),
-            route::RTM_NEWROUTE,
+            route::replace_request(&default, 3),
+            Rtm::Newroute.into(),
         ));
-        rtnl.extend(route::dump_request(Family::V6, 4).bytes());
+        rtnl.extend(route::dump_request(Family::V6, 4));
         let mut spec = wg::spec(vec![
             wg::peer(1, &["10.9.0.2/32", "2001:db8::/64"]),
             wg::peer(2, &[]),

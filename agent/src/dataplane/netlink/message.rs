@@ -7,30 +7,39 @@
 //! its payload padded to 4 bytes. Integers are in host order unless a family says otherwise
 //! (nftables: big-endian).
 
+use std::io::Cursor;
 use std::ops::RangeInclusive;
+
+use neli::consts::nl::{NlType, NlmF};
+use neli::nl::{NlPayload, NlmsghdrBuilder};
+use neli::{FromBytesWithInput, Size, ToBytes};
 
 pub const NLMSG_HDRLEN: usize = 16;
 
-pub const NLMSG_NOOP: u16 = 1;
-pub const NLMSG_ERROR: u16 = 2;
-pub const NLMSG_DONE: u16 = 3;
+// The netlink constants, in the types this layer uses, from the libc crate that neli, mnl and
+// nftnl all build on.
+pub const NLMSG_NOOP: u16 = libc::NLMSG_NOOP as u16;
+pub const NLMSG_ERROR: u16 = libc::NLMSG_ERROR as u16;
+pub const NLMSG_DONE: u16 = libc::NLMSG_DONE as u16;
 
-pub const NLM_F_REQUEST: u16 = 0x1;
-pub const NLM_F_MULTI: u16 = 0x2;
-pub const NLM_F_ACK: u16 = 0x4;
+pub const NLM_F_REQUEST: u16 = libc::NLM_F_REQUEST as u16;
+pub const NLM_F_MULTI: u16 = libc::NLM_F_MULTI as u16;
+pub const NLM_F_ACK: u16 = libc::NLM_F_ACK as u16;
 /// On a dump reply: the dumped objects changed while the dump ran; it may be inconsistent.
-pub const NLM_F_DUMP_INTR: u16 = 0x10;
-pub const NLM_F_DUMP: u16 = 0x300;
-pub const NLM_F_REPLACE: u16 = 0x100;
-pub const NLM_F_EXCL: u16 = 0x200;
-pub const NLM_F_CREATE: u16 = 0x400;
-pub const NLM_F_APPEND: u16 = 0x800;
+pub const NLM_F_DUMP_INTR: u16 = libc::NLM_F_DUMP_INTR as u16;
+pub const NLM_F_DUMP: u16 = libc::NLM_F_DUMP as u16;
+pub const NLM_F_REPLACE: u16 = libc::NLM_F_REPLACE as u16;
+pub const NLM_F_EXCL: u16 = libc::NLM_F_EXCL as u16;
+pub const NLM_F_CREATE: u16 = libc::NLM_F_CREATE as u16;
+pub const NLM_F_APPEND: u16 = libc::NLM_F_APPEND as u16;
 /// On an error message: only the failed request's header follows, not its whole payload.
-const NLM_F_CAPPED: u16 = 0x100;
+const NLM_F_CAPPED: u16 = libc::NLM_F_CAPPED as u16;
 /// On an error or done message: extended-ack attributes follow.
-const NLM_F_ACK_TLVS: u16 = 0x200;
+const NLM_F_ACK_TLVS: u16 = libc::NLM_F_ACK_TLVS as u16;
 /// `NLMSGERR_ATTR_MSG`: the extended ack's text.
-const NLMSGERR_ATTR_MSG: u16 = 1;
+fn nlmsgerr_attr_msg() -> u16 {
+    u16::from(neli::consts::nl::NlmsgerrAttr::Msg)
+}
 
 pub const NLA_F_NESTED: u16 = 0x8000;
 const NLA_TYPE_MASK: u16 = 0x3fff;
@@ -38,6 +47,33 @@ const NLA_HDRLEN: usize = 4;
 
 /// The longest extended-ack text kept: the kernel's are one short sentence.
 const ACK_TEXT_BYTES: usize = 256;
+
+/// A request made of neli's types (`Ifinfomsg`, `Rtmsg`, `Genlmsghdr` ...): the netlink
+/// header around `payload`, serialized as the socket sends it.
+pub fn request<T, P>(ty: T, flags: NlmF, seq: u32, payload: P) -> Vec<u8>
+where
+    T: NlType,
+    P: Size + ToBytes,
+{
+    let msg = NlmsghdrBuilder::default()
+        .nl_type(ty)
+        .nl_flags(flags | NlmF::REQUEST)
+        .nl_seq(seq)
+        .nl_pid(0)
+        .nl_payload(NlPayload::Payload(payload))
+        .build()
+        .expect("every field of the header is set");
+    let mut out = Cursor::new(Vec::with_capacity(msg.padded_size()));
+    msg.to_bytes(&mut out)
+        .expect("serializing into a vector cannot fail");
+    out.into_inner()
+}
+
+/// Reads neli's type `P` (`Ifinfomsg`, `Genlmsghdr` ...) from a message's payload; `None`
+/// when it is malformed.
+pub fn parse<P: FromBytesWithInput<Input = usize>>(payload: &[u8]) -> Option<P> {
+    P::from_bytes_with_input(&mut Cursor::new(payload), payload.len()).ok()
+}
 
 pub(crate) fn align4(n: usize) -> usize {
     (n + 3) & !3
@@ -264,6 +300,12 @@ impl Datagram {
     }
 }
 
+impl AsRef<[u8]> for Datagram {
+    fn as_ref(&self) -> &[u8] {
+        self.bytes()
+    }
+}
+
 impl Drop for Datagram {
     fn drop(&mut self) {
         if self.secret {
@@ -345,7 +387,7 @@ impl<'a> Message<'a> {
         let mut text = None;
         if self.flags & NLM_F_ACK_TLVS != 0 {
             for a in attrs(p.get(tlvs..).unwrap_or(&[])) {
-                if a.ty == NLMSGERR_ATTR_MSG {
+                if a.ty == nlmsgerr_attr_msg() {
                     text = Some(bounded(a.str()));
                 }
             }
@@ -571,7 +613,7 @@ mod tests {
         req.message(24, NLM_F_REQUEST, 42).attr_u32(5, 1);
         let req = req.bytes().to_vec();
         // Not capped: the whole request is echoed before the attributes.
-        let full = error_message(NLM_F_ACK_TLVS, 22, &req, &[(NLMSGERR_ATTR_MSG, "bad gw")]);
+        let full = error_message(NLM_F_ACK_TLVS, 22, &req, &[(nlmsgerr_attr_msg(), "bad gw")]);
         let ack = messages(&full).next().unwrap().ack().unwrap();
         assert_eq!(
             ack,
@@ -586,7 +628,7 @@ mod tests {
             NLM_F_ACK_TLVS | NLM_F_CAPPED,
             1,
             &req[..NLMSG_HDRLEN],
-            &[(NLMSGERR_ATTR_MSG, "no")],
+            &[(nlmsgerr_attr_msg(), "no")],
         );
         let ack = messages(&capped).next().unwrap().ack().unwrap();
         assert_eq!(

@@ -30,6 +30,7 @@ pub mod message;
 pub mod socket;
 
 pub use message::{
-    attrs, c_str, messages, try_attrs, Ack, Attr, Attrs, Datagram, Message, Nest, Truncated,
+    attrs, c_str, messages, parse, request, try_attrs, Ack, Attr, Attrs, Datagram, Message, Nest,
+    Truncated,
 };
 pub use socket::{fence, request_seq, Error, Event, Protocol, Socket};

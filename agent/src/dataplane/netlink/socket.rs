@@ -357,16 +357,16 @@ impl Socket {
     /// folds every object of the answer into the result. An answer flagged
     /// `NLM_F_DUMP_INTR` is thrown away and the dump made again from a fresh result, up to
     /// five times.
-    pub fn dump<A: Default>(
+    pub fn dump<A: Default, B: AsRef<[u8]>>(
         &mut self,
-        mut build: impl FnMut(u32) -> Datagram,
+        mut build: impl FnMut(u32) -> B,
         mut each: impl FnMut(&Message<'_>, &mut A),
     ) -> Result<A, Error> {
         for _ in 0..DUMP_ATTEMPTS {
             let mut out = A::default();
             let seq = self.next_seq();
             let request = build(seq);
-            if !self.answer(request.bytes(), |m| each(m, &mut out))? {
+            if !self.answer(request.as_ref(), |m| each(m, &mut out))? {
                 return Ok(out);
             }
         }
