@@ -200,7 +200,7 @@ mod tests {
             1024,
         )
         .iter()
-        .flat_map(|d| d.bytes().to_vec())
+        .flat_map(|d| d.to_vec())
         .collect();
         let get = format!(
             "own_public_key={}\nlisten_port=51820\npublic_key={}\nendpoint=192.0.2.1:51820\n\

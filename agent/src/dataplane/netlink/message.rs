@@ -75,6 +75,49 @@ pub fn parse<P: FromBytesWithInput<Input = usize>>(payload: &[u8]) -> Option<P> 
     P::from_bytes_with_input(&mut Cursor::new(payload), payload.len()).ok()
 }
 
+/// An attribute payload read into a buffer that is wiped when dropped: neli reads the
+/// attributes of answers that carry keys (`GenlBuffer<T, Wiped>`) into it, so no copy of a
+/// key is left in freed memory.
+pub struct Wiped(zeroize::Zeroizing<Vec<u8>>);
+
+impl std::fmt::Debug for Wiped {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Wiped({} bytes)", self.0.len())
+    }
+}
+
+impl AsRef<[u8]> for Wiped {
+    fn as_ref(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl Size for Wiped {
+    fn unpadded_size(&self) -> usize {
+        self.0.len()
+    }
+}
+
+impl ToBytes for Wiped {
+    fn to_bytes(&self, buffer: &mut Cursor<Vec<u8>>) -> Result<(), neli::err::SerError> {
+        std::io::Write::write_all(buffer, &self.0)?;
+        Ok(())
+    }
+}
+
+impl FromBytesWithInput for Wiped {
+    type Input = usize;
+
+    fn from_bytes_with_input(
+        buffer: &mut Cursor<impl AsRef<[u8]>>,
+        input: usize,
+    ) -> Result<Wiped, neli::err::DeError> {
+        let mut bytes = zeroize::Zeroizing::new(vec![0; input]);
+        std::io::Read::read_exact(buffer, &mut bytes)?;
+        Ok(Wiped(bytes))
+    }
+}
+
 pub(crate) fn align4(n: usize) -> usize {
     (n + 3) & !3
 }

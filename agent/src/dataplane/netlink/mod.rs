@@ -31,6 +31,6 @@ pub mod socket;
 
 pub use message::{
     attrs, c_str, messages, parse, request, try_attrs, Ack, Attr, Attrs, Datagram, Message, Nest,
-    Truncated,
+    Truncated, Wiped,
 };
 pub use socket::{fence, request_seq, Error, Event, Protocol, Socket};
