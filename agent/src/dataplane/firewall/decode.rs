@@ -8,6 +8,7 @@ use super::render::{
     merge, AddrMatch, Dir, Family, Line, Match, Verdict, IPPROTO_TCP, IPPROTO_UDP,
 };
 use super::CHAINS;
+use crate::dataplane::netlink::AttrExt;
 use crate::dataplane::nftables::abi::*;
 use crate::dataplane::nftables::expr::{self, Value};
 use crate::dataplane::nftables::{self, Element};

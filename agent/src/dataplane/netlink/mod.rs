@@ -29,8 +29,5 @@ pub mod genl;
 pub mod message;
 pub mod socket;
 
-pub use message::{
-    attrs, c_str, messages, parse, request, try_attrs, Ack, Attr, Attrs, Datagram, Message, Nest,
-    Truncated, Wiped,
-};
+pub use message::{c_str, messages, parse, request, Ack, Attr, AttrExt, Attrs, Message, Wiped};
 pub use socket::{fence, request_seq, Error, Event, Protocol, Socket};

@@ -15,9 +15,10 @@ use std::mem::size_of;
 use std::ops::RangeInclusive;
 use std::os::fd::{AsRawFd, RawFd};
 
+use neli::consts::nl::NlmF;
+
 use super::message::{
-    messages, seq_in, Ack, Datagram, Message, NLMSG_DONE, NLMSG_ERROR, NLMSG_NOOP, NLM_F_ACK,
-    NLM_F_DUMP_INTR, NLM_F_REQUEST,
+    messages, request, seq_in, Ack, Message, NLMSG_DONE, NLMSG_ERROR, NLMSG_NOOP, NLM_F_DUMP_INTR,
 };
 
 /// Receive room for one datagram: the kernel fills dump datagrams up to 32 KiB.
@@ -353,7 +354,7 @@ impl Socket {
         self.answer(request, each).map(drop)
     }
 
-    /// A dump: `build` writes the request with the sequence number it is given, `each`
+    /// A dump: `build` makes the request with the sequence number it is given, `each`
     /// folds every object of the answer into the result. An answer flagged
     /// `NLM_F_DUMP_INTR` is thrown away and the dump made again from a fresh result, up to
     /// five times.
@@ -394,8 +395,6 @@ pub fn request_seq(request: &[u8]) -> u32 {
 /// A request that only asks the kernel to acknowledge it, in any protocol: sent after a
 /// batch, its ack marks the end of everything the batch was answered with (the kernel
 /// answers each datagram before `send` returns).
-pub fn fence(seq: u32) -> Datagram {
-    let mut d = Datagram::new();
-    d.message(NLMSG_NOOP, NLM_F_REQUEST | NLM_F_ACK, seq);
-    d
+pub fn fence(seq: u32) -> Vec<u8> {
+    request(NLMSG_NOOP, NlmF::ACK, seq, neli::types::Buffer::new())
 }

@@ -8,7 +8,7 @@ use std::ptr::NonNull;
 use nftnl::nftnl_sys as sys;
 
 use super::abi::*;
-use crate::dataplane::netlink::{Attr, Attrs};
+use crate::dataplane::netlink::{Attr, AttrExt, Attrs};
 
 /// An expression's or element's data, at most 16 bytes (an IPv6 address, an interface
 /// name), kept inline: a 10,000-rule read-back would otherwise allocate for every compare.
@@ -264,26 +264,22 @@ impl Expr {
 
     /// Reads one `NFTA_LIST_ELEM` of a rule's expression list. Whatever it cannot read as
     /// one of the modelled forms is [`Expr::Other`].
-    pub fn read(elem: &Attr<'_>) -> Expr {
-        let mut name = "";
-        let mut body = crate::dataplane::netlink::attrs(&[]);
-        for a in elem.nested() {
-            match a.ty {
-                NFTA_EXPR_NAME => name = a.str(),
-                NFTA_EXPR_DATA => body = a.nested(),
-                _ => {}
-            }
-        }
-        read_body(name, body).unwrap_or_else(|| Expr::Other(name.to_owned()))
+    pub fn read(elem: &Attr) -> Expr {
+        let parts = elem.nested();
+        let name = parts.get(NFTA_EXPR_NAME).map_or("", |a| a.str());
+        let body = parts
+            .get(NFTA_EXPR_DATA)
+            .map_or_else(|| Attrs::read(&[]), |a| a.nested());
+        read_body(name, &body).unwrap_or_else(|| Expr::Other(name.to_owned()))
     }
 }
 
-fn read_value(a: Attr<'_>) -> Option<Value> {
-    Value::new(a.nested().get(NFTA_DATA_VALUE)?.payload)
+fn read_value(a: &Attr) -> Option<Value> {
+    Value::new(a.nested().get(NFTA_DATA_VALUE)?.bytes())
 }
 
-fn read_body(name: &str, body: Attrs<'_>) -> Option<Expr> {
-    let get = |ty: u16| body.clone().get(ty);
+fn read_body(name: &str, body: &Attrs) -> Option<Expr> {
+    let get = |ty: u16| body.get(ty);
     let u = |ty: u16| get(ty).and_then(|a| a.be32());
     Some(match name {
         "meta" => Expr::Meta {

@@ -19,8 +19,14 @@ use abi::*;
 use batch::{comment_of, Transaction};
 use expr::{Expr, Value};
 
-use super::netlink::message::{NLM_F_ACK, NLM_F_DUMP, NLM_F_REQUEST};
-use super::netlink::{self, fence, Attr, Datagram, Event, Message, Protocol, Socket};
+use std::ffi::CString;
+use std::ptr::NonNull;
+
+use neli::types::{Buffer, GenlBuffer};
+use nftnl::nftnl_sys as sys;
+
+use super::netlink::message::{NLM_F_ACK, NLM_F_DUMP};
+use super::netlink::{self, fence, AttrExt, Attrs, Event, Message, Protocol, Socket};
 
 /// The kernel queues every answer to a batch before `send` returns (one error per refused
 /// message): room for them, and for dump datagrams.
@@ -90,22 +96,137 @@ pub struct Nft {
     socket: Socket,
 }
 
-/// `NFT_MSG_GET*` for `family`, asking for a dump or an ack.
-fn request(ty: u16, dump: bool, family: u8, seq: u32) -> Datagram {
-    let mut d = Datagram::new();
-    let flags = if dump { NLM_F_DUMP } else { 0 } | NLM_F_ACK | NLM_F_REQUEST;
-    d.message((NFNL_SUBSYS_NFTABLES << 8) | ty, flags, seq)
-        .fixed(&[family, 0, 0, 0]);
-    d
+/// What a read request names.
+#[derive(Clone, Copy, Debug)]
+enum Target<'a> {
+    /// Nothing beyond the family: the generation, or every chain.
+    All,
+    Table(&'a str),
+    /// The rules of a table.
+    Rules(&'a str),
+    /// The elements of set `.1` of table `.0`.
+    Elements(&'a str, &'a str),
+}
+
+/// `NFT_MSG_GET*` for `family`, asking for a dump or an ack, built by libnftnl from its
+/// table, rule or set object.
+fn request(ty: u16, dump: bool, family: u8, seq: u32, target: Target<'_>) -> Vec<u8> {
+    let flags = if dump { NLM_F_DUMP } else { 0 } | NLM_F_ACK;
+    let c = |s: &str| CString::new(s).unwrap_or_default();
+    let mut buf = vec![0u64; nftnl::nft_nlmsg_maxsize() as usize / 8 + 1];
+    // SAFETY: `buf` is aligned and as large as the largest nf_tables message; every libnftnl
+    // object is checked for NULL, its setters copy their values, and it is freed after its
+    // payload was written into `buf`.
+    unsafe {
+        let header =
+            sys::nftnl_nlmsg_build_hdr(buf.as_mut_ptr().cast(), ty, u16::from(family), flags, seq);
+        match target {
+            Target::All => {}
+            Target::Table(name) => {
+                let t = NonNull::new(sys::nftnl_table_alloc()).expect("allocate a table");
+                sys::nftnl_table_set_str(
+                    t.as_ptr(),
+                    sys::NFTNL_TABLE_NAME as u16,
+                    c(name).as_ptr(),
+                );
+                sys::nftnl_table_nlmsg_build_payload(header, t.as_ptr());
+                sys::nftnl_table_free(t.as_ptr());
+            }
+            Target::Rules(table) => {
+                let r = NonNull::new(sys::nftnl_rule_alloc()).expect("allocate a rule");
+                sys::nftnl_rule_set_str(
+                    r.as_ptr(),
+                    sys::NFTNL_RULE_TABLE as u16,
+                    c(table).as_ptr(),
+                );
+                sys::nftnl_rule_nlmsg_build_payload(header, r.as_ptr());
+                sys::nftnl_rule_free(r.as_ptr());
+            }
+            Target::Elements(table, set) => {
+                let s = NonNull::new(sys::nftnl_set_alloc()).expect("allocate a set");
+                sys::nftnl_set_set_str(s.as_ptr(), sys::NFTNL_SET_TABLE as u16, c(table).as_ptr());
+                sys::nftnl_set_set_str(s.as_ptr(), sys::NFTNL_SET_NAME as u16, c(set).as_ptr());
+                sys::nftnl_set_elems_nlmsg_build_payload(header, s.as_ptr());
+                sys::nftnl_set_free(s.as_ptr());
+            }
+        }
+        let len = ((*header).nlmsg_len as usize).min(buf.len() * 8);
+        std::slice::from_raw_parts(buf.as_ptr().cast::<u8>(), len).to_vec()
+    }
+}
+
+/// `struct nfgenmsg` and the attributes after it: every nf_tables message, read and written
+/// by neli.
+#[derive(Debug)]
+pub struct Nfgenmsg {
+    /// `NFPROTO_*` of the object.
+    pub family: u8,
+    pub version: u8,
+    /// The resource id, big-endian (the subsystem, on a batch's begin and end).
+    pub res_id: u16,
+    pub attrs: GenlBuffer<u16, Buffer>,
+}
+
+impl neli::Size for Nfgenmsg {
+    fn unpadded_size(&self) -> usize {
+        NFGENMSG_LEN + self.attrs.unpadded_size()
+    }
+}
+
+impl neli::ToBytes for Nfgenmsg {
+    fn to_bytes(&self, buffer: &mut std::io::Cursor<Vec<u8>>) -> Result<(), neli::err::SerError> {
+        self.family.to_bytes(buffer)?;
+        self.version.to_bytes(buffer)?;
+        self.res_id.to_bytes(buffer)?;
+        self.attrs.to_bytes(buffer)
+    }
+}
+
+impl neli::FromBytesWithInput for Nfgenmsg {
+    type Input = usize;
+
+    fn from_bytes_with_input(
+        buffer: &mut std::io::Cursor<impl AsRef<[u8]>>,
+        input: usize,
+    ) -> Result<Nfgenmsg, neli::err::DeError> {
+        let attrs_len = input
+            .checked_sub(NFGENMSG_LEN)
+            .ok_or(neli::err::DeError::InvalidInput(input))?;
+        Ok(Nfgenmsg {
+            family: neli::FromBytes::from_bytes(buffer)?,
+            version: neli::FromBytes::from_bytes(buffer)?,
+            res_id: neli::FromBytes::from_bytes(buffer)?,
+            attrs: GenlBuffer::from_bytes_with_input(buffer, attrs_len)?,
+        })
+    }
+}
+
+impl Nfgenmsg {
+    /// A message about an object of `family` carrying `attrs` (tests, and callers that
+    /// describe objects the way the kernel does).
+    pub fn new(family: u8, attrs: Vec<netlink::Attr>) -> Nfgenmsg {
+        Nfgenmsg {
+            family,
+            version: 0,
+            res_id: 0,
+            attrs: attrs.into_iter().collect(),
+        }
+    }
 }
 
 fn is_nft(msg: &Message<'_>, ty: u16) -> bool {
     msg.ty == (NFNL_SUBSYS_NFTABLES << 8) | ty
 }
 
-/// The attributes of an nf_tables message, after its `nfgenmsg`.
-pub fn attrs<'a>(msg: &Message<'a>) -> netlink::Attrs<'a> {
-    msg.attrs(NFGENMSG_LEN)
+/// The `nfgenmsg` of an nf_tables message and its attributes, read by neli (`None`:
+/// malformed).
+pub fn header(msg: &Message<'_>) -> Option<Nfgenmsg> {
+    netlink::parse(msg.payload)
+}
+
+/// The attributes of an nf_tables message, after its `nfgenmsg` (none when malformed).
+pub fn attrs(msg: &Message<'_>) -> Attrs {
+    header(msg).map_or_else(|| Attrs::read(&[]), |h| h.attrs.into())
 }
 
 /// The generation id of a `NFT_MSG_NEWGEN`.
@@ -126,8 +247,9 @@ pub fn table_of(msg: &Message<'_>, name: &str) -> Option<Table> {
         owner: None,
     };
     let mut named = None;
-    for a in attrs(msg) {
-        match a.ty {
+    let list = attrs(msg);
+    for a in list.iter() {
+        match a.ty() {
             NFTA_TABLE_NAME => named = Some(a.str()),
             NFTA_TABLE_FLAGS => table.flags = a.be32()?,
             NFTA_TABLE_OWNER => table.owner = a.be32(),
@@ -149,15 +271,16 @@ pub fn chain_of(msg: &Message<'_>, table: &str) -> Option<Chain> {
         hook: None,
         policy: None,
     };
-    for a in attrs(msg) {
-        match a.ty {
+    let list = attrs(msg);
+    for a in list.iter() {
+        match a.ty() {
             NFTA_CHAIN_TABLE => of = Some(a.str()),
             NFTA_CHAIN_NAME => chain.name = a.str().to_owned(),
             NFTA_CHAIN_TYPE => chain.kind = a.str().to_owned(),
             NFTA_CHAIN_POLICY => chain.policy = a.be32(),
             NFTA_CHAIN_HOOK => {
                 let hook = a.nested();
-                let num = hook.clone().get(NFTA_HOOK_HOOKNUM).and_then(|h| h.be32());
+                let num = hook.get(NFTA_HOOK_HOOKNUM).and_then(|h| h.be32());
                 let prio = hook.get(NFTA_HOOK_PRIORITY).and_then(|h| h.be32());
                 chain.hook = num.zip(prio.map(|p| p as i32));
             }
@@ -179,19 +302,21 @@ pub fn rule_of(msg: &Message<'_>, table: &str) -> Option<Rule> {
         exprs: Vec::new(),
         comment: None,
     };
-    for a in attrs(msg) {
-        match a.ty {
+    let list = attrs(msg);
+    for a in list.iter() {
+        match a.ty() {
             NFTA_RULE_TABLE => of = Some(a.str()),
             NFTA_RULE_CHAIN => rule.chain = a.str().to_owned(),
             NFTA_RULE_HANDLE => rule.handle = a.be64().unwrap_or(0),
             NFTA_RULE_EXPRESSIONS => {
                 rule.exprs = a
                     .nested()
-                    .filter(|e| e.ty == NFTA_LIST_ELEM)
-                    .map(|e| Expr::read(&e))
+                    .iter()
+                    .filter(|e| e.ty() == NFTA_LIST_ELEM)
+                    .map(Expr::read)
                     .collect();
             }
-            NFTA_RULE_USERDATA => rule.comment = comment_of(a.payload),
+            NFTA_RULE_USERDATA => rule.comment = comment_of(a.bytes()),
             _ => {}
         }
     }
@@ -204,20 +329,23 @@ pub fn elements_of(msg: &Message<'_>, out: &mut Vec<Element>) {
     if !is_nft(msg, NFT_MSG_NEWSETELEM) {
         return;
     }
-    for list in attrs(msg).filter(|a| a.ty == NFTA_SET_ELEM_LIST_ELEMENTS) {
+    for list in attrs(msg)
+        .iter()
+        .filter(|a| a.ty() == NFTA_SET_ELEM_LIST_ELEMENTS)
+    {
         // Any nest type, as the kernel reads it: the kernel dumps NFTA_LIST_ELEM, libnftnl
         // numbers the elements it writes 1, 2, 3...
-        for elem in list.nested() {
-            out.extend(element(&elem));
+        for elem in list.nested().iter() {
+            out.extend(element(elem));
         }
     }
 }
 
-fn element(elem: &Attr<'_>) -> Option<Element> {
+fn element(elem: &netlink::Attr) -> Option<Element> {
     let (mut key, mut flags) = (None, 0);
-    for a in elem.nested() {
-        match a.ty {
-            NFTA_SET_ELEM_KEY => key = Value::new(a.nested().get(NFTA_DATA_VALUE)?.payload),
+    for a in elem.nested().iter() {
+        match a.ty() {
+            NFTA_SET_ELEM_KEY => key = Value::new(a.nested().get(NFTA_DATA_VALUE)?.bytes()),
             NFTA_SET_ELEM_FLAGS => flags = a.be32().unwrap_or(0),
             _ => {}
         }
@@ -248,7 +376,7 @@ impl Nft {
         let seq = self.socket.next_seq();
         let mut genid = None;
         self.socket.request(
-            request(NFT_MSG_GETGEN, false, NFPROTO_UNSPEC, seq).bytes(),
+            &request(NFT_MSG_GETGEN, false, NFPROTO_UNSPEC, seq, Target::All),
             |m| genid = genid.or(genid_of(m)),
         )?;
         genid.ok_or_else(|| {
@@ -262,12 +390,18 @@ impl Nft {
     /// The table, or `None` when there is none.
     pub fn table(&mut self, table: TableRef<'_>) -> Result<Option<Table>, netlink::Error> {
         let seq = self.socket.next_seq();
-        let mut d = request(NFT_MSG_GETTABLE, false, table.family as u8, seq);
-        d.attr_str(NFTA_TABLE_NAME, table.name);
+        let d = request(
+            NFT_MSG_GETTABLE,
+            false,
+            table.family as u8,
+            seq,
+            Target::Table(table.name),
+        );
         let mut found = None;
-        match self.socket.request(d.bytes(), |m| {
-            found = found.take().or(table_of(m, table.name))
-        }) {
+        match self
+            .socket
+            .request(&d, |m| found = found.take().or(table_of(m, table.name)))
+        {
             Ok(()) => Ok(found),
             Err(e) if e.errno() == Some(libc::ENOENT) => Ok(None),
             Err(e) => Err(e),
@@ -277,7 +411,7 @@ impl Nft {
     /// The chains of the table.
     pub fn chains(&mut self, table: TableRef<'_>) -> Result<Vec<Chain>, netlink::Error> {
         self.socket.dump(
-            |seq| request(NFT_MSG_GETCHAIN, true, table.family as u8, seq),
+            |seq| request(NFT_MSG_GETCHAIN, true, table.family as u8, seq, Target::All),
             |m, out: &mut Vec<Chain>| out.extend(chain_of(m, table.name)),
         )
     }
@@ -286,9 +420,8 @@ impl Nft {
     pub fn rules(&mut self, table: TableRef<'_>) -> Result<Vec<Rule>, netlink::Error> {
         self.socket.dump(
             |seq| {
-                let mut d = request(NFT_MSG_GETRULE, true, table.family as u8, seq);
-                d.attr_str(NFTA_RULE_TABLE, table.name);
-                d
+                let target = Target::Rules(table.name);
+                request(NFT_MSG_GETRULE, true, table.family as u8, seq, target)
             },
             |m, out: &mut Vec<Rule>| out.extend(rule_of(m, table.name)),
         )
@@ -302,10 +435,8 @@ impl Nft {
     ) -> Result<Vec<Element>, netlink::Error> {
         self.socket.dump(
             |seq| {
-                let mut d = request(NFT_MSG_GETSETELEM, true, table.family as u8, seq);
-                d.attr_str(NFTA_SET_ELEM_LIST_SET, set)
-                    .attr_str(NFTA_SET_ELEM_LIST_TABLE, table.name);
-                d
+                let target = Target::Elements(table.name, set);
+                request(NFT_MSG_GETSETELEM, true, table.family as u8, seq, target)
             },
             |m, out: &mut Vec<Element>| elements_of(m, out),
         )
@@ -324,7 +455,7 @@ impl Nft {
         let mut acked = false;
         let acked_seq = tx.acked_seq();
         self.socket
-            .exchange(&[&tx.bytes, fence.bytes()], tx.first_seq..=fence_seq, |e| {
+            .exchange(&[&tx.bytes, &fence], tx.first_seq..=fence_seq, |e| {
                 if let Event::End(ack) = e {
                     if ack.errno == 0 {
                         acked |= ack.seq == acked_seq;
