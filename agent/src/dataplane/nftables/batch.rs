@@ -36,14 +36,14 @@ pub struct BaseChain<'a> {
 
 /// An `inet_service` set key: a port (the crate has keys for addresses only).
 #[derive(Clone, Copy, Debug)]
-pub struct InetService;
+pub struct InetService(pub u16);
 
 impl SetKey for InetService {
     const TYPE: u32 = TYPE_INET_SERVICE;
     const LEN: u32 = 2;
 
     fn data(&self) -> Box<[u8]> {
-        Box::new([0; 2])
+        Box::new(self.0.to_be_bytes())
     }
 }
 

@@ -1,7 +1,9 @@
 //! nftables over netlink, for any table: the socket that reads tables, chains, rules and set
 //! elements and commits transactions, the typed expressions ([`expr`]), the transaction
-//! writer ([`batch`]) and the notification decoder ([`events`]). The firewall is one user;
-//! nothing here knows its table.
+//! writer ([`batch`], libnftnl through the `nftnl` crate) and the notification decoder
+//! ([`events`]). Requests are libnftnl's; what the kernel answers and announces is read by
+//! our typed decoder (libnftnl has no safe parser) over neli's attribute reader
+//! ([`Nfgenmsg`], `netlink::Attrs`). The firewall is one user; nothing here knows its table.
 //!
 //! Reads go through the netlink layer's exchange loop (a dump the kernel flags interrupted
 //! is read again). A transaction is one datagram followed by a fence (a request the kernel
