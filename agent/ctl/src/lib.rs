@@ -287,31 +287,46 @@ impl Client {
     /// exist holds nothing.
     pub async fn stored(&self) -> Result<Vec<PodStatus>, Error> {
         let bucket = format!("{}-status", self.prefix.replace('.', "-"));
-        let fail = |e: async_nats::Error| Error::Bucket(bucket.clone(), e);
-        let js = async_nats::jetstream::new(self.connection.client.clone());
-        let Ok(store) = js.get_key_value(&bucket).await else {
-            return Ok(Vec::new());
-        };
-        let mut keys = store.keys().await.map_err(|e| fail(e.into()))?;
-        let stream = js
-            .get_stream_no_info(format!("KV_{bucket}"))
-            .await
-            .map_err(|e| fail(e.into()))?;
         let mut out = Vec::new();
-        while let Some(key) = keys.next().await {
-            let key = key.map_err(|e| fail(e.into()))?;
-            let Ok(msg) = stream
-                .direct_get_last_for_subject(format!("$KV.{bucket}.{key}"))
-                .await
-            else {
-                continue; // deleted meanwhile
-            };
-            if msg.payload.is_empty() {
-                continue; // a delete marker
-            }
-            if let Ok(status) = decode(&key, Some(&msg.headers), &msg.payload) {
+        for (key, headers, body) in self.bucket_values(&bucket).await? {
+            if let Ok(status) = decode(&key, Some(&headers), &body) {
                 out.push(status);
             }
+        }
+        Ok(out)
+    }
+
+    /// The newest value of every key of `bucket`, with the headers it was put with. The
+    /// keys are listed by the stream's info (no consumer: a reading user such as the
+    /// shipped dashboard user may ask for stream info and direct gets only).
+    async fn bucket_values(&self, bucket: &str) -> Result<Vec<(String, HeaderMap, Bytes)>, Error> {
+        let fail = |e: async_nats::Error| Error::Bucket(bucket.to_owned(), e);
+        let js = async_nats::jetstream::new(self.connection.client.clone());
+        let Ok(stream) = js.get_stream(format!("KV_{bucket}")).await else {
+            return Ok(Vec::new()); // no bucket, nothing stored
+        };
+        let prefix = format!("$KV.{bucket}.");
+        let mut subjects = stream
+            .info_with_subjects(format!("{prefix}>"))
+            .await
+            .map_err(|e| fail(e.into()))?;
+        let mut names = Vec::new();
+        while let Some(entry) = subjects.next().await {
+            let (subject, _count) = entry.map_err(|e| fail(e.into()))?;
+            names.push(subject);
+        }
+        names.sort();
+        let mut out = Vec::new();
+        for subject in names {
+            let Ok(msg) = stream.direct_get_last_for_subject(subject.as_str()).await else {
+                continue; // purged meanwhile
+            };
+            // A delete or purge leaves a marker without a body.
+            if msg.payload.is_empty() {
+                continue;
+            }
+            let key = subject.strip_prefix(&prefix).unwrap_or(&subject).to_owned();
+            out.push((key, msg.headers, msg.payload));
         }
         Ok(out)
     }
@@ -334,23 +349,16 @@ impl Client {
             #[serde(rename = "Generation")]
             generation: u64,
         }
-        let mut out = std::collections::BTreeMap::new();
         let bucket = format!("{}-specs", self.prefix.replace('.', "-"));
-        let js = async_nats::jetstream::new(self.connection.client.clone());
-        let Ok(store) = js.get_key_value(&bucket).await else {
-            return out;
-        };
-        let Ok(mut keys) = store.keys().await else {
-            return out;
-        };
-        while let Some(Ok(key)) = keys.next().await {
-            if let Ok(Some(body)) = store.get(&key).await {
-                if let Ok(g) = serde_json::from_slice::<Generation>(&body) {
-                    out.insert(key, g.generation);
-                }
-            }
-        }
-        out
+        let values = self.bucket_values(&bucket).await.unwrap_or_default();
+        values
+            .into_iter()
+            .filter_map(|(key, _, body)| {
+                serde_json::from_slice::<Generation>(&body)
+                    .ok()
+                    .map(|g| (key, g.generation))
+            })
+            .collect()
     }
 
     /// Every status published on `<prefix>.pod.*.status` from now on, decoded (a message
