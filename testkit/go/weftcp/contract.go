@@ -27,11 +27,12 @@ func statusGetSubject(prefix, pod string) string {
 
 // PodSpec is the desired state of one pod's network.
 type PodSpec struct {
-	PodId      string         `json:"PodId"`
-	Generation uint64         `json:"Generation"`
-	Network    *NetworkSpec   `json:"Network"`
-	Firewall   *FirewallSpec  `json:"Firewall"`
-	WireGuard  *WireGuardSpec `json:"WireGuard"`
+	PodId        string         `json:"PodId"`
+	Generation   uint64         `json:"Generation"`
+	NotAfterUnix *uint64        `json:"NotAfterUnix"` // seconds; the agent refuses the spec after it (v1.1)
+	Network      *NetworkSpec   `json:"Network"`
+	Firewall     *FirewallSpec  `json:"Firewall"`
+	WireGuard    *WireGuardSpec `json:"WireGuard"`
 }
 
 type NetworkSpec struct {
@@ -90,6 +91,7 @@ type PodStatus struct {
 	PublishedAtUnixMs  uint64           `json:"PublishedAtUnixMs"`
 	DriftRepairs       uint64           `json:"DriftRepairs"`
 	LastDrift          *DriftEvent      `json:"LastDrift"`
+	SignedBy           *string          `json:"SignedBy"` // the key that signed the applied spec (v1.1)
 	Network            *NetworkStatus   `json:"Network"`
 	Firewall           *FirewallStatus  `json:"Firewall"`
 	WireGuard          *WireGuardStatus `json:"WireGuard"`
