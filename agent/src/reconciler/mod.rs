@@ -24,6 +24,7 @@ use crate::config::FirewallAtStart;
 use crate::dataplane::events::{Hints, KernelEvents};
 use crate::dataplane::{self, Dataplane, Failure, Observed};
 use crate::intake::{read_spec, Read};
+use crate::metrics;
 use crate::state::StateDir;
 use drift::{Budgets, Drift};
 pub use mailbox::{Inbox, Mailbox, Replier, Submission};
@@ -228,6 +229,7 @@ impl Reconciler {
                 if let Some(skipped) = self.log_gate.pass("stale") {
                     info!(generation, applied, skipped, "stale spec ignored");
                 }
+                metrics::spec_handled(ApplyResult::Stale);
                 self.answer(
                     sub.reply,
                     generation,
@@ -243,6 +245,7 @@ impl Reconciler {
                     warn!(generation, error = %e, skipped, "spec rejected");
                 }
                 self.rejection = Some(e.clone());
+                metrics::spec_rejected("conflict");
                 self.answer(sub.reply, generation, ApplyResult::Rejected, e);
             }
             Decision::Apply | Decision::Reassert => {
@@ -293,6 +296,12 @@ impl Reconciler {
         if self.failures.is_empty() {
             self.rejection = None;
         }
+        metrics::spec_desired(spec.generation);
+        metrics::spec_handled(if self.failures.is_empty() {
+            ApplyResult::Applied
+        } else {
+            ApplyResult::Failed
+        });
         self.applied = Some(spec);
         self.observe();
     }
@@ -356,6 +365,7 @@ impl Reconciler {
                 );
                 self.drift.repairs += 1;
                 self.drift.last = Some(event);
+                metrics::drift_repaired(subsystem);
             }
         }
         self.observed = Some(if wrote {
@@ -496,6 +506,7 @@ impl Handle {
     pub fn submit(&self, sub: Submission) {
         if let Some(lost) = self.mailbox.update(|inbox| inbox.offer(sub)) {
             let generation = lost.spec.generation;
+            metrics::spec_handled(ApplyResult::Stale);
             info!(generation, "spec superseded before it was applied");
             lost.answer(
                 ApplyResult::Stale,
@@ -515,6 +526,11 @@ impl Handle {
     /// nothing changed (the emitter's tick waits for it).
     pub fn observe_now(&self) {
         self.mailbox.update(|inbox| inbox.observe = true);
+    }
+
+    /// Wakes the loop without asking anything of it (`/healthz` watches it go round).
+    pub fn ping(&self) {
+        self.mailbox.update(|_| ());
     }
 
     /// Stops the thread after the apply in progress, if any. Kernel state stays.
@@ -594,6 +610,7 @@ fn run(
         for answer in rec.take_answers() {
             answer.send(&pod);
         }
+        metrics::reconciler_turned();
     }
 }
 
@@ -611,6 +628,15 @@ fn injected_fault(generation: u64) {
     let wanted = std::env::var("WEFT_FAULT_PANIC_AT_GENERATION").ok();
     if wanted.and_then(|v| v.parse::<u64>().ok()) == Some(generation) {
         panic!("injected fault in the apply of generation {generation}");
+    }
+    // `WEFT_FAULT_HANG_AT_GENERATION=N`: the apply of generation N never returns, as a
+    // kernel call that blocks for ever would (what `/healthz` must notice).
+    let hang = std::env::var("WEFT_FAULT_HANG_AT_GENERATION").ok();
+    if hang.and_then(|v| v.parse::<u64>().ok()) == Some(generation) {
+        warn!(generation, "injected fault: this apply hangs");
+        loop {
+            std::thread::park();
+        }
     }
 }
 
