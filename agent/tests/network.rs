@@ -137,6 +137,8 @@ fn spec(address: &str, gateway: Option<&str>, mtu: Option<u32>) -> Network {
         interface: IfName::parse("eth0").unwrap(),
         address: address.parse().unwrap(),
         gateway: gateway.map(|g| g.parse().unwrap()),
+        address6: None,
+        gateway6: None,
         mtu,
         nameservers: Vec::new(),
         search_domains: Vec::new(),
@@ -216,47 +218,118 @@ fn apply_matches_the_spec_and_a_second_apply_sends_no_change() {
 }
 
 #[test]
-fn a_new_address_replaces_exactly_the_old_one_and_foreign_objects_stay() {
+fn the_spec_address_is_the_only_ipv4_address_and_foreign_objects_elsewhere_stay() {
     let (ns, _peer) = pod("net-addr");
-    let first = spec("192.0.2.10/24", Some("192.0.2.1"), None);
-    apply_in(&ns, &first).0.unwrap();
-    // Someone else's address (no protocol) and route (proto static) on the same link.
+    let other = Netns::new("net-addr-other").unwrap();
+    veth(&ns, "eth1", &other, "eth0").unwrap();
+    // The pod's previous life (or the VMM's kernel command line): a stale address on eth0,
+    // added before the agent by someone else. Elsewhere, someone else's address on eth1 and
+    // a route that is not a default route.
     ns.ip(&["addr", "add", "192.0.2.200/24", "dev", "eth0"])
+        .unwrap();
+    ns.ip(&["addr", "add", "198.51.100.9/24", "dev", "eth1"])
         .unwrap();
     ns.ip(&[
         "route",
         "add",
         "203.0.113.0/24",
         "via",
+        "198.51.100.1",
+        "proto",
+        "static",
+    ])
+    .unwrap();
+    let eth1_before = ip_json(&ns, &["addr", "show", "eth1"]).unwrap();
+    let route_before = ip_json(&ns, &["route", "show", "203.0.113.0/24"]).unwrap();
+
+    let first = spec("192.0.2.10/24", Some("192.0.2.1"), None);
+    apply_in(&ns, &first).0.unwrap();
+    assert_eq!(
+        ipv4_of(&ns, "eth0"),
+        vec!["192.0.2.10/24"],
+        "the stale address is gone: one source address"
+    );
+    assert_eq!(
+        ip_json(&ns, &["addr", "show", "eth1"]).unwrap(),
+        eth1_before
+    );
+    assert_eq!(
+        ip_json(&ns, &["route", "show", "203.0.113.0/24"]).unwrap(),
+        route_before
+    );
+    assert_eq!(defaults(&ns), vec![defaults_of("192.0.2.1", "87", 0)]);
+    let status = observe_in(&ns, &first);
+    assert_eq!(status.overall, Overall::Healthy, "{}", status.last_error);
+
+    // Someone else's address on eth0 later, and a route on eth0 that is not a default one:
+    // the address goes (the status says so until then), the route stays.
+    ns.ip(&["addr", "add", "192.0.2.201/24", "dev", "eth0"])
+        .unwrap();
+    ns.ip(&[
+        "route",
+        "add",
+        "233.252.0.0/24",
+        "via",
         "192.0.2.1",
         "proto",
         "static",
     ])
     .unwrap();
-
+    let status = observe_in(&ns, &first);
+    assert_eq!(status.overall, Overall::Degraded);
+    assert_eq!(status.last_error, "stale address 192.0.2.201/24 on eth0");
     let second = spec("192.0.2.11/24", Some("192.0.2.1"), None);
     apply_in(&ns, &second).0.unwrap();
-    assert_eq!(
-        ipv4_of(&ns, "eth0"),
-        vec!["192.0.2.11/24", "192.0.2.200/24"],
-        "the agent's old address goes, the foreign one stays"
-    );
-    let foreign = ip_json(&ns, &["route", "show", "203.0.113.0/24"]).unwrap();
+    assert_eq!(ipv4_of(&ns, "eth0"), vec!["192.0.2.11/24"]);
+    let foreign = ip_json(&ns, &["route", "show", "233.252.0.0/24"]).unwrap();
     assert_eq!(foreign[0]["protocol"], "static", "{foreign}");
     assert_eq!(defaults(&ns), vec![defaults_of("192.0.2.1", "87", 0)]);
+    assert_eq!(
+        ip_json(&ns, &["addr", "show", "eth1"]).unwrap(),
+        eth1_before
+    );
 
     // Into another subnet: the old subnet's routes go with its address; the agent puts its
     // default route back through the new one.
     let third = spec("198.51.100.7/24", Some("198.51.100.1"), None);
     apply_in(&ns, &third).0.unwrap();
-    assert_eq!(
-        ipv4_of(&ns, "eth0"),
-        vec!["192.0.2.200/24", "198.51.100.7/24"]
-    );
+    assert_eq!(ipv4_of(&ns, "eth0"), vec!["198.51.100.7/24"]);
     assert_eq!(defaults(&ns), vec![defaults_of("198.51.100.1", "87", 0)]);
     let status = observe_in(&ns, &third);
     assert_eq!(status.overall, Overall::Healthy, "{}", status.last_error);
     assert_eq!(apply_in(&ns, &third).1, 0);
+}
+
+#[test]
+fn loopback_answers_after_the_first_apply() {
+    let (ns, _peer) = pod("net-lo");
+    // A fresh network namespace has lo down (the testkit brings it up for convenience).
+    ns.ip(&["link", "set", "lo", "down"]).unwrap();
+    let refused = ns.enter(|| {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        TcpStream::connect_timeout(&([127, 0, 0, 1], port).into(), Duration::from_millis(500))
+            .map(|_| ())
+    });
+    assert!(refused.is_err(), "127.0.0.1 with lo down: {refused:?}");
+    let desired = spec("192.0.2.10/24", None, None);
+    apply_in(&ns, &desired).0.unwrap();
+    ns.enter(|| {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let mut client = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        let (mut server, _) = listener.accept().unwrap();
+        client.write_all(b"ping").unwrap();
+        let mut buf = [0; 4];
+        server.read_exact(&mut buf).unwrap();
+        assert_eq!(&buf, b"ping");
+    });
+    let status = observe_in(&ns, &desired);
+    assert_eq!(status.overall, Overall::Healthy, "{}", status.last_error);
+    ns.ip(&["link", "set", "lo", "down"]).unwrap();
+    let status = observe_in(&ns, &desired);
+    assert_eq!(status.last_error, "lo is down");
+    assert_eq!(apply_in(&ns, &desired).1, 1, "only lo");
 }
 
 #[test]

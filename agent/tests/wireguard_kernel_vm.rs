@@ -316,6 +316,7 @@ fn first_overlay(key: &str) -> WireGuardSpec {
         private_key: Some(Secret::new(key.to_owned())),
         peers: vec![a, b, c],
         mtu: None,
+        default_route: None,
     }
 }
 

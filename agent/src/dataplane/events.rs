@@ -1,5 +1,5 @@
-//! Change notifications that wake the reconciler: rtnetlink (links, IPv4 addresses, IPv4
-//! routes), nf_tables (`NFNLGRP_NFTABLES`), and an inotify watch on the resolver file's
+//! Change notifications that wake the reconciler: rtnetlink (links, addresses and routes of
+//! both families), nf_tables (`NFNLGRP_NFTABLES`), and an inotify watch on the resolver file's
 //! directory. They only say *that* something may have drifted and, where the kernel tells,
 //! *who* did it; whether anything drifted is decided by reading back and comparing with the
 //! desired state. So the agent's own writes, which converge, never count as drift, and a lost
