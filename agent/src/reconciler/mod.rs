@@ -345,7 +345,7 @@ impl Reconciler {
                 let event = drift::event(
                     subsystem,
                     drift::change(hints, subsystem, &found),
-                    drift::author(hints, subsystem, own_port),
+                    drift::author(hints, subsystem, own_port, &found),
                 );
                 warn!(
                     ?subsystem,

@@ -185,7 +185,7 @@ pub enum State {
         /// The private key the device must hold (the spec's, or the generated one).
         key: SecretKey,
         device: ObservedDevice,
-        link: LinkState,
+        link: Box<LinkState>,
         endpoints: endpoints::State,
     },
 }
@@ -502,7 +502,7 @@ impl Subsystem for WireGuardManager {
         Ok(State::Present {
             key,
             device,
-            link,
+            link: Box::new(link),
             endpoints,
         })
     }
