@@ -737,8 +737,7 @@ fn echo_server(ns: &Netns, at: &str) -> SocketAddr {
 /// (2001:db8:2::2) and stranger (2001:db8:3::3). Every static address `nodad`, so none is
 /// tentative when the test starts.
 #[test]
-fn dual_stack_reaches_a_peer_through_the_gateway_and_the_firewall_admits_only_the_allowed_source()
-{
+fn dual_stack_reaches_a_peer_through_the_gateway_and_the_firewall_admits_only_the_allowed_source() {
     require_root();
     let pod = Netns::new("ds-pod").unwrap();
     let router = Netns::new("ds-router").unwrap();
@@ -807,14 +806,20 @@ fn dual_stack_reaches_a_peer_through_the_gateway_and_the_firewall_admits_only_th
     let pod6: Ipv6Addr = "2001:db8:1::10".parse().unwrap();
     let to = |port: u16| SocketAddr::from((pod6, port));
     talk(&peer, to(allowed.port())).expect("the allowed source is admitted");
-    assert!(talk(&stranger, to(allowed.port())).is_err(), "another source");
+    assert!(
+        talk(&stranger, to(allowed.port())).is_err(),
+        "another source"
+    );
     assert!(talk(&peer, to(other_port.port())).is_err(), "another port");
 
     // Neighbour discovery under policy drop: forget every neighbour, then again.
     for ns in [&pod, &router, &peer] {
         ns.ip(&["-6", "neigh", "flush", "all"]).unwrap();
     }
-    assert!(ping6(&pod, "2001:db8:2::2"), "after the neighbour caches were flushed");
+    assert!(
+        ping6(&pod, "2001:db8:2::2"),
+        "after the neighbour caches were flushed"
+    );
     talk(&peer, to(allowed.port())).expect("admitted after the flush too");
     let neigh = ip_json(&router, &["-6", "neigh", "show", "dev", "topod"]).unwrap();
     assert!(
