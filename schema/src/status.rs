@@ -77,7 +77,7 @@ pub struct NetworkStatus {
     pub last_error: String,
     pub interface: String,
     pub up: bool,
-    /// The interface's IPv4 addresses, as CIDRs.
+    /// The interface's IPv4 addresses, as CIDRs (with the spec's, the only one).
     pub addresses: Vec<String>,
     /// The default route's gateway, `null` when there is none.
     pub gateway: Option<String>,

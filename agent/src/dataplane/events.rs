@@ -1,8 +1,8 @@
 //! Change notifications that wake the reconciler: rtnetlink (links, addresses and routes of
 //! both families), nf_tables (`NFNLGRP_NFTABLES`), and a watch on the resolver file's
 //! directory (fanotify, whose events name the writing process, where the kernel and the
-//! agent's privileges allow it; else inotify, whose events name nobody). They only say *that* something may have drifted and, where the kernel tells,
-//! *who* did it; whether anything drifted is decided by reading back and comparing with the
+//! agent's privileges allow it; else inotify, whose events name nobody). They only say
+//! *that* something may have drifted and, where the kernel tells, *who* did it; whether anything drifted is decided by reading back and comparing with the
 //! desired state. So the agent's own writes, which converge, never count as drift, and a lost
 //! event costs only latency (the periodic resync catches it; an overrun asks for one at once).
 
