@@ -26,8 +26,18 @@ use weft_schema::validate::{IfName, Network, WireGuard};
 use super::rtnl::{self, AddrInfo, Family, Route, RouteInfo, Rtnl, RTPROT_WEFT};
 use super::subsystem::Subsystem;
 
-/// The metric of the routes the agent installs: 0, so they are the ones the kernel uses.
-const ROUTE_METRIC: u32 = 0;
+/// The metric of the routes the agent installs to `dst`: the best there is, so they are the
+/// ones the kernel uses. IPv6 takes 0 to mean its default (1024, where router advertisements
+/// put theirs), so 1 there.
+pub fn route_metric(dst: IpNet) -> u32 {
+    match dst {
+        IpNet::V4(_) => 0,
+        IpNet::V6(_) => 1,
+    }
+}
+
+/// `RTPROT_KERNEL`: a route the kernel made itself (a link's connected prefix).
+const RTPROT_KERNEL: u8 = 2;
 
 /// What on a link is the agent's to remove.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -150,8 +160,8 @@ pub struct LinkState {
     pub mtu: u32,
     /// The link's addresses with the protocol that added each.
     pub addresses: Vec<AddrInfo>,
-    /// The routes of the main table (both families) that are defaults (on any link) or on
-    /// this link.
+    /// The routes of the main table (both families) that are defaults, on this link, or to a
+    /// destination the link must carry (on any link).
     pub routes: Vec<RouteInfo>,
     /// Desired addresses another interface already holds (any prefix length), with its
     /// name; read only for [`Ownership::Pod`].
@@ -188,6 +198,14 @@ impl LinkState {
     fn routed(&self, dst: IpNet, gateway: Option<IpAddr>) -> bool {
         self.effective(dst)
             .is_some_and(|r| r.gateway == gateway && r.oif == Some(self.index))
+    }
+
+    /// Another link's connected route to `dst` (a peer allowing the pod's own subnet): never
+    /// replaced, which would cut that link off.
+    fn connected_elsewhere(&self, dst: IpNet) -> Option<&RouteInfo> {
+        self.effective(dst).filter(|r| {
+            r.oif != Some(self.index) && r.gateway.is_none() && r.protocol == RTPROT_KERNEL
+        })
     }
 }
 
@@ -309,7 +327,7 @@ pub fn plan(desired: &LinkSpec, observed: &LinkState) -> Vec<Change> {
     }
     changes.extend(stale.into_iter().map(Change::DeleteAddress));
     for &(dst, gateway) in &desired.routes {
-        if !observed.routed(dst, gateway) {
+        if !observed.routed(dst, gateway) && observed.connected_elsewhere(dst).is_none() {
             changes.push(Change::ReplaceRoute { dst, gateway });
         }
     }
@@ -373,7 +391,11 @@ impl Subsystem for Link {
         };
         let mut routes = rtnl.routes(Family::V4).map_err(read)?;
         routes.extend(rtnl.routes(Family::V6).map_err(read)?);
-        routes.retain(|r| r.dst.prefix_len() == 0 || r.oif == Some(link.index));
+        routes.retain(|r| {
+            r.dst.prefix_len() == 0
+                || r.oif == Some(link.index)
+                || desired.routes.iter().any(|&(dst, _)| dst == r.dst)
+        });
         Ok(LinkState {
             index: link.index,
             up: link.up,
@@ -493,7 +515,7 @@ fn send_one(rtnl: &mut Rtnl, index: u32, change: &Change) -> Result<(), rtnl::Er
             dst,
             gateway,
             oif: index,
-            metric: ROUTE_METRIC,
+            metric: route_metric(dst),
         }),
         Change::DeleteRoute(r) => rtnl.delete_route(&Route {
             dst: r.dst,
@@ -592,6 +614,13 @@ fn differences(desired: &LinkSpec, state: &LinkState) -> Vec<String> {
     }
     for &(dst, gateway) in &desired.routes {
         if state.routed(dst, gateway) {
+            continue;
+        }
+        if let Some(r) = state.connected_elsewhere(dst) {
+            problems.push(format!(
+                "{dst} is the connected route of {}, not routed via {name}",
+                FmtRoute(r)
+            ));
             continue;
         }
         match (gateway, state.effective(dst)) {
@@ -1102,6 +1131,34 @@ mod whole {
             vec![
                 "stale address 192.0.2.9/32 on wg0",
                 "stale route 10.7.0.0/16 on wg0"
+            ]
+        );
+    }
+
+    #[test]
+    fn another_links_connected_route_is_never_taken() {
+        let mut desired = wg("10.9.0.1/24");
+        desired.routes.push(("192.0.2.0/24".parse().unwrap(), None));
+        let state = LinkState {
+            index: 5,
+            up: true,
+            mtu: 1420,
+            addresses: vec![addr("10.9.0.1/24", RTPROT_WEFT)],
+            routes: vec![
+                on_link("10.9.0.0/24", RTPROT_KERNEL),
+                RouteInfo {
+                    oif: Some(2),
+                    ..on_link("192.0.2.0/24", RTPROT_KERNEL)
+                },
+            ],
+            held_elsewhere: vec![],
+            loopback_down: None,
+        };
+        assert_eq!(plan(&desired, &state), vec![]);
+        assert_eq!(
+            Link.status(&desired, Ok(&state)).problems,
+            vec![
+                "192.0.2.0/24 is the connected route of interface #2 directly, not routed via wg0"
             ]
         );
     }

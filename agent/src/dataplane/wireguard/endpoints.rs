@@ -105,7 +105,7 @@ pub fn plan(desired: Option<&WireGuard>, tunnel: Option<u32>, state: &State) -> 
                     dst,
                     gateway: Some(gateway),
                     oif,
-                    metric: 0,
+                    metric: crate::dataplane::link::route_metric(dst),
                 }));
             }
         }
@@ -237,7 +237,7 @@ mod tests {
                     dst: "2001:db8::10/128".parse().unwrap(),
                     gateway: Some("fe80::1".parse().unwrap()),
                     oif: 2,
-                    metric: 0
+                    metric: 1
                 }),
             ]
         );
