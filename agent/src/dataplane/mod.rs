@@ -191,7 +191,9 @@ impl Dataplane {
         let rtnl = &mut self.rtnl;
         match part {
             Part::Link => match &spec.network {
-                Some(net) => Ok(self.link.apply(rtnl, &link::LinkSpec::pod(net))?),
+                Some(net) => Ok(self
+                    .link
+                    .apply(rtnl, &link::LinkSpec::pod(net, spec.wireguard.as_ref()))?),
                 None => Ok(()), // not managed
             },
             Part::Resolver => match &spec.network {
@@ -240,7 +242,7 @@ impl Dataplane {
             match part {
                 Part::Link => {
                     observed.network = spec.network.as_ref().map(|net| {
-                        let desired = link::LinkSpec::pod(net);
+                        let desired = link::LinkSpec::pod(net, spec.wireguard.as_ref());
                         self.link.observe(rtnl, &desired).network(&desired)
                     })
                 }

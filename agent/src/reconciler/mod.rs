@@ -82,6 +82,10 @@ pub struct Reconciler {
     log_gate: LogGate,
     /// Answers held until the status they change is out (see [`Self::take_answers`]).
     answers: Vec<Answer>,
+    /// How long the last apply took, from its start to the kernel's acknowledgement of its
+    /// last write (every change is acknowledged before the next is sent, and nothing but
+    /// the return follows the last one).
+    apply_micros: u64,
 }
 
 /// An answer to a spec, to send once the status it changed is published.
@@ -91,12 +95,14 @@ pub struct Answer {
     generation: u64,
     result: ApplyResult,
     error: String,
+    /// `ApplyMicros`: see [`Reconciler::apply`].
+    micros: u64,
 }
 
 impl Answer {
     pub fn send(self, pod: &PodId) {
         self.reply
-            .send(pod, self.generation, self.result, self.error);
+            .send(pod, self.generation, self.result, self.error, self.micros);
     }
 }
 
@@ -117,6 +123,7 @@ impl Reconciler {
             baseline: None,
             log_gate: LogGate::default(),
             answers: Vec::new(),
+            apply_micros: 0,
         }
     }
 
@@ -128,11 +135,16 @@ impl Reconciler {
     }
 
     fn answer(&mut self, reply: Replier, generation: u64, result: ApplyResult, error: String) {
+        let micros = match result {
+            ApplyResult::Applied | ApplyResult::Failed => self.apply_micros,
+            ApplyResult::Rejected | ApplyResult::Stale => 0,
+        };
         self.answers.push(Answer {
             reply,
             generation,
             result,
             error,
+            micros,
         });
     }
 
@@ -285,12 +297,13 @@ impl Reconciler {
         injected_fault(spec.generation);
         let started = Instant::now();
         self.failures = self.dataplane.apply(&spec);
+        self.apply_micros = started.elapsed().as_micros() as u64;
         self.state.end_apply();
         self.baseline = None;
         info!(
             generation = spec.generation,
             failed = self.failures.len(),
-            micros = started.elapsed().as_micros() as u64,
+            micros = self.apply_micros,
             "applied"
         );
         if self.failures.is_empty() {
@@ -354,7 +367,7 @@ impl Reconciler {
                 let event = drift::event(
                     subsystem,
                     drift::change(hints, subsystem, &found),
-                    drift::author(hints, subsystem, own_port),
+                    drift::author(hints, subsystem, own_port, &found),
                 );
                 warn!(
                     ?subsystem,
