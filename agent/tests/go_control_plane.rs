@@ -124,8 +124,9 @@ fn a_go_spec_with_nil_slices_and_unset_pointers_means_what_leaving_them_out_mean
         .unwrap()
         .expect("inet weft-fw");
     let accept = json!({ "accept": null });
+    // After the baseline's three rules: established, neighbour discovery, lo.
     assert_eq!(
-        rules(&table, "input")[2..],
+        rules(&table, "input")[3..],
         [
             // ListenPort null: 51820.
             json!([{ "match": { "op": "==",
