@@ -7,9 +7,14 @@
 //! - [`tables`]: the two owned tables, `ip weft-sb` in each sandbox and `ip weft-host` on the
 //!   host, rendered as values (rules keyed by the slot they belong to), and as the `nft`
 //!   text that lists them: pure.
+//! - [`netns`]: named namespaces as `ip netns` makes them, entered by a thread;
+//!   [`tap`]: the persistent tap; [`sysctl`]: IPv4 forwarding through `/proc/sys`.
 
+pub mod netns;
 pub mod slot;
+pub mod sysctl;
 pub mod tables;
+pub mod tap;
 
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
