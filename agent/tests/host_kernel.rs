@@ -56,7 +56,7 @@ fn a_named_namespace_is_what_ip_netns_sees_and_deletes() {
     assert!(inside.contains("lo:"), "{inside}");
     assert!(ip_netns_list().contains(&name.0));
     assert!(netns::is_mounted(&name.0));
-    assert_eq!(netns::list(&name.0).unwrap(), [name.0.clone()]);
+    assert_eq!(netns::list(&name.0).unwrap(), std::slice::from_ref(&name.0));
     // `ip netns exec` runs in it: only a loopback, down.
     let links = run(&["ip", "-n", &name.0, "-j", "link"]);
     let links: serde_json::Value = serde_json::from_str(&links).unwrap();
