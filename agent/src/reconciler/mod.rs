@@ -29,7 +29,7 @@ use crate::state::StateDir;
 use drift::{Budgets, Drift};
 pub use mailbox::{Inbox, Mailbox, Replier, Submission};
 pub use status::compose;
-use status::failure_line;
+pub(crate) use status::failure_line;
 use weft_schema::text::ErrorLine;
 
 /// What to do with a valid spec, given the generation already applied.

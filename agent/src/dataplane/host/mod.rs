@@ -11,7 +11,9 @@
 //!   [`tap`]: the persistent tap; [`sysctl`]: IPv4 forwarding through `/proc/sys`.
 
 pub mod netns;
+pub mod plan;
 pub mod slot;
+pub mod status;
 pub mod sysctl;
 pub mod tables;
 pub mod tap;
