@@ -568,8 +568,10 @@ mod tests {
     #[test]
     fn someone_elses_link_is_never_touched() {
         let o = objects(Guest::Tap);
-        let mut s = SlotState::default();
-        s.host_link = Some(link(true, &["192.0.2.1/24"], "veth", None));
+        let s = SlotState {
+            host_link: Some(link(true, &["192.0.2.1/24"], "veth", None)),
+            ..SlotState::default()
+        };
         assert_eq!(
             plan(&o, &s).unwrap_err(),
             Refusal::ForeignLink("weft-v7".into())
