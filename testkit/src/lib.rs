@@ -10,6 +10,8 @@
 //! - [`agent`]: the real `weft-agent` binary inside a namespace.
 //! - [`control`]: a control plane publishing specs and a dashboard collecting statuses.
 //! - [`hub`]: a hub namespace (NATS, the test's clients) and pod namespaces joined to it.
+//! - [`host`]: a machine that hosts sandboxes: a host namespace for the host agent, an
+//!   internet namespace beyond its uplink.
 //! - [`stack`]: a whole local stack: hub, LAN router, pods with their agents.
 //! - [`eventually`]: bounded waits for eventual conditions, never a fixed sleep.
 //! - [`go`]: `weftcp`, a control plane written in Go from the contract alone.
@@ -20,6 +22,7 @@ pub mod cluster;
 pub mod control;
 pub mod eventually;
 pub mod go;
+pub mod host;
 pub mod hub;
 pub mod identity;
 pub mod nats;
