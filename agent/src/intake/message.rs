@@ -333,6 +333,63 @@ mod tests {
     }
 
     #[test]
+    fn a_host_spec_is_read_by_the_same_rules() {
+        let host = PodId::parse("host-a").unwrap();
+        let key = SigningKey::from_seed(&[5; 32]);
+        let trust = TrustKeys::new(vec![key.verifying_key()]);
+        let body = br#"{"HostId":"host-a","Generation":2,"NotAfterUnix":1763779200,
+            "Sandboxes":[{"Slot":7,"Guest":"tap"}]}"#;
+        let signed = key.sign(None, None, body);
+        let mut msg = message(body);
+        msg.key = Some(signed.key.clone());
+        msg.signature = Some(signed.signature);
+        match read_spec::<weft_schema::HostSpec>(&host, Some(&trust), &msg) {
+            Read::Valid { spec, signed_by } => {
+                assert_eq!(spec.sandboxes.len(), 1);
+                assert_eq!(signed_by, Some(signed.key));
+                assert!(expired(&*spec, 1_763_779_201).is_some());
+            }
+            other => panic!("{other:?}"),
+        }
+        // Unsigned, tampered, another host's, a pod's spec: refused as a pod's would be.
+        let (_, error, reason) =
+            match read_spec::<weft_schema::HostSpec>(&host, Some(&trust), &message(body)) {
+                Read::Rejected {
+                    generation,
+                    error,
+                    reason,
+                } => (generation, error, reason),
+                other => panic!("{other:?}"),
+            };
+        assert_eq!(reason, Reason::Signature);
+        assert!(error.contains("unsigned spec"), "{error}");
+        let mut tampered = msg.clone();
+        tampered.body = Bytes::from(String::from_utf8_lossy(body).replace('7', "8"));
+        assert!(matches!(
+            read_spec::<weft_schema::HostSpec>(&host, Some(&trust), &tampered),
+            Read::Rejected {
+                reason: Reason::Signature,
+                ..
+            }
+        ));
+        match read_spec::<weft_schema::HostSpec>(&PodId::parse("host-b").unwrap(), None, &msg) {
+            Read::Rejected { error, .. } => assert_eq!(
+                error,
+                "generation 2 rejected: HostId: host-a is not this agent's host (host-b)"
+            ),
+            other => panic!("{other:?}"),
+        }
+        match read_spec::<weft_schema::HostSpec>(
+            &host,
+            None,
+            &message(br#"{"PodId":"host-a","Generation":1}"#),
+        ) {
+            Read::Rejected { reason, .. } => assert_eq!(reason, Reason::Decode),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
     fn expiry_is_checked_against_the_time_of_arrival() {
         let read = read_spec::<PodSpec>(
             &pod(),
