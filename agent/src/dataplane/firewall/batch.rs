@@ -2,10 +2,14 @@
 //! when the kernel has one, create it, its two chains, and per rule its anonymous sets and
 //! the rule. Nothing else is ever named, so no other table or chain can be touched.
 
+use std::net::{Ipv4Addr, Ipv6Addr};
+
+use nftnl::set::SetKey;
+
 use super::render::{prefix_of, AddrMatch, Dir, Family, Line, Match, Ruleset, Verdict};
 use super::{Chain, CHAINS, TABLE_REF};
 use crate::dataplane::nftables::abi::*;
-use crate::dataplane::nftables::batch::{AnonSet, BaseChain, Batch, SetRef, Transaction};
+use crate::dataplane::nftables::batch::{BaseChain, Batch, InetService, SetRef, Transaction};
 use crate::dataplane::nftables::expr::{Expr, Value};
 
 /// What a message of the batch does, so a refusal can say what failed.
@@ -51,7 +55,7 @@ pub(crate) fn replace(
             TABLE_REF,
             &BaseChain {
                 name: chain.name,
-                kind: "filter",
+                kind: nftnl::ChainType::Filter,
                 hook: chain.hook,
                 priority: 0,
                 policy: chain.policy,
@@ -145,11 +149,10 @@ fn rule(b: &mut Batch<Label>, chain: &Chain, index: usize, line: &Line) {
     if let Line::Match(m) = line {
         if let Some(a) = &m.addr {
             if a.ranges.len() > 1 {
-                let (key_type, len) = match a.family {
-                    Family::V4 => (TYPE_IPADDR, 4),
-                    Family::V6 => (TYPE_IP6ADDR, 16),
-                };
-                addr_set = Some(set(b, label_set, &a.ranges, a.family.max(), key_type, len));
+                addr_set = Some(match a.family {
+                    Family::V4 => set::<Ipv4Addr>(b, label_set, &a.ranges, a.family.max()),
+                    Family::V6 => set::<Ipv6Addr>(b, label_set, &a.ranges, a.family.max()),
+                });
             }
         }
         if m.ports.len() > 1 {
@@ -158,13 +161,11 @@ fn rule(b: &mut Batch<Label>, chain: &Chain, index: usize, line: &Line) {
                 .iter()
                 .map(|&(x, y)| (u128::from(x), u128::from(y)))
                 .collect();
-            port_set = Some(set(
+            port_set = Some(set::<InetService>(
                 b,
                 label_set,
                 &ranges,
                 u128::from(u16::MAX),
-                TYPE_INET_SERVICE,
-                2,
             ));
         }
     }
@@ -304,14 +305,13 @@ fn addr_exprs(e: &mut Vec<Expr>, a: &AddrMatch, dir: Dir, set: Option<&SetRef>) 
 /// An anonymous constant interval set holding `ranges`, written as nft writes one: a range
 /// `[a, b]` is a start element `a` and an end element `b + 1` (none when `b` is the top of
 /// the key space), after an end element at 0 when the first range does not start there.
-fn set(
+fn set<K: SetKey>(
     b: &mut Batch<Label>,
     label: Label,
     ranges: &[(u128, u128)],
     max: u128,
-    key_type: u32,
-    key_len: usize,
 ) -> SetRef {
+    let key_len = K::LEN as usize;
     let key = |v: u128| Value::new(&v.to_be_bytes()[16 - key_len..]).expect("16 bytes at most");
     let mut elements = Vec::with_capacity(ranges.len() * 2 + 1);
     if ranges[0].0 != 0 {
@@ -323,14 +323,5 @@ fn set(
             elements.push((key(last + 1), true));
         }
     }
-    b.add_anon_set(
-        TABLE_REF,
-        &AnonSet {
-            flags: NFT_SET_INTERVAL,
-            key_type,
-            key_len: key_len as u32,
-            elements: &elements,
-        },
-        label,
-    )
+    b.add_anon_set::<K>(TABLE_REF, NFT_SET_INTERVAL, &elements, label)
 }

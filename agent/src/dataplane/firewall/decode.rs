@@ -8,6 +8,7 @@ use super::render::{
     merge, AddrMatch, Dir, Family, Line, Match, Verdict, IPPROTO_TCP, IPPROTO_UDP,
 };
 use super::CHAINS;
+use crate::dataplane::netlink::AttrExt;
 use crate::dataplane::nftables::abi::*;
 use crate::dataplane::nftables::expr::{self, Value};
 use crate::dataplane::nftables::{self, Element};
@@ -71,8 +72,8 @@ pub(crate) fn chains_as_contract(chains: &[nftables::Chain]) -> bool {
             chains.iter().any(|s| {
                 s.name == c.name
                     && s.kind == "filter"
-                    && s.hook == Some((c.hook, 0))
-                    && s.policy == Some(c.policy)
+                    && s.hook == Some((c.hook as u32, 0))
+                    && s.policy == Some(c.policy as u32)
             })
         })
 }

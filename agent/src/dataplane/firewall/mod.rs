@@ -47,7 +47,7 @@ pub use render::{render, Ruleset};
 pub const TABLE: &str = "weft-fw";
 /// [`TABLE`] in its family.
 pub const TABLE_REF: TableRef<'static> = TableRef {
-    family: NFPROTO_INET,
+    family: nftnl::ProtoFamily::Inet,
     name: TABLE,
 };
 
@@ -55,8 +55,8 @@ pub const TABLE_REF: TableRef<'static> = TableRef {
 #[derive(Debug)]
 pub(crate) struct Chain {
     pub name: &'static str,
-    pub hook: u32,
-    pub policy: u32,
+    pub hook: nftnl::Hook,
+    pub policy: nftnl::Policy,
     /// Which address a rule of this chain matches.
     pub dir: Dir,
 }
@@ -66,14 +66,14 @@ pub(crate) struct Chain {
 pub(crate) const CHAINS: [Chain; 2] = [
     Chain {
         name: "input",
-        hook: NF_INET_LOCAL_IN,
-        policy: NF_DROP,
+        hook: nftnl::Hook::In,
+        policy: nftnl::Policy::Drop,
         dir: Dir::Src,
     },
     Chain {
         name: "output",
-        hook: NF_INET_LOCAL_OUT,
-        policy: NF_ACCEPT,
+        hook: nftnl::Hook::Out,
+        policy: nftnl::Policy::Accept,
         dir: Dir::Dst,
     },
 ];

@@ -14,10 +14,10 @@ use sha2::{Digest, Sha256};
 use weft_schema::validate::{Firewall, Protocol, Rule};
 
 /// `meta l4proto` values (IANA protocol numbers).
-pub(crate) const IPPROTO_ICMP: u8 = 1;
-pub(crate) const IPPROTO_TCP: u8 = 6;
-pub(crate) const IPPROTO_UDP: u8 = 17;
-pub(crate) const IPPROTO_ICMPV6: u8 = 58;
+pub(crate) const IPPROTO_ICMP: u8 = libc::IPPROTO_ICMP as u8;
+pub(crate) const IPPROTO_TCP: u8 = libc::IPPROTO_TCP as u8;
+pub(crate) const IPPROTO_UDP: u8 = libc::IPPROTO_UDP as u8;
+pub(crate) const IPPROTO_ICMPV6: u8 = libc::IPPROTO_ICMPV6 as u8;
 
 /// The rendered table: the rules of chain `input` and chain `output`, in order. The chains
 /// themselves (hooks, priorities, policies) are fixed by the contract and not part of the

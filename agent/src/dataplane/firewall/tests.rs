@@ -11,7 +11,7 @@ use super::decode;
 use super::render::{prefix_of, Family, Line};
 use super::{describe, render};
 use crate::dataplane::netlink::message::NLM_F_ACK;
-use crate::dataplane::netlink::messages;
+use crate::dataplane::netlink::{messages, AttrExt};
 use crate::dataplane::nftables;
 use crate::dataplane::nftables::abi::*;
 use crate::dataplane::nftables::expr::Value;
@@ -161,12 +161,11 @@ fn ten_thousand_sources_split_into_element_messages_under_64_kib() {
     for msg in messages(&b.bytes) {
         if msg.ty & 0xff == NFT_MSG_NEWSETELEM && msg.ty >> 8 == 10 {
             element_messages += 1;
-            let list = nftables::attrs(&msg)
-                .get(NFTA_SET_ELEM_LIST_ELEMENTS)
-                .unwrap();
+            let attrs = nftables::attrs(&msg);
+            let list = attrs.get(NFTA_SET_ELEM_LIST_ELEMENTS).unwrap();
             // The list's length is a u16: a longer one would be cut short.
-            assert!(list.payload.len() + 4 <= usize::from(u16::MAX));
-            elements += list.nested().count();
+            assert!(list.bytes().len() + 4 <= usize::from(u16::MAX));
+            elements += list.nested().len();
         }
     }
     // 10,000 starts, 10,000 ends and nft's leading end at 0, in several messages.

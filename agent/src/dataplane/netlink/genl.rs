@@ -1,52 +1,67 @@
-//! Generic netlink: the `genlmsghdr` after the netlink header, and the controller that maps
-//! a family's name (`wireguard`) to the message type its requests use.
+//! Generic netlink: neli's `Genlmsghdr` after the netlink header, and the controller that
+//! maps a family's name (`wireguard`) to the message type its requests use.
 
 use std::io;
 
-use super::message::{Datagram, Message, NLM_F_ACK, NLM_F_REQUEST};
+use neli::consts::genl::{Cmd, CtrlAttr, CtrlCmd, NlAttrType};
+use neli::consts::nl::{GenlId, NlmF};
+use neli::genl::{AttrTypeBuilder, Genlmsghdr, GenlmsghdrBuilder, Nlattr, NlattrBuilder};
+use neli::types::{Buffer, GenlBuffer};
+use neli::{Size, ToBytes};
+
+use super::message::{self, Message};
 use super::socket::{Error, Protocol, Socket};
 
 /// `genlmsghdr`: command, version, reserved.
 pub const GENL_HDRLEN: usize = 4;
 
-const GENL_ID_CTRL: u16 = 0x10;
-const CTRL_CMD_GETFAMILY: u8 = 3;
-const CTRL_ATTR_FAMILY_ID: u16 = 1;
-const CTRL_ATTR_FAMILY_NAME: u16 = 2;
+/// An attribute of type `ty` whose payload neli serializes (`&str` NUL-terminated,
+/// integers in host order).
+pub fn attr<T: NlAttrType, P: Size + ToBytes>(ty: T, payload: P) -> Nlattr<T, Buffer> {
+    NlattrBuilder::default()
+        .nla_type(
+            AttrTypeBuilder::default()
+                .nla_type(ty)
+                .build()
+                .expect("the type is set"),
+        )
+        .nla_payload(payload)
+        .build()
+        .expect("type and payload are set")
+}
 
-/// Starts a generic netlink message of `family` (its id) carrying `cmd`.
-pub fn message(
-    d: &mut Datagram,
-    family: u16,
-    flags: u16,
-    seq: u32,
-    cmd: u8,
+/// A generic netlink message of `cmd` carrying `attrs`.
+pub fn message<C: Cmd, T: NlAttrType>(
+    cmd: C,
     version: u8,
-) -> &mut Datagram {
-    d.message(family, flags, seq).fixed(&[cmd, version, 0, 0])
+    attrs: GenlBuffer<T, Buffer>,
+) -> Genlmsghdr<C, T> {
+    GenlmsghdrBuilder::default()
+        .cmd(cmd)
+        .version(version)
+        .attrs(attrs)
+        .build()
+        .expect("command, version and attributes are set")
 }
 
 /// The controller request that looks up `name`.
-pub fn family_request(name: &str, seq: u32) -> Datagram {
-    let mut d = Datagram::new();
-    message(
-        &mut d,
-        GENL_ID_CTRL,
-        NLM_F_REQUEST | NLM_F_ACK,
-        seq,
-        CTRL_CMD_GETFAMILY,
-        1,
-    )
-    .attr_str(CTRL_ATTR_FAMILY_NAME, name);
-    d
+pub fn family_request(name: &str, seq: u32) -> Vec<u8> {
+    let attrs = std::iter::once(attr(CtrlAttr::FamilyName, name)).collect();
+    let msg = message(CtrlCmd::Getfamily, 1, attrs);
+    message::request(GenlId::Ctrl, NlmF::ACK, seq, msg)
 }
 
 /// The family id in a controller reply.
 pub fn family_id(msg: &Message<'_>) -> Option<u16> {
-    if msg.ty != GENL_ID_CTRL {
+    if msg.ty != u16::from(GenlId::Ctrl) {
         return None;
     }
-    msg.attrs(GENL_HDRLEN).get(CTRL_ATTR_FAMILY_ID)?.u16()
+    let reply: Genlmsghdr<CtrlCmd, CtrlAttr> = message::parse(msg.payload)?;
+    reply
+        .attrs()
+        .get_attr_handle()
+        .get_attr_payload_as::<u16>(CtrlAttr::FamilyId)
+        .ok()
 }
 
 /// A generic netlink socket and the ids of the families it has looked up.
@@ -73,10 +88,9 @@ impl Genl {
         }
         let seq = self.socket.next_seq();
         let mut id = None;
-        self.socket
-            .request(family_request(name, seq).bytes(), |m| {
-                id = id.or(family_id(m));
-            })?;
+        self.socket.request(&family_request(name, seq), |m| {
+            id = id.or(family_id(m));
+        })?;
         let id = id.ok_or_else(|| {
             Error::Receive(io::Error::new(
                 io::ErrorKind::InvalidData,
@@ -95,30 +109,34 @@ impl Genl {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::dataplane::netlink::message::{align4, messages, NLMSG_HDRLEN};
+    use crate::dataplane::netlink::messages;
 
     #[test]
     fn the_family_request_names_the_family_to_the_controller() {
-        let d = family_request("wireguard", 4);
-        let fam = d.bytes();
-        assert_eq!(u16::from_ne_bytes([fam[4], fam[5]]), GENL_ID_CTRL);
-        assert_eq!(&fam[16..18], &[CTRL_CMD_GETFAMILY, 1]);
+        let fam = family_request("wireguard", 4);
         assert_eq!(
-            fam.len(),
-            NLMSG_HDRLEN + GENL_HDRLEN + 4 + align4("wireguard".len() + 1)
+            u16::from_ne_bytes([fam[4], fam[5]]),
+            u16::from(GenlId::Ctrl)
         );
-        let m = messages(fam).next().unwrap();
+        assert_eq!(&fam[16..18], &[u8::from(CtrlCmd::Getfamily), 1]);
+        let m = messages(&fam).next().unwrap();
+        let req: Genlmsghdr<CtrlCmd, CtrlAttr> = message::parse(m.payload).unwrap();
         assert_eq!(
-            m.attrs(GENL_HDRLEN)
-                .get(CTRL_ATTR_FAMILY_NAME)
-                .unwrap()
-                .str(),
+            req.attrs()
+                .get_attr_handle()
+                .get_attr_payload_as_with_len::<String>(CtrlAttr::FamilyName)
+                .unwrap(),
             "wireguard"
         );
         // A reply carries the id.
-        let mut reply = Datagram::new();
-        message(&mut reply, GENL_ID_CTRL, 0, 4, 1, 1).attr_u16(CTRL_ATTR_FAMILY_ID, 0x1c);
-        let m = messages(reply.bytes()).next().unwrap();
+        let attrs = std::iter::once(attr(CtrlAttr::FamilyId, 0x1cu16)).collect();
+        let reply = message::request(
+            GenlId::Ctrl,
+            NlmF::empty(),
+            4,
+            message(CtrlCmd::Newfamily, 1, attrs),
+        );
+        let m = messages(&reply).next().unwrap();
         assert_eq!(family_id(&m), Some(0x1c));
     }
 }

@@ -13,11 +13,12 @@
 use std::io;
 use std::mem::size_of;
 use std::ops::RangeInclusive;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, RawFd};
+
+use neli::consts::nl::NlmF;
 
 use super::message::{
-    messages, seq_in, Ack, Datagram, Message, NLMSG_DONE, NLMSG_ERROR, NLMSG_NOOP, NLM_F_ACK,
-    NLM_F_DUMP_INTR, NLM_F_REQUEST,
+    messages, request, seq_in, Ack, Message, NLMSG_DONE, NLMSG_ERROR, NLMSG_NOOP, NLM_F_DUMP_INTR,
 };
 
 /// Receive room for one datagram: the kernel fills dump datagrams up to 32 KiB.
@@ -26,7 +27,7 @@ const RX_BYTES: usize = 64 << 10;
 /// exchange gives up.
 const DUMP_ATTEMPTS: usize = 5;
 
-/// The netlink protocols the agent speaks.
+/// The netlink protocols the agent speaks, as libmnl names them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Protocol {
     /// rtnetlink: links, addresses, routes.
@@ -38,11 +39,11 @@ pub enum Protocol {
 }
 
 impl Protocol {
-    fn number(self) -> i32 {
+    fn bus(self) -> mnl::Bus {
         match self {
-            Protocol::Route => libc::NETLINK_ROUTE,
-            Protocol::Netfilter => libc::NETLINK_NETFILTER,
-            Protocol::Generic => libc::NETLINK_GENERIC,
+            Protocol::Route => mnl::Bus::Route,
+            Protocol::Netfilter => mnl::Bus::Netfilter,
+            Protocol::Generic => mnl::Bus::Generic,
         }
     }
 }
@@ -90,19 +91,26 @@ pub enum Event<'m, 'a> {
     End(Ack),
 }
 
-/// A netlink socket. Blocking unless it was opened to listen ([`Socket::subscribe`]).
+/// A netlink socket: libmnl's (`mnl::Socket`), for every protocol. Blocking unless it was
+/// opened to listen ([`Socket::subscribe`]).
 pub struct Socket {
-    fd: OwnedFd,
+    socket: mnl::Socket,
     port: u32,
     seq: u32,
     sndbuf: usize,
-    rx: Vec<u8>,
+    /// Receive buffer, aligned for `nlmsghdr` as libmnl wants it.
+    rx: Vec<u64>,
 }
+
+// SAFETY: `mnl::Socket` holds a pointer to a `struct mnl_socket` that libmnl allocated for
+// this value alone (a descriptor and its bound address); libmnl keeps no thread-local or
+// shared state, so the socket may move to another thread. It is never shared (`!Sync`).
+unsafe impl Send for Socket {}
 
 impl std::fmt::Debug for Socket {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Socket")
-            .field("fd", &self.fd.as_raw_fd())
+            .field("fd", &self.as_raw_fd())
             .field("port", &self.port)
             .finish()
     }
@@ -110,7 +118,7 @@ impl std::fmt::Debug for Socket {
 
 impl AsRawFd for Socket {
     fn as_raw_fd(&self) -> RawFd {
-        self.fd.as_raw_fd()
+        self.socket.as_raw_fd()
     }
 }
 
@@ -136,50 +144,17 @@ impl Socket {
             )?;
         }
         socket.set_rcvbuf(rcvbuf)?;
-        // SAFETY: fcntl F_GETFL/F_SETFL on a descriptor this socket owns.
-        let nonblocking = unsafe {
-            let flags = libc::fcntl(socket.as_raw_fd(), libc::F_GETFL);
-            flags >= 0
-                && libc::fcntl(socket.as_raw_fd(), libc::F_SETFL, flags | libc::O_NONBLOCK) >= 0
-        };
-        if !nonblocking {
-            return Err(io::Error::last_os_error());
-        }
+        socket.set_fd_flags(libc::F_GETFL, libc::F_SETFL, libc::O_NONBLOCK)?;
         Ok(socket)
     }
 
+    /// libmnl's socket, bound to a port the kernel picks.
     fn bind(protocol: Protocol) -> io::Result<Socket> {
-        // SAFETY: socket() has no memory preconditions; the result is checked.
-        let raw = unsafe {
-            libc::socket(
-                libc::AF_NETLINK,
-                libc::SOCK_RAW | libc::SOCK_CLOEXEC,
-                protocol.number(),
-            )
-        };
-        if raw < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: `raw` is a fresh descriptor that nothing else owns.
-        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
-        // SAFETY: zeroed sockaddr_nl is valid (port 0: the kernel picks one).
-        let mut addr: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
-        addr.nl_family = libc::AF_NETLINK as u16;
-        let len = size_of::<libc::sockaddr_nl>() as libc::socklen_t;
-        // SAFETY: `addr` is a live sockaddr_nl of `len` bytes.
-        if unsafe { libc::bind(raw, (&addr as *const libc::sockaddr_nl).cast(), len) } < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        let mut got = len;
-        // SAFETY: `addr` has room for `got` bytes, which getsockname updates.
-        if unsafe { libc::getsockname(raw, (&mut addr as *mut libc::sockaddr_nl).cast(), &mut got) }
-            < 0
-        {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(Socket {
-            fd,
-            port: addr.nl_pid,
+        let socket = mnl::Socket::new(protocol.bus())?;
+        let port = socket.portid();
+        let socket = Socket {
+            socket,
+            port,
             // Distinct across sockets and restarts, so a stray answer is never taken for
             // ours.
             seq: std::time::SystemTime::now()
@@ -187,8 +162,24 @@ impl Socket {
                 .map(|d| d.as_secs() as u32)
                 .unwrap_or(1),
             sndbuf: 0,
-            rx: vec![0; RX_BYTES],
-        })
+            rx: vec![0; RX_BYTES / 8],
+        };
+        // libmnl opens without SOCK_CLOEXEC: the table owner's socket must not leak into
+        // the processes the agent starts.
+        socket.set_fd_flags(libc::F_GETFD, libc::F_SETFD, libc::FD_CLOEXEC)?;
+        Ok(socket)
+    }
+
+    fn set_fd_flags(&self, get: i32, set: i32, flag: i32) -> io::Result<()> {
+        // SAFETY: fcntl get/set of flags on a descriptor this socket owns.
+        let ok = unsafe {
+            let flags = libc::fcntl(self.as_raw_fd(), get);
+            flags >= 0 && libc::fcntl(self.as_raw_fd(), set, flags | flag) >= 0
+        };
+        if !ok {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
     }
 
     /// The socket's port: the kernel stamps it on the answers to our requests, on the
@@ -255,58 +246,33 @@ impl Socket {
 
     /// Sends `data` to the kernel as one datagram.
     pub fn send(&self, data: &[u8]) -> io::Result<()> {
-        loop {
-            // SAFETY: `data` is a live buffer of `data.len()` bytes; a netlink socket bound
-            // to port 0's peer (the kernel) needs no address.
-            let n = unsafe { libc::send(self.as_raw_fd(), data.as_ptr().cast(), data.len(), 0) };
-            if n >= 0 {
-                if n as usize != data.len() {
-                    return Err(io::Error::new(
-                        io::ErrorKind::WriteZero,
-                        "netlink datagram sent in part",
-                    ));
-                }
-                return Ok(());
+        let sent = loop {
+            match self.socket.send(data) {
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                other => break other?,
             }
-            let e = io::Error::last_os_error();
-            if e.kind() != io::ErrorKind::Interrupted {
-                return Err(e);
-            }
+        };
+        if sent != data.len() {
+            return Err(io::Error::new(
+                io::ErrorKind::WriteZero,
+                "netlink datagram sent in part",
+            ));
         }
+        Ok(())
     }
 
     /// Receives one datagram: waits for it on a blocking socket, `WouldBlock` when nothing
-    /// is pending on a listening one. A datagram larger than the buffer is an error, never
-    /// silently cut.
+    /// is pending on a listening one. A datagram larger than the buffer is an error (libmnl
+    /// reports it as ENOSPC), never silently cut.
     pub fn recv(&mut self) -> io::Result<&[u8]> {
+        let buf = bytes_mut(&mut self.rx);
         let n = loop {
-            // SAFETY: `rx` is a live buffer of `rx.len()` bytes.
-            let n = unsafe {
-                libc::recv(
-                    self.fd.as_raw_fd(),
-                    self.rx.as_mut_ptr().cast(),
-                    self.rx.len(),
-                    libc::MSG_TRUNC,
-                )
-            };
-            if n >= 0 {
-                break n as usize;
-            }
-            let e = io::Error::last_os_error();
-            if e.kind() != io::ErrorKind::Interrupted {
-                return Err(e);
+            match self.socket.recv_raw(buf) {
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                other => break other?,
             }
         };
-        if n > self.rx.len() {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                format!(
-                    "a {n}-byte netlink datagram does not fit {} bytes",
-                    self.rx.len()
-                ),
-            ));
-        }
-        Ok(&self.rx[..n])
+        Ok(&bytes(&self.rx)[..n])
     }
 
     /// Overwrites the receive buffer: it may have held an answer that carried a secret.
@@ -388,25 +354,35 @@ impl Socket {
         self.answer(request, each).map(drop)
     }
 
-    /// A dump: `build` writes the request with the sequence number it is given, `each`
+    /// A dump: `build` makes the request with the sequence number it is given, `each`
     /// folds every object of the answer into the result. An answer flagged
     /// `NLM_F_DUMP_INTR` is thrown away and the dump made again from a fresh result, up to
     /// five times.
-    pub fn dump<A: Default>(
+    pub fn dump<A: Default, B: AsRef<[u8]>>(
         &mut self,
-        mut build: impl FnMut(u32) -> Datagram,
+        mut build: impl FnMut(u32) -> B,
         mut each: impl FnMut(&Message<'_>, &mut A),
     ) -> Result<A, Error> {
         for _ in 0..DUMP_ATTEMPTS {
             let mut out = A::default();
             let seq = self.next_seq();
             let request = build(seq);
-            if !self.answer(request.bytes(), |m| each(m, &mut out))? {
+            if !self.answer(request.as_ref(), |m| each(m, &mut out))? {
                 return Ok(out);
             }
         }
         Err(Error::Inconsistent)
     }
+}
+
+fn bytes(words: &[u64]) -> &[u8] {
+    // SAFETY: any u64 slice is a valid u8 slice of 8 times its length, same lifetime.
+    unsafe { std::slice::from_raw_parts(words.as_ptr().cast(), words.len() * 8) }
+}
+
+fn bytes_mut(words: &mut [u64]) -> &mut [u8] {
+    // SAFETY: as `bytes`; the borrow is exclusive for its lifetime.
+    unsafe { std::slice::from_raw_parts_mut(words.as_mut_ptr().cast(), words.len() * 8) }
 }
 
 /// The sequence number written in a request's header.
@@ -419,8 +395,6 @@ pub fn request_seq(request: &[u8]) -> u32 {
 /// A request that only asks the kernel to acknowledge it, in any protocol: sent after a
 /// batch, its ack marks the end of everything the batch was answered with (the kernel
 /// answers each datagram before `send` returns).
-pub fn fence(seq: u32) -> Datagram {
-    let mut d = Datagram::new();
-    d.message(NLMSG_NOOP, NLM_F_REQUEST | NLM_F_ACK, seq);
-    d
+pub fn fence(seq: u32) -> Vec<u8> {
+    request(NLMSG_NOOP, NlmF::ACK, seq, neli::types::Buffer::new())
 }

@@ -1,39 +1,50 @@
-//! One nftables transaction: a batch of messages sent as one datagram, which the kernel
-//! applies whole or not at all. Each message carries a caller's label, so a refusal (which
-//! names the sequence number of the message refused) can say what failed.
+//! One nftables transaction, written by libnftnl (the `nftnl` crate): a batch of messages
+//! sent as one datagram, which the kernel applies whole or not at all. Each message carries a
+//! caller's label, so a refusal (which names the sequence number of the message refused) can
+//! say what failed.
 //!
-//! The layout is libnftnl's, attribute for attribute, so what `nft` reads back from a table
-//! this wrote is what it reads from its own.
+//! Tables, chains, sets and their element messages are the crate's objects. Where the crate
+//! has no setter, the same libnftnl objects are filled through `nftnl_sys`, each in a small
+//! block: table flags, set flags (intervals) and interval-end elements, rules (the crate's
+//! comment stops at 125 bytes where nft allows 128, and it cannot delete by handle) and
+//! expressions (see [`Expr::to_nftnl`]). The crate's pages are then joined into one presized
+//! datagram and sealed with what the crate does not expose: the sequence numbers, the ack
+//! policy and the generation the batch was planned at.
+
+use std::ffi::{c_void, CString};
+use std::os::raw::c_char;
+use std::ptr::NonNull;
+
+use nftnl::nftnl_sys as sys;
+use nftnl::set::{Set, SetKey};
+use nftnl::{ChainType, Hook, MsgType, NlMsg, Policy, ProtoFamily};
 
 use super::abi::*;
 use super::expr::{Expr, Value};
 use super::TableRef;
-use crate::dataplane::netlink::message::{
-    NLM_F_ACK, NLM_F_APPEND, NLM_F_CREATE, NLM_F_EXCL, NLM_F_REQUEST,
-};
-use crate::dataplane::netlink::Datagram;
+use crate::dataplane::netlink::message::{NLMSG_HDRLEN, NLM_F_ACK, NLM_F_APPEND, NLM_F_CREATE};
 
 /// A base chain to create.
 #[derive(Clone, Copy, Debug)]
 pub struct BaseChain<'a> {
     pub name: &'a str,
-    /// `filter`, `nat`, `route`.
-    pub kind: &'a str,
-    pub hook: u32,
+    pub kind: ChainType,
+    pub hook: Hook,
     pub priority: i32,
-    pub policy: u32,
+    pub policy: Policy,
 }
 
-/// An anonymous constant set, created in the transaction that creates the rule using it.
+/// An `inet_service` set key: a port (the crate has keys for addresses only).
 #[derive(Clone, Copy, Debug)]
-pub struct AnonSet<'a> {
-    /// `NFT_SET_*` flags beyond anonymous and constant (interval).
-    pub flags: u32,
-    /// nft's datatype id of the key (so `nft list` prints elements as it would its own).
-    pub key_type: u32,
-    pub key_len: u32,
-    /// Keys, each with whether it ends an interval.
-    pub elements: &'a [(Value, bool)],
+pub struct InetService(pub u16);
+
+impl SetKey for InetService {
+    const TYPE: u32 = TYPE_INET_SERVICE;
+    const LEN: u32 = 2;
+
+    fn data(&self) -> Box<[u8]> {
+        Box::new(self.0.to_be_bytes())
+    }
 }
 
 /// How a rule refers to a set made earlier in the same batch.
@@ -47,14 +58,21 @@ pub struct SetRef {
 const ANON_SET: &str = "__set%d";
 
 /// A transaction being written.
-#[derive(Debug)]
 pub struct Batch<L> {
-    d: Datagram,
+    batch: nftnl::Batch,
     first_seq: u32,
+    genid: Option<u32>,
     labels: Vec<L>,
     next_set_id: u32,
-    /// Where the last message before the batch end starts: it asks for the ack.
-    last: usize,
+}
+
+impl<L> std::fmt::Debug for Batch<L> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Batch")
+            .field("first_seq", &self.first_seq)
+            .field("messages", &self.labels.len())
+            .finish()
+    }
 }
 
 /// A finished transaction: its bytes, and a label per sequence number.
@@ -85,9 +103,12 @@ impl<L: Copy> Transaction<L> {
     }
 }
 
-fn nfgenmsg(family: u8) -> [u8; NFGENMSG_LEN] {
-    // Version NFNETLINK_V0, resource id 0.
-    [family, 0, 0, 0]
+fn c_string(s: &str) -> CString {
+    CString::new(s.bytes().take_while(|&b| b != 0).collect::<Vec<u8>>()).expect("NUL removed")
+}
+
+fn table_of(table: TableRef<'_>) -> nftnl::Table {
+    nftnl::Table::new(c_string(table.name), table.family)
 }
 
 impl<L: Copy> Batch<L> {
@@ -95,124 +116,87 @@ impl<L: Copy> Batch<L> {
     /// kernel commits it only at that ruleset generation (ERESTART otherwise), so a batch
     /// planned from a read is never applied over someone else's later change.
     pub fn new(first_seq: u32, genid: Option<u32>, label: L) -> Batch<L> {
-        let mut b = Batch {
-            d: Datagram::new(),
+        Batch {
+            batch: nftnl::Batch::new(),
             first_seq,
-            labels: Vec::new(),
+            genid,
+            labels: vec![label],
             next_set_id: 1,
-            last: 0,
-        };
-        let d = b.start(NFNL_MSG_BATCH_BEGIN, 0, label);
-        // The resource id is the subsystem the batch is for, big-endian.
-        let mut h = nfgenmsg(NFPROTO_UNSPEC);
-        h[2..4].copy_from_slice(&NFNL_SUBSYS_NFTABLES.to_be_bytes());
-        d.fixed(&h);
-        if let Some(genid) = genid {
-            d.attr_be32(NFNL_BATCH_GENID, genid);
         }
-        b
     }
 
-    /// Starts the next message, numbered in order.
-    fn start(&mut self, ty: u16, flags: u16, label: L) -> &mut Datagram {
-        let seq = self.first_seq.wrapping_add(self.labels.len() as u32);
+    fn add(&mut self, msg: &impl NlMsg, ty: MsgType, label: L) {
+        self.batch.add(msg, ty);
         self.labels.push(label);
-        self.last = self.d.len();
-        self.d.message(ty, NLM_F_REQUEST | flags, seq)
-    }
-
-    /// Starts an nf_tables message about an object of `family`.
-    fn object(&mut self, ty: u16, flags: u16, family: u8, label: L) -> &mut Datagram {
-        self.start((NFNL_SUBSYS_NFTABLES << 8) | ty, flags, label)
-            .fixed(&nfgenmsg(family))
     }
 
     pub fn delete_table(&mut self, table: TableRef<'_>, label: L) {
-        self.object(NFT_MSG_DELTABLE, 0, table.family, label)
-            .attr_str(NFTA_TABLE_NAME, table.name)
-            .attr_be32(NFTA_TABLE_FLAGS, 0);
+        self.add(&table_of(table), MsgType::Del, label);
     }
 
     /// Creates the table, or (it exists) sets its flags: adding an existing table is no
     /// error.
     pub fn add_table(&mut self, table: TableRef<'_>, flags: u32, label: L) {
-        self.object(NFT_MSG_NEWTABLE, NLM_F_CREATE, table.family, label)
-            .attr_str(NFTA_TABLE_NAME, table.name)
-            .attr_be32(NFTA_TABLE_FLAGS, flags);
+        self.add(&TableMsg::new(table, flags), MsgType::Add, label);
     }
 
     pub fn add_chain(&mut self, table: TableRef<'_>, chain: &BaseChain<'_>, label: L) {
-        let d = self
-            .object(NFT_MSG_NEWCHAIN, NLM_F_CREATE, table.family, label)
-            .attr_str(NFTA_CHAIN_TABLE, table.name)
-            .attr_str(NFTA_CHAIN_NAME, chain.name);
-        let hook = d.nest(NFTA_CHAIN_HOOK);
-        d.attr_be32(NFTA_HOOK_HOOKNUM, chain.hook)
-            .attr_be32(NFTA_HOOK_PRIORITY, chain.priority as u32);
-        d.end_nest(hook);
-        d.attr_be32(NFTA_CHAIN_POLICY, chain.policy)
-            .attr_str(NFTA_CHAIN_TYPE, chain.kind);
+        let t = table_of(table);
+        let mut c = nftnl::Chain::new(c_string(chain.name), &t);
+        c.set_hook(chain.hook, chain.priority);
+        c.set_type(chain.kind);
+        c.set_policy(chain.policy);
+        self.add(&c, MsgType::Add, label);
     }
 
-    /// Creates an anonymous constant set and its elements (in as many messages as their
-    /// list, whose length is a u16, needs). Returns how a rule of this batch looks it up.
-    pub fn add_anon_set(&mut self, table: TableRef<'_>, set: &AnonSet<'_>, label: L) -> SetRef {
+    /// Creates an anonymous constant set of keys `K` (its type and length are the key's),
+    /// with `flags` beyond anonymous and constant (`NFT_SET_INTERVAL`), and its elements:
+    /// each a key and whether it ends an interval, in as many messages as their list, whose
+    /// length is a u16, needs. Returns how a rule of this batch looks it up.
+    pub fn add_anon_set<K: SetKey>(
+        &mut self,
+        table: TableRef<'_>,
+        flags: u32,
+        elements: &[(Value, bool)],
+        label: L,
+    ) -> SetRef {
         let id = self.next_set_id;
         self.next_set_id += 1;
-        let d = self
-            .object(
-                NFT_MSG_NEWSET,
-                NLM_F_CREATE | NLM_F_APPEND,
-                table.family,
-                label,
-            )
-            .attr_str(NFTA_SET_TABLE, table.name)
-            .attr_str(NFTA_SET_NAME, ANON_SET)
-            .attr_be32(
-                NFTA_SET_FLAGS,
-                NFT_SET_ANONYMOUS | NFT_SET_CONSTANT | set.flags,
-            )
-            .attr_be32(NFTA_SET_KEY_TYPE, set.key_type)
-            .attr_be32(NFTA_SET_KEY_LEN, set.key_len)
-            .attr_be32(NFTA_SET_ID, id);
-        let desc = d.nest(NFTA_SET_DESC);
-        d.attr_be32(NFTA_SET_DESC_SIZE, set.elements.len() as u32);
-        d.end_nest(desc);
-
-        let mut rest = set.elements;
-        while !rest.is_empty() {
-            let d = self
-                .object(
-                    NFT_MSG_NEWSETELEM,
-                    NLM_F_CREATE | NLM_F_EXCL,
-                    table.family,
-                    label,
-                )
-                .attr_str(NFTA_SET_ELEM_LIST_SET, ANON_SET)
-                .attr_be32(NFTA_SET_ELEM_LIST_SET_ID, id)
-                .attr_str(NFTA_SET_ELEM_LIST_TABLE, table.name);
-            let list = d.nest(NFTA_SET_ELEM_LIST_ELEMENTS);
-            let mut used = 4;
-            let mut n = 0;
-            for (i, (key, end)) in rest.iter().enumerate() {
-                let size = element_size(key, *end);
-                if used + size > usize::from(u16::MAX) {
-                    break;
-                }
-                used += size;
-                n += 1;
-                // libnftnl numbers the elements it writes; the kernel reads any type.
-                let elem = d.nest(i as u16 + 1);
+        let t = table_of(table);
+        let name = c_string(ANON_SET);
+        let set: Set<'_, K> = Set::new(&name, id, &t, table.family);
+        let raw = set.as_ptr().as_ptr();
+        // SAFETY: `raw` is the set's live libnftnl object; the setters copy their values, and
+        // each element, checked for NULL, is handed over to the set, which frees it.
+        unsafe {
+            sys::nftnl_set_set_u32(
+                raw,
+                sys::NFTNL_SET_FLAGS as u16,
+                NFT_SET_ANONYMOUS | NFT_SET_CONSTANT | flags,
+            );
+            sys::nftnl_set_set_u32(raw, sys::NFTNL_SET_DESC_SIZE as u16, elements.len() as u32);
+            for (key, end) in elements {
+                let elem = NonNull::new(sys::nftnl_set_elem_alloc()).expect("allocate an element");
+                let key = key.as_slice();
+                sys::nftnl_set_elem_set(
+                    elem.as_ptr(),
+                    sys::NFTNL_SET_ELEM_KEY as u16,
+                    key.as_ptr().cast(),
+                    key.len() as u32,
+                );
                 if *end {
-                    d.attr_be32(NFTA_SET_ELEM_FLAGS, NFT_SET_ELEM_INTERVAL_END);
+                    sys::nftnl_set_elem_set_u32(
+                        elem.as_ptr(),
+                        sys::NFTNL_SET_ELEM_FLAGS as u16,
+                        NFT_SET_ELEM_INTERVAL_END,
+                    );
                 }
-                let k = d.nest(NFTA_SET_ELEM_KEY);
-                d.attr(NFTA_DATA_VALUE, key.as_slice());
-                d.end_nest(k);
-                d.end_nest(elem);
+                sys::nftnl_set_elem_add(raw, elem.as_ptr());
             }
-            d.end_nest(list);
-            rest = &rest[n..];
+        }
+        self.add(&set, MsgType::Add, label);
+        for part in set.elems_iter() {
+            self.add(&part, MsgType::Add, label);
         }
         SetRef { name: ANON_SET, id }
     }
@@ -226,39 +210,37 @@ impl<L: Copy> Batch<L> {
         comment: Option<&str>,
         label: L,
     ) {
-        let d = self
-            .object(
-                NFT_MSG_NEWRULE,
-                NLM_F_CREATE | NLM_F_APPEND,
-                table.family,
-                label,
-            )
-            .attr_str(NFTA_RULE_TABLE, table.name)
-            .attr_str(NFTA_RULE_CHAIN, chain);
-        if let Some(comment) = comment {
-            d.attr(NFTA_RULE_USERDATA, &userdata_comment(comment));
-        }
-        let list = d.nest(NFTA_RULE_EXPRESSIONS);
+        let mut r = RuleMsg::new(table, chain);
         for e in exprs {
-            e.write(d);
+            r.push(e);
         }
-        d.end_nest(list);
+        if let Some(c) = comment {
+            r.comment(c);
+        }
+        self.add(&r, MsgType::Add, label);
     }
 
-    /// Ends the batch. Only the last message before the end asks for an ack: the kernel
-    /// then answers with one error per refused message and this one ack, not one ack per
-    /// rule.
-    pub fn finish(mut self, label: L) -> Transaction<L> {
-        let acked = self.last;
-        let d = self.start(NFNL_MSG_BATCH_END, 0, label);
-        let mut h = nfgenmsg(NFPROTO_UNSPEC);
-        h[2..4].copy_from_slice(&NFNL_SUBSYS_NFTABLES.to_be_bytes());
-        d.fixed(&h);
-        let mut bytes = self.d.bytes().to_vec();
-        if self.labels.len() > 2 {
-            let flags = u16::from_ne_bytes([bytes[acked + 6], bytes[acked + 7]]) | NLM_F_ACK;
-            bytes[acked + 6..acked + 8].copy_from_slice(&flags.to_ne_bytes());
+    /// Deletes the rule numbered `handle` of `chain` (the handle a dump reports).
+    pub fn delete_rule(&mut self, table: TableRef<'_>, chain: &str, handle: u64, label: L) {
+        let r = RuleMsg::new(table, chain);
+        // SAFETY: the rule object is alive; the setter copies the value.
+        unsafe {
+            sys::nftnl_rule_set_u64(r.rule.as_ptr(), sys::NFTNL_RULE_HANDLE as u16, handle);
         }
+        self.add(&r, MsgType::Del, label);
+    }
+
+    /// Ends the batch: the crate's pages joined into the one datagram the kernel must get
+    /// (sent page by page, a large batch is refused), then sealed.
+    pub fn finish(mut self, label: L) -> Transaction<L> {
+        self.labels.push(label);
+        let finalized = self.batch.finalize();
+        let pages: Vec<&[u8]> = finalized.iter().collect();
+        let bytes = seal(&pages, self.first_seq, self.genid);
+        debug_assert_eq!(
+            crate::dataplane::netlink::messages(&bytes).count(),
+            self.labels.len()
+        );
         Transaction {
             bytes,
             first_seq: self.first_seq,
@@ -267,22 +249,230 @@ impl<L: Copy> Batch<L> {
     }
 }
 
-/// The bytes an element takes in an element list.
-fn element_size(key: &Value, end: bool) -> usize {
-    let value = 4 + key.as_slice().len().div_ceil(4) * 4;
-    4 + if end { 8 } else { 0 } + 4 + value
+const NLM_SEQ: usize = 8;
+const NLM_FLAGS: usize = 6;
+
+/// Joins `pages` into one datagram (one copy into a presized buffer) and seals it: adds
+/// `NFNL_BATCH_GENID` to the batch begin when there is a `genid`, so the kernel commits only
+/// at that generation; numbers the messages from `first_seq` (the crate starts at 1, and
+/// leaves the batch markers unnumbered on kernels before 6.10); asks for an ack only on the
+/// last message before the batch end (the kernel then answers a batch with one error per
+/// refused message and this one ack, instead of one ack per rule).
+fn seal(pages: &[&[u8]], first_seq: u32, genid: Option<u32>) -> Vec<u8> {
+    let total: usize = pages.iter().map(|p| p.len()).sum();
+    let mut out = Vec::with_capacity(total + 8);
+    for (i, page) in pages.iter().enumerate() {
+        match genid {
+            Some(genid) if i == 0 && page.len() >= NLMSG_HDRLEN => {
+                let len = message_len(page, 0);
+                out.extend_from_slice(&page[..len]);
+                out.extend_from_slice(&8u16.to_ne_bytes());
+                out.extend_from_slice(&NFNL_BATCH_GENID.to_ne_bytes());
+                out.extend_from_slice(&genid.to_be_bytes());
+                let grown = out.len() as u32;
+                out[..4].copy_from_slice(&grown.to_ne_bytes());
+                out.extend_from_slice(&page[len..]);
+            }
+            _ => out.extend_from_slice(page),
+        }
+    }
+    let mut at = 0;
+    let mut index = 0u32;
+    let (mut last, mut before_last) = (None, None);
+    while at + NLMSG_HDRLEN <= out.len() {
+        let seq = first_seq.wrapping_add(index);
+        out[at + NLM_SEQ..at + NLM_SEQ + 4].copy_from_slice(&seq.to_ne_bytes());
+        set_ack(&mut out[at..], false);
+        before_last = last;
+        last = Some(at);
+        index += 1;
+        at += message_len(&out, at);
+    }
+    // Batch begin, at least one message, batch end.
+    if let (true, Some(at)) = (index > 2, before_last) {
+        set_ack(&mut out[at..], true);
+    }
+    out
 }
 
-/// libnftnl's rule userdata: one TLV, type comment, the text NUL-terminated. The text is
-/// cut at a NUL and at 254 bytes (the TLV's length is one byte).
-pub fn userdata_comment(text: &str) -> Vec<u8> {
-    let text: Vec<u8> = text.bytes().take_while(|&b| b != 0).take(254).collect();
-    let mut out = Vec::with_capacity(text.len() + 3);
-    out.push(NFTNL_UDATA_RULE_COMMENT);
-    out.push(text.len() as u8 + 1);
-    out.extend_from_slice(&text);
-    out.push(0);
-    out
+/// The aligned length of the message at `at`, never past the end nor under a header.
+fn message_len(buf: &[u8], at: usize) -> usize {
+    let len = u32::from_ne_bytes(buf[at..at + 4].try_into().expect("4 bytes")) as usize;
+    ((len + 3) & !3).clamp(NLMSG_HDRLEN, buf.len() - at)
+}
+
+fn set_ack(msg: &mut [u8], on: bool) {
+    let mut flags = u16::from_ne_bytes([msg[NLM_FLAGS], msg[NLM_FLAGS + 1]]);
+    if on {
+        flags |= NLM_F_ACK;
+    } else {
+        flags &= !NLM_F_ACK;
+    }
+    msg[NLM_FLAGS..NLM_FLAGS + 2].copy_from_slice(&flags.to_ne_bytes());
+}
+
+/// `NEWTABLE` with flags: `nftnl::Table` sets them to 0 and has no setter.
+struct TableMsg {
+    table: NonNull<sys::nftnl_table>,
+    family: ProtoFamily,
+}
+
+impl TableMsg {
+    fn new(table: TableRef<'_>, flags: u32) -> TableMsg {
+        let name = c_string(table.name);
+        // SAFETY: a fresh libnftnl table, checked for NULL; the setters copy their values.
+        unsafe {
+            let t = NonNull::new(sys::nftnl_table_alloc()).expect("allocate an nftnl table");
+            sys::nftnl_table_set_str(t.as_ptr(), sys::NFTNL_TABLE_NAME as u16, name.as_ptr());
+            sys::nftnl_table_set_u32(
+                t.as_ptr(),
+                sys::NFTNL_TABLE_FAMILY as u16,
+                table.family as u32,
+            );
+            sys::nftnl_table_set_u32(t.as_ptr(), sys::NFTNL_TABLE_FLAGS as u16, flags);
+            TableMsg {
+                table: t,
+                family: table.family,
+            }
+        }
+    }
+}
+
+// SAFETY: `write` builds one message into `buf`, which the batch sizes for the largest one.
+unsafe impl NlMsg for TableMsg {
+    unsafe fn write(&self, buf: *mut c_void, seq: u32, _: MsgType) {
+        // SAFETY: the caller gives room for a whole message; the table is alive.
+        unsafe {
+            let header = sys::nftnl_nlmsg_build_hdr(
+                buf.cast::<c_char>(),
+                NFT_MSG_NEWTABLE,
+                self.family as u16,
+                NLM_F_CREATE,
+                seq,
+            );
+            sys::nftnl_table_nlmsg_build_payload(header, self.table.as_ptr());
+        }
+    }
+}
+
+impl Drop for TableMsg {
+    fn drop(&mut self) {
+        // SAFETY: allocated in `new`, freed once.
+        unsafe { sys::nftnl_table_free(self.table.as_ptr()) };
+    }
+}
+
+/// `NEWRULE` (appended) or `DELRULE` (by handle) on libnftnl's rule object: `nftnl::Rule`
+/// keeps its object private, its comment setter stops at 125 bytes where nft (and the
+/// contract) allow 128, and its expressions are fixed to register 1.
+struct RuleMsg {
+    rule: NonNull<sys::nftnl_rule>,
+    family: ProtoFamily,
+}
+
+impl RuleMsg {
+    fn new(table: TableRef<'_>, chain: &str) -> RuleMsg {
+        let (name, chain) = (c_string(table.name), c_string(chain));
+        // SAFETY: a fresh libnftnl rule, checked for NULL; the setters copy their values.
+        unsafe {
+            let rule = NonNull::new(sys::nftnl_rule_alloc()).expect("allocate an nftnl rule");
+            sys::nftnl_rule_set_u32(
+                rule.as_ptr(),
+                sys::NFTNL_RULE_FAMILY as u16,
+                table.family as u32,
+            );
+            sys::nftnl_rule_set_str(rule.as_ptr(), sys::NFTNL_RULE_TABLE as u16, name.as_ptr());
+            sys::nftnl_rule_set_str(rule.as_ptr(), sys::NFTNL_RULE_CHAIN as u16, chain.as_ptr());
+            RuleMsg {
+                rule,
+                family: table.family,
+            }
+        }
+    }
+
+    fn push(&mut self, expr: &Expr) {
+        if let Some(expr) = expr.to_nftnl() {
+            // SAFETY: `expr` is a fresh libnftnl expression; the rule takes ownership of it.
+            unsafe { sys::nftnl_rule_add_expr(self.rule.as_ptr(), expr.as_ptr()) };
+        }
+    }
+
+    /// libnftnl's userdata TLV, which `nft` prints as `comment "..."` (cut at a NUL and at
+    /// 254 bytes: the TLV's length is one byte).
+    fn comment(&mut self, text: &str) {
+        let text: Vec<u8> = text.bytes().take_while(|&b| b != 0).take(254).collect();
+        let text = CString::new(text).expect("NUL removed");
+        // SAFETY: the buffer is checked for NULL, holds the text (at most 257 bytes with its
+        // header and NUL), and is freed after the rule copied its data.
+        unsafe {
+            let buf = NonNull::new(sys::nftnl_udata_buf_alloc(260)).expect("allocate userdata");
+            let fits = sys::nftnl_udata_put_strz(
+                buf.as_ptr(),
+                sys::NFTNL_UDATA_RULE_COMMENT as u8,
+                text.as_ptr(),
+            );
+            debug_assert!(fits, "comment of {} bytes", text.as_bytes().len());
+            sys::nftnl_rule_set_data(
+                self.rule.as_ptr(),
+                sys::NFTNL_RULE_USERDATA as u16,
+                sys::nftnl_udata_buf_data(buf.as_ptr()),
+                sys::nftnl_udata_buf_len(buf.as_ptr()),
+            );
+            sys::nftnl_udata_buf_free(buf.as_ptr());
+        }
+    }
+}
+
+// SAFETY: `write` builds one message into `buf`, which the batch sizes for the largest one.
+unsafe impl NlMsg for RuleMsg {
+    unsafe fn write(&self, buf: *mut c_void, seq: u32, msg_type: MsgType) {
+        let (ty, flags) = match msg_type {
+            MsgType::Add => (NFT_MSG_NEWRULE, NLM_F_CREATE | NLM_F_APPEND),
+            MsgType::Del => (NFT_MSG_DELRULE, 0),
+        };
+        // SAFETY: the caller gives room for a whole message; the rule is alive.
+        unsafe {
+            let header = sys::nftnl_nlmsg_build_hdr(
+                buf.cast::<c_char>(),
+                ty,
+                self.family as u16,
+                flags,
+                seq,
+            );
+            sys::nftnl_rule_nlmsg_build_payload(header, self.rule.as_ptr());
+        }
+    }
+}
+
+impl Drop for RuleMsg {
+    fn drop(&mut self) {
+        // SAFETY: allocated in `new`, freed once (with its expressions).
+        unsafe { sys::nftnl_rule_free(self.rule.as_ptr()) };
+    }
+}
+
+/// One `NEWRULE` message of `exprs` (and `comment`) as libnftnl writes it: what a batch
+/// carries for the rule, for tests and fuzz targets that read rules back.
+pub fn rule_message(
+    table: TableRef<'_>,
+    chain: &str,
+    exprs: &[Expr],
+    comment: Option<&str>,
+) -> Vec<u8> {
+    let mut r = RuleMsg::new(table, chain);
+    for e in exprs {
+        r.push(e);
+    }
+    if let Some(c) = comment {
+        r.comment(c);
+    }
+    let mut buf = vec![0u64; nftnl::nft_nlmsg_maxsize() as usize / 8 + 1];
+    // SAFETY: `buf` is aligned and as large as the largest nf_tables message.
+    unsafe { r.write(buf.as_mut_ptr().cast(), 1, MsgType::Add) };
+    // SAFETY: any u64 buffer is readable as bytes.
+    let bytes: &[u8] = unsafe { std::slice::from_raw_parts(buf.as_ptr().cast(), buf.len() * 8) };
+    let len = u32::from_ne_bytes(bytes[..4].try_into().expect("4 bytes")) as usize;
+    bytes[..len].to_vec()
 }
 
 /// The comment in a rule's userdata, if it has one.
@@ -290,7 +480,7 @@ pub fn comment_of(mut ud: &[u8]) -> Option<String> {
     while ud.len() >= 2 {
         let (ty, len) = (ud[0], usize::from(ud[1]));
         let value = ud.get(2..2 + len)?;
-        if ty == NFTNL_UDATA_RULE_COMMENT {
+        if u32::from(ty) == sys::NFTNL_UDATA_RULE_COMMENT {
             return Some(crate::dataplane::netlink::c_str(value).to_owned());
         }
         ud = &ud[2 + len..];

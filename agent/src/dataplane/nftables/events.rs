@@ -6,8 +6,9 @@
 //! decoder watches one table and reports the transactions that touched it, and who made them.
 
 use super::abi::*;
-use super::{attrs, TableRef};
+use super::{header, TableRef};
 use crate::dataplane::netlink::messages;
+use crate::dataplane::netlink::{AttrExt, Attrs};
 
 /// One committed transaction that changed the watched table.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -46,7 +47,7 @@ const MAX_CHANGES: usize = 64;
 impl Decoder {
     pub fn new(table: TableRef<'_>) -> Decoder {
         Decoder {
-            family: table.family,
+            family: table.family as u8,
             table: table.name.to_owned(),
             pending: Vec::new(),
         }
@@ -60,10 +61,15 @@ impl Decoder {
                 continue;
             }
             let kind = msg.ty & 0xff;
+            let Some(header) = header(&msg) else {
+                continue;
+            };
+            let family = header.family;
+            let list = Attrs::from(header.attrs);
             if kind == NFT_MSG_NEWGEN {
                 let (mut pid, mut process) = (None, None);
-                for a in attrs(&msg) {
-                    match a.ty {
+                for a in list.iter() {
+                    match a.ty() {
                         NFTA_GEN_PROC_PID => pid = a.be32(),
                         NFTA_GEN_PROC_NAME => process = Some(a.str().to_owned()),
                         _ => {}
@@ -78,7 +84,7 @@ impl Decoder {
                 }
                 continue;
             }
-            if msg.payload.first() != Some(&self.family) {
+            if family != self.family {
                 continue;
             }
             // The first attribute of tables, chains, rules and sets is the table's name.
@@ -87,10 +93,10 @@ impl Decoder {
                 NFT_MSG_NEWRULE | NFT_MSG_DELRULE | NFT_MSG_DESTROYRULE => NFTA_RULE_CHAIN,
                 _ => NFTA_CHAIN_NAME,
             };
-            for a in attrs(&msg) {
-                if a.ty == NFTA_TABLE_NAME {
+            for a in list.iter() {
+                if a.ty() == NFTA_TABLE_NAME {
                     table = a.str();
-                } else if a.ty == chain_attr {
+                } else if a.ty() == chain_attr {
                     chain = a.str();
                 }
             }
@@ -120,33 +126,49 @@ impl Decoder {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::dataplane::netlink::Datagram;
+    use crate::dataplane::netlink::genl::attr;
+    use crate::dataplane::netlink::request;
+    use crate::dataplane::nftables::Nfgenmsg;
+    use neli::consts::nl::NlmF;
+    use neli::types::Buffer;
+
+    /// Messages laid out back to back, as one datagram.
+    #[derive(Default)]
+    struct Datagram(Vec<u8>);
+
+    impl Datagram {
+        fn bytes(&self) -> &[u8] {
+            &self.0
+        }
+    }
 
     const TABLE: TableRef<'static> = TableRef {
-        family: NFPROTO_INET,
+        family: nftnl::ProtoFamily::Inet,
         name: "weft-fw",
     };
 
     fn msg(d: &mut Datagram, kind: u16, family: u8, table: &str, chain: Option<(u16, &str)>) {
-        d.message((NFNL_SUBSYS_NFTABLES << 8) | kind, 0, 0)
-            .fixed(&[family, 0, 0, 0])
-            .attr_str(NFTA_TABLE_NAME, table);
+        let mut attrs = vec![attr(NFTA_TABLE_NAME, table)];
         if let Some((ty, name)) = chain {
-            d.attr_str(ty, name);
+            attrs.push(attr(ty, name));
         }
+        let ty = (NFNL_SUBSYS_NFTABLES << 8) | kind;
+        d.0.extend(request(ty, NlmF::empty(), 0, Nfgenmsg::new(family, attrs)));
     }
 
     fn newgen(d: &mut Datagram, pid: u32, name: &str) {
-        d.message((NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_NEWGEN, 0, 0)
-            .fixed(&[0; 4])
-            .attr_be32(NFTA_GEN_ID, 42)
-            .attr_be32(NFTA_GEN_PROC_PID, pid)
-            .attr_str(NFTA_GEN_PROC_NAME, name);
+        let attrs = vec![
+            attr(NFTA_GEN_ID, Buffer::from(&42u32.to_be_bytes()[..])),
+            attr(NFTA_GEN_PROC_PID, Buffer::from(&pid.to_be_bytes()[..])),
+            attr(NFTA_GEN_PROC_NAME, name),
+        ];
+        let ty = (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_NEWGEN;
+        d.0.extend(request(ty, NlmF::empty(), 0, Nfgenmsg::new(0, attrs)));
     }
 
     #[test]
     fn a_transaction_on_our_table_is_reported_with_its_author() {
-        let mut d = Datagram::new();
+        let mut d = Datagram::default();
         msg(
             &mut d,
             NFT_MSG_NEWRULE,
@@ -173,7 +195,7 @@ mod tests {
     #[test]
     fn transactions_on_other_tables_are_ignored_and_may_span_datagrams() {
         let mut dec = Decoder::new(TABLE);
-        let mut d = Datagram::new();
+        let mut d = Datagram::default();
         msg(
             &mut d,
             NFT_MSG_NEWRULE,
@@ -184,7 +206,7 @@ mod tests {
         newgen(&mut d, 1, "iptables");
         assert!(dec.feed(d.bytes()).is_empty());
 
-        let mut d = Datagram::new();
+        let mut d = Datagram::default();
         msg(
             &mut d,
             NFT_MSG_DELCHAIN,
@@ -193,7 +215,7 @@ mod tests {
             Some((NFTA_CHAIN_NAME, "output")),
         );
         assert!(dec.feed(d.bytes()).is_empty());
-        let mut d = Datagram::new();
+        let mut d = Datagram::default();
         newgen(&mut d, 7, "python3");
         let got = dec.feed(d.bytes());
         assert_eq!(got[0].changes, vec!["chain output deleted".to_owned()]);

@@ -1,7 +1,9 @@
 //! nftables over netlink, for any table: the socket that reads tables, chains, rules and set
 //! elements and commits transactions, the typed expressions ([`expr`]), the transaction
-//! writer ([`batch`]) and the notification decoder ([`events`]). The firewall is one user;
-//! nothing here knows its table.
+//! writer ([`batch`], libnftnl through the `nftnl` crate) and the notification decoder
+//! ([`events`]). Requests are libnftnl's; what the kernel answers and announces is read by
+//! our typed decoder (libnftnl has no safe parser) over neli's attribute reader
+//! ([`Nfgenmsg`], `netlink::Attrs`). The firewall is one user; nothing here knows its table.
 //!
 //! Reads go through the netlink layer's exchange loop (a dump the kernel flags interrupted
 //! is read again). A transaction is one datagram followed by a fence (a request the kernel
@@ -19,8 +21,14 @@ use abi::*;
 use batch::{comment_of, Transaction};
 use expr::{Expr, Value};
 
-use super::netlink::message::{NLM_F_ACK, NLM_F_DUMP, NLM_F_REQUEST};
-use super::netlink::{self, fence, Attr, Datagram, Event, Message, Protocol, Socket};
+use std::ffi::CString;
+use std::ptr::NonNull;
+
+use neli::types::{Buffer, GenlBuffer};
+use nftnl::nftnl_sys as sys;
+
+use super::netlink::message::{NLM_F_ACK, NLM_F_DUMP};
+use super::netlink::{self, fence, AttrExt, Attrs, Event, Message, Protocol, Socket};
 
 /// The kernel queues every answer to a batch before `send` returns (one error per refused
 /// message): room for them, and for dump datagrams.
@@ -29,7 +37,7 @@ const RCVBUF_BYTES: usize = 8 << 20;
 /// A table, by family and name.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct TableRef<'a> {
-    pub family: u8,
+    pub family: nftnl::ProtoFamily,
     pub name: &'a str,
 }
 
@@ -90,22 +98,137 @@ pub struct Nft {
     socket: Socket,
 }
 
-/// `NFT_MSG_GET*` for `family`, asking for a dump or an ack.
-fn request(ty: u16, dump: bool, family: u8, seq: u32) -> Datagram {
-    let mut d = Datagram::new();
-    let flags = if dump { NLM_F_DUMP } else { 0 } | NLM_F_ACK | NLM_F_REQUEST;
-    d.message((NFNL_SUBSYS_NFTABLES << 8) | ty, flags, seq)
-        .fixed(&[family, 0, 0, 0]);
-    d
+/// What a read request names.
+#[derive(Clone, Copy, Debug)]
+enum Target<'a> {
+    /// Nothing beyond the family: the generation, or every chain.
+    All,
+    Table(&'a str),
+    /// The rules of a table.
+    Rules(&'a str),
+    /// The elements of set `.1` of table `.0`.
+    Elements(&'a str, &'a str),
+}
+
+/// `NFT_MSG_GET*` for `family`, asking for a dump or an ack, built by libnftnl from its
+/// table, rule or set object.
+fn request(ty: u16, dump: bool, family: u8, seq: u32, target: Target<'_>) -> Vec<u8> {
+    let flags = if dump { NLM_F_DUMP } else { 0 } | NLM_F_ACK;
+    let c = |s: &str| CString::new(s).unwrap_or_default();
+    let mut buf = vec![0u64; nftnl::nft_nlmsg_maxsize() as usize / 8 + 1];
+    // SAFETY: `buf` is aligned and as large as the largest nf_tables message; every libnftnl
+    // object is checked for NULL, its setters copy their values, and it is freed after its
+    // payload was written into `buf`.
+    unsafe {
+        let header =
+            sys::nftnl_nlmsg_build_hdr(buf.as_mut_ptr().cast(), ty, u16::from(family), flags, seq);
+        match target {
+            Target::All => {}
+            Target::Table(name) => {
+                let t = NonNull::new(sys::nftnl_table_alloc()).expect("allocate a table");
+                sys::nftnl_table_set_str(
+                    t.as_ptr(),
+                    sys::NFTNL_TABLE_NAME as u16,
+                    c(name).as_ptr(),
+                );
+                sys::nftnl_table_nlmsg_build_payload(header, t.as_ptr());
+                sys::nftnl_table_free(t.as_ptr());
+            }
+            Target::Rules(table) => {
+                let r = NonNull::new(sys::nftnl_rule_alloc()).expect("allocate a rule");
+                sys::nftnl_rule_set_str(
+                    r.as_ptr(),
+                    sys::NFTNL_RULE_TABLE as u16,
+                    c(table).as_ptr(),
+                );
+                sys::nftnl_rule_nlmsg_build_payload(header, r.as_ptr());
+                sys::nftnl_rule_free(r.as_ptr());
+            }
+            Target::Elements(table, set) => {
+                let s = NonNull::new(sys::nftnl_set_alloc()).expect("allocate a set");
+                sys::nftnl_set_set_str(s.as_ptr(), sys::NFTNL_SET_TABLE as u16, c(table).as_ptr());
+                sys::nftnl_set_set_str(s.as_ptr(), sys::NFTNL_SET_NAME as u16, c(set).as_ptr());
+                sys::nftnl_set_elems_nlmsg_build_payload(header, s.as_ptr());
+                sys::nftnl_set_free(s.as_ptr());
+            }
+        }
+        let len = ((*header).nlmsg_len as usize).min(buf.len() * 8);
+        std::slice::from_raw_parts(buf.as_ptr().cast::<u8>(), len).to_vec()
+    }
+}
+
+/// `struct nfgenmsg` and the attributes after it: every nf_tables message, read and written
+/// by neli.
+#[derive(Debug)]
+pub struct Nfgenmsg {
+    /// `NFPROTO_*` of the object.
+    pub family: u8,
+    pub version: u8,
+    /// The resource id, big-endian (the subsystem, on a batch's begin and end).
+    pub res_id: u16,
+    pub attrs: GenlBuffer<u16, Buffer>,
+}
+
+impl neli::Size for Nfgenmsg {
+    fn unpadded_size(&self) -> usize {
+        NFGENMSG_LEN + self.attrs.unpadded_size()
+    }
+}
+
+impl neli::ToBytes for Nfgenmsg {
+    fn to_bytes(&self, buffer: &mut std::io::Cursor<Vec<u8>>) -> Result<(), neli::err::SerError> {
+        self.family.to_bytes(buffer)?;
+        self.version.to_bytes(buffer)?;
+        self.res_id.to_bytes(buffer)?;
+        self.attrs.to_bytes(buffer)
+    }
+}
+
+impl neli::FromBytesWithInput for Nfgenmsg {
+    type Input = usize;
+
+    fn from_bytes_with_input(
+        buffer: &mut std::io::Cursor<impl AsRef<[u8]>>,
+        input: usize,
+    ) -> Result<Nfgenmsg, neli::err::DeError> {
+        let attrs_len = input
+            .checked_sub(NFGENMSG_LEN)
+            .ok_or(neli::err::DeError::InvalidInput(input))?;
+        Ok(Nfgenmsg {
+            family: neli::FromBytes::from_bytes(buffer)?,
+            version: neli::FromBytes::from_bytes(buffer)?,
+            res_id: neli::FromBytes::from_bytes(buffer)?,
+            attrs: GenlBuffer::from_bytes_with_input(buffer, attrs_len)?,
+        })
+    }
+}
+
+impl Nfgenmsg {
+    /// A message about an object of `family` carrying `attrs` (tests, and callers that
+    /// describe objects the way the kernel does).
+    pub fn new(family: u8, attrs: Vec<netlink::Attr>) -> Nfgenmsg {
+        Nfgenmsg {
+            family,
+            version: 0,
+            res_id: 0,
+            attrs: attrs.into_iter().collect(),
+        }
+    }
 }
 
 fn is_nft(msg: &Message<'_>, ty: u16) -> bool {
     msg.ty == (NFNL_SUBSYS_NFTABLES << 8) | ty
 }
 
-/// The attributes of an nf_tables message, after its `nfgenmsg`.
-pub fn attrs<'a>(msg: &Message<'a>) -> netlink::Attrs<'a> {
-    msg.attrs(NFGENMSG_LEN)
+/// The `nfgenmsg` of an nf_tables message and its attributes, read by neli (`None`:
+/// malformed).
+pub fn header(msg: &Message<'_>) -> Option<Nfgenmsg> {
+    netlink::parse(msg.payload)
+}
+
+/// The attributes of an nf_tables message, after its `nfgenmsg` (none when malformed).
+pub fn attrs(msg: &Message<'_>) -> Attrs {
+    header(msg).map_or_else(|| Attrs::read(&[]), |h| h.attrs.into())
 }
 
 /// The generation id of a `NFT_MSG_NEWGEN`.
@@ -126,8 +249,9 @@ pub fn table_of(msg: &Message<'_>, name: &str) -> Option<Table> {
         owner: None,
     };
     let mut named = None;
-    for a in attrs(msg) {
-        match a.ty {
+    let list = attrs(msg);
+    for a in list.iter() {
+        match a.ty() {
             NFTA_TABLE_NAME => named = Some(a.str()),
             NFTA_TABLE_FLAGS => table.flags = a.be32()?,
             NFTA_TABLE_OWNER => table.owner = a.be32(),
@@ -149,15 +273,16 @@ pub fn chain_of(msg: &Message<'_>, table: &str) -> Option<Chain> {
         hook: None,
         policy: None,
     };
-    for a in attrs(msg) {
-        match a.ty {
+    let list = attrs(msg);
+    for a in list.iter() {
+        match a.ty() {
             NFTA_CHAIN_TABLE => of = Some(a.str()),
             NFTA_CHAIN_NAME => chain.name = a.str().to_owned(),
             NFTA_CHAIN_TYPE => chain.kind = a.str().to_owned(),
             NFTA_CHAIN_POLICY => chain.policy = a.be32(),
             NFTA_CHAIN_HOOK => {
                 let hook = a.nested();
-                let num = hook.clone().get(NFTA_HOOK_HOOKNUM).and_then(|h| h.be32());
+                let num = hook.get(NFTA_HOOK_HOOKNUM).and_then(|h| h.be32());
                 let prio = hook.get(NFTA_HOOK_PRIORITY).and_then(|h| h.be32());
                 chain.hook = num.zip(prio.map(|p| p as i32));
             }
@@ -179,19 +304,21 @@ pub fn rule_of(msg: &Message<'_>, table: &str) -> Option<Rule> {
         exprs: Vec::new(),
         comment: None,
     };
-    for a in attrs(msg) {
-        match a.ty {
+    let list = attrs(msg);
+    for a in list.iter() {
+        match a.ty() {
             NFTA_RULE_TABLE => of = Some(a.str()),
             NFTA_RULE_CHAIN => rule.chain = a.str().to_owned(),
             NFTA_RULE_HANDLE => rule.handle = a.be64().unwrap_or(0),
             NFTA_RULE_EXPRESSIONS => {
                 rule.exprs = a
                     .nested()
-                    .filter(|e| e.ty == NFTA_LIST_ELEM)
-                    .map(|e| Expr::read(&e))
+                    .iter()
+                    .filter(|e| e.ty() == NFTA_LIST_ELEM)
+                    .map(Expr::read)
                     .collect();
             }
-            NFTA_RULE_USERDATA => rule.comment = comment_of(a.payload),
+            NFTA_RULE_USERDATA => rule.comment = comment_of(a.bytes()),
             _ => {}
         }
     }
@@ -204,20 +331,23 @@ pub fn elements_of(msg: &Message<'_>, out: &mut Vec<Element>) {
     if !is_nft(msg, NFT_MSG_NEWSETELEM) {
         return;
     }
-    for list in attrs(msg).filter(|a| a.ty == NFTA_SET_ELEM_LIST_ELEMENTS) {
+    for list in attrs(msg)
+        .iter()
+        .filter(|a| a.ty() == NFTA_SET_ELEM_LIST_ELEMENTS)
+    {
         // Any nest type, as the kernel reads it: the kernel dumps NFTA_LIST_ELEM, libnftnl
         // numbers the elements it writes 1, 2, 3...
-        for elem in list.nested() {
-            out.extend(element(&elem));
+        for elem in list.nested().iter() {
+            out.extend(element(elem));
         }
     }
 }
 
-fn element(elem: &Attr<'_>) -> Option<Element> {
+fn element(elem: &netlink::Attr) -> Option<Element> {
     let (mut key, mut flags) = (None, 0);
-    for a in elem.nested() {
-        match a.ty {
-            NFTA_SET_ELEM_KEY => key = Value::new(a.nested().get(NFTA_DATA_VALUE)?.payload),
+    for a in elem.nested().iter() {
+        match a.ty() {
+            NFTA_SET_ELEM_KEY => key = Value::new(a.nested().get(NFTA_DATA_VALUE)?.bytes()),
             NFTA_SET_ELEM_FLAGS => flags = a.be32().unwrap_or(0),
             _ => {}
         }
@@ -248,7 +378,7 @@ impl Nft {
         let seq = self.socket.next_seq();
         let mut genid = None;
         self.socket.request(
-            request(NFT_MSG_GETGEN, false, NFPROTO_UNSPEC, seq).bytes(),
+            &request(NFT_MSG_GETGEN, false, NFPROTO_UNSPEC, seq, Target::All),
             |m| genid = genid.or(genid_of(m)),
         )?;
         genid.ok_or_else(|| {
@@ -262,12 +392,18 @@ impl Nft {
     /// The table, or `None` when there is none.
     pub fn table(&mut self, table: TableRef<'_>) -> Result<Option<Table>, netlink::Error> {
         let seq = self.socket.next_seq();
-        let mut d = request(NFT_MSG_GETTABLE, false, table.family, seq);
-        d.attr_str(NFTA_TABLE_NAME, table.name);
+        let d = request(
+            NFT_MSG_GETTABLE,
+            false,
+            table.family as u8,
+            seq,
+            Target::Table(table.name),
+        );
         let mut found = None;
-        match self.socket.request(d.bytes(), |m| {
-            found = found.take().or(table_of(m, table.name))
-        }) {
+        match self
+            .socket
+            .request(&d, |m| found = found.take().or(table_of(m, table.name)))
+        {
             Ok(()) => Ok(found),
             Err(e) if e.errno() == Some(libc::ENOENT) => Ok(None),
             Err(e) => Err(e),
@@ -277,7 +413,7 @@ impl Nft {
     /// The chains of the table.
     pub fn chains(&mut self, table: TableRef<'_>) -> Result<Vec<Chain>, netlink::Error> {
         self.socket.dump(
-            |seq| request(NFT_MSG_GETCHAIN, true, table.family, seq),
+            |seq| request(NFT_MSG_GETCHAIN, true, table.family as u8, seq, Target::All),
             |m, out: &mut Vec<Chain>| out.extend(chain_of(m, table.name)),
         )
     }
@@ -286,9 +422,8 @@ impl Nft {
     pub fn rules(&mut self, table: TableRef<'_>) -> Result<Vec<Rule>, netlink::Error> {
         self.socket.dump(
             |seq| {
-                let mut d = request(NFT_MSG_GETRULE, true, table.family, seq);
-                d.attr_str(NFTA_RULE_TABLE, table.name);
-                d
+                let target = Target::Rules(table.name);
+                request(NFT_MSG_GETRULE, true, table.family as u8, seq, target)
             },
             |m, out: &mut Vec<Rule>| out.extend(rule_of(m, table.name)),
         )
@@ -302,10 +437,8 @@ impl Nft {
     ) -> Result<Vec<Element>, netlink::Error> {
         self.socket.dump(
             |seq| {
-                let mut d = request(NFT_MSG_GETSETELEM, true, table.family, seq);
-                d.attr_str(NFTA_SET_ELEM_LIST_SET, set)
-                    .attr_str(NFTA_SET_ELEM_LIST_TABLE, table.name);
-                d
+                let target = Target::Elements(table.name, set);
+                request(NFT_MSG_GETSETELEM, true, table.family as u8, seq, target)
             },
             |m, out: &mut Vec<Element>| elements_of(m, out),
         )
@@ -324,7 +457,7 @@ impl Nft {
         let mut acked = false;
         let acked_seq = tx.acked_seq();
         self.socket
-            .exchange(&[&tx.bytes, fence.bytes()], tx.first_seq..=fence_seq, |e| {
+            .exchange(&[&tx.bytes, &fence], tx.first_seq..=fence_seq, |e| {
                 if let Event::End(ack) = e {
                     if ack.errno == 0 {
                         acked |= ack.seq == acked_seq;
@@ -343,5 +476,159 @@ impl Nft {
             None if !acked => Err(CommitError::NoAnswer),
             None => Ok(()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::batch::{BaseChain, Batch};
+    use super::expr::{Nat, Value};
+    use super::*;
+    use nftnl::{ChainType, Hook, Policy, ProtoFamily};
+
+    const TABLE: TableRef<'static> = TableRef {
+        family: ProtoFamily::Ipv4,
+        name: "weft-nat-test",
+    };
+
+    fn reg1(key: u32) -> Expr {
+        Expr::Meta {
+            key,
+            dreg: NFT_REG_1,
+        }
+    }
+
+    fn cmp(data: &[u8]) -> Expr {
+        Expr::Cmp {
+            sreg: NFT_REG_1,
+            op: NFT_CMP_EQ,
+            data: Value::new(data).unwrap(),
+        }
+    }
+
+    fn ifname(name: &str) -> Vec<u8> {
+        let mut b = name.as_bytes().to_vec();
+        b.resize(16, 0);
+        b
+    }
+
+    /// The host role's shapes, written by libnftnl, accepted by the kernel and read back as
+    /// written: a table of family ip with nat chains, masquerade by output interface, a dnat
+    /// of a port to an address, a fib check, counters, ct state; then one rule deleted by its
+    /// handle in a batch of its own, leaving the others.
+    #[test]
+    fn nat_chains_and_rules_commit_read_back_and_delete_by_handle() {
+        weft_testkit::require_root();
+        let ns = weft_testkit::Netns::new("nftnat").unwrap();
+        ns.enter(|| {
+            let mut nft = Nft::open().unwrap();
+            let post = BaseChain {
+                name: "postrouting",
+                kind: ChainType::Nat,
+                hook: Hook::PostRouting,
+                priority: 100,
+                policy: Policy::Accept,
+            };
+            let pre = BaseChain {
+                name: "prerouting",
+                kind: ChainType::Nat,
+                hook: Hook::PreRouting,
+                priority: -100,
+                policy: Policy::Accept,
+            };
+            let masquerade = vec![
+                reg1(NFT_META_OIFNAME),
+                cmp(&ifname("uplink0")),
+                Expr::Counter {
+                    packets: 0,
+                    bytes: 0,
+                },
+                Expr::Masquerade { flags: 0 },
+            ];
+            let dnat = vec![
+                Expr::Fib {
+                    flags: NFTA_FIB_F_DADDR,
+                    result: NFT_FIB_RESULT_ADDRTYPE,
+                    dreg: NFT_REG_1,
+                },
+                cmp(&RTN_LOCAL.to_ne_bytes()),
+                reg1(NFT_META_L4PROTO),
+                cmp(&[libc::IPPROTO_TCP as u8]),
+                Expr::Payload {
+                    dreg: NFT_REG_1,
+                    base: NFT_PAYLOAD_TRANSPORT_HEADER,
+                    offset: 2,
+                    len: 2,
+                },
+                cmp(&8080u16.to_be_bytes()),
+                Expr::Immediate {
+                    dreg: NFT_REG_1,
+                    data: Value::new(&[10, 0, 0, 2]).unwrap(),
+                },
+                Expr::Immediate {
+                    dreg: 2,
+                    data: Value::new(&80u16.to_be_bytes()).unwrap(),
+                },
+                Expr::Nat(Nat {
+                    kind: NFT_NAT_DNAT,
+                    family: u32::from(NFPROTO_IPV4),
+                    // As nft writes it, and as the kernel reports it either way.
+                    addr_min: Some(NFT_REG_1),
+                    addr_max: Some(NFT_REG_1),
+                    proto_min: Some(2),
+                    proto_max: Some(2),
+                    flags: NF_NAT_RANGE_MAP_IPS | NF_NAT_RANGE_PROTO_SPECIFIED,
+                }),
+            ];
+            let established = vec![
+                Expr::Ct {
+                    key: NFT_CT_STATE,
+                    dreg: NFT_REG_1,
+                },
+                Expr::Bitwise {
+                    sreg: NFT_REG_1,
+                    dreg: NFT_REG_1,
+                    len: 4,
+                    mask: Value::new(&CT_STATE_ESTABLISHED_RELATED.to_ne_bytes()).unwrap(),
+                    xor: Value::new(&[0; 4]).unwrap(),
+                },
+                Expr::Cmp {
+                    sreg: NFT_REG_1,
+                    op: NFT_CMP_NEQ,
+                    data: Value::new(&[0; 4]).unwrap(),
+                },
+                Expr::Verdict(NF_ACCEPT),
+            ];
+            let mut b = Batch::new(nft.batch_seq(), Some(nft.genid().unwrap()), "begin");
+            b.add_table(TABLE, 0, "table");
+            b.add_chain(TABLE, &post, "postrouting");
+            b.add_chain(TABLE, &pre, "prerouting");
+            b.add_rule(TABLE, "postrouting", &masquerade, Some("masq"), "masq");
+            b.add_rule(TABLE, "prerouting", &dnat, None, "dnat");
+            b.add_rule(TABLE, "prerouting", &established, None, "ct");
+            let tx = b.finish("end");
+            nft.commit(&tx).unwrap();
+
+            let text =
+                String::from_utf8(ns.run("nft", &["list", "ruleset"]).unwrap().stdout).unwrap();
+            for want in [
+                "type nat hook postrouting priority srcnat; policy accept;",
+                "oifname \"uplink0\" counter packets 0 bytes 0 masquerade comment \"masq\"",
+                "fib daddr type local tcp dport 8080 dnat to 10.0.0.2:80",
+                "ct state established,related accept",
+            ] {
+                assert!(text.contains(want), "missing {want:?} in\n{text}");
+            }
+            let rules = nft.rules(TABLE).unwrap();
+            let exprs: Vec<&Vec<Expr>> = rules.iter().map(|r| &r.exprs).collect();
+            assert_eq!(exprs, vec![&masquerade, &dnat, &established]);
+            assert_eq!(rules[0].comment.as_deref(), Some("masq"));
+
+            let mut b = Batch::new(nft.batch_seq(), None, "begin");
+            b.delete_rule(TABLE, "prerouting", rules[1].handle, "delete dnat");
+            nft.commit(&b.finish("end")).unwrap();
+            let left: Vec<u64> = nft.rules(TABLE).unwrap().iter().map(|r| r.handle).collect();
+            assert_eq!(left, vec![rules[0].handle, rules[2].handle]);
+        });
     }
 }

@@ -1,26 +1,15 @@
-//! Addresses (`RTM_*ADDR`, `struct ifaddrmsg`): read every address, add one stamped with
+//! Addresses (`RTM_*ADDR`, neli's `Ifaddrmsg`): read every address, add one stamped with
 //! [`RTPROT_WEFT`], delete one.
 
-use std::net::IpAddr;
-
 use ipnet::IpNet;
+use neli::consts::nl::NlmF;
+use neli::consts::rtnl::{Ifa, RtAddrFamily, RtScope, Rtm};
+use neli::rtnl::{Ifaddrmsg, IfaddrmsgBuilder, Rtattr};
+use neli::types::{Buffer, RtBuffer};
 
-use super::{family_of, ip_from, ip_octets, Error, Rtnl, AF_UNSPEC, RTPROT_WEFT};
-use crate::dataplane::netlink::message::{
-    NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL, NLM_F_REQUEST,
-};
-use crate::dataplane::netlink::{Datagram, Message};
-
-pub const RTM_NEWADDR: u16 = 20;
-pub const RTM_DELADDR: u16 = 21;
-const RTM_GETADDR: u16 = 22;
-
-const IFA_ADDRESS: u16 = 1;
-const IFA_LOCAL: u16 = 2;
-const IFA_BROADCAST: u16 = 4;
-/// The protocol that added an address (Linux 6.1+).
-const IFA_PROTO: u16 = 11;
-const IFADDRMSG_LEN: usize = 8;
+use super::consts::IFA_PROTO;
+use super::{attr, family_of, ip_from, ip_octets, Error, Rtnl, RTPROT_WEFT};
+use crate::dataplane::netlink::{self, Message};
 
 /// One address on a link.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -33,100 +22,86 @@ pub struct AddrInfo {
 }
 
 fn message(
-    d: &mut Datagram,
-    ty: u16,
-    flags: u16,
-    seq: u32,
-    family: u8,
+    family: RtAddrFamily,
     prefix_len: u8,
     index: u32,
-) -> &mut Datagram {
-    let m = d.message(ty, NLM_F_REQUEST | flags, seq);
-    let mut h = [0u8; IFADDRMSG_LEN];
-    h[0] = family;
-    h[1] = prefix_len;
-    h[4..8].copy_from_slice(&index.to_ne_bytes());
-    m.fixed(&h);
-    m
+    attrs: Vec<Rtattr<Ifa, Buffer>>,
+) -> Ifaddrmsg {
+    IfaddrmsgBuilder::default()
+        .ifa_family(family)
+        .ifa_prefixlen(prefix_len)
+        .ifa_scope(RtScope::Universe)
+        .ifa_index(index)
+        .rtattrs(attrs.into_iter().collect::<RtBuffer<_, _>>())
+        .build()
+        .expect("every field is set")
 }
 
-pub fn dump_request(seq: u32) -> Datagram {
-    let mut d = Datagram::new();
-    message(&mut d, RTM_GETADDR, NLM_F_DUMP, seq, AF_UNSPEC, 0, 0);
-    d
+pub fn dump_request(seq: u32) -> Vec<u8> {
+    let msg = message(RtAddrFamily::Unspecified, 0, 0, vec![]);
+    netlink::request(Rtm::Getaddr, NlmF::DUMP, seq, msg)
 }
 
-/// The address message for `addr` on link `index`: `IFA_LOCAL` is the address itself,
-/// `IFA_ADDRESS` the same on a link that is not point-to-point.
-fn address(
-    d: &mut Datagram,
-    ty: u16,
-    flags: u16,
-    seq: u32,
-    index: u32,
-    addr: IpNet,
-) -> &mut Datagram {
-    let octets = ip_octets(addr.addr());
-    let m = message(
-        d,
-        ty,
-        flags,
-        seq,
-        family_of(addr.addr()),
-        addr.prefix_len(),
-        index,
-    );
-    m.attr(IFA_LOCAL, &octets).attr(IFA_ADDRESS, &octets);
-    m
+/// The attributes naming `addr`: `IFA_LOCAL` is the address itself, `IFA_ADDRESS` the same
+/// on a link that is not point-to-point.
+fn address(addr: IpNet) -> Vec<Rtattr<Ifa, Buffer>> {
+    let octets = Buffer::from(ip_octets(addr.addr()));
+    vec![attr(Ifa::Local, octets.clone()), attr(Ifa::Address, octets)]
 }
 
-pub fn add_request(index: u32, addr: IpNet, seq: u32) -> Datagram {
-    let mut d = Datagram::new();
-    let m = address(
-        &mut d,
-        RTM_NEWADDR,
-        NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL,
-        seq,
-        index,
-        addr,
-    );
-    m.attr_u8(IFA_PROTO, RTPROT_WEFT);
+pub fn add_request(index: u32, addr: IpNet, seq: u32) -> Vec<u8> {
+    let mut attrs = address(addr);
+    attrs.push(attr(Ifa::UnrecognizedConst(IFA_PROTO), RTPROT_WEFT));
     if let IpNet::V4(v4) = addr {
         // What `ip addr add ... brd +` sets; a /31 or /32 has no broadcast address.
         if v4.prefix_len() < 31 {
-            m.attr(IFA_BROADCAST, &v4.broadcast().octets());
+            attrs.push(attr(
+                Ifa::Broadcast,
+                Buffer::from(&v4.broadcast().octets()[..]),
+            ));
         }
     }
-    d
+    let msg = message(family_of(addr.addr()), addr.prefix_len(), index, attrs);
+    netlink::request(
+        Rtm::Newaddr,
+        NlmF::ACK | NlmF::CREATE | NlmF::EXCL,
+        seq,
+        msg,
+    )
 }
 
-pub fn delete_request(index: u32, addr: IpNet, seq: u32) -> Datagram {
-    let mut d = Datagram::new();
-    address(&mut d, RTM_DELADDR, NLM_F_ACK, seq, index, addr);
-    d
+pub fn delete_request(index: u32, addr: IpNet, seq: u32) -> Vec<u8> {
+    let msg = message(
+        family_of(addr.addr()),
+        addr.prefix_len(),
+        index,
+        address(addr),
+    );
+    netlink::request(Rtm::Deladdr, NlmF::ACK, seq, msg)
 }
 
 /// An address of a `RTM_NEWADDR` answer (or a `RTM_NEWADDR`/`RTM_DELADDR` notification).
 pub fn parse(msg: &Message<'_>) -> Option<AddrInfo> {
-    if msg.ty != RTM_NEWADDR && msg.ty != RTM_DELADDR {
+    if msg.ty != u16::from(Rtm::Newaddr) && msg.ty != u16::from(Rtm::Deladdr) {
         return None;
     }
-    let h = msg.payload.get(..IFADDRMSG_LEN)?;
+    let m: Ifaddrmsg = netlink::parse(msg.payload)?;
     let (mut local, mut address, mut protocol) = (None, None, 0);
-    for a in msg.attrs(IFADDRMSG_LEN) {
-        match a.ty {
-            IFA_LOCAL => local = ip_from(a.payload),
-            IFA_ADDRESS => address = ip_from(a.payload),
-            IFA_PROTO => protocol = a.u8().unwrap_or(0),
+    for a in m.rtattrs().iter() {
+        let p = a.rta_payload().as_ref();
+        match a.rta_type() {
+            Ifa::Local => local = ip_from(p),
+            Ifa::Address => address = ip_from(p),
+            Ifa::UnrecognizedConst(IFA_PROTO) => protocol = p.first().copied().unwrap_or(0),
             _ => {}
         }
     }
     // IPv4 names the local address IFA_LOCAL (IFA_ADDRESS is the peer on point-to-point
     // links); IPv6 sends only IFA_ADDRESS.
-    let ip: IpAddr = local.or(address)?;
+    let ip = local.or(address)?;
     Some(AddrInfo {
-        index: u32::from_ne_bytes(h[4..8].try_into().ok()?),
-        addr: IpNet::new(ip, h[1]).ok()?,
+        index: *m.ifa_index(),
+        addr: IpNet::new(ip, *m.ifa_prefixlen()).ok()?,
         protocol,
     })
 }
@@ -162,13 +137,24 @@ mod tests {
     use super::*;
     use crate::dataplane::netlink::messages;
 
+    fn as_answer(mut bytes: Vec<u8>) -> Vec<u8> {
+        bytes[4..6].copy_from_slice(&u16::from(Rtm::Newaddr).to_ne_bytes());
+        bytes
+    }
+
+    fn has_broadcast(bytes: &[u8]) -> Option<Vec<u8>> {
+        let m: Ifaddrmsg = netlink::parse(messages(bytes).next().unwrap().payload).unwrap();
+        m.rtattrs()
+            .get_attr_handle()
+            .get_attribute(Ifa::Broadcast)
+            .map(|a| a.rta_payload().as_ref().to_vec())
+    }
+
     #[test]
     fn an_added_address_reads_back_with_our_protocol_and_a_broadcast() {
         let net: IpNet = "198.51.100.7/24".parse().unwrap();
-        let d = add_request(3, net, 5);
-        let mut bytes = d.bytes().to_vec();
         // The kernel answers with the same layout.
-        bytes[4..6].copy_from_slice(&RTM_NEWADDR.to_ne_bytes());
+        let bytes = as_answer(add_request(3, net, 5));
         let m = messages(&bytes).next().unwrap();
         assert_eq!(
             parse(&m),
@@ -178,13 +164,13 @@ mod tests {
                 protocol: RTPROT_WEFT
             })
         );
-        let brd = m.attrs(IFADDRMSG_LEN).get(IFA_BROADCAST).unwrap();
-        assert_eq!(brd.payload, &[198, 51, 100, 255]);
+        assert_eq!(has_broadcast(&bytes), Some(vec![198, 51, 100, 255]));
         // A /32 has none; IPv6 neither.
         for net in ["198.51.100.7/32", "2001:db8::1/64"] {
-            let d = add_request(3, net.parse().unwrap(), 5);
-            let m = messages(d.bytes()).next().unwrap();
-            assert!(m.attrs(IFADDRMSG_LEN).get(IFA_BROADCAST).is_none());
+            assert_eq!(
+                has_broadcast(&add_request(3, net.parse().unwrap(), 5)),
+                None
+            );
         }
     }
 
@@ -198,8 +184,7 @@ mod tests {
             } else {
                 IpNet::new(std::net::Ipv4Addr::from(bits as u32).into(), len % 33).unwrap()
             };
-            let mut bytes = add_request(index, addr, 1).bytes().to_vec();
-            bytes[4..6].copy_from_slice(&RTM_NEWADDR.to_ne_bytes());
+            let bytes = as_answer(add_request(index, addr, 1));
             let got = parse(&messages(&bytes).next().unwrap());
             proptest::prop_assert_eq!(got, Some(AddrInfo { index, addr, protocol: RTPROT_WEFT }));
         }
@@ -207,16 +192,18 @@ mod tests {
 
     #[test]
     fn ipv6_answers_name_only_the_address() {
-        let mut d = Datagram::new();
-        message(&mut d, RTM_NEWADDR, 0, 1, libc::AF_INET6 as u8, 64, 2).attr(
-            IFA_ADDRESS,
-            &"2001:db8::5"
-                .parse::<std::net::Ipv6Addr>()
-                .unwrap()
-                .octets(),
+        let octets = "2001:db8::5"
+            .parse::<std::net::Ipv6Addr>()
+            .unwrap()
+            .octets();
+        let msg = message(
+            RtAddrFamily::Inet6,
+            64,
+            2,
+            vec![attr(Ifa::Address, Buffer::from(&octets[..]))],
         );
-        let m = messages(d.bytes()).next().unwrap();
-        let a = parse(&m).unwrap();
+        let bytes = netlink::request(Rtm::Newaddr, NlmF::empty(), 1, msg);
+        let a = parse(&messages(&bytes).next().unwrap()).unwrap();
         assert_eq!(a.addr, "2001:db8::5/64".parse::<IpNet>().unwrap());
         assert_eq!(a.protocol, 0);
     }

@@ -1,16 +1,16 @@
 //! rtnetlink notifications: which groups the agent listens to, and what one datagram of them
 //! says changed and who asked for it.
 
-use super::addr::{RTM_DELADDR, RTM_NEWADDR};
-use super::link::{RTM_DELLINK, RTM_NEWLINK};
-use super::route::{RTM_DELROUTE, RTM_NEWROUTE};
+use neli::consts::rtnl::Rtm;
+
 use crate::dataplane::netlink::messages;
 
 /// Links, IPv4 addresses, IPv4 routes.
-pub const GROUPS: [u32; 3] = [RTNLGRP_LINK, RTNLGRP_IPV4_IFADDR, RTNLGRP_IPV4_ROUTE];
-const RTNLGRP_LINK: u32 = 1;
-const RTNLGRP_IPV4_IFADDR: u32 = 5;
-const RTNLGRP_IPV4_ROUTE: u32 = 7;
+pub const GROUPS: [u32; 3] = [
+    libc::RTNLGRP_LINK,
+    libc::RTNLGRP_IPV4_IFADDR,
+    libc::RTNLGRP_IPV4_ROUTE,
+];
 
 /// A possible change to the pod's links, addresses or routes.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -25,13 +25,13 @@ pub struct RouteChange {
 /// The rtnetlink notifications in one datagram.
 pub fn changes(data: &[u8]) -> impl Iterator<Item = RouteChange> + '_ {
     messages(data).filter_map(|msg| {
-        let what = match msg.ty {
-            RTM_NEWLINK => "link changed",
-            RTM_DELLINK => "link deleted",
-            RTM_NEWADDR => "address added",
-            RTM_DELADDR => "address removed",
-            RTM_NEWROUTE => "route added",
-            RTM_DELROUTE => "route removed",
+        let what = match Rtm::from(msg.ty) {
+            Rtm::Newlink => "link changed",
+            Rtm::Dellink => "link deleted",
+            Rtm::Newaddr => "address added",
+            Rtm::Deladdr => "address removed",
+            Rtm::Newroute => "route added",
+            Rtm::Delroute => "route removed",
             _ => return None,
         };
         Some(RouteChange {

@@ -1,27 +1,18 @@
-//! Links (`RTM_*LINK`, `struct ifinfomsg`): read one or all, bring up, set the MTU, set
-//! `promote_secondaries`, create one of a kind, delete.
+//! Links (`RTM_*LINK`, neli's `Ifinfomsg`): read one or all, bring up, set the MTU, set
+//! `promote_secondaries`, create one of a kind or a veth pair (its peer in any namespace),
+//! delete.
 
-use super::{Error, Rtnl, AF_INET, AF_UNSPEC};
-use crate::dataplane::netlink::message::{
-    NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL, NLM_F_REQUEST,
-};
-use crate::dataplane::netlink::{Datagram, Message};
+use std::os::fd::{AsRawFd, BorrowedFd};
 
-pub const RTM_NEWLINK: u16 = 16;
-pub const RTM_DELLINK: u16 = 17;
-const RTM_GETLINK: u16 = 18;
+use neli::consts::nl::NlmF;
+use neli::consts::rtnl::{Iff, Ifla, IflaInfo, RtAddrFamily, Rtm};
+use neli::rtnl::{Ifinfomsg, IfinfomsgBuilder, Rtattr};
+use neli::types::{Buffer, RtBuffer};
 
-const IFLA_IFNAME: u16 = 3;
-const IFLA_MTU: u16 = 4;
-const IFLA_LINKINFO: u16 = 18;
-const IFLA_AF_SPEC: u16 = 26;
-const IFLA_INFO_KIND: u16 = 1;
-/// `IFLA_INET_CONF` under `IFLA_AF_SPEC` > `AF_INET`.
-const IFLA_INET_CONF: u16 = 1;
-/// Index of `promote_secondaries` in the IPv4 devconf array (`linux/ip.h`).
-const IPV4_DEVCONF_PROMOTE_SECONDARIES: u16 = 20;
-const IFF_UP: u32 = 0x1;
-const IFINFOMSG_LEN: usize = 16;
+use super::consts::{IFLA_INET_CONF, IPV4_DEVCONF_PROMOTE_SECONDARIES, VETH_INFO_PEER};
+use super::{attr, nest, Error, Rtnl};
+use crate::dataplane::netlink::{self, Message};
+
 const ENODEV: i32 = libc::ENODEV;
 
 /// A link as the kernel holds it.
@@ -37,107 +28,117 @@ pub struct LinkInfo {
     pub kind: Option<String>,
 }
 
-/// Starts a link message: `ifinfomsg` for link `index` (0: named by attribute), setting
-/// the flags in `change` to `flags`.
-fn message(
-    d: &mut Datagram,
-    ty: u16,
-    flags: u16,
-    seq: u32,
-    index: u32,
-    set: (u32, u32),
-) -> &mut Datagram {
-    let mut h = [0u8; IFINFOMSG_LEN];
-    h[0] = AF_UNSPEC;
-    h[4..8].copy_from_slice(&index.to_ne_bytes());
-    h[8..12].copy_from_slice(&set.0.to_ne_bytes());
-    h[12..16].copy_from_slice(&set.1.to_ne_bytes());
-    d.message(ty, NLM_F_REQUEST | flags, seq).fixed(&h)
+/// An `ifinfomsg` for link `index` (0: named by attribute) with `attrs`.
+fn link(index: u32, attrs: Vec<Rtattr<Ifla, Buffer>>) -> IfinfomsgBuilder {
+    IfinfomsgBuilder::default()
+        .ifi_family(RtAddrFamily::Unspecified)
+        .ifi_index(index as i32)
+        .rtattrs(attrs.into_iter().collect::<RtBuffer<_, _>>())
 }
 
-pub fn get_request(name: &str, seq: u32) -> Datagram {
-    let mut d = Datagram::new();
-    message(&mut d, RTM_GETLINK, NLM_F_ACK, seq, 0, (0, 0)).attr_str(IFLA_IFNAME, name);
-    d
+fn build(b: IfinfomsgBuilder) -> Ifinfomsg {
+    b.build().expect("the family is set")
 }
 
-pub fn dump_request(seq: u32) -> Datagram {
-    let mut d = Datagram::new();
-    message(&mut d, RTM_GETLINK, NLM_F_DUMP, seq, 0, (0, 0));
-    d
+pub fn get_request(name: &str, seq: u32) -> Vec<u8> {
+    let msg = build(link(0, vec![attr(Ifla::Ifname, name)]));
+    netlink::request(Rtm::Getlink, NlmF::ACK, seq, msg)
 }
 
-pub fn up_request(index: u32, seq: u32) -> Datagram {
-    let mut d = Datagram::new();
-    message(&mut d, RTM_NEWLINK, NLM_F_ACK, seq, index, (IFF_UP, IFF_UP));
-    d
+pub fn dump_request(seq: u32) -> Vec<u8> {
+    netlink::request(Rtm::Getlink, NlmF::DUMP, seq, build(link(0, vec![])))
 }
 
-pub fn mtu_request(index: u32, mtu: u32, seq: u32) -> Datagram {
-    let mut d = Datagram::new();
-    message(&mut d, RTM_NEWLINK, NLM_F_ACK, seq, index, (0, 0)).attr_u32(IFLA_MTU, mtu);
-    d
+pub fn up_request(index: u32, seq: u32) -> Vec<u8> {
+    netlink::request(
+        Rtm::Newlink,
+        NlmF::ACK,
+        seq,
+        build(link(index, vec![]).up()),
+    )
+}
+
+pub fn mtu_request(index: u32, mtu: u32, seq: u32) -> Vec<u8> {
+    let msg = build(link(index, vec![attr(Ifla::Mtu, mtu)]));
+    netlink::request(Rtm::Newlink, NlmF::ACK, seq, msg)
 }
 
 /// The per-interface sysctl `promote_secondaries`, set over netlink: `IFLA_AF_SPEC` >
 /// `AF_INET` > `IFLA_INET_CONF` > `IPV4_DEVCONF_PROMOTE_SECONDARIES`.
-pub fn promote_secondaries_request(index: u32, seq: u32) -> Datagram {
-    let mut d = Datagram::new();
-    message(&mut d, RTM_NEWLINK, NLM_F_ACK, seq, index, (0, 0));
-    let spec = d.nest(IFLA_AF_SPEC);
-    let inet = d.nest(u16::from(AF_INET));
-    let conf = d.nest(IFLA_INET_CONF);
-    d.attr_u32(IPV4_DEVCONF_PROMOTE_SECONDARIES, 1);
-    d.end_nest(conf);
-    d.end_nest(inet);
-    d.end_nest(spec);
-    d
+pub fn promote_secondaries_request(index: u32, seq: u32) -> Vec<u8> {
+    let conf = nest(
+        IFLA_INET_CONF,
+        &[attr(IPV4_DEVCONF_PROMOTE_SECONDARIES, 1u32)],
+    );
+    let inet = nest(libc::AF_INET as u16, &[conf]);
+    let msg = build(link(index, vec![nest(Ifla::AfSpec, &[inet])]));
+    netlink::request(Rtm::Newlink, NlmF::ACK, seq, msg)
 }
 
-pub fn create_request(name: &str, kind: &str, seq: u32) -> Datagram {
-    let mut d = Datagram::new();
-    message(
-        &mut d,
-        RTM_NEWLINK,
-        NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL,
+pub fn create_request(name: &str, kind: &str, seq: u32) -> Vec<u8> {
+    let info = nest(Ifla::Linkinfo, &[attr(IflaInfo::Kind, kind)]);
+    let msg = build(link(0, vec![attr(Ifla::Ifname, name), info]));
+    netlink::request(
+        Rtm::Newlink,
+        NlmF::ACK | NlmF::CREATE | NlmF::EXCL,
         seq,
-        0,
-        (0, 0),
+        msg,
     )
-    .attr_str(IFLA_IFNAME, name);
-    let info = d.nest(IFLA_LINKINFO);
-    d.attr_str(IFLA_INFO_KIND, kind);
-    d.end_nest(info);
-    d
 }
 
-pub fn delete_request(index: u32, seq: u32) -> Datagram {
-    let mut d = Datagram::new();
-    message(&mut d, RTM_DELLINK, NLM_F_ACK, seq, index, (0, 0));
-    d
+/// A veth pair: `name` here, `peer` in the namespace of `peer_netns` (an open
+/// `/run/netns/NAME` or `/proc/PID/ns/net`), or here too.
+pub fn veth_request(
+    name: &str,
+    peer: &str,
+    peer_netns: Option<BorrowedFd<'_>>,
+    seq: u32,
+) -> Vec<u8> {
+    let mut peer_attrs = vec![attr(Ifla::Ifname, peer)];
+    if let Some(fd) = peer_netns {
+        peer_attrs.push(attr(Ifla::NetNsFd, fd.as_raw_fd() as u32));
+    }
+    let data = nest(
+        IflaInfo::Data,
+        &[attr(VETH_INFO_PEER, build(link(0, peer_attrs)))],
+    );
+    let info = nest(Ifla::Linkinfo, &[attr(IflaInfo::Kind, "veth"), data]);
+    let msg = build(link(0, vec![attr(Ifla::Ifname, name), info]));
+    netlink::request(
+        Rtm::Newlink,
+        NlmF::ACK | NlmF::CREATE | NlmF::EXCL,
+        seq,
+        msg,
+    )
+}
+
+pub fn delete_request(index: u32, seq: u32) -> Vec<u8> {
+    netlink::request(Rtm::Dellink, NlmF::ACK, seq, build(link(index, vec![])))
 }
 
 /// A link of a `RTM_NEWLINK` answer or notification.
 pub fn parse(msg: &Message<'_>) -> Option<LinkInfo> {
-    if msg.ty != RTM_NEWLINK {
+    if msg.ty != u16::from(Rtm::Newlink) {
         return None;
     }
-    let h = msg.payload.get(..IFINFOMSG_LEN)?;
-    let index = u32::from_ne_bytes(h[4..8].try_into().ok()?);
-    let flags = u32::from_ne_bytes(h[8..12].try_into().ok()?);
+    let m: Ifinfomsg = netlink::parse(msg.payload)?;
     let mut link = LinkInfo {
-        index,
+        index: *m.ifi_index() as u32,
         name: String::new(),
-        up: flags & IFF_UP != 0,
+        up: m.ifi_flags().contains(Iff::UP),
         mtu: 0,
         kind: None,
     };
-    for a in msg.attrs(IFINFOMSG_LEN) {
-        match a.ty {
-            IFLA_IFNAME => link.name = a.str().to_owned(),
-            IFLA_MTU => link.mtu = a.u32().unwrap_or(0),
-            IFLA_LINKINFO => {
-                link.kind = a.nested().get(IFLA_INFO_KIND).map(|k| k.str().to_owned());
+    for a in m.rtattrs().iter() {
+        let p = a.rta_payload().as_ref();
+        match a.rta_type() {
+            Ifla::Ifname => link.name = netlink::c_str(p).to_owned(),
+            Ifla::Mtu => link.mtu = super::u32_ne(p).unwrap_or(0),
+            Ifla::Linkinfo => {
+                let info = a.get_attr_handle::<IflaInfo>().ok()?;
+                link.kind = info
+                    .get_attribute(IflaInfo::Kind)
+                    .map(|k| netlink::c_str(k.rta_payload().as_ref()).to_owned());
             }
             _ => {}
         }
@@ -150,7 +151,7 @@ impl Rtnl {
     pub fn link(&mut self, name: &str) -> Result<Option<LinkInfo>, Error> {
         let seq = self.socket.next_seq();
         let mut found = None;
-        match self.socket.request(get_request(name, seq).bytes(), |m| {
+        match self.socket.request(&get_request(name, seq), |m| {
             found = found.take().or_else(|| parse(m));
         }) {
             Ok(()) => Ok(found),
@@ -187,6 +188,17 @@ impl Rtnl {
         self.change(|seq| create_request(name, kind, seq))
     }
 
+    /// Creates the veth pair `name` (here) and `peer` (in the namespace of `peer_netns`, or
+    /// here when `None`). EEXIST when either name is taken.
+    pub fn create_veth(
+        &mut self,
+        name: &str,
+        peer: &str,
+        peer_netns: Option<BorrowedFd<'_>>,
+    ) -> Result<(), Error> {
+        self.change(|seq| veth_request(name, peer, peer_netns, seq))
+    }
+
     pub fn delete_link(&mut self, index: u32) -> Result<(), Error> {
         self.change(|seq| delete_request(index, seq))
     }
@@ -198,21 +210,23 @@ mod tests {
     use crate::dataplane::netlink::messages;
 
     /// A link as the kernel describes it: the request's layout is the answer's.
-    fn answer(index: u32, flags: u32, name: &str, mtu: u32, kind: Option<&str>) -> Vec<u8> {
-        let mut d = Datagram::new();
-        let m = message(&mut d, RTM_NEWLINK, 0, 1, index, (flags, 0));
-        m.attr_str(IFLA_IFNAME, name).attr_u32(IFLA_MTU, mtu);
+    fn answer(index: u32, up: bool, name: &str, mtu: u32, kind: Option<&str>) -> Vec<u8> {
+        let mut attrs = vec![attr(Ifla::Ifname, name), attr(Ifla::Mtu, mtu)];
         if let Some(kind) = kind {
-            let info = m.nest(IFLA_LINKINFO);
-            m.attr_str(IFLA_INFO_KIND, kind);
-            m.end_nest(info);
+            attrs.push(nest(Ifla::Linkinfo, &[attr(IflaInfo::Kind, kind)]));
         }
-        d.bytes().to_vec()
+        let b = link(index, attrs);
+        let b = if up { b.up() } else { b };
+        netlink::request(Rtm::Newlink, NlmF::empty(), 1, build(b))
+    }
+
+    fn ifinfomsg(bytes: &[u8]) -> Ifinfomsg {
+        netlink::parse(messages(bytes).next().unwrap().payload).unwrap()
     }
 
     #[test]
     fn links_parse_with_their_kind() {
-        let bytes = answer(7, IFF_UP | 0x40, "wg0", 1420, Some("wireguard"));
+        let bytes = answer(7, true, "wg0", 1420, Some("wireguard"));
         let link = parse(&messages(&bytes).next().unwrap()).unwrap();
         assert_eq!(
             link,
@@ -224,7 +238,7 @@ mod tests {
                 kind: Some("wireguard".into())
             }
         );
-        let bytes = answer(1, 0, "lo", 65536, None);
+        let bytes = answer(1, false, "lo", 65536, None);
         let lo = parse(&messages(&bytes).next().unwrap()).unwrap();
         assert!(!lo.up);
         assert_eq!(lo.kind, None);
@@ -233,30 +247,86 @@ mod tests {
     #[test]
     fn requests_name_the_link_and_what_changes() {
         let up = up_request(3, 9);
-        let m = messages(up.bytes()).next().unwrap();
-        assert_eq!((m.ty, m.seq), (RTM_NEWLINK, 9));
-        assert_eq!(m.flags, NLM_F_REQUEST | NLM_F_ACK);
+        let m = messages(&up).next().unwrap();
+        assert_eq!((m.ty, m.seq), (u16::from(Rtm::Newlink), 9));
+        assert_eq!(m.flags, (NlmF::REQUEST | NlmF::ACK).bits());
         assert_eq!(&m.payload[4..16], &[3, 0, 0, 0, 1, 0, 0, 0, 1, 0, 0, 0]);
         let create = create_request("wg0", "wireguard", 1);
-        let m = messages(create.bytes()).next().unwrap();
+        let m = messages(&create).next().unwrap();
         assert_eq!(
             m.flags,
-            NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL
+            (NlmF::REQUEST | NlmF::ACK | NlmF::CREATE | NlmF::EXCL).bits()
         );
-        let info = m.attrs(IFINFOMSG_LEN).get(IFLA_LINKINFO).unwrap();
+        let msg = ifinfomsg(&create);
+        let info = msg.rtattrs().get_attr_handle();
+        let kind = info
+            .get_nested_attributes::<IflaInfo>(Ifla::Linkinfo)
+            .unwrap();
         assert_eq!(
-            info.nested().get(IFLA_INFO_KIND).unwrap().str(),
+            kind.get_attr_payload_as_with_len::<String>(IflaInfo::Kind)
+                .unwrap(),
             "wireguard"
         );
-        let promote = promote_secondaries_request(3, 1);
-        let m = messages(promote.bytes()).next().unwrap();
-        let conf = m
-            .attrs(IFINFOMSG_LEN)
-            .get(IFLA_AF_SPEC)
-            .and_then(|a| a.nested().get(u16::from(AF_INET)))
-            .and_then(|a| a.nested().get(IFLA_INET_CONF))
-            .and_then(|a| a.nested().get(IPV4_DEVCONF_PROMOTE_SECONDARIES))
+        let promote = ifinfomsg(&promote_secondaries_request(3, 1));
+        let spec = promote.rtattrs().get_attr_handle();
+        let inet = spec.get_nested_attributes::<u16>(Ifla::AfSpec).unwrap();
+        let conf = inet
+            .get_nested_attributes::<u16>(libc::AF_INET as u16)
             .unwrap();
-        assert_eq!(conf.u32(), Some(1));
+        let devconf = conf.get_nested_attributes::<u16>(IFLA_INET_CONF).unwrap();
+        assert_eq!(
+            devconf
+                .get_attr_payload_as::<u32>(IPV4_DEVCONF_PROMOTE_SECONDARIES)
+                .unwrap(),
+            1
+        );
+    }
+
+    #[test]
+    fn a_veth_request_carries_the_peer_and_its_namespace() {
+        let netns = std::fs::File::open("/proc/self/ns/net").unwrap();
+        use std::os::fd::AsFd;
+        let bytes = veth_request("veth-a", "veth-b", Some(netns.as_fd()), 4);
+        let msg = ifinfomsg(&bytes);
+        let top = msg.rtattrs().get_attr_handle();
+        let info = top
+            .get_nested_attributes::<IflaInfo>(Ifla::Linkinfo)
+            .unwrap();
+        let data = info.get_nested_attributes::<u16>(IflaInfo::Data).unwrap();
+        let peer = data.get_attribute(VETH_INFO_PEER).unwrap();
+        let peer: Ifinfomsg = netlink::parse(peer.rta_payload().as_ref()).unwrap();
+        let attrs = peer.rtattrs().get_attr_handle();
+        assert_eq!(
+            attrs
+                .get_attr_payload_as_with_len::<String>(Ifla::Ifname)
+                .unwrap(),
+            "veth-b"
+        );
+        assert_eq!(
+            attrs.get_attr_payload_as::<u32>(Ifla::NetNsFd).unwrap(),
+            netns.as_raw_fd() as u32
+        );
+    }
+
+    /// Needs root: a veth pair with its peer created straight in another namespace.
+    #[test]
+    fn a_veth_peer_lands_in_the_namespace_named() {
+        weft_testkit::require_root();
+        let here = weft_testkit::Netns::new("vetha").unwrap();
+        let there = weft_testkit::Netns::new("vethb").unwrap();
+        let there_fd = std::fs::File::open(format!("/run/netns/{}", there.name())).unwrap();
+        use std::os::fd::AsFd;
+        here.enter(|| {
+            let mut rtnl = Rtnl::open().unwrap();
+            rtnl.create_veth("pod0", "host0", Some(there_fd.as_fd()))
+                .unwrap();
+            assert_eq!(
+                rtnl.link("pod0").unwrap().unwrap().kind.as_deref(),
+                Some("veth")
+            );
+            assert_eq!(rtnl.link("host0").unwrap(), None);
+        });
+        let out = there.run("ip", &["-j", "link", "show", "host0"]).unwrap();
+        assert!(String::from_utf8_lossy(&out.stdout).contains("\"ifname\":\"host0\""));
     }
 }

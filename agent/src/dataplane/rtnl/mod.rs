@@ -3,8 +3,10 @@
 //!
 //! Every change asks for an ack, so a refusal comes back with its errno (and the kernel's
 //! words) and is never silently lost; every dump is read to its end and read again when the
-//! kernel flags it interrupted (`netlink::Socket`). The message functions are pure (request
-//! bytes in, parsed objects out) and tested without root; [`Rtnl`] only sends and counts.
+//! kernel flags it interrupted (`netlink::Socket`). Requests are built and answers read with
+//! neli's rtnetlink types (`Ifinfomsg`, `Ifaddrmsg`, `Rtmsg`, `Rtattr`) and constants; the
+//! few constants neli lacks are in [`consts`]. The message functions are pure (request bytes
+//! in, parsed objects out) and tested without root; [`Rtnl`] only sends and counts.
 
 pub mod addr;
 pub mod events;
@@ -14,8 +16,13 @@ pub mod route;
 use std::io;
 use std::net::IpAddr;
 
+use neli::consts::rtnl::{RtAddrFamily, RtaType};
+use neli::rtnl::{Rtattr, RtattrBuilder};
+use neli::types::Buffer;
+use neli::{Size, ToBytes};
+
 pub use super::netlink::Error;
-use super::netlink::{Datagram, Protocol, Socket};
+use super::netlink::{Protocol, Socket};
 pub use addr::AddrInfo;
 pub use link::LinkInfo;
 pub use route::{Family, Route, RouteInfo};
@@ -29,9 +36,18 @@ pub use route::{Family, Route, RouteInfo};
 /// exactly the agent's routes.
 pub const RTPROT_WEFT: u8 = 0x57;
 
-const AF_UNSPEC: u8 = libc::AF_UNSPEC as u8;
-const AF_INET: u8 = libc::AF_INET as u8;
-const AF_INET6: u8 = libc::AF_INET6 as u8;
+/// The rtnetlink constants neli does not have, from `linux/if_addr.h`, `linux/if_link.h`,
+/// `linux/ip.h` and `linux/veth.h`.
+pub mod consts {
+    /// `IFA_PROTO` (Linux 6.1+): the protocol that added an address.
+    pub const IFA_PROTO: u16 = 11;
+    /// `IFLA_INET_CONF` under `IFLA_AF_SPEC` > `AF_INET`.
+    pub const IFLA_INET_CONF: u16 = 1;
+    /// Index of `promote_secondaries` in the IPv4 devconf array.
+    pub const IPV4_DEVCONF_PROMOTE_SECONDARIES: u16 = 20;
+    /// `VETH_INFO_PEER` under `IFLA_INFO_DATA`: the peer's `ifinfomsg` and attributes.
+    pub const VETH_INFO_PEER: u16 = 1;
+}
 
 /// The NETLINK_ROUTE socket. Blocking; lives on the reconciler's thread.
 #[derive(Debug)]
@@ -62,17 +78,36 @@ impl Rtnl {
     }
 
     /// A change request: counted, acknowledged.
-    fn change(&mut self, build: impl FnOnce(u32) -> Datagram) -> Result<(), Error> {
+    fn change(&mut self, build: impl FnOnce(u32) -> Vec<u8>) -> Result<(), Error> {
         self.changes += 1;
         let seq = self.socket.next_seq();
-        self.socket.request(build(seq).bytes(), |_| {})
+        self.socket.request(&build(seq), |_| {})
     }
 }
 
-fn family_of(ip: IpAddr) -> u8 {
+/// One attribute with its payload serialized by neli (`&str` NUL-terminated, integers in
+/// host order, a nested message as its bytes).
+fn attr<T: RtaType, P: Size + ToBytes>(ty: T, payload: P) -> Rtattr<T, Buffer> {
+    RtattrBuilder::default()
+        .rta_type(ty)
+        .rta_payload(payload)
+        .build()
+        .expect("type and payload are set")
+}
+
+/// An attribute of type `ty` holding `inner`, nested.
+fn nest<T: RtaType, U: RtaType>(ty: T, inner: &[Rtattr<U, Buffer>]) -> Rtattr<T, Buffer> {
+    inner.iter().fold(attr(ty, Buffer::new()), |outer, a| {
+        outer
+            .nest(a)
+            .expect("serializing into a vector cannot fail")
+    })
+}
+
+fn family_of(ip: IpAddr) -> RtAddrFamily {
     match ip {
-        IpAddr::V4(_) => AF_INET,
-        IpAddr::V6(_) => AF_INET6,
+        IpAddr::V4(_) => RtAddrFamily::Inet,
+        IpAddr::V6(_) => RtAddrFamily::Inet6,
     }
 }
 
@@ -81,6 +116,10 @@ fn ip_octets(ip: IpAddr) -> Vec<u8> {
         IpAddr::V4(v4) => v4.octets().to_vec(),
         IpAddr::V6(v6) => v6.octets().to_vec(),
     }
+}
+
+fn u32_ne(bytes: &[u8]) -> Option<u32> {
+    Some(u32::from_ne_bytes(bytes.get(..4)?.try_into().ok()?))
 }
 
 fn ip_from(bytes: &[u8]) -> Option<IpAddr> {

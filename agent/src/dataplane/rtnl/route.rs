@@ -5,30 +5,13 @@ use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use ipnet::IpNet;
+use neli::consts::nl::NlmF;
+use neli::consts::rtnl::{RtAddrFamily, RtScope, RtTable, Rta, Rtm, Rtn, Rtprot};
+use neli::rtnl::{Rtattr, Rtmsg, RtmsgBuilder};
+use neli::types::{Buffer, RtBuffer};
 
-use super::{family_of, ip_from, ip_octets, Error, Rtnl, AF_INET, AF_INET6, RTPROT_WEFT};
-use crate::dataplane::netlink::message::{
-    NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_REPLACE, NLM_F_REQUEST,
-};
-use crate::dataplane::netlink::{Datagram, Message};
-
-pub const RTM_NEWROUTE: u16 = 24;
-pub const RTM_DELROUTE: u16 = 25;
-const RTM_GETROUTE: u16 = 26;
-
-const RTA_DST: u16 = 1;
-const RTA_OIF: u16 = 4;
-const RTA_GATEWAY: u16 = 5;
-const RTA_PRIORITY: u16 = 6;
-/// The 32-bit table id, present when it does not fit `rtm_table`.
-const RTA_TABLE: u16 = 15;
-const RT_TABLE_MAIN: u8 = 254;
-const RT_SCOPE_UNIVERSE: u8 = 0;
-const RT_SCOPE_LINK: u8 = 253;
-const RT_SCOPE_NOWHERE: u8 = 255;
-const RTN_UNSPEC: u8 = 0;
-const RTN_UNICAST: u8 = 1;
-const RTMSG_LEN: usize = 12;
+use super::{attr, family_of, ip_from, ip_octets, u32_ne, Error, Rtnl, RTPROT_WEFT};
+use crate::dataplane::netlink::{self, Message};
 
 /// Address family of a route dump.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -77,150 +60,125 @@ impl fmt::Display for Route {
     }
 }
 
-/// `struct rtmsg`: family, dst_len, src_len, tos, table, protocol, scope, type, flags.
-struct Header {
-    family: u8,
+fn message(
+    family: RtAddrFamily,
     dst_len: u8,
-    table: u8,
-    protocol: u8,
-    scope: u8,
-    ty: u8,
+    table: RtTable,
+    protocol: Rtprot,
+    scope: RtScope,
+    ty: Rtn,
+    attrs: Vec<Rtattr<Rta, Buffer>>,
+) -> Rtmsg {
+    RtmsgBuilder::default()
+        .rtm_family(family)
+        .rtm_dst_len(dst_len)
+        .rtm_src_len(0)
+        .rtm_tos(0)
+        .rtm_table(table)
+        .rtm_protocol(protocol)
+        .rtm_scope(scope)
+        .rtm_type(ty)
+        .rtattrs(attrs.into_iter().collect::<RtBuffer<_, _>>())
+        .build()
+        .expect("every field is set")
 }
 
-fn message(d: &mut Datagram, ty: u16, flags: u16, seq: u32, h: Header) -> &mut Datagram {
-    let m = d.message(ty, NLM_F_REQUEST | flags, seq);
-    m.fixed(&[
-        h.family, h.dst_len, 0, 0, h.table, h.protocol, h.scope, h.ty, 0, 0, 0, 0,
-    ]);
-    m
-}
-
-pub fn dump_request(family: Family, seq: u32) -> Datagram {
-    let mut d = Datagram::new();
+pub fn dump_request(family: Family, seq: u32) -> Vec<u8> {
     let family = match family {
-        Family::V4 => AF_INET,
-        Family::V6 => AF_INET6,
+        Family::V4 => RtAddrFamily::Inet,
+        Family::V6 => RtAddrFamily::Inet6,
     };
-    message(
-        &mut d,
-        RTM_GETROUTE,
-        NLM_F_DUMP,
-        seq,
-        Header {
-            family,
-            dst_len: 0,
-            table: 0,
-            protocol: 0,
-            scope: RT_SCOPE_UNIVERSE,
-            ty: RTN_UNSPEC,
-        },
+    let msg = message(
+        family,
+        0,
+        RtTable::Unspec,
+        Rtprot::Unspec,
+        RtScope::Universe,
+        Rtn::Unspec,
+        vec![],
     );
-    d
+    netlink::request(Rtm::Getroute, NlmF::DUMP, seq, msg)
 }
 
-fn route_message(
-    d: &mut Datagram,
-    ty: u16,
-    flags: u16,
-    seq: u32,
-    route: &Route,
-    scope: u8,
-    kind: u8,
-) {
-    let m = message(
-        d,
-        ty,
-        flags,
-        seq,
-        Header {
-            family: family_of(route.dst.addr()),
-            dst_len: route.dst.prefix_len(),
-            table: RT_TABLE_MAIN,
-            protocol: RTPROT_WEFT,
-            scope,
-            ty: kind,
-        },
-    );
+fn route_message(route: &Route, scope: RtScope, kind: Rtn) -> Rtmsg {
+    let mut attrs = Vec::new();
     if route.dst.prefix_len() > 0 {
-        m.attr(RTA_DST, &ip_octets(route.dst.network()));
+        attrs.push(attr(Rta::Dst, Buffer::from(ip_octets(route.dst.network()))));
     }
     if let Some(gw) = route.gateway {
-        m.attr(RTA_GATEWAY, &ip_octets(gw));
+        attrs.push(attr(Rta::Gateway, Buffer::from(ip_octets(gw))));
     }
-    m.attr_u32(RTA_OIF, route.oif)
-        .attr_u32(RTA_PRIORITY, route.metric);
+    attrs.push(attr(Rta::Oif, route.oif));
+    attrs.push(attr(Rta::Priority, route.metric));
+    message(
+        family_of(route.dst.addr()),
+        route.dst.prefix_len(),
+        RtTable::Main,
+        Rtprot::UnrecognizedConst(RTPROT_WEFT),
+        scope,
+        kind,
+        attrs,
+    )
 }
 
 /// Installs `route` with `NLM_F_REPLACE`.
-pub fn replace_request(route: &Route, seq: u32) -> Datagram {
+pub fn replace_request(route: &Route, seq: u32) -> Vec<u8> {
     let scope = if route.gateway.is_some() {
-        RT_SCOPE_UNIVERSE
+        RtScope::Universe
     } else {
-        RT_SCOPE_LINK
+        RtScope::Link
     };
-    let mut d = Datagram::new();
-    route_message(
-        &mut d,
-        RTM_NEWROUTE,
-        NLM_F_ACK | NLM_F_CREATE | NLM_F_REPLACE,
+    let msg = route_message(route, scope, Rtn::Unicast);
+    netlink::request(
+        Rtm::Newroute,
+        NlmF::ACK | NlmF::CREATE | NlmF::REPLACE,
         seq,
-        route,
-        scope,
-        RTN_UNICAST,
-    );
-    d
+        msg,
+    )
 }
 
 /// Deletes `route` if it carries [`RTPROT_WEFT`]. As iproute2 does for deletes: scope
 /// NOWHERE and type UNSPEC match any.
-pub fn delete_request(route: &Route, seq: u32) -> Datagram {
-    let mut d = Datagram::new();
-    route_message(
-        &mut d,
-        RTM_DELROUTE,
-        NLM_F_ACK,
-        seq,
-        route,
-        RT_SCOPE_NOWHERE,
-        RTN_UNSPEC,
-    );
-    d
+pub fn delete_request(route: &Route, seq: u32) -> Vec<u8> {
+    let msg = route_message(route, RtScope::Nowhere, Rtn::Unspec);
+    netlink::request(Rtm::Delroute, NlmF::ACK, seq, msg)
 }
 
 /// A unicast route of the main table from a `RTM_NEWROUTE` answer; `None` for any other.
 pub fn parse(msg: &Message<'_>) -> Option<RouteInfo> {
-    if msg.ty != RTM_NEWROUTE {
+    if msg.ty != u16::from(Rtm::Newroute) {
         return None;
     }
-    let h = msg.payload.get(..RTMSG_LEN)?;
-    if h[7] != RTN_UNICAST {
+    let m: Rtmsg = netlink::parse(msg.payload)?;
+    if *m.rtm_type() != Rtn::Unicast {
         return None;
     }
-    let mut table = u32::from(h[4]);
+    let mut table = u32::from(u8::from(*m.rtm_table()));
     let (mut dst, mut gateway, mut oif, mut metric) = (None, None, None, 0);
-    for a in msg.attrs(RTMSG_LEN) {
-        match a.ty {
-            RTA_DST => dst = ip_from(a.payload),
-            RTA_GATEWAY => gateway = ip_from(a.payload),
-            RTA_OIF => oif = a.u32(),
-            RTA_PRIORITY => metric = a.u32().unwrap_or(0),
-            RTA_TABLE => table = a.u32().unwrap_or(table),
+    for a in m.rtattrs().iter() {
+        let p = a.rta_payload().as_ref();
+        match a.rta_type() {
+            Rta::Dst => dst = ip_from(p),
+            Rta::Gateway => gateway = ip_from(p),
+            Rta::Oif => oif = u32_ne(p),
+            Rta::Priority => metric = u32_ne(p).unwrap_or(0),
+            Rta::Table => table = u32_ne(p).unwrap_or(table),
             _ => {}
         }
     }
-    if table != u32::from(RT_TABLE_MAIN) {
+    if table != u32::from(u8::from(RtTable::Main)) {
         return None;
     }
-    let unspecified = match h[0] {
-        AF_INET => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
-        AF_INET6 => IpAddr::V6(Ipv6Addr::UNSPECIFIED),
+    let unspecified = match *m.rtm_family() {
+        RtAddrFamily::Inet => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+        RtAddrFamily::Inet6 => IpAddr::V6(Ipv6Addr::UNSPECIFIED),
         _ => return None,
     };
     Some(RouteInfo {
-        dst: IpNet::new(dst.unwrap_or(unspecified), h[1]).ok()?,
+        dst: IpNet::new(dst.unwrap_or(unspecified), *m.rtm_dst_len()).ok()?,
         gateway,
         oif,
-        protocol: h[5],
+        protocol: u8::from(*m.rtm_protocol()),
         metric,
     })
 }
@@ -252,9 +210,8 @@ mod tests {
     use super::*;
     use crate::dataplane::netlink::messages;
 
-    fn as_answer(d: Datagram) -> Vec<u8> {
-        let mut bytes = d.bytes().to_vec();
-        bytes[4..6].copy_from_slice(&RTM_NEWROUTE.to_ne_bytes());
+    fn as_answer(mut bytes: Vec<u8>) -> Vec<u8> {
+        bytes[4..6].copy_from_slice(&u16::from(Rtm::Newroute).to_ne_bytes());
         bytes
     }
 
@@ -268,7 +225,7 @@ mod tests {
         };
         let bytes = as_answer(replace_request(&route, 3));
         let m = messages(&bytes).next().unwrap();
-        assert_eq!(m.payload[4], RT_TABLE_MAIN);
+        assert_eq!(m.payload[4], u8::from(RtTable::Main));
         assert_eq!(m.payload[5], RTPROT_WEFT);
         assert_eq!(m.payload[1], 0);
         let parsed = parse(&m).unwrap();
@@ -313,7 +270,7 @@ mod tests {
         // Table local (255).
         bytes[16 + 4] = 255;
         assert_eq!(parse(&messages(&bytes).next().unwrap()), None);
-        bytes[16 + 4] = RT_TABLE_MAIN;
+        bytes[16 + 4] = u8::from(RtTable::Main);
         // A blackhole route (type 6).
         bytes[16 + 7] = 6;
         assert_eq!(parse(&messages(&bytes).next().unwrap()), None);

@@ -1,50 +1,86 @@
 //! Kernel WireGuard over generic netlink: the `wireguard` family's `WG_CMD_SET_DEVICE` and
-//! `WG_CMD_GET_DEVICE` (include/uapi/linux/wireguard.h), written and read with the agent's
-//! netlink layer.
+//! `WG_CMD_GET_DEVICE` (include/uapi/linux/wireguard.h), written and read with neli's
+//! `Genlmsghdr` and `Nlattr`, the attributes typed by the enums below.
 //!
 //! The messages are rendered and parsed by pure functions, so their layout and the chunking
-//! of thousands of peers are unit-tested without root. Every message is built in one buffer
-//! sized for it, and one that carries a private or preshared key is wiped when dropped; the
-//! socket's receive buffer, which held the device's keys on a read, is wiped after it.
+//! of thousands of peers are unit-tested without root. No key is ever handed to neli, whose
+//! buffers are freed unwiped: a message is laid out with a random placeholder where each
+//! private or preshared key goes, and the key is written over it only in the finished
+//! message, which is wiped when dropped ([`Zeroizing`]). Answers are read into [`Wiped`]
+//! payloads, and the socket's receive buffer, which held the device's keys, is wiped after
+//! a read.
 
 use std::net::{IpAddr, SocketAddr, SocketAddrV4, SocketAddrV6};
 
 use ipnet::IpNet;
+use neli::consts::genl::{Cmd, NlAttrType};
+use neli::consts::nl::NlmF;
+use neli::genl::Nlattr;
+use neli::neli_enum;
+use neli::types::{Buffer, GenlBuffer};
 use weft_schema::key::{PublicKey, SecretKey};
 use weft_schema::validate::Peer;
 use zeroize::Zeroizing;
 
 use super::plan::{DevicePlan, ObservedDevice, ObservedPeer};
-use crate::dataplane::netlink::genl::{self, Genl, GENL_HDRLEN};
-use crate::dataplane::netlink::message::{NLM_F_ACK, NLM_F_DUMP, NLM_F_REQUEST};
-use crate::dataplane::netlink::{self, Attr, Datagram, Message, Truncated};
+use crate::dataplane::netlink::genl::{self, attr, Genl, GENL_HDRLEN};
+use crate::dataplane::netlink::{self, Message, Wiped};
 
 const WG_GENL_NAME: &str = "wireguard";
 const WG_GENL_VERSION: u8 = 1;
-const WG_CMD_GET_DEVICE: u8 = 0;
-const WG_CMD_SET_DEVICE: u8 = 1;
 
-const WGDEVICE_A_IFNAME: u16 = 2;
-const WGDEVICE_A_PRIVATE_KEY: u16 = 3;
-const WGDEVICE_A_PUBLIC_KEY: u16 = 4;
-const WGDEVICE_A_LISTEN_PORT: u16 = 6;
-const WGDEVICE_A_PEERS: u16 = 8;
+/// `enum wg_cmd`.
+#[neli_enum(serialized_type = "u8")]
+pub enum WgCmd {
+    GetDevice = 0,
+    SetDevice = 1,
+}
+impl Cmd for WgCmd {}
+
+/// `enum wgdevice_attribute`.
+#[neli_enum(serialized_type = "u16")]
+pub enum WgDeviceAttr {
+    Unspec = 0,
+    Ifindex = 1,
+    Ifname = 2,
+    PrivateKey = 3,
+    PublicKey = 4,
+    Flags = 5,
+    ListenPort = 6,
+    Fwmark = 7,
+    Peers = 8,
+}
+impl NlAttrType for WgDeviceAttr {}
+
+/// `enum wgpeer_attribute`.
+#[neli_enum(serialized_type = "u16")]
+pub enum WgPeerAttr {
+    Unspec = 0,
+    PublicKey = 1,
+    PresharedKey = 2,
+    Flags = 3,
+    Endpoint = 4,
+    PersistentKeepaliveInterval = 5,
+    LastHandshakeTime = 6,
+    RxBytes = 7,
+    TxBytes = 8,
+    Allowedips = 9,
+    ProtocolVersion = 10,
+}
+impl NlAttrType for WgPeerAttr {}
+
+/// `enum wgallowedip_attribute`.
+#[neli_enum(serialized_type = "u16")]
+pub enum WgAllowedIpAttr {
+    Unspec = 0,
+    Family = 1,
+    Ipaddr = 2,
+    CidrMask = 3,
+}
+impl NlAttrType for WgAllowedIpAttr {}
 
 const WGPEER_F_REMOVE_ME: u32 = 1;
 const WGPEER_F_REPLACE_ALLOWEDIPS: u32 = 2;
-const WGPEER_A_PUBLIC_KEY: u16 = 1;
-const WGPEER_A_PRESHARED_KEY: u16 = 2;
-const WGPEER_A_FLAGS: u16 = 3;
-const WGPEER_A_ENDPOINT: u16 = 4;
-const WGPEER_A_PERSISTENT_KEEPALIVE_INTERVAL: u16 = 5;
-const WGPEER_A_LAST_HANDSHAKE_TIME: u16 = 6;
-const WGPEER_A_RX_BYTES: u16 = 7;
-const WGPEER_A_TX_BYTES: u16 = 8;
-const WGPEER_A_ALLOWEDIPS: u16 = 9;
-
-const WGALLOWEDIP_A_FAMILY: u16 = 1;
-const WGALLOWEDIP_A_IPADDR: u16 = 2;
-const WGALLOWEDIP_A_CIDR_MASK: u16 = 3;
 
 const AF_INET: u16 = libc::AF_INET as u16;
 const AF_INET6: u16 = libc::AF_INET6 as u16;
@@ -54,6 +90,8 @@ const AF_INET6: u16 = libc::AF_INET6 as u16;
 /// 1,000-peer spec still needs only a handful of messages.
 pub const MAX_MESSAGE: usize = 32 * 1024;
 
+/// Netlink and generic netlink headers.
+const HEADERS: usize = netlink::message::NLMSG_HDRLEN + GENL_HDRLEN;
 /// Bytes an allowed IP costs inside a message: the nest plus family, address, mask.
 const ALLOWED_IP_COST: usize = 4 + 8 + (4 + 16) + 8;
 /// The fixed part of a peer: key, flags, preshared key, keepalive, endpoint, nests.
@@ -81,17 +119,70 @@ fn sockaddr(endpoint: SocketAddr) -> Vec<u8> {
     out
 }
 
+/// An attribute of type `ty` holding `inner`, nested.
+fn nest<T: NlAttrType, U: NlAttrType>(ty: T, inner: &[Nlattr<U, Buffer>]) -> Nlattr<T, Buffer> {
+    inner.iter().fold(attr(ty, Buffer::new()), |outer, a| {
+        outer
+            .nest(a)
+            .expect("serializing into a vector cannot fail")
+    })
+}
+
+/// The keys of one message and the placeholders that stand for them until it is laid out:
+/// a random prefix, then the key's number.
+struct Secrets<'k> {
+    prefix: [u8; 24],
+    keys: Vec<&'k [u8; 32]>,
+}
+
+impl<'k> Secrets<'k> {
+    fn new() -> Secrets<'k> {
+        let mut prefix = [0; 24];
+        rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut prefix);
+        Secrets {
+            prefix,
+            keys: Vec::new(),
+        }
+    }
+
+    /// The placeholder to give neli for `key`.
+    fn stand_in(&mut self, key: &'k [u8; 32]) -> Buffer {
+        let mut p = [0; 32];
+        p[..24].copy_from_slice(&self.prefix);
+        p[24..].copy_from_slice(&(self.keys.len() as u64).to_ne_bytes());
+        self.keys.push(key);
+        Buffer::from(&p[..])
+    }
+
+    /// Writes each key over its placeholder in the laid-out message.
+    fn fill(&mut self, message: &mut [u8]) {
+        let at: Vec<usize> = memchr::memmem::find_iter(message, &self.prefix).collect();
+        for at in at {
+            let n = u64::from_ne_bytes(message[at + 24..at + 32].try_into().expect("8 bytes"));
+            if let Some(key) = self.keys.get(n as usize) {
+                message[at..at + 32].copy_from_slice(*key);
+            }
+        }
+        self.keys.clear();
+    }
+}
+
 /// `WG_CMD_SET_DEVICE` messages being written, each at most `max_len` bytes.
 struct SetWriter<'a> {
     family: u16,
     ifname: &'a str,
     max_len: usize,
     seq: u32,
-    out: Vec<Datagram>,
-    /// The message being written, with its peer list open.
-    current: Datagram,
-    peers: Option<netlink::Nest>,
-    index: u16,
+    out: Vec<Zeroizing<Vec<u8>>>,
+    /// The device's attributes in the message being written, before its peers.
+    device: Vec<Nlattr<WgDeviceAttr, Buffer>>,
+    /// The peer sections of the message being written.
+    peers: Vec<Nlattr<u16, Buffer>>,
+    /// Whether the message carries a peer list (the first one only when there are peers).
+    has_peers: bool,
+    /// The message's length as it stands.
+    len: usize,
+    secrets: Secrets<'a>,
 }
 
 impl<'a> SetWriter<'a> {
@@ -102,58 +193,69 @@ impl<'a> SetWriter<'a> {
             max_len,
             seq: first_seq,
             out: Vec::new(),
-            current: Datagram::new(),
-            peers: None,
-            index: 0,
+            device: Vec::new(),
+            peers: Vec::new(),
+            has_peers: false,
+            len: 0,
+            secrets: Secrets::new(),
         };
         w.start();
         w
     }
 
-    /// Starts a message naming the device; its peer list is opened by [`Self::open_peers`].
+    /// Starts a message naming the device.
     fn start(&mut self) {
-        // Room for the whole message, so a key in it is never left in a freed buffer.
-        self.current = Datagram::with_capacity(self.max_len + 64);
-        genl::message(
-            &mut self.current,
-            self.family,
-            NLM_F_REQUEST | NLM_F_ACK,
-            self.seq,
-            WG_CMD_SET_DEVICE,
-            WG_GENL_VERSION,
-        )
-        .attr_str(WGDEVICE_A_IFNAME, self.ifname);
-        self.seq = self.seq.wrapping_add(1);
-        self.index = 0;
+        self.device = vec![attr(WgDeviceAttr::Ifname, self.ifname)];
+        self.len = HEADERS + self.device[0].padded_size();
+    }
+
+    fn add_device(&mut self, a: Nlattr<WgDeviceAttr, Buffer>) {
+        self.len += a.padded_size();
+        self.device.push(a);
     }
 
     fn open_peers(&mut self) {
-        self.peers = Some(self.current.nest(WGDEVICE_A_PEERS));
+        self.has_peers = true;
+        self.len += 4;
+    }
+
+    fn add_peer(&mut self, peer: Nlattr<u16, Buffer>) {
+        self.len += peer.padded_size();
+        self.peers.push(peer);
+    }
+
+    /// Lays out the message, puts the keys in, and numbers it.
+    fn seal(&mut self) {
+        let mut attrs: GenlBuffer<WgDeviceAttr, Buffer> =
+            std::mem::take(&mut self.device).into_iter().collect();
+        let peers = std::mem::take(&mut self.peers);
+        if std::mem::take(&mut self.has_peers) {
+            attrs.push(nest(WgDeviceAttr::Peers, &peers));
+        }
+        let msg = genl::message(WgCmd::SetDevice, WG_GENL_VERSION, attrs);
+        let mut bytes = Zeroizing::new(netlink::request(self.family, NlmF::ACK, self.seq, msg));
+        debug_assert_eq!(bytes.len(), self.len);
+        self.secrets.fill(&mut bytes);
+        self.out.push(bytes);
+        self.seq = self.seq.wrapping_add(1);
     }
 
     /// Ends the message and starts the next one, with its peer list open.
     fn next(&mut self) {
-        if let Some(peers) = self.peers.take() {
-            self.current.end_nest(peers);
-        }
-        let full = std::mem::take(&mut self.current);
-        self.out.push(full);
+        self.seal();
         self.start();
         self.open_peers();
     }
 
     /// Makes room for `bytes` more, in a new message when this one would grow too long.
     fn fit(&mut self, bytes: usize) {
-        if self.current.message_len() + bytes > self.max_len {
+        if self.len + bytes > self.max_len {
             self.next();
         }
     }
 
-    fn finish(mut self) -> Vec<Datagram> {
-        if let Some(peers) = self.peers.take() {
-            self.current.end_nest(peers);
-        }
-        self.out.push(self.current);
+    fn finish(mut self) -> Vec<Zeroizing<Vec<u8>>> {
+        self.seal();
         self.out
     }
 }
@@ -165,109 +267,113 @@ impl<'a> SetWriter<'a> {
 ///
 /// A changed peer is updated in place (the kernel keeps its session), with its allowed IPs
 /// replaced and its keepalive and preshared key stated (0 and zeros mean off).
-pub fn render_set(
+pub fn render_set<'a>(
     family: u16,
-    ifname: &str,
-    plan: &DevicePlan<'_>,
+    ifname: &'a str,
+    plan: &'a DevicePlan<'a>,
     first_seq: u32,
     max_len: usize,
-) -> Vec<Datagram> {
+) -> Vec<Zeroizing<Vec<u8>>> {
     assert!(
         max_len >= 512,
         "a message must hold at least one peer header"
     );
     let mut w = SetWriter::new(family, ifname, first_seq, max_len);
     if let Some(key) = plan.private_key {
-        w.current.set_secret();
-        w.current.attr(WGDEVICE_A_PRIVATE_KEY, key.expose());
+        let stand_in = w.secrets.stand_in(key.expose());
+        w.add_device(attr(WgDeviceAttr::PrivateKey, stand_in));
     }
     if let Some(port) = plan.listen_port {
-        w.current.attr_u16(WGDEVICE_A_LISTEN_PORT, port);
+        w.add_device(attr(WgDeviceAttr::ListenPort, port));
     }
     w.open_peers();
+    let mut index = 0u16;
     for key in &plan.removed {
         w.fit(PEER_HEADER);
-        let peer = w.current.nest(w.index);
-        w.current
-            .attr(WGPEER_A_PUBLIC_KEY, key.as_bytes())
-            .attr_u32(WGPEER_A_FLAGS, WGPEER_F_REMOVE_ME);
-        w.current.end_nest(peer);
-        w.index = w.index.wrapping_add(1);
+        let removed = [
+            attr(WgPeerAttr::PublicKey, Buffer::from(&key.as_bytes()[..])),
+            attr(WgPeerAttr::Flags, WGPEER_F_REMOVE_ME),
+        ];
+        w.add_peer(nest(index, &removed));
+        index = index.wrapping_add(1);
     }
     for peer in plan.added.iter().chain(&plan.changed) {
         w.fit(PEER_HEADER + ALLOWED_IP_COST);
-        let mut section = w.current.nest(w.index);
-        render_peer_head(&mut w.current, peer);
-        let mut ips = w.current.nest(WGPEER_A_ALLOWEDIPS);
+        let mut head = peer_head(&mut w.secrets, peer);
+        let mut ips = Vec::new();
         for (i, net) in peer.allowed_ips.iter().enumerate() {
-            if w.current.message_len() + ALLOWED_IP_COST > w.max_len {
-                // Close allowed IPs and the peer; continue the same peer in the next message.
-                w.current.end_nest(ips);
-                w.current.end_nest(section);
+            let ip = allowed_ip(i as u16, net);
+            let section = 4 + size(&head) + 4 + size(&ips) + ip.padded_size();
+            if w.len + section > w.max_len && !ips.is_empty() {
+                // Close this section; continue the same peer in the next message.
+                head.push(nest(WgPeerAttr::Allowedips, &std::mem::take(&mut ips)));
+                w.add_peer(nest(index, &head));
                 w.next();
-                section = w.current.nest(w.index);
-                w.current
-                    .attr(WGPEER_A_PUBLIC_KEY, peer.public_key.as_bytes());
-                ips = w.current.nest(WGPEER_A_ALLOWEDIPS);
+                head = vec![attr(
+                    WgPeerAttr::PublicKey,
+                    Buffer::from(&peer.public_key.as_bytes()[..]),
+                )];
             }
-            render_allowed_ip(&mut w.current, i as u16, net);
+            ips.push(ip);
         }
-        w.current.end_nest(ips);
-        w.current.end_nest(section);
-        w.index = w.index.wrapping_add(1);
+        head.push(nest(WgPeerAttr::Allowedips, &ips));
+        w.add_peer(nest(index, &head));
+        index = index.wrapping_add(1);
     }
     w.finish()
 }
 
-fn render_peer_head(d: &mut Datagram, peer: &Peer) {
-    // Zeros mean no preshared key; a real one makes the message a secret (read from the
-    // spec's key in place, never copied).
-    let psk: &[u8; 32] = match &peer.preshared_key {
-        Some(k) => {
-            d.set_secret();
-            k.expose()
-        }
-        None => &[0; 32],
-    };
-    d.attr(WGPEER_A_PUBLIC_KEY, peer.public_key.as_bytes())
-        .attr_u32(WGPEER_A_FLAGS, WGPEER_F_REPLACE_ALLOWEDIPS)
-        .attr(WGPEER_A_PRESHARED_KEY, psk)
-        .attr_u16(
-            WGPEER_A_PERSISTENT_KEEPALIVE_INTERVAL,
-            peer.persistent_keepalive.unwrap_or(0),
-        );
-    if let Some(endpoint) = peer.endpoint {
-        d.attr(WGPEER_A_ENDPOINT, &sockaddr(endpoint));
-    }
+fn size<T: NlAttrType>(attrs: &[Nlattr<T, Buffer>]) -> usize {
+    attrs.iter().map(|a| a.padded_size()).sum()
 }
 
-fn render_allowed_ip(d: &mut Datagram, index: u16, net: &IpNet) {
-    let ip = d.nest(index);
-    match net.addr() {
-        IpAddr::V4(a) => d
-            .attr_u16(WGALLOWEDIP_A_FAMILY, AF_INET)
-            .attr(WGALLOWEDIP_A_IPADDR, &a.octets()),
-        IpAddr::V6(a) => d
-            .attr_u16(WGALLOWEDIP_A_FAMILY, AF_INET6)
-            .attr(WGALLOWEDIP_A_IPADDR, &a.octets()),
+use neli::Size as _;
+
+/// A peer's key and settings. Zeros mean no preshared key; a real one goes in as a
+/// placeholder.
+fn peer_head<'k>(secrets: &mut Secrets<'k>, peer: &'k Peer) -> Vec<Nlattr<WgPeerAttr, Buffer>> {
+    let psk = match &peer.preshared_key {
+        Some(k) => secrets.stand_in(k.expose()),
+        None => Buffer::from(&[0u8; 32][..]),
     };
-    d.attr_u8(WGALLOWEDIP_A_CIDR_MASK, net.prefix_len());
-    d.end_nest(ip);
+    let mut head = vec![
+        attr(
+            WgPeerAttr::PublicKey,
+            Buffer::from(&peer.public_key.as_bytes()[..]),
+        ),
+        attr(WgPeerAttr::Flags, WGPEER_F_REPLACE_ALLOWEDIPS),
+        attr(WgPeerAttr::PresharedKey, psk),
+        attr(
+            WgPeerAttr::PersistentKeepaliveInterval,
+            peer.persistent_keepalive.unwrap_or(0),
+        ),
+    ];
+    if let Some(endpoint) = peer.endpoint {
+        head.push(attr(WgPeerAttr::Endpoint, Buffer::from(sockaddr(endpoint))));
+    }
+    head
+}
+
+fn allowed_ip(index: u16, net: &IpNet) -> Nlattr<u16, Buffer> {
+    let (family, octets) = match net.addr() {
+        IpAddr::V4(a) => (AF_INET, a.octets().to_vec()),
+        IpAddr::V6(a) => (AF_INET6, a.octets().to_vec()),
+    };
+    nest(
+        index,
+        &[
+            attr(WgAllowedIpAttr::Family, family),
+            attr(WgAllowedIpAttr::Ipaddr, Buffer::from(octets)),
+            attr(WgAllowedIpAttr::CidrMask, net.prefix_len()),
+        ],
+    )
 }
 
 /// The `WG_CMD_GET_DEVICE` dump request for `ifname`.
-pub fn render_get(family: u16, ifname: &str, seq: u32) -> Datagram {
-    let mut d = Datagram::new();
-    genl::message(
-        &mut d,
-        family,
-        NLM_F_REQUEST | NLM_F_DUMP,
-        seq,
-        WG_CMD_GET_DEVICE,
-        WG_GENL_VERSION,
-    )
-    .attr_str(WGDEVICE_A_IFNAME, ifname);
-    d
+pub fn render_get(family: u16, ifname: &str, seq: u32) -> Vec<u8> {
+    let attrs = std::iter::once(attr(WgDeviceAttr::Ifname, ifname)).collect();
+    let msg = genl::message(WgCmd::GetDevice, WG_GENL_VERSION, attrs);
+    netlink::request(family, NlmF::DUMP, seq, msg)
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -278,14 +384,23 @@ pub enum ParseError {
     BadAttribute(&'static str),
 }
 
-impl From<Truncated> for ParseError {
-    fn from(_: Truncated) -> ParseError {
-        ParseError::Truncated
-    }
+/// The attributes in `payload`, read by neli into wiped buffers.
+fn attrs<T: NlAttrType>(payload: &[u8]) -> Result<GenlBuffer<T, Wiped>, ParseError> {
+    netlink::parse(payload).ok_or(ParseError::Truncated)
 }
 
-fn key32(a: &Attr<'_>, what: &'static str) -> Result<[u8; 32], ParseError> {
-    a.array().ok_or(ParseError::BadAttribute(what))
+fn payload<T>(a: &Nlattr<T, Wiped>) -> &[u8] {
+    a.nla_payload().as_ref()
+}
+
+fn key32<T>(a: &Nlattr<T, Wiped>, what: &'static str) -> Result<[u8; 32], ParseError> {
+    payload(a)
+        .try_into()
+        .map_err(|_| ParseError::BadAttribute(what))
+}
+
+fn fixed<const N: usize, T>(a: &Nlattr<T, Wiped>) -> Option<[u8; N]> {
+    payload(a).get(..N)?.try_into().ok()
 }
 
 fn parse_endpoint(p: &[u8]) -> Result<Option<SocketAddr>, ParseError> {
@@ -318,14 +433,16 @@ fn parse_endpoint(p: &[u8]) -> Result<Option<SocketAddr>, ParseError> {
     }
 }
 
-fn parse_allowed_ip(a: &Attr<'_>) -> Result<IpNet, ParseError> {
+fn parse_allowed_ip(a: &Nlattr<u16, Wiped>) -> Result<IpNet, ParseError> {
     let (mut family, mut addr, mut mask) = (None, None, None);
-    for a in a.try_nested() {
-        let a = a?;
-        match a.ty {
-            WGALLOWEDIP_A_FAMILY if a.payload.len() == 2 => family = a.u16(),
-            WGALLOWEDIP_A_IPADDR => addr = Some(a.payload),
-            WGALLOWEDIP_A_CIDR_MASK if a.payload.len() == 1 => mask = a.u8(),
+    for a in attrs::<WgAllowedIpAttr>(payload(a))?.iter() {
+        let p = payload(a);
+        match a.nla_type().nla_type() {
+            WgAllowedIpAttr::Family if p.len() == 2 => {
+                family = fixed::<2, _>(a).map(u16::from_ne_bytes)
+            }
+            WgAllowedIpAttr::Ipaddr => addr = Some(p.to_vec()),
+            WgAllowedIpAttr::CidrMask if p.len() == 1 => mask = Some(p[0]),
             _ => {}
         }
     }
@@ -336,50 +453,52 @@ fn parse_allowed_ip(a: &Attr<'_>) -> Result<IpNet, ParseError> {
         mask.ok_or_else(bad)?,
     );
     let ip: IpAddr = match family {
-        AF_INET => <[u8; 4]>::try_from(addr).map_err(|_| bad())?.into(),
-        AF_INET6 => <[u8; 16]>::try_from(addr).map_err(|_| bad())?.into(),
+        AF_INET => <[u8; 4]>::try_from(addr.as_slice())
+            .map_err(|_| bad())?
+            .into(),
+        AF_INET6 => <[u8; 16]>::try_from(addr.as_slice())
+            .map_err(|_| bad())?
+            .into(),
         _ => return Err(bad()),
     };
     IpNet::new(ip, mask).map(|n| n.trunc()).map_err(|_| bad())
 }
 
-fn parse_peer(section: &Attr<'_>) -> Result<ObservedPeer, ParseError> {
+fn parse_peer(section: &Nlattr<u16, Wiped>) -> Result<ObservedPeer, ParseError> {
     let mut peer = ObservedPeer::new(PublicKey([0; 32]));
     let mut has_key = false;
-    for a in section.try_nested() {
-        let a = a?;
-        match a.ty {
-            WGPEER_A_PUBLIC_KEY => {
-                peer.public_key = PublicKey(key32(&a, "peer public key")?);
+    for a in attrs::<WgPeerAttr>(payload(section))?.iter() {
+        let p = payload(a);
+        match a.nla_type().nla_type() {
+            WgPeerAttr::PublicKey => {
+                peer.public_key = PublicKey(key32(a, "peer public key")?);
                 has_key = true;
             }
-            WGPEER_A_PRESHARED_KEY => {
-                let k = Zeroizing::new(key32(&a, "preshared key")?);
+            WgPeerAttr::PresharedKey => {
+                let k = Zeroizing::new(key32(a, "preshared key")?);
                 peer.preshared_key = (*k != [0; 32]).then(|| SecretKey::from_bytes(*k));
             }
-            WGPEER_A_ENDPOINT => peer.endpoint = parse_endpoint(a.payload)?,
-            WGPEER_A_PERSISTENT_KEEPALIVE_INTERVAL if a.payload.len() == 2 => {
-                peer.persistent_keepalive = a.u16().unwrap_or(0)
+            WgPeerAttr::Endpoint => peer.endpoint = parse_endpoint(p)?,
+            WgPeerAttr::PersistentKeepaliveInterval if p.len() == 2 => {
+                peer.persistent_keepalive = fixed::<2, _>(a).map_or(0, u16::from_ne_bytes)
             }
-            WGPEER_A_LAST_HANDSHAKE_TIME if a.payload.len() >= 8 => {
+            WgPeerAttr::LastHandshakeTime if p.len() >= 8 => {
                 // struct __kernel_timespec { s64 tv_sec; s64 tv_nsec; }
-                peer.last_handshake_unix = a.u64().unwrap_or(0);
+                peer.last_handshake_unix = fixed::<8, _>(a).map_or(0, u64::from_ne_bytes);
             }
-            WGPEER_A_RX_BYTES => {
-                peer.rx_bytes = a
-                    .array::<8>()
+            WgPeerAttr::RxBytes => {
+                peer.rx_bytes = <[u8; 8]>::try_from(p)
                     .map(u64::from_ne_bytes)
-                    .ok_or(ParseError::BadAttribute("rx bytes"))?
+                    .map_err(|_| ParseError::BadAttribute("rx bytes"))?
             }
-            WGPEER_A_TX_BYTES => {
-                peer.tx_bytes = a
-                    .array::<8>()
+            WgPeerAttr::TxBytes => {
+                peer.tx_bytes = <[u8; 8]>::try_from(p)
                     .map(u64::from_ne_bytes)
-                    .ok_or(ParseError::BadAttribute("tx bytes"))?
+                    .map_err(|_| ParseError::BadAttribute("tx bytes"))?
             }
-            WGPEER_A_ALLOWEDIPS => {
-                for ip in a.try_nested() {
-                    peer.allowed_ips.push(parse_allowed_ip(&ip?)?);
+            WgPeerAttr::Allowedips => {
+                for ip in attrs::<u16>(p)?.iter() {
+                    peer.allowed_ips.push(parse_allowed_ip(ip)?);
                 }
             }
             _ => {}
@@ -401,19 +520,19 @@ pub fn parse_device_message(
     if msg.payload.len() < GENL_HDRLEN {
         return Err(ParseError::Truncated);
     }
-    for a in netlink::try_attrs(&msg.payload[GENL_HDRLEN..]) {
-        let a = a?;
-        match a.ty {
-            WGDEVICE_A_PUBLIC_KEY => {
-                let k = key32(&a, "public key")?;
+    for a in attrs::<WgDeviceAttr>(&msg.payload[GENL_HDRLEN..])?.iter() {
+        let p = payload(a);
+        match a.nla_type().nla_type() {
+            WgDeviceAttr::PublicKey => {
+                let k = key32(a, "public key")?;
                 device.public_key = (k != [0; 32]).then_some(PublicKey(k));
             }
-            WGDEVICE_A_LISTEN_PORT if a.payload.len() == 2 => {
-                device.listen_port = a.u16().unwrap_or(0)
+            WgDeviceAttr::ListenPort if p.len() == 2 => {
+                device.listen_port = fixed::<2, _>(a).map_or(0, u16::from_ne_bytes)
             }
-            WGDEVICE_A_PEERS => {
-                for p in a.try_nested() {
-                    let peer = parse_peer(&p?)?;
+            WgDeviceAttr::Peers => {
+                for p in attrs::<u16>(p)?.iter() {
+                    let peer = parse_peer(p)?;
                     match device.peers.last_mut() {
                         Some(last) if last.public_key == peer.public_key => {
                             last.allowed_ips.extend(peer.allowed_ips)
@@ -457,7 +576,7 @@ pub fn set_device(
     socket.reserve_seqs(messages.len() as u32 - 1);
     let mut first_error = None;
     for msg in &messages {
-        if let Err(e) = socket.request(msg.bytes(), |_| {}) {
+        if let Err(e) = socket.request(msg, |_| {}) {
             first_error.get_or_insert(e);
         }
     }
@@ -503,10 +622,10 @@ mod tests {
 
     /// Parses rendered SET messages as if they were a GET dump: the peer attributes are the
     /// same, so a round trip must give back the spec.
-    fn read_back(datagrams: &[Datagram]) -> ObservedDevice {
+    fn read_back(datagrams: &[Zeroizing<Vec<u8>>]) -> ObservedDevice {
         let mut device = ObservedDevice::default();
         for d in datagrams {
-            let all: Vec<Message<'_>> = messages(d.bytes()).collect();
+            let all: Vec<Message<'_>> = messages(d).collect();
             assert_eq!(all.len(), 1);
             assert_eq!(all[0].ty, FAMILY);
             parse_device_message(&all[0], &mut device).unwrap();
@@ -515,17 +634,20 @@ mod tests {
     }
 
     /// (peer key, flags) of every peer section of one message.
-    fn peer_flags(message: &Datagram) -> Vec<(PublicKey, u32)> {
-        let msg = messages(message.bytes()).next().unwrap();
+    fn peer_flags(message: &[u8]) -> Vec<(PublicKey, u32)> {
+        let msg = messages(message).next().unwrap();
         let mut out = Vec::new();
-        for a in msg.attrs(GENL_HDRLEN) {
-            if a.ty == WGDEVICE_A_PEERS {
-                for p in a.nested() {
+        for a in attrs::<WgDeviceAttr>(&msg.payload[GENL_HDRLEN..])
+            .unwrap()
+            .iter()
+        {
+            if *a.nla_type().nla_type() == WgDeviceAttr::Peers {
+                for p in attrs::<u16>(payload(a)).unwrap().iter() {
                     let (mut key, mut flags) = (None, 0);
-                    for pa in p.nested() {
-                        match pa.ty {
-                            WGPEER_A_PUBLIC_KEY => key = Some(PublicKey(key32(&pa, "k").unwrap())),
-                            WGPEER_A_FLAGS => flags = pa.u32().unwrap(),
+                    for pa in attrs::<WgPeerAttr>(payload(p)).unwrap().iter() {
+                        match pa.nla_type().nla_type() {
+                            WgPeerAttr::PublicKey => key = Some(PublicKey(key32(pa, "k").unwrap())),
+                            WgPeerAttr::Flags => flags = u32::from_ne_bytes(fixed(pa).unwrap()),
                             _ => {}
                         }
                     }
@@ -551,19 +673,34 @@ mod tests {
         let p = plan(&s, &key, &ObservedDevice::default());
         let msgs = render_set(FAMILY, "wg0", &p, 7, MAX_MESSAGE);
         assert_eq!(msgs.len(), 1);
-        let m = msgs[0].bytes();
+        let m = &msgs[0][..];
         assert_eq!(
             u32::from_ne_bytes(m[0..4].try_into().unwrap()) as usize,
             m.len()
         );
         assert_eq!(u16::from_ne_bytes([m[4], m[5]]), FAMILY);
-        assert_eq!(u16::from_ne_bytes([m[6], m[7]]), NLM_F_REQUEST | NLM_F_ACK);
+        assert_eq!(
+            u16::from_ne_bytes([m[6], m[7]]),
+            (NlmF::REQUEST | NlmF::ACK).bits()
+        );
         assert_eq!(u32::from_ne_bytes(m[8..12].try_into().unwrap()), 7);
-        assert_eq!(&m[16..20], &[WG_CMD_SET_DEVICE, WG_GENL_VERSION, 0, 0]);
+        assert_eq!(
+            &m[16..20],
+            &[u8::from(WgCmd::SetDevice), WG_GENL_VERSION, 0, 0]
+        );
         // First attribute: IFNAME "wg0\0".
         assert_eq!(
             &m[20..28],
-            &[8, 0, WGDEVICE_A_IFNAME as u8, 0, b'w', b'g', b'0', 0]
+            &[
+                8,
+                0,
+                u16::from(WgDeviceAttr::Ifname) as u8,
+                0,
+                b'w',
+                b'g',
+                b'0',
+                0
+            ]
         );
         // The private key is there, in the clear only on the wire.
         assert!(m.windows(32).any(|w| w == [9; 32]));
@@ -620,7 +757,7 @@ mod tests {
             ]
         );
         // No private key or port when they already match.
-        assert!(!msgs[0].bytes().windows(32).any(|w| w == [9; 32]));
+        assert!(!msgs[0].windows(32).any(|w| w == [9; 32]));
     }
 
     #[test]
@@ -659,7 +796,7 @@ mod tests {
             assert!(msgs.len() > 1);
             for (i, m) in msgs.iter().enumerate() {
                 assert!(m.len() <= max, "message {i} is {} bytes", m.len());
-                let m = m.bytes();
+                let m = &m[..];
                 assert_eq!(
                     u32::from_ne_bytes(m[8..12].try_into().unwrap()),
                     100 + i as u32
@@ -692,42 +829,57 @@ mod tests {
     #[test]
     fn the_get_request_dumps_the_named_device() {
         let get = render_get(FAMILY, "wg7", 3);
-        let get = get.bytes();
         assert_eq!(
             u16::from_ne_bytes([get[6], get[7]]),
-            NLM_F_REQUEST | NLM_F_DUMP
+            (NlmF::REQUEST | NlmF::DUMP).bits()
         );
-        assert_eq!(&get[16..20], &[WG_CMD_GET_DEVICE, WG_GENL_VERSION, 0, 0]);
+        assert_eq!(
+            &get[16..20],
+            &[u8::from(WgCmd::GetDevice), WG_GENL_VERSION, 0, 0]
+        );
         assert_eq!(
             &get[20..28],
-            &[8, 0, WGDEVICE_A_IFNAME as u8, 0, b'w', b'g', b'7', 0]
+            &[
+                8,
+                0,
+                u16::from(WgDeviceAttr::Ifname) as u8,
+                0,
+                b'w',
+                b'g',
+                b'7',
+                0
+            ]
         );
         assert_eq!(get.len(), NLMSG_HDRLEN + GENL_HDRLEN + 8);
     }
 
     #[test]
     fn a_dump_message_with_handshake_and_counters_parses() {
-        let mut m = Datagram::new();
-        genl::message(&mut m, FAMILY, 0, 1, WG_CMD_GET_DEVICE, 1)
-            .attr(WGDEVICE_A_PUBLIC_KEY, &[4; 32])
-            .attr_u16(WGDEVICE_A_LISTEN_PORT, 51821);
-        let peers = m.nest(WGDEVICE_A_PEERS);
-        let peer = m.nest(0);
         let mut ts = Vec::new();
         ts.extend_from_slice(&1_700_000_000i64.to_ne_bytes());
         ts.extend_from_slice(&5i64.to_ne_bytes());
-        m.attr(WGPEER_A_PUBLIC_KEY, &[1; 32])
-            .attr(WGPEER_A_LAST_HANDSHAKE_TIME, &ts)
-            .attr(WGPEER_A_RX_BYTES, &123u64.to_ne_bytes())
-            .attr(WGPEER_A_TX_BYTES, &456u64.to_ne_bytes())
-            .attr(
-                WGPEER_A_ENDPOINT,
-                &sockaddr("198.51.100.9:51820".parse().unwrap()),
-            );
-        m.end_nest(peer);
-        m.end_nest(peers);
+        let peer = nest(
+            0u16,
+            &[
+                attr(WgPeerAttr::PublicKey, Buffer::from(&[1u8; 32][..])),
+                attr(WgPeerAttr::LastHandshakeTime, Buffer::from(ts)),
+                attr(WgPeerAttr::RxBytes, 123u64),
+                attr(WgPeerAttr::TxBytes, 456u64),
+                attr(
+                    WgPeerAttr::Endpoint,
+                    Buffer::from(sockaddr("198.51.100.9:51820".parse().unwrap())),
+                ),
+            ],
+        );
+        let attrs = [
+            attr(WgDeviceAttr::PublicKey, Buffer::from(&[4u8; 32][..])),
+            attr(WgDeviceAttr::ListenPort, 51821u16),
+            nest(WgDeviceAttr::Peers, &[peer]),
+        ];
+        let msg = genl::message(WgCmd::GetDevice, 1, attrs.into_iter().collect());
+        let m = netlink::request(FAMILY, NlmF::empty(), 1, msg);
         let mut d = ObservedDevice::default();
-        parse_device_message(&messages(m.bytes()).next().unwrap(), &mut d).unwrap();
+        parse_device_message(&messages(&m).next().unwrap(), &mut d).unwrap();
         assert_eq!(d.public_key, Some(PublicKey([4; 32])));
         assert_eq!(d.listen_port, 51821);
         let p = &d.peers[0];
@@ -750,20 +902,25 @@ mod props {
     const FAMILY: u16 = 0x1c;
 
     /// The kernel's `WG_CMD_SET_DEVICE`, as a model: what a device holds after `messages`.
-    fn apply(device: &mut ObservedDevice, messages_: &[Datagram]) {
+    fn apply(device: &mut ObservedDevice, messages_: &[Zeroizing<Vec<u8>>]) {
         for d in messages_ {
-            for msg in messages(d.bytes()) {
+            for msg in messages(d) {
                 assert_eq!(msg.ty, FAMILY);
-                for a in msg.attrs(GENL_HDRLEN) {
-                    match a.ty {
-                        WGDEVICE_A_PRIVATE_KEY => {
-                            let key = SecretKey::from_bytes(a.array().unwrap());
+                for a in attrs::<WgDeviceAttr>(&msg.payload[GENL_HDRLEN..])
+                    .unwrap()
+                    .iter()
+                {
+                    match a.nla_type().nla_type() {
+                        WgDeviceAttr::PrivateKey => {
+                            let key = SecretKey::from_bytes(key32(a, "private key").unwrap());
                             device.public_key = Some(super::super::keys::public_key(&key));
                         }
-                        WGDEVICE_A_LISTEN_PORT => device.listen_port = a.u16().unwrap(),
-                        WGDEVICE_A_PEERS => {
-                            for section in a.nested() {
-                                apply_peer(device, &section);
+                        WgDeviceAttr::ListenPort => {
+                            device.listen_port = u16::from_ne_bytes(fixed(a).unwrap())
+                        }
+                        WgDeviceAttr::Peers => {
+                            for section in attrs::<u16>(payload(a)).unwrap().iter() {
+                                apply_peer(device, section);
                             }
                         }
                         _ => {}
@@ -773,16 +930,16 @@ mod props {
         }
     }
 
-    fn apply_peer(device: &mut ObservedDevice, section: &Attr<'_>) {
-        let flags = section
-            .nested()
-            .get(WGPEER_A_FLAGS)
-            .and_then(|f| f.u32())
+    fn apply_peer(device: &mut ObservedDevice, section: &Nlattr<u16, Wiped>) {
+        let inner = attrs::<WgPeerAttr>(payload(section)).unwrap();
+        let find = |ty: WgPeerAttr| inner.iter().find(|a| *a.nla_type().nla_type() == ty);
+        let flags = find(WgPeerAttr::Flags)
+            .map(|f| u32::from_ne_bytes(fixed(f).unwrap()))
             .unwrap_or(0);
         // The same reader the agent uses on a GET; flags and the presence of each setting
         // are what SET adds to it.
         let given = parse_peer(section).unwrap();
-        let has = |ty| section.nested().get(ty).is_some();
+        let has = |ty| find(ty).is_some();
         if flags & WGPEER_F_REMOVE_ME != 0 {
             device.peers.retain(|p| p.public_key != given.public_key);
             return;
@@ -799,13 +956,13 @@ mod props {
             }
         };
         let peer = &mut device.peers[at];
-        if has(WGPEER_A_PRESHARED_KEY) {
+        if has(WgPeerAttr::PresharedKey) {
             peer.preshared_key = given.preshared_key;
         }
-        if has(WGPEER_A_PERSISTENT_KEEPALIVE_INTERVAL) {
+        if has(WgPeerAttr::PersistentKeepaliveInterval) {
             peer.persistent_keepalive = given.persistent_keepalive;
         }
-        if has(WGPEER_A_ENDPOINT) {
+        if has(WgPeerAttr::Endpoint) {
             peer.endpoint = given.endpoint;
         }
         if flags & WGPEER_F_REPLACE_ALLOWEDIPS != 0 {
@@ -841,7 +998,7 @@ mod props {
             let fresh = plan(&desired, &key, &ObservedDevice::default());
             let mut read = ObservedDevice::default();
             for m in render_set(FAMILY, "wg0", &fresh, 1, max) {
-                for msg in messages(m.bytes()) {
+                for msg in messages(&m) {
                     parse_device_message(&msg, &mut read).unwrap();
                 }
             }
