@@ -5,39 +5,39 @@
 //! (DNAT). It is the whole table of its namespace, made with the slot and gone with it.
 //!
 //! `ip weft-host`, on the host, holds the rules every slot shares (masquerade out of the
-//! uplink, the forward and input policy around the `weft-v*` links, the hooks of the port
-//! forwards) and each slot's own: a drop of new connections from a slot without `Egress`,
-//! and for each port forward a DNAT and the accept that lets it in. Every rule carries its
-//! [`Key`] (as its comment), so one slot's rules are found, compared and changed alone:
-//! adding or removing a sandbox deletes and adds only its rules, and the others keep their
-//! handles and counters. Slot rules live in chains of their own (`port-forwards`,
-//! `sandboxes`) where their order does not matter; the base chains hold the shared rules in
-//! a fixed order.
+//! uplink, the forward and input policy around the `weft-v*` links) and each slot's own: a
+//! drop of its new connections without `Egress`, and per port forward a DNAT in the two nat
+//! chains that see packets for local addresses. Every rule carries its [`Key`] (as its
+//! comment), so one slot's rules are found, compared and changed alone: adding or removing a
+//! sandbox deletes and adds only its rules, and the others keep their handles and counters.
+//! No rule's meaning depends on its place in its chain (the drops are of new connections and
+//! the policy is accept), so a repaired rule may land anywhere and slots need no chains of
+//! their own.
 //!
 //! ```text
 //! table ip weft-host {
-//!   chain prerouting    { type nat hook prerouting priority dstnat; policy accept;
-//!                         fib daddr type local ip daddr != 127.0.0.0/8 jump port-forwards }
-//!   chain output        { type nat hook output priority -100; policy accept;
-//!                         fib daddr type local ip daddr != 127.0.0.0/8 jump port-forwards }
-//!   chain port-forwards { tcp dport 8080 dnat to 10.11.0.7:80 ...            (per slot) }
-//!   chain postrouting   { type nat hook postrouting priority srcnat; policy accept;
-//!                         oifname "eth0" ip saddr 10.12.0.0/16 masquerade }
-//!   chain forward       { type filter hook forward priority filter; policy accept;
-//!                         ct state established,related accept
-//!                         iifname "weft-v*" oifname "weft-v*" drop
-//!                         jump sandboxes
-//!                         oifname "weft-v*" ct state new drop }
-//!   chain sandboxes     { iifname "weft-v7" ct state new drop                (per slot)
-//!                         oifname "weft-v7" ip daddr 10.11.0.7 tcp dport 80 ct status dnat accept }
-//!   chain input         { type filter hook input priority filter; policy accept;
-//!                         iifname "weft-v*" ct state new drop }
+//!   chain prerouting  { type nat hook prerouting priority dstnat; policy accept;
+//!                       fib daddr type local ip daddr != 127.0.0.0/8 tcp dport 8080
+//!                         dnat to 10.11.0.7:80                           (per forward) }
+//!   chain output      { type nat hook output priority -100; policy accept;
+//!                       (the same DNATs, for the host's own processes) }
+//!   chain postrouting { type nat hook postrouting priority srcnat; policy accept;
+//!                       oifname "eth0" ip saddr 10.12.0.0/16 masquerade }
+//!   chain forward     { type filter hook forward priority filter; policy accept;
+//!                       ct state established,related accept
+//!                       iifname "weft-v*" oifname "weft-v*" drop
+//!                       oifname "weft-v*" ct state new ct status ! dnat drop
+//!                       iifname "weft-v7" ct state new drop              (per slot without Egress) }
+//!   chain input       { type filter hook input priority filter; policy accept;
+//!                       iifname "weft-v*" ct state new drop }
 //! }
 //! ```
 //!
 //! Masquerading the whole veth range is "the egress slots' traffic": a slot without
 //! `Egress` has its new connections dropped before they reach postrouting, and what comes
-//! back to a forwarded port is translated by conntrack, not by this rule.
+//! back to a forwarded port is translated by conntrack, not by this rule. A connection into
+//! a slot is "to a forwarded port" when a DNAT brought it there (`ct status dnat`): the DNATs
+//! are the forwards.
 
 use std::fmt;
 use std::net::Ipv4Addr;
@@ -87,17 +87,11 @@ impl Hook {
     }
 }
 
-/// A chain of an owned table: its name, and for a base chain its type, hook and priority
-/// (every base chain's policy is accept: the agent does not own a hook's policy).
+/// A base chain of an owned table: its name, type, hook and priority (every one's policy
+/// is accept: the agent does not own a hook's policy).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ChainDef {
     pub name: &'static str,
-    /// `None`: a regular chain, reached by a jump.
-    pub base: Option<BaseChain>,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct BaseChain {
     /// `nat` or `filter`.
     pub kind: &'static str,
     pub hook: Hook,
@@ -107,11 +101,9 @@ pub struct BaseChain {
 const fn base(name: &'static str, kind: &'static str, hook: Hook, priority: i32) -> ChainDef {
     ChainDef {
         name,
-        base: Some(BaseChain {
-            kind,
-            hook,
-            priority,
-        }),
+        kind,
+        hook,
+        priority,
     }
 }
 
@@ -126,21 +118,8 @@ pub const SANDBOX_CHAINS: [ChainDef; 2] = [
     base("postrouting", "nat", Hook::Postrouting, SRCNAT),
 ];
 
-/// The regular chain of the port forwards' DNATs.
-pub const PORT_FORWARDS: &str = "port-forwards";
-/// The regular chain of the slots' forward rules.
-pub const SANDBOXES: &str = "sandboxes";
-
-/// The chains of `ip weft-host`, regular ones before the base chains that jump to them.
-pub const HOST_CHAINS: [ChainDef; 7] = [
-    ChainDef {
-        name: PORT_FORWARDS,
-        base: None,
-    },
-    ChainDef {
-        name: SANDBOXES,
-        base: None,
-    },
+/// The chains of `ip weft-host`.
+pub const HOST_CHAINS: [ChainDef; 5] = [
     base("prerouting", "nat", Hook::Prerouting, DSTNAT),
     base("output", "nat", Hook::Output, DSTNAT),
     base("postrouting", "nat", Hook::Postrouting, SRCNAT),
@@ -186,35 +165,24 @@ pub enum Rule {
     SnatGuest { to: Ipv4Addr },
     /// `iifname "eth0" ip daddr <HostIp> counter dnat to 169.254.0.21`
     DnatGuest { from: Ipv4Addr },
-    /// `fib daddr type local ip daddr != 127.0.0.0/8 jump port-forwards`
-    LocalPorts,
     /// `oifname "<uplink>" ip saddr <veth range> counter masquerade`
     Masquerade { uplink: IfName, from: Ipv4Net },
     /// `ct state established,related counter accept`
     Established,
     /// `iifname "weft-v*" oifname "weft-v*" counter drop`
     BetweenSandboxes,
-    /// `jump sandboxes`
-    JumpSandboxes,
-    /// `oifname "weft-v*" ct state new counter drop`
+    /// `oifname "weft-v*" ct state new ct status ! dnat counter drop` (the `dnat` bit clear)
     IntoSandboxes,
     /// `iifname "weft-v*" ct state new counter drop` (chain input)
     SandboxesToHost,
     /// `iifname "weft-v<N>" ct state new counter drop`
     NoEgress { link: String },
-    /// `<proto> dport <HostPort> counter dnat to <HostIp>:<SandboxPort>`
+    /// `fib daddr type local ip daddr != 127.0.0.0/8 <proto> dport <HostPort> counter dnat to
+    /// <HostIp>:<SandboxPort>`
     PortForward {
         protocol: L4,
         host_port: u16,
         to: Ipv4Addr,
-        to_port: u16,
-    },
-    /// `oifname "weft-v<N>" ip daddr <HostIp> <proto> dport <SandboxPort> ct status dnat
-    /// counter accept`
-    Forwarded {
-        link: String,
-        to: Ipv4Addr,
-        protocol: L4,
         to_port: u16,
     },
 }
@@ -233,10 +201,6 @@ impl fmt::Display for Rule {
                 f,
                 "iifname \"{SANDBOX_LINK}\" ip daddr {from} counter dnat to {GUEST_IP}"
             ),
-            Rule::LocalPorts => write!(
-                f,
-                "fib daddr type local ip daddr != {LOOPBACK} jump {PORT_FORWARDS}"
-            ),
             Rule::Masquerade { uplink, from } => {
                 write!(f, "oifname \"{uplink}\" ip saddr {from} counter masquerade")
             }
@@ -244,8 +208,10 @@ impl fmt::Display for Rule {
             Rule::BetweenSandboxes => {
                 write!(f, "iifname \"{any}\" oifname \"{any}\" counter drop")
             }
-            Rule::JumpSandboxes => write!(f, "jump {SANDBOXES}"),
-            Rule::IntoSandboxes => write!(f, "oifname \"{any}\" ct state new counter drop"),
+            Rule::IntoSandboxes => write!(
+                f,
+                "oifname \"{any}\" ct state new ct status ! dnat counter drop"
+            ),
             Rule::SandboxesToHost => write!(f, "iifname \"{any}\" ct state new counter drop"),
             Rule::NoEgress { link } => write!(f, "iifname \"{link}\" ct state new counter drop"),
             Rule::PortForward {
@@ -255,17 +221,8 @@ impl fmt::Display for Rule {
                 to_port,
             } => write!(
                 f,
-                "{} dport {host_port} counter dnat to {to}:{to_port}",
-                protocol.as_str()
-            ),
-            Rule::Forwarded {
-                link,
-                to,
-                protocol,
-                to_port,
-            } => write!(
-                f,
-                "oifname \"{link}\" ip daddr {to} {} dport {to_port} ct status dnat counter accept",
+                "fib daddr type local ip daddr != {LOOPBACK} {} dport {host_port} counter dnat \
+                 to {to}:{to_port}",
                 protocol.as_str()
             ),
         }
@@ -323,13 +280,10 @@ impl SandboxTable {
     }
 }
 
-/// The rules of `ip weft-host` that every slot shares, in chain order. Without an uplink
-/// there is nothing to masquerade out of (the apply fails naming `Uplink`; the rest holds).
+/// The rules of `ip weft-host` that every slot shares. Without an uplink there is nothing
+/// to masquerade out of (the apply fails naming `Uplink`).
 pub fn host_base(uplink: Option<&IfName>, veth_range: Ipv4Net) -> Vec<Keyed> {
-    let mut rules = vec![
-        Keyed::new(Key::Base, "prerouting", Rule::LocalPorts),
-        Keyed::new(Key::Base, "output", Rule::LocalPorts),
-    ];
+    let mut rules = Vec::new();
     if let Some(uplink) = uplink {
         rules.push(Keyed::new(
             Key::Base,
@@ -343,7 +297,6 @@ pub fn host_base(uplink: Option<&IfName>, veth_range: Ipv4Net) -> Vec<Keyed> {
     rules.extend([
         Keyed::new(Key::Base, "forward", Rule::Established),
         Keyed::new(Key::Base, "forward", Rule::BetweenSandboxes),
-        Keyed::new(Key::Base, "forward", Rule::JumpSandboxes),
         Keyed::new(Key::Base, "forward", Rule::IntoSandboxes),
         Keyed::new(Key::Base, "input", Rule::SandboxesToHost),
     ]);
@@ -351,40 +304,29 @@ pub fn host_base(uplink: Option<&IfName>, veth_range: Ipv4Net) -> Vec<Keyed> {
 }
 
 /// One slot's rules in `ip weft-host`: the drop of its new connections without `Egress`,
-/// and a DNAT and an accept per port forward.
+/// and per port forward a DNAT for packets from elsewhere (prerouting) and from the host's
+/// own processes (output).
 pub fn slot_rules(addrs: &SlotAddrs, sandbox: &Sandbox) -> Vec<Keyed> {
     let key = Key::Slot(sandbox.slot);
     let mut rules = Vec::new();
     if !sandbox.egress {
         rules.push(Keyed::new(
             key,
-            SANDBOXES,
+            "forward",
             Rule::NoEgress {
                 link: addrs.host_link.clone(),
             },
         ));
     }
     for f in &sandbox.port_forwards {
-        rules.push(Keyed::new(
-            key,
-            PORT_FORWARDS,
-            Rule::PortForward {
-                protocol: f.protocol,
-                host_port: f.host_port,
-                to: addrs.host_ip,
-                to_port: f.sandbox_port,
-            },
-        ));
-        rules.push(Keyed::new(
-            key,
-            SANDBOXES,
-            Rule::Forwarded {
-                link: addrs.host_link.clone(),
-                to: addrs.host_ip,
-                protocol: f.protocol,
-                to_port: f.sandbox_port,
-            },
-        ));
+        let rule = Rule::PortForward {
+            protocol: f.protocol,
+            host_port: f.host_port,
+            to: addrs.host_ip,
+            to_port: f.sandbox_port,
+        };
+        rules.push(Keyed::new(key, "prerouting", rule.clone()));
+        rules.push(Keyed::new(key, "output", rule));
     }
     rules
 }
@@ -393,16 +335,13 @@ pub fn slot_rules(addrs: &SlotAddrs, sandbox: &Sandbox) -> Vec<Keyed> {
 pub fn nft_table(table: &str, chains: &[ChainDef]) -> String {
     let mut text = format!("add table ip {table}\n");
     for c in chains {
-        match c.base {
-            None => text.push_str(&format!("add chain ip {table} {}\n", c.name)),
-            Some(b) => text.push_str(&format!(
-                "add chain ip {table} {} {{ type {} hook {} priority {}; policy accept; }}\n",
-                c.name,
-                b.kind,
-                b.hook.name(),
-                b.priority
-            )),
-        }
+        text.push_str(&format!(
+            "add chain ip {table} {} {{ type {} hook {} priority {}; policy accept; }}\n",
+            c.name,
+            c.kind,
+            c.hook.name(),
+            c.priority
+        ));
     }
     text
 }
@@ -456,23 +395,21 @@ mod tests {
         assert_eq!(
             lines(&rules, HOST_TABLE),
             [
-                r#"add rule ip weft-host prerouting fib daddr type local ip daddr != 127.0.0.0/8 jump port-forwards comment "weft base""#,
-                r#"add rule ip weft-host output fib daddr type local ip daddr != 127.0.0.0/8 jump port-forwards comment "weft base""#,
                 r#"add rule ip weft-host postrouting oifname "eth0" ip saddr 10.12.0.0/16 counter masquerade comment "weft base""#,
                 r#"add rule ip weft-host forward ct state established,related counter accept comment "weft base""#,
                 r#"add rule ip weft-host forward iifname "weft-v*" oifname "weft-v*" counter drop comment "weft base""#,
-                r#"add rule ip weft-host forward jump sandboxes comment "weft base""#,
-                r#"add rule ip weft-host forward oifname "weft-v*" ct state new counter drop comment "weft base""#,
+                r#"add rule ip weft-host forward oifname "weft-v*" ct state new ct status ! dnat counter drop comment "weft base""#,
                 r#"add rule ip weft-host input iifname "weft-v*" ct state new counter drop comment "weft base""#,
             ]
         );
         // No uplink: everything but the masquerade.
-        assert_eq!(host_base(None, "10.12.0.0/16".parse().unwrap()).len(), 7);
-        // Regular chains first: a base chain's jump needs its target.
+        assert_eq!(host_base(None, "10.12.0.0/16".parse().unwrap()).len(), 4);
         let script = nft_table(HOST_TABLE, &HOST_CHAINS);
-        assert!(script.find("port-forwards").unwrap() < script.find("prerouting").unwrap());
         assert!(script.contains(
             "add chain ip weft-host forward { type filter hook forward priority 0; policy accept; }"
+        ));
+        assert!(script.contains(
+            "add chain ip weft-host output { type nat hook output priority -100; policy accept; }"
         ));
     }
 
@@ -498,11 +435,11 @@ mod tests {
         assert_eq!(
             lines(&slot_rules(&addrs(7), &sandbox), HOST_TABLE),
             [
-                r#"add rule ip weft-host sandboxes iifname "weft-v7" ct state new counter drop comment "weft slot 7""#,
-                r#"add rule ip weft-host port-forwards tcp dport 8080 counter dnat to 10.11.0.7:80 comment "weft slot 7""#,
-                r#"add rule ip weft-host sandboxes oifname "weft-v7" ip daddr 10.11.0.7 tcp dport 80 ct status dnat counter accept comment "weft slot 7""#,
-                r#"add rule ip weft-host port-forwards udp dport 5353 counter dnat to 10.11.0.7:53 comment "weft slot 7""#,
-                r#"add rule ip weft-host sandboxes oifname "weft-v7" ip daddr 10.11.0.7 udp dport 53 ct status dnat counter accept comment "weft slot 7""#,
+                r#"add rule ip weft-host forward iifname "weft-v7" ct state new counter drop comment "weft slot 7""#,
+                r#"add rule ip weft-host prerouting fib daddr type local ip daddr != 127.0.0.0/8 tcp dport 8080 counter dnat to 10.11.0.7:80 comment "weft slot 7""#,
+                r#"add rule ip weft-host output fib daddr type local ip daddr != 127.0.0.0/8 tcp dport 8080 counter dnat to 10.11.0.7:80 comment "weft slot 7""#,
+                r#"add rule ip weft-host prerouting fib daddr type local ip daddr != 127.0.0.0/8 udp dport 5353 counter dnat to 10.11.0.7:53 comment "weft slot 7""#,
+                r#"add rule ip weft-host output fib daddr type local ip daddr != 127.0.0.0/8 udp dport 5353 counter dnat to 10.11.0.7:53 comment "weft slot 7""#,
             ]
         );
     }
