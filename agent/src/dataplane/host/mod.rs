@@ -10,6 +10,7 @@
 //! - [`netns`]: named namespaces as `ip netns` makes them, entered by a thread;
 //!   [`tap`]: the persistent tap; [`sysctl`]: IPv4 forwarding through `/proc/sys`.
 
+pub mod exprs;
 pub mod netns;
 pub mod plan;
 pub mod slot;

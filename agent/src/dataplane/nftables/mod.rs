@@ -14,6 +14,7 @@ pub mod abi;
 pub mod batch;
 pub mod events;
 pub mod expr;
+pub mod keyed;
 
 use std::io;
 
