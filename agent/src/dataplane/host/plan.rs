@@ -3,9 +3,10 @@
 //! that tests compare without root, and each says in words what it mends, which is also what
 //! the status and a drift record say is wrong.
 //!
-//! A slot's links are the agent's when they carry its mark (the host end's alias, see
-//! [`MARK_PREFIX`]) or live in the slot's own namespaces; a `weft-v<N>` without the mark is
-//! someone else's and is never changed: the slot fails instead, and nothing of it is built.
+//! A slot's links are the agent's when they carry its mark (the host end is made in link
+//! group [`LINK_GROUP`], in the request that makes it) or live in the slot's own namespaces;
+//! a `weft-v<N>` without the mark is someone else's and is never changed: the slot fails
+//! instead, and nothing of it is built.
 
 use std::fmt;
 use std::net::Ipv4Addr;
@@ -14,9 +15,10 @@ use ipnet::Ipv4Net;
 
 use super::slot::{GuestLink, SlotObjects, GUEST_LINK, SANDBOX_LINK};
 
-/// The host end of a slot's veth pair carries the alias `weft slot <N>`: what a restarted
-/// agent adopts, and what tells its links from another's of the same name.
-pub const MARK_PREFIX: &str = "weft slot ";
+/// The link group of the host ends of the agent's veth pairs (`WEFT` in ASCII): what a
+/// restarted agent adopts by, and what tells its links from another's of the same name.
+/// `ip link show group 1464157780` lists them.
+pub const LINK_GROUP: u32 = 0x5745_4654;
 
 /// A named namespace as `/run/netns` holds it.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -36,8 +38,8 @@ pub struct LinkState {
     pub addrs: Vec<Ipv4Net>,
     /// `veth`, `tun`, ...
     pub kind: Option<String>,
-    /// Its alias, if any.
-    pub alias: Option<String>,
+    /// Its link group.
+    pub group: u32,
 }
 
 /// A route as read: its gateway and whether it leaves by the expected link, for routes the
@@ -96,8 +98,8 @@ pub enum Step {
     ClearNamespace(String),
     CreateNamespace(String),
     DeleteNamespace(String),
-    /// The host end and the sandbox end together; an unmarked host end of the name is
-    /// someone else's (the plan fails instead).
+    /// The host end, which takes the sandbox end with it. Only a marked host end is
+    /// deleted (an unmarked one is someone else's: the plan fails instead).
     DeleteHostLink(String),
     DeleteSandboxLink(&'static str),
     /// `weft-v<N>` (marked) in the host namespace, `eth0` in the sandbox's.
@@ -172,13 +174,8 @@ impl Step {
 /// Why a slot cannot be built.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum Refusal {
-    #[error("link {0} exists and is not the agent's (no alias \"{MARK_PREFIX}<N>\")")]
+    #[error("link {0} exists and is not the agent's (not in link group {LINK_GROUP})")]
     ForeignLink(String),
-}
-
-/// The mark (alias) of slot `n`'s host link.
-pub fn mark(o: &SlotObjects) -> String {
-    format!("{MARK_PREFIX}{}", o.addrs.slot)
 }
 
 /// The steps that take the slot from `state` to `o`, in the order they must be made; empty
@@ -187,9 +184,8 @@ pub fn mark(o: &SlotObjects) -> String {
 pub fn plan(o: &SlotObjects, state: &SlotState) -> Result<Vec<Step>, Refusal> {
     let mut steps = Vec::new();
     let a = &o.addrs;
-    let ours = mark(o);
     if let Some(link) = &state.host_link {
-        if link.alias.as_deref() != Some(ours.as_str()) {
+        if link.group != LINK_GROUP {
             return Err(Refusal::ForeignLink(a.host_link.clone()));
         }
     }
@@ -353,11 +349,10 @@ fn addresses(
 /// own transaction. An unmarked host link of the name is left alone.
 pub fn teardown(o: &SlotObjects, state: &SlotState) -> Vec<Step> {
     let mut steps = Vec::new();
-    let ours = mark(o);
     if state
         .host_link
         .as_ref()
-        .is_some_and(|l| l.alias.as_deref() == Some(ours.as_str()))
+        .is_some_and(|l| l.group == LINK_GROUP)
     {
         steps.push(Step::DeleteHostLink(o.addrs.host_link.clone()));
     }
@@ -406,12 +401,12 @@ mod tests {
         )
     }
 
-    fn link(up: bool, addrs: &[&str], kind: &str, alias: Option<&str>) -> LinkState {
+    fn link(up: bool, addrs: &[&str], kind: &str, marked: bool) -> LinkState {
         LinkState {
             up,
             addrs: addrs.iter().map(|a| a.parse().unwrap()).collect(),
             kind: Some(kind.into()),
-            alias: alias.map(Into::into),
+            group: if marked { LINK_GROUP } else { 0 },
         }
     }
 
@@ -421,19 +416,19 @@ mod tests {
         SlotState {
             namespace: Ns::Mounted,
             guest_namespace: if tap { Ns::Absent } else { Ns::Mounted },
-            host_link: Some(link(true, &["10.12.0.14/31"], "veth", Some("weft slot 7"))),
+            host_link: Some(link(true, &["10.12.0.14/31"], "veth", true)),
             host_route: Some(RouteState {
                 gateway: Some("10.12.0.15".parse().unwrap()),
                 on_link: true,
             }),
             sandbox: SandboxState {
                 lo_up: true,
-                eth0: Some(link(true, &["10.12.0.15/31"], "veth", None)),
+                eth0: Some(link(true, &["10.12.0.15/31"], "veth", false)),
                 guest_link: Some(link(
                     true,
                     &["169.254.0.22/30"],
                     if tap { "tun" } else { "veth" },
-                    None,
+                    false,
                 )),
                 guest_peer: !tap,
                 default_route: Some(RouteState {
@@ -508,7 +503,7 @@ mod tests {
         assert_eq!(plan(&o, &s).unwrap(), [Step::HostRoute]);
         // An address someone added to the sandbox end, and the table changed.
         let mut s = whole(&o);
-        s.sandbox.eth0 = Some(link(true, &["10.12.0.15/31", "192.0.2.9/24"], "veth", None));
+        s.sandbox.eth0 = Some(link(true, &["10.12.0.15/31", "192.0.2.9/24"], "veth", false));
         s.sandbox.table = TableState::Differs("a rule added".into());
         assert_eq!(
             plan(&o, &s).unwrap(),
@@ -520,7 +515,7 @@ mod tests {
         // A tap where a veth guest should be: made again.
         let v = objects(Guest::Veth);
         let mut s = whole(&v);
-        s.sandbox.guest_link = Some(link(true, &["169.254.0.22/30"], "tun", None));
+        s.sandbox.guest_link = Some(link(true, &["169.254.0.22/30"], "tun", false));
         assert_eq!(
             plan(&v, &s).unwrap(),
             [
@@ -552,10 +547,10 @@ mod tests {
         );
         // A crash after the pair was made: the rest follows, nothing is made twice.
         let mut s = whole(&o);
-        s.host_link = Some(link(false, &[], "veth", Some("weft slot 7")));
+        s.host_link = Some(link(false, &[], "veth", true));
         s.host_route = None;
         s.sandbox = SandboxState {
-            eth0: Some(link(false, &[], "veth", None)),
+            eth0: Some(link(false, &[], "veth", false)),
             ..SandboxState::default()
         };
         let steps = plan(&o, &s).unwrap();
@@ -569,7 +564,7 @@ mod tests {
     fn someone_elses_link_is_never_touched() {
         let o = objects(Guest::Tap);
         let s = SlotState {
-            host_link: Some(link(true, &["192.0.2.1/24"], "veth", None)),
+            host_link: Some(link(true, &["192.0.2.1/24"], "veth", false)),
             ..SlotState::default()
         };
         assert_eq!(
@@ -578,7 +573,7 @@ mod tests {
         );
         assert_eq!(
             problems(&o, &s),
-            ["link weft-v7 exists and is not the agent's (no alias \"weft slot <N>\")"]
+            ["link weft-v7 exists and is not the agent's (not in link group 1464157780)"]
         );
         // Taking the slot away leaves it too.
         assert_eq!(teardown(&o, &s), []);
