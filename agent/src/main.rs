@@ -7,7 +7,7 @@ use tokio::signal::unix::{signal, SignalKind};
 use tracing_subscriber::EnvFilter;
 use weft_agent::config::{self, Command, Exit, LogFormat};
 use weft_agent::dataplane::error_line;
-use weft_agent::role::{Plane, Pod, Role};
+use weft_agent::role::{Host, Plane, Pod, Role};
 use weft_schema::Overall;
 
 /// jemalloc instead of glibc's malloc: a spec is a million short strings at worst (16 MiB of
@@ -72,10 +72,7 @@ fn daemon(args: &config::DaemonArgs) -> ExitCode {
 /// `weft-agent host`: files checked (exit 64), then the host agent until a signal.
 fn host(args: &config::HostArgs) -> ExitCode {
     match config::load_host(args) {
-        Ok(_) => {
-            eprintln!("weft-agent host: the host role's kernel half is not built yet");
-            ExitCode::FAILURE
-        }
+        Ok((config, nats)) => serve::<Host>(config, nats, "this host's sandboxes"),
         Err(Exit::Usage(line)) | Err(Exit::Info(line)) => {
             eprintln!("{line}");
             ExitCode::from(EX_USAGE)

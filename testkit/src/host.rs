@@ -151,6 +151,24 @@ impl HostLab {
             .args(args))
     }
 
+    /// Runs an async test body on a tokio runtime whose threads live in the internet
+    /// namespace (where NATS is, and the test's clients).
+    pub fn block_on<F, Fut, R>(&self, body: F) -> R
+    where
+        F: FnOnce() -> Fut + Send,
+        Fut: std::future::Future<Output = R>,
+        R: Send,
+    {
+        self.internet.enter(|| {
+            tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .expect("tokio runtime")
+                .block_on(body())
+        })
+    }
+
     /// `ip -n <ns> -j <args..>`, parsed.
     pub fn ip_json(&self, ns: &str, args: &[&str]) -> Result<serde_json::Value> {
         let out = run(Command::new("ip").args(["-n", ns, "-j"]).args(args))?;

@@ -17,6 +17,7 @@ use super::netlink::{Protocol, Socket};
 use super::nftables::abi::NFNLGRP_NFTABLES;
 use super::nftables::events::Decoder;
 pub use super::nftables::events::Transaction;
+use super::nftables::TableRef;
 pub use super::rtnl::events::RouteChange;
 
 /// Room for a burst of notifications (a 10,000-rule table replaced by someone else).
@@ -49,22 +50,31 @@ pub struct KernelEvents {
 }
 
 impl KernelEvents {
-    /// Opens the sockets, and a watch on `resolv_conf` (when its directory cannot be
-    /// watched, outside edits are found by the periodic resync only, and a warning says so).
+    /// Opens the sockets for the pod's objects (the firewall's table), and a watch on
+    /// `resolv_conf` (when its directory cannot be watched, outside edits are found by the
+    /// periodic resync only, and a warning says so).
     pub fn open(resolv_conf: &Path) -> io::Result<KernelEvents> {
-        let resolver = FileWatch::new(resolv_conf)
-            .map_err(|e| {
-                tracing::warn!(
-                    path = %resolv_conf.display(),
-                    cause = %e,
-                    "cannot watch the resolver file; its drift is found by the periodic resync"
-                )
-            })
-            .ok();
+        Self::open_for(TABLE_REF, Some(resolv_conf))
+    }
+
+    /// Opens the sockets, decoding nftables changes of `table`, and when there is a resolver
+    /// file a watch on it.
+    pub fn open_for(table: TableRef<'_>, resolv_conf: Option<&Path>) -> io::Result<KernelEvents> {
+        let resolver = resolv_conf.and_then(|path| {
+            FileWatch::new(path)
+                .map_err(|e| {
+                    tracing::warn!(
+                        path = %path.display(),
+                        cause = %e,
+                        "cannot watch the resolver file; its drift is found by the periodic resync"
+                    )
+                })
+                .ok()
+        });
         Ok(KernelEvents {
             route: Socket::subscribe(Protocol::Route, &super::rtnl::events::GROUPS, RCVBUF)?,
             nft: Socket::subscribe(Protocol::Netfilter, &[NFNLGRP_NFTABLES], RCVBUF)?,
-            decoder: Decoder::new(TABLE_REF),
+            decoder: Decoder::new(table),
             resolver,
         })
     }

@@ -60,6 +60,8 @@ pub enum Error {
     WireGuard(#[from] wireguard::Error),
     #[error(transparent)]
     Firewall(#[from] firewall::Error),
+    #[error(transparent)]
+    Host(#[from] host::Error),
 }
 
 /// One part of a spec the kernel refused.

@@ -588,6 +588,7 @@ fn run<R: Role>(
         let now = Instant::now();
         let touched = drift::touched(&hints, rec.dataplane.rtnl_port());
         let resync = now >= next_resync || hints.overrun;
+        rec.dataplane.woken(&hints, resync);
         let requested = inbox.observe;
         let due = requested || held_back.is_some_and(|t| now >= t);
         if touched || resync || due {

@@ -3,6 +3,7 @@
 //! crash-loop guard and drift repair are written once, over [`Role`]; a role brings its
 //! spec, its status and the kernel half it drives ([`Plane`]).
 
+mod host;
 mod pod;
 
 use std::fmt::Debug;
@@ -11,10 +12,11 @@ use std::path::Path;
 use weft_emitter::Status;
 use weft_schema::{Applicable, PodId, Subsystem, WireSpec};
 
-use crate::dataplane::events::KernelEvents;
+use crate::dataplane::events::{Hints, KernelEvents};
 use crate::dataplane::{Failure, OpenError};
 use crate::reconciler::drift::Drift;
 
+pub use host::Host;
 pub use pod::Pod;
 
 /// One role: its spec (as written and as validated), its status, its kernel half.
@@ -83,4 +85,8 @@ pub trait Plane: Debug + Sized {
     fn rtnl_port(&self) -> u32;
     /// Stops what lives only in this process. Kernel state stays.
     fn shutdown(&mut self);
+
+    /// What woke the reconciler: the kernel's notifications since the last wake, and whether
+    /// a full resync is due. A plane that keeps what it read learns here what to read again.
+    fn woken(&mut self, _hints: &Hints, _resync: bool) {}
 }

@@ -13,6 +13,8 @@
 pub mod exprs;
 pub mod netns;
 pub mod plan;
+pub mod plane;
+pub mod read;
 pub mod slot;
 pub mod status;
 pub mod sysctl;
@@ -24,6 +26,7 @@ use std::path::PathBuf;
 
 use ipnet::Ipv4Net;
 
+pub use plane::{Error, HostPlane};
 pub use slot::{Addressing, SlotAddrs, SlotObjects};
 
 /// Where the host plane keeps and makes things (`weft-agent host`'s flags).

@@ -367,6 +367,39 @@ pub fn teardown(o: &SlotObjects, state: &SlotState) -> Vec<Step> {
     steps
 }
 
+/// The slot as the kernel holds it when it is complete: what a read of it gives once every
+/// step of its plan was acknowledged.
+pub fn whole(o: &SlotObjects) -> SlotState {
+    let tap = matches!(o.guest, GuestLink::Tap);
+    let link = |addr: Ipv4Net, kind: &str, group: u32| LinkState {
+        up: true,
+        addrs: vec![addr],
+        kind: Some(kind.into()),
+        group,
+    };
+    SlotState {
+        namespace: Ns::Mounted,
+        guest_namespace: if tap { Ns::Absent } else { Ns::Mounted },
+        host_link: Some(link(o.addrs.veth_net(), "veth", LINK_GROUP)),
+        host_route: Some(RouteState {
+            gateway: Some(o.addrs.vpeer_ip),
+            on_link: true,
+        }),
+        sandbox: SandboxState {
+            lo_up: true,
+            eth0: Some(link(o.addrs.vpeer_net(), "veth", 0)),
+            guest_link: Some(link(o.guest_link_addr, if tap { "tun" } else { "veth" }, 0)),
+            guest_peer: !tap,
+            default_route: Some(RouteState {
+                gateway: Some(o.sandbox_gateway),
+                on_link: true,
+            }),
+            forwarding: true,
+            table: TableState::Same,
+        },
+    }
+}
+
 impl fmt::Display for Ns {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
@@ -407,37 +440,6 @@ mod tests {
             addrs: addrs.iter().map(|a| a.parse().unwrap()).collect(),
             kind: Some(kind.into()),
             group: if marked { LINK_GROUP } else { 0 },
-        }
-    }
-
-    /// The slot as the kernel holds it when it is complete.
-    fn whole(o: &SlotObjects) -> SlotState {
-        let tap = matches!(o.guest, GuestLink::Tap);
-        SlotState {
-            namespace: Ns::Mounted,
-            guest_namespace: if tap { Ns::Absent } else { Ns::Mounted },
-            host_link: Some(link(true, &["10.12.0.14/31"], "veth", true)),
-            host_route: Some(RouteState {
-                gateway: Some("10.12.0.15".parse().unwrap()),
-                on_link: true,
-            }),
-            sandbox: SandboxState {
-                lo_up: true,
-                eth0: Some(link(true, &["10.12.0.15/31"], "veth", false)),
-                guest_link: Some(link(
-                    true,
-                    &["169.254.0.22/30"],
-                    if tap { "tun" } else { "veth" },
-                    false,
-                )),
-                guest_peer: !tap,
-                default_route: Some(RouteState {
-                    gateway: Some("10.12.0.14".parse().unwrap()),
-                    on_link: true,
-                }),
-                forwarding: true,
-                table: TableState::Same,
-            },
         }
     }
 
@@ -503,7 +505,12 @@ mod tests {
         assert_eq!(plan(&o, &s).unwrap(), [Step::HostRoute]);
         // An address someone added to the sandbox end, and the table changed.
         let mut s = whole(&o);
-        s.sandbox.eth0 = Some(link(true, &["10.12.0.15/31", "192.0.2.9/24"], "veth", false));
+        s.sandbox.eth0 = Some(link(
+            true,
+            &["10.12.0.15/31", "192.0.2.9/24"],
+            "veth",
+            false,
+        ));
         s.sandbox.table = TableState::Differs("a rule added".into());
         assert_eq!(
             plan(&o, &s).unwrap(),

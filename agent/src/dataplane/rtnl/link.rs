@@ -309,7 +309,13 @@ mod tests {
     fn a_veth_request_carries_the_peer_and_its_namespace() {
         let netns = std::fs::File::open("/proc/self/ns/net").unwrap();
         use std::os::fd::AsFd;
-        let bytes = veth_request("veth-a", Some(0x5745_4654), "veth-b", Some(netns.as_fd()), 4);
+        let bytes = veth_request(
+            "veth-a",
+            Some(0x5745_4654),
+            "veth-b",
+            Some(netns.as_fd()),
+            4,
+        );
         let msg = ifinfomsg(&bytes);
         let top = msg.rtattrs().get_attr_handle();
         let info = top
@@ -330,7 +336,10 @@ mod tests {
             netns.as_raw_fd() as u32
         );
         // The group is the local end's; it reads back as the link's.
-        assert_eq!(top.get_attr_payload_as::<u32>(Ifla::Group).unwrap(), 0x5745_4654);
+        assert_eq!(
+            top.get_attr_payload_as::<u32>(Ifla::Group).unwrap(),
+            0x5745_4654
+        );
     }
 
     /// Needs root: a veth pair with its peer created straight in another namespace.

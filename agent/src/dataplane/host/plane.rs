@@ -1,0 +1,991 @@
+//! The host plane: the host role's kernel half, on the reconciler's thread. It keeps one
+//! socket set open inside each sandbox namespace (opened by a thread that entered it), the
+//! host namespace's own, and what it last read or wrote of each slot, so an apply that adds
+//! or removes one sandbox touches that slot's objects and rules only, and costs the same
+//! whatever the number of slots the host holds.
+//!
+//! What it knows is kept until something says otherwise: a change it did not make (the
+//! kernel's notifications), a resync, a start. Then everything is read again, the slots the
+//! spec names are finished or mended, and the slots it finds that the spec does not name
+//! (namespaces of its prefix, host links in its link group) are taken away.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io;
+use std::os::fd::AsFd;
+use std::path::Path;
+
+use weft_schema::host::{Forward, Sandbox, Slot, ValidHostSpec};
+use weft_schema::validate::IfName;
+use weft_schema::Subsystem;
+
+use super::exprs::exprs;
+use super::plan::{self, LinkState, Ns, Refusal, SlotState, Step};
+use super::read::{self, HostSide, SandboxSockets, SANDBOX_TABLE_REF};
+use super::slot::{
+    self, Addressing, GuestLink, SlotObjects, GUEST_LINK, GUEST_NS_LINK, SANDBOX_LINK,
+};
+use super::status::{Observed, SlotObserved};
+use super::tables::{self, Key, Keyed, HOST_CHAINS, HOST_TABLE, SANDBOX_CHAINS};
+use super::{netns, sysctl, tap, Settings};
+use crate::dataplane::events::{Hints, KernelEvents};
+use crate::dataplane::netlink;
+use crate::dataplane::nftables::batch::{BaseChain, Batch};
+use crate::dataplane::nftables::keyed::{self, Want};
+use crate::dataplane::nftables::{self, CommitError, Nft, TableRef};
+use crate::dataplane::rtnl::{Family, Route, Rtnl};
+use crate::dataplane::{Failure, OpenError};
+use crate::role::Plane;
+
+/// The host's table.
+pub const HOST_TABLE_REF: TableRef<'static> = TableRef {
+    family: nftnl::ProtoFamily::Ipv4,
+    name: HOST_TABLE,
+};
+
+/// Why a part of a host spec was not applied.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// No uplink: nothing of the spec is applied (no slot would reach out).
+    #[error("Uplink: {0}")]
+    Uplink(String),
+    #[error("turn IPv4 forwarding on on the host")]
+    Forwarding(#[source] io::Error),
+    #[error("read the host namespace")]
+    ReadHost(#[source] netlink::Error),
+    #[error("slot {slot}: {what}")]
+    Slot {
+        slot: Slot,
+        what: String,
+        #[source]
+        source: StepError,
+    },
+    #[error("slot {0}: {1}")]
+    Refused(Slot, Refusal),
+    #[error("table ip weft-host: {0}")]
+    Table(String),
+}
+
+/// What one step of a slot failed with.
+#[derive(Debug, thiserror::Error)]
+pub enum StepError {
+    #[error(transparent)]
+    Netlink(#[from] netlink::Error),
+    #[error(transparent)]
+    Netns(#[from] netns::Error),
+    #[error(transparent)]
+    Io(#[from] io::Error),
+    #[error("no link {0}")]
+    NoLink(String),
+    #[error("no sockets in the sandbox's namespace")]
+    NoSockets,
+    #[error("{0}")]
+    Table(String),
+}
+
+/// What a message of a host or sandbox table transaction does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Label {
+    Begin,
+    Batch,
+    Table,
+    Chain(&'static str),
+    Rule,
+}
+
+/// The host role's kernel half.
+#[derive(Debug)]
+pub struct HostPlane {
+    settings: Settings,
+    addressing: Addressing,
+    rtnl: Rtnl,
+    nft: Nft,
+    /// The sockets inside each sandbox namespace the agent holds.
+    sandboxes: BTreeMap<Slot, SandboxSockets>,
+    /// The sandboxes last applied, by slot: what the next apply is compared with.
+    applied: BTreeMap<Slot, Sandbox>,
+    /// Slots found in the kernel at the last full read (whether the spec names them or not).
+    found: BTreeSet<Slot>,
+    /// What each slot held when last read, or was made to hold since (every step acked).
+    states: BTreeMap<Slot, SlotState>,
+    /// Slots known to hold exactly their objects.
+    settled: BTreeSet<Slot>,
+    /// Everything is to be read again before it is trusted.
+    stale: bool,
+    /// The uplink in use, resolved; `None`: to resolve.
+    uplink: Option<Result<IfName, String>>,
+    /// The host table's rules as read, and those added since (handle 0: not known yet);
+    /// `None`: to read.
+    host_rules: Option<Vec<nftables::Rule>>,
+    /// The host table has its chains (checked since the last change someone else made).
+    host_chains: bool,
+}
+
+/// The most descriptors the plane may need: four per sandbox, a margin for the rest.
+const FDS: u64 = 4 * 16_384 + 1_024;
+
+/// Raises the soft limit on open descriptors towards what thousands of sandboxes' sockets
+/// need (at most the hard limit).
+fn raise_fd_limit() {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes the live struct; setrlimit reads it.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < FDS {
+            lim.rlim_cur = FDS.min(lim.rlim_max);
+            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+        }
+    }
+}
+
+impl HostPlane {
+    fn objects(&self, sandbox: &Sandbox) -> SlotObjects {
+        SlotObjects::of(&self.addressing, sandbox)
+    }
+
+    /// The uplink: the spec's (it must exist), or the interface of the IPv4 default route
+    /// with the lowest metric. Kept until a route or link changes.
+    fn uplink(&mut self, spec: &ValidHostSpec) -> Result<IfName, String> {
+        if let Some(u) = &self.uplink {
+            return u.clone();
+        }
+        let resolved = match &spec.uplink {
+            Some(name) => match self.rtnl.link(name.as_str()) {
+                Ok(Some(_)) => Ok(name.clone()),
+                Ok(None) => Err(format!("interface {name} does not exist")),
+                Err(e) => Err(format!("read link {name}: {e}")),
+            },
+            None => self.default_route_link(),
+        };
+        self.uplink = Some(resolved.clone());
+        resolved
+    }
+
+    fn default_route_link(&mut self) -> Result<IfName, String> {
+        let routes = self
+            .rtnl
+            .routes(Family::V4)
+            .map_err(|e| format!("read routes: {e}"))?;
+        let oif = routes
+            .iter()
+            .filter(|r| r.dst.prefix_len() == 0 && r.oif.is_some())
+            .min_by_key(|r| r.metric)
+            .and_then(|r| r.oif)
+            .ok_or("no IPv4 default route")?;
+        let links = self.rtnl.links().map_err(|e| format!("read links: {e}"))?;
+        let name = links
+            .iter()
+            .find(|l| l.index == oif)
+            .map(|l| l.name.clone())
+            .ok_or("the IPv4 default route's interface is gone")?;
+        IfName::parse(&name)
+    }
+
+    /// The slots the kernel holds: namespaces of the prefix, host links in the group.
+    fn discover(&self, host: &HostSide) -> Result<BTreeSet<Slot>, Error> {
+        let mut found = BTreeSet::new();
+        let names = netns::list(&self.settings.netns_prefix).map_err(|e| Error::Slot {
+            slot: Slot::new(1).expect("1 is a slot"),
+            what: "list namespaces".into(),
+            source: e.into(),
+        })?;
+        for name in names {
+            if let Some(s) = self
+                .addressing
+                .slot_of_namespace(&name)
+                .or_else(|| self.addressing.slot_of_guest_namespace(&name))
+            {
+                found.insert(s);
+            }
+        }
+        for (name, group) in host.link_names() {
+            if group == plan::LINK_GROUP {
+                if let Some(s) = slot::slot_of_host_link(name) {
+                    found.insert(s);
+                }
+            }
+        }
+        Ok(found)
+    }
+
+    /// The sockets of slot `s`'s namespace, opened inside it when they are not open yet, or
+    /// are in another namespace of the same name (`ino`).
+    fn sockets(&mut self, o: &SlotObjects, ino: u64) -> Result<&mut SandboxSockets, StepError> {
+        let slot = o.addrs.slot;
+        if self.sandboxes.get(&slot).is_some_and(|s| s.ino != ino) {
+            self.sandboxes.remove(&slot);
+        }
+        if let std::collections::btree_map::Entry::Vacant(e) = self.sandboxes.entry(slot) {
+            let opened = netns::enter(&o.addrs.namespace, || SandboxSockets::open_here(ino))??;
+            e.insert(opened);
+        }
+        Ok(self.sandboxes.get_mut(&slot).expect("just made"))
+    }
+
+    /// Reads all of slot `o` (its host side from `host`).
+    fn read_slot(&mut self, o: &SlotObjects, host: &HostSide) -> Result<SlotState, StepError> {
+        let (namespace, ino) = read::namespace(&o.addrs.namespace);
+        let guest_namespace = match &o.guest {
+            GuestLink::Veth { guest_namespace } => read::namespace(guest_namespace).0,
+            GuestLink::Tap => Ns::Absent,
+        };
+        let sandbox = match (namespace, ino) {
+            (Ns::Mounted, Some(ino)) => {
+                let s = self.sockets(o, ino)?;
+                read::sandbox_side(s, o)?
+            }
+            _ => {
+                self.sandboxes.remove(&o.addrs.slot);
+                Default::default()
+            }
+        };
+        Ok(SlotState {
+            namespace,
+            guest_namespace,
+            host_link: host.link(&o.addrs.host_link),
+            host_route: host.host_route(&o.addrs),
+            sandbox,
+        })
+    }
+
+    /// What a new slot holds, read cheaply: nothing at all, usually. When something of it
+    /// is there (a name taken, a leftover), `None`: read the host side whole.
+    fn read_new_slot(&mut self, o: &SlotObjects) -> Result<Option<SlotState>, StepError> {
+        let taken = read::namespace(&o.addrs.namespace).0 != Ns::Absent
+            || o.namespaces()
+                .iter()
+                .any(|n| read::namespace(n).0 != Ns::Absent)
+            || self.rtnl.link(&o.addrs.host_link)?.is_some();
+        Ok((!taken).then(SlotState::default))
+    }
+
+    /// Runs the steps of a slot, in order.
+    fn run(&mut self, o: &SlotObjects, steps: &[Step]) -> Result<(), Error> {
+        let slot = o.addrs.slot;
+        for step in steps {
+            self.step(o, step).map_err(|source| Error::Slot {
+                slot,
+                what: step.problem(o),
+                source,
+            })?;
+        }
+        Ok(())
+    }
+
+    fn host_index(&mut self, name: &str) -> Result<u32, StepError> {
+        Ok(self
+            .rtnl
+            .link(name)?
+            .ok_or_else(|| StepError::NoLink(name.into()))?
+            .index)
+    }
+
+    fn step(&mut self, o: &SlotObjects, step: &Step) -> Result<(), StepError> {
+        let a = &o.addrs;
+        let slot = a.slot;
+        match step {
+            Step::ClearNamespace(name) => netns::delete(name)?,
+            Step::CreateNamespace(name) if *name == a.namespace => {
+                self.sandboxes.remove(&slot);
+                let sockets = netns::create(name, || {
+                    let (_, ino) = read::namespace(name);
+                    SandboxSockets::open_here(ino.unwrap_or(0))
+                })??;
+                self.sandboxes.insert(slot, sockets);
+            }
+            Step::CreateNamespace(name) => netns::create(name, || ())?,
+            Step::DeleteNamespace(name) => {
+                if *name == a.namespace {
+                    // Our sockets would keep it alive.
+                    self.sandboxes.remove(&slot);
+                }
+                netns::delete(name)?;
+            }
+            Step::DeleteHostLink(name) => {
+                if let Some(l) = self.rtnl.link(name)? {
+                    self.rtnl.delete_link(l.index)?;
+                }
+            }
+            Step::DeleteSandboxLink(name) => {
+                let s = self.sandbox(slot)?;
+                if let Some(l) = s.rtnl.link(name)? {
+                    s.rtnl.delete_link(l.index)?;
+                }
+            }
+            Step::CreateVethPair => {
+                let ns = std::fs::File::open(netns::path(&a.namespace))?;
+                self.rtnl.create_marked_veth(
+                    &a.host_link,
+                    plan::LINK_GROUP,
+                    SANDBOX_LINK,
+                    Some(ns.as_fd()),
+                )?;
+            }
+            Step::HostLinkUp => {
+                let i = self.host_index(&a.host_link)?;
+                self.rtnl.set_link_up(i)?;
+            }
+            Step::HostLinkAddress(n) => {
+                let i = self.host_index(&a.host_link)?;
+                self.rtnl.add_address(i, (*n).into())?;
+            }
+            Step::HostLinkUnaddress(n) => {
+                let i = self.host_index(&a.host_link)?;
+                self.rtnl.delete_address(i, (*n).into())?;
+            }
+            Step::HostRoute => {
+                let i = self.host_index(&a.host_link)?;
+                self.rtnl.replace_route(&Route {
+                    dst: a.host_net().into(),
+                    gateway: Some(a.vpeer_ip.into()),
+                    oif: i,
+                    metric: 0,
+                })?;
+            }
+            Step::LoopbackUp => sandbox_link(self.sandbox(slot)?, "lo", |r, i| r.set_link_up(i))?,
+            Step::SandboxLinkUp => {
+                sandbox_link(self.sandbox(slot)?, SANDBOX_LINK, |r, i| r.set_link_up(i))?
+            }
+            Step::SandboxLinkAddress(n) => {
+                sandbox_link(self.sandbox(slot)?, SANDBOX_LINK, |r, i| {
+                    r.add_address(i, (*n).into())
+                })?
+            }
+            Step::SandboxLinkUnaddress(n) => {
+                sandbox_link(self.sandbox(slot)?, SANDBOX_LINK, |r, i| {
+                    r.delete_address(i, (*n).into())
+                })?
+            }
+            Step::CreateGuestLink => match &o.guest {
+                GuestLink::Tap => {
+                    netns::enter(&a.namespace, || tap::create_persistent(GUEST_LINK))??
+                }
+                GuestLink::Veth { guest_namespace } => {
+                    let ns = std::fs::File::open(netns::path(guest_namespace))?;
+                    self.sandbox(slot)?.rtnl.create_veth(
+                        GUEST_LINK,
+                        GUEST_NS_LINK,
+                        Some(ns.as_fd()),
+                    )?;
+                }
+            },
+            Step::GuestLinkUp => {
+                sandbox_link(self.sandbox(slot)?, GUEST_LINK, |r, i| r.set_link_up(i))?
+            }
+            Step::GuestLinkAddress(n) => sandbox_link(self.sandbox(slot)?, GUEST_LINK, |r, i| {
+                r.add_address(i, (*n).into())
+            })?,
+            Step::GuestLinkUnaddress(n) => {
+                sandbox_link(self.sandbox(slot)?, GUEST_LINK, |r, i| {
+                    r.delete_address(i, (*n).into())
+                })?
+            }
+            Step::SandboxRoute => {
+                let gateway = o.sandbox_gateway;
+                sandbox_link(self.sandbox(slot)?, SANDBOX_LINK, |r, i| {
+                    r.replace_route(&Route {
+                        dst: "0.0.0.0/0".parse().expect("a network"),
+                        gateway: Some(gateway.into()),
+                        oif: i,
+                        metric: 0,
+                    })
+                })?
+            }
+            Step::SandboxForwarding => self.sandbox(slot)?.enable_forwarding()?,
+            Step::SandboxTable => {
+                let rules = o.sandbox_table.rules();
+                let s = self.sandbox(slot)?;
+                let exists = s.nft.table(SANDBOX_TABLE_REF)?.is_some();
+                let tx = replace_table(
+                    SANDBOX_TABLE_REF,
+                    &SANDBOX_CHAINS,
+                    &rules,
+                    exists,
+                    s.nft.batch_seq(),
+                );
+                s.nft
+                    .commit(&tx)
+                    .map_err(|e| StepError::Table(commit_error(e)))?;
+            }
+        }
+        Ok(())
+    }
+
+    fn sandbox(&mut self, slot: Slot) -> Result<&mut SandboxSockets, StepError> {
+        self.sandboxes.get_mut(&slot).ok_or(StepError::NoSockets)
+    }
+
+    /// Takes slot `s` away, whatever of it there is.
+    fn remove_slot(&mut self, s: Slot, sandbox: Option<&Sandbox>) -> Result<(), Error> {
+        // The guest's kind decides only whether there is a guest namespace: take both away.
+        let o = self.objects(sandbox.unwrap_or(&Sandbox {
+            slot: s,
+            guest: weft_schema::Guest::Veth,
+            egress: true,
+            port_forwards: vec![],
+        }));
+        let host_link = self
+            .rtnl
+            .link(&o.addrs.host_link)
+            .map_err(|e| Error::Slot {
+                slot: s,
+                what: format!("read link {}", o.addrs.host_link),
+                source: e.into(),
+            })?
+            .map(|l| LinkState {
+                up: l.up,
+                addrs: vec![],
+                kind: l.kind,
+                group: l.group,
+            });
+        let state = SlotState {
+            namespace: read::namespace(&o.addrs.namespace).0,
+            guest_namespace: read::namespace(&o.addrs.guest_namespace()).0,
+            host_link,
+            ..SlotState::default()
+        };
+        let steps = plan::teardown(&o, &state);
+        self.run(&o, &steps)?;
+        self.sandboxes.remove(&s);
+        self.states.remove(&s);
+        self.settled.remove(&s);
+        Ok(())
+    }
+
+    /// Finishes, mends or makes slot `sandbox`. A slot that did not exist before and fails
+    /// is taken away again: nothing of it is left half-built.
+    fn build_slot(&mut self, sandbox: &Sandbox, host: &mut Option<HostSide>) -> Result<(), Error> {
+        let s = sandbox.slot;
+        let o = self.objects(sandbox);
+        let known = self.applied.contains_key(&s) || self.found.contains(&s);
+        let state = match self.states.get(&s) {
+            Some(state) if !self.stale => state.clone(),
+            _ => {
+                let quick = if known {
+                    None
+                } else {
+                    self.read_new_slot(&o)
+                        .map_err(|e| self.slot_error(s, "read", e))?
+                };
+                match quick {
+                    Some(state) => state,
+                    None => {
+                        if host.is_none() {
+                            *host = Some(HostSide::read(&mut self.rtnl).map_err(Error::ReadHost)?);
+                        }
+                        let side = host.as_ref().expect("read above");
+                        self.read_slot(&o, side)
+                            .map_err(|e| self.slot_error(s, "read", e))?
+                    }
+                }
+            }
+        };
+        let steps = plan::plan(&o, &state).map_err(|r| Error::Refused(s, r))?;
+        if steps.is_empty() {
+            self.states.insert(s, state);
+            self.settled.insert(s);
+            return Ok(());
+        }
+        match self.run(&o, &steps) {
+            Ok(()) => {
+                self.states.insert(s, plan::whole(&o));
+                self.settled.insert(s);
+                Ok(())
+            }
+            Err(e) => {
+                self.settled.remove(&s);
+                self.states.remove(&s);
+                if !known {
+                    let _ = self.remove_slot(s, Some(sandbox));
+                }
+                Err(e)
+            }
+        }
+    }
+
+    fn slot_error(&self, slot: Slot, what: &str, source: StepError) -> Error {
+        Error::Slot {
+            slot,
+            what: what.into(),
+            source,
+        }
+    }
+
+    /// The rules `ip weft-host` should hold for `spec`.
+    fn host_rules_for(&self, spec: &ValidHostSpec, uplink: Option<&IfName>) -> Vec<Keyed> {
+        let mut rules = tables::host_base(uplink, self.settings.veth_range);
+        for sandbox in &spec.sandboxes {
+            rules.extend(tables::slot_rules(
+                &self.addressing.slot(sandbox.slot),
+                sandbox,
+            ));
+        }
+        rules
+    }
+
+    /// Reads the host table (its rules, and whether its chains are the agent's).
+    fn read_host_table(&mut self) -> Result<Option<Vec<nftables::Rule>>, netlink::Error> {
+        if self.nft.table(HOST_TABLE_REF)?.is_none() {
+            return Ok(None);
+        }
+        self.host_chains = read::chains_are(&self.nft.chains(HOST_TABLE_REF)?, &HOST_CHAINS);
+        Ok(Some(self.nft.rules(HOST_TABLE_REF)?))
+    }
+
+    /// Makes `ip weft-host` hold `rules`: only the rules that differ change, in one
+    /// transaction; the table is made whole when it or its chains are not the agent's.
+    fn sync_host_table(&mut self, rules: &[Keyed]) -> Result<(), Error> {
+        let exprs_of: Vec<(String, Vec<nftables::expr::Expr>)> = rules
+            .iter()
+            .map(|k| (k.key.to_string(), exprs(&k.rule)))
+            .collect();
+        let want: Vec<Want<'_>> = rules
+            .iter()
+            .zip(&exprs_of)
+            .map(|(k, (key, e))| Want {
+                chain: k.chain,
+                key,
+                exprs: e,
+            })
+            .collect();
+        for attempt in 0..2 {
+            if self.host_rules.is_none() || attempt > 0 {
+                self.host_rules = self
+                    .read_host_table()
+                    .map_err(|e| Error::Table(format!("read: {e}")))?;
+            }
+            let Some(have) = self.host_rules.as_ref().filter(|_| self.host_chains) else {
+                // No table, or not ours in shape: made whole, in one transaction.
+                let exists = self.host_rules.is_some();
+                let tx = replace_table(
+                    HOST_TABLE_REF,
+                    &HOST_CHAINS,
+                    rules,
+                    exists,
+                    self.nft.batch_seq(),
+                );
+                match self.nft.commit(&tx) {
+                    Ok(()) => {
+                        self.host_chains = true;
+                        self.host_rules = Some(unhandled(&want));
+                        return Ok(());
+                    }
+                    Err(e) if attempt == 0 => {
+                        tracing::debug!(error = %commit_error(e), "host table refused; reading again");
+                        continue;
+                    }
+                    Err(e) => return Err(Error::Table(commit_error(e))),
+                }
+            };
+            let plan = keyed::plan(&want, have, |_| true);
+            if plan.is_empty() {
+                return Ok(());
+            }
+            if plan.delete.iter().any(|(_, handle)| *handle == 0) && attempt == 0 {
+                // Rules added since the last read: their handles are not known yet.
+                self.host_rules = None;
+                continue;
+            }
+            let mut b = Batch::new(self.nft.batch_seq(), None, Label::Begin);
+            keyed::write(&mut b, HOST_TABLE_REF, &want, &plan, Label::Rule);
+            let tx = b.finish(Label::Batch);
+            let deleted: BTreeSet<u64> = plan.delete.iter().map(|(_, h)| *h).collect();
+            let added: Vec<nftables::Rule> =
+                unhandled(&plan.add.iter().map(|&i| want[i]).collect::<Vec<_>>());
+            match self.nft.commit(&tx) {
+                Ok(()) => {
+                    let cache = self.host_rules.as_mut().expect("planned from it");
+                    cache.retain(|r| !deleted.contains(&r.handle));
+                    cache.extend(added);
+                    return Ok(());
+                }
+                Err(e) if attempt == 0 => {
+                    tracing::debug!(error = %commit_error(e), "host table change refused; reading again");
+                    self.host_rules = None;
+                }
+                Err(e) => return Err(Error::Table(commit_error(e))),
+            }
+        }
+        unreachable!("the second attempt returns")
+    }
+
+    /// Whole reads, when something said the kernel changed: every slot the spec names, and
+    /// what the kernel holds that it does not.
+    fn refresh(&mut self, spec: &ValidHostSpec) -> Result<HostSide, Error> {
+        let host = HostSide::read(&mut self.rtnl).map_err(Error::ReadHost)?;
+        self.found = self.discover(&host)?;
+        self.settled.clear();
+        for sandbox in &spec.sandboxes {
+            let o = self.objects(sandbox);
+            match self.read_slot(&o, &host) {
+                Ok(state) => {
+                    self.states.insert(sandbox.slot, state);
+                }
+                Err(e) => {
+                    tracing::warn!(slot = %sandbox.slot, error = %crate::dataplane::error_line(&e), "slot not read");
+                    self.states.remove(&sandbox.slot);
+                }
+            }
+        }
+        self.stale = false;
+        Ok(host)
+    }
+
+    /// The slot's rules in the host table compared with what they should be: the problems,
+    /// and the forwards in force.
+    fn slot_rules(&self, sandbox: &Sandbox) -> (Vec<String>, Vec<Forward>) {
+        let Some(have) = &self.host_rules else {
+            return (vec!["table ip weft-host missing".into()], vec![]);
+        };
+        let key = Key::Slot(sandbox.slot).to_string();
+        let held: Vec<&nftables::Rule> = have
+            .iter()
+            .filter(|r| r.comment.as_deref() == Some(key.as_str()))
+            .collect();
+        let addrs = self.addressing.slot(sandbox.slot);
+        let wanted = tables::slot_rules(&addrs, sandbox);
+        let mut problems = Vec::new();
+        let mut matched = vec![false; held.len()];
+        let mut present = Vec::new();
+        for k in &wanted {
+            let e = exprs(&k.rule);
+            match held
+                .iter()
+                .enumerate()
+                .find(|(i, r)| !matched[*i] && r.chain == k.chain && keyed::same(&r.exprs, &e))
+            {
+                Some((i, _)) => {
+                    matched[i] = true;
+                    present.push(true);
+                }
+                None => {
+                    problems.push(format!("rule missing in chain {}: {}", k.chain, k.rule));
+                    present.push(false);
+                }
+            }
+        }
+        for (i, r) in held.iter().enumerate() {
+            if !matched[i] {
+                problems.push(format!("a rule in chain {} is not the spec's", r.chain));
+            }
+        }
+        // A forward is in force when both its DNATs are (prerouting and output).
+        let forwards = sandbox
+            .port_forwards
+            .iter()
+            .filter(|f| {
+                wanted.iter().zip(&present).all(|(k, ok)| {
+                    *ok || !matches!(&k.rule, tables::Rule::PortForward { protocol, host_port, .. }
+                        if *protocol == f.protocol && *host_port == f.host_port)
+                })
+            })
+            .copied()
+            .collect();
+        (problems, forwards)
+    }
+
+    /// What differs in the host table's shared part.
+    fn table_problems(&self, spec: &ValidHostSpec, uplink: Option<&IfName>) -> Vec<String> {
+        let Some(have) = &self.host_rules else {
+            return vec!["missing".into()];
+        };
+        let mut problems = Vec::new();
+        if !self.host_chains {
+            problems.push("its chains are not the agent's".into());
+        }
+        let slots: BTreeSet<String> = spec
+            .sandboxes
+            .iter()
+            .map(|s| Key::Slot(s.slot).to_string())
+            .collect();
+        let base = tables::host_base(uplink, self.settings.veth_range);
+        let base_exprs: Vec<Vec<nftables::expr::Expr>> =
+            base.iter().map(|k| exprs(&k.rule)).collect();
+        let want: Vec<Want<'_>> = base
+            .iter()
+            .zip(&base_exprs)
+            .map(|(k, e)| Want {
+                chain: k.chain,
+                key: "weft base",
+                exprs: e,
+            })
+            .collect();
+        // The shared rules, and every rule that is nobody's slot.
+        let plan = keyed::plan(&want, have, |c| !c.is_some_and(|c| slots.contains(c)));
+        for &i in &plan.add {
+            problems.push(format!(
+                "rule missing in chain {}: {}",
+                base[i].chain, base[i].rule
+            ));
+        }
+        for (chain, _) in &plan.delete {
+            problems.push(format!("a rule in chain {chain} is not the agent's"));
+        }
+        problems
+    }
+}
+
+/// Wanted rules as the cache keeps rules added since the last read (handle not known).
+fn unhandled(want: &[Want<'_>]) -> Vec<nftables::Rule> {
+    want.iter()
+        .map(|w| nftables::Rule {
+            chain: w.chain.to_owned(),
+            handle: 0,
+            exprs: w.exprs.to_vec(),
+            comment: Some(w.key.to_owned()),
+        })
+        .collect()
+}
+
+/// `what failed` from a refused transaction.
+fn commit_error(e: CommitError<Label>) -> String {
+    match e {
+        CommitError::Refused(r) => format!(
+            "the kernel refused {:?}: {}{}",
+            r.what,
+            io::Error::from_raw_os_error(r.errno),
+            r.text.map(|t| format!(" ({t})")).unwrap_or_default()
+        ),
+        CommitError::Netlink(e) => crate::dataplane::error_line(&e),
+        CommitError::NoAnswer => "the kernel did not answer".into(),
+    }
+}
+
+fn sandbox_link(
+    s: &mut SandboxSockets,
+    name: &str,
+    f: impl FnOnce(&mut Rtnl, u32) -> Result<(), netlink::Error>,
+) -> Result<(), StepError> {
+    let i = s
+        .rtnl
+        .link(name)?
+        .ok_or_else(|| StepError::NoLink(name.into()))?
+        .index;
+    Ok(f(&mut s.rtnl, i)?)
+}
+
+/// One transaction that makes `table` hold exactly `chains` and `rules`: add table, delete
+/// it (when it exists), add it, its chains, its rules. No observer sees it half-made.
+fn replace_table(
+    table: TableRef<'_>,
+    chains: &[tables::ChainDef],
+    rules: &[Keyed],
+    exists: bool,
+    seq: u32,
+) -> nftables::batch::Transaction<Label> {
+    let mut b = Batch::new(seq, None, Label::Begin);
+    if exists {
+        b.delete_table(table, Label::Table);
+    }
+    b.add_table(table, 0, Label::Table);
+    for c in chains {
+        b.add_chain(
+            table,
+            &BaseChain {
+                name: c.name,
+                kind: match c.kind {
+                    "nat" => nftnl::ChainType::Nat,
+                    _ => nftnl::ChainType::Filter,
+                },
+                hook: match c.hook {
+                    tables::Hook::Prerouting => nftnl::Hook::PreRouting,
+                    tables::Hook::Input => nftnl::Hook::In,
+                    tables::Hook::Forward => nftnl::Hook::Forward,
+                    tables::Hook::Output => nftnl::Hook::Out,
+                    tables::Hook::Postrouting => nftnl::Hook::PostRouting,
+                },
+                priority: c.priority,
+                policy: nftnl::Policy::Accept,
+            },
+            Label::Chain(c.name),
+        );
+    }
+    for r in rules {
+        b.add_rule(
+            table,
+            r.chain,
+            &exprs(&r.rule),
+            Some(&r.key.to_string()),
+            Label::Rule,
+        );
+    }
+    b.finish(Label::Batch)
+}
+
+impl Plane for HostPlane {
+    type Spec = ValidHostSpec;
+    type Observed = Observed;
+    type Settings = Settings;
+
+    fn open(settings: &Settings) -> Result<HostPlane, OpenError> {
+        netns::prepare_dir()
+            .map_err(|e| OpenError::Enter(netns::NETNS_DIR.into(), io::Error::other(e)))?;
+        raise_fd_limit();
+        Ok(HostPlane {
+            settings: settings.clone(),
+            addressing: settings.addressing(),
+            rtnl: Rtnl::open().map_err(OpenError::Rtnl)?,
+            nft: Nft::open().map_err(OpenError::Nft)?,
+            sandboxes: BTreeMap::new(),
+            applied: BTreeMap::new(),
+            found: BTreeSet::new(),
+            states: BTreeMap::new(),
+            settled: BTreeSet::new(),
+            stale: true,
+            uplink: None,
+            host_rules: None,
+            host_chains: false,
+        })
+    }
+
+    fn state_dir(settings: &Settings) -> &Path {
+        &settings.state_dir
+    }
+
+    fn events(&self) -> io::Result<KernelEvents> {
+        KernelEvents::open_for(HOST_TABLE_REF, None)
+    }
+
+    fn apply(&mut self, spec: &ValidHostSpec) -> Vec<Failure> {
+        let fail = |subsystem, error: Error| Failure {
+            subsystem,
+            error: error.into(),
+        };
+        let uplink = match self.uplink(spec) {
+            Ok(u) => u,
+            // Nothing of the spec is built without a way out.
+            Err(why) => return vec![fail(Subsystem::Network, Error::Uplink(why))],
+        };
+        let mut failures = Vec::new();
+        if let Err(e) = sysctl::enable_forwarding() {
+            failures.push(fail(Subsystem::Network, Error::Forwarding(e)));
+        }
+        let mut host = None;
+        if self.stale {
+            match self.refresh(spec) {
+                Ok(h) => host = Some(h),
+                Err(e) => return vec![fail(Subsystem::Network, e)],
+            }
+        }
+        // Slots to take away: applied before, or found, and not in the spec.
+        let gone: Vec<Slot> = self
+            .applied
+            .keys()
+            .chain(self.found.iter())
+            .copied()
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .filter(|s| spec.sandbox(*s).is_none())
+            .collect();
+        for s in gone {
+            let was = self.applied.get(&s).cloned();
+            if let Err(e) = self.remove_slot(s, was.as_ref()) {
+                failures.push(fail(Subsystem::Network, e));
+                continue;
+            }
+            self.applied.remove(&s);
+            self.found.remove(&s);
+        }
+        for sandbox in &spec.sandboxes {
+            let unchanged = self.applied.get(&sandbox.slot) == Some(sandbox);
+            if unchanged && self.settled.contains(&sandbox.slot) {
+                continue;
+            }
+            match self.build_slot(sandbox, &mut host) {
+                Ok(()) => {
+                    self.applied.insert(sandbox.slot, sandbox.clone());
+                }
+                Err(e) => {
+                    failures.push(fail(Subsystem::Network, e));
+                    self.applied.remove(&sandbox.slot);
+                }
+            }
+        }
+        let rules = self.host_rules_for(spec, Some(&uplink));
+        if let Err(e) = self.sync_host_table(&rules) {
+            failures.push(fail(Subsystem::Firewall, e));
+        }
+        failures
+    }
+
+    fn apply_one(&mut self, subsystem: Subsystem, spec: &ValidHostSpec) -> Vec<Failure> {
+        let mut failures = self.apply(spec);
+        failures.retain(|f| f.subsystem == subsystem);
+        failures
+    }
+
+    fn observe(&mut self, spec: &ValidHostSpec) -> Observed {
+        if self.stale {
+            if let Err(e) = self.refresh(spec) {
+                tracing::warn!(error = %crate::dataplane::error_line(&e), "host not read");
+            }
+        }
+        let uplink = self.uplink(spec);
+        if self.host_rules.is_none() {
+            self.host_rules = self.read_host_table().unwrap_or_default();
+        }
+        let mut slots = Vec::with_capacity(spec.sandboxes.len());
+        for sandbox in &spec.sandboxes {
+            let o = self.objects(sandbox);
+            let network = match self.states.get(&sandbox.slot) {
+                Some(state) => plan::problems(&o, state),
+                None => vec!["not read".into()],
+            };
+            let up = self
+                .states
+                .get(&sandbox.slot)
+                .and_then(|s| s.host_link.as_ref())
+                .is_some_and(|l| l.up);
+            let (rules, forwards) = self.slot_rules(sandbox);
+            slots.push(SlotObserved {
+                guest_mac: o.guest_mac(),
+                addrs: o.addrs,
+                guest: sandbox.guest,
+                egress: sandbox.egress,
+                forwards,
+                up,
+                network,
+                rules,
+            });
+        }
+        Observed {
+            table: self.table_problems(spec, uplink.as_ref().ok()),
+            uplink: uplink.map(|u| u.to_string()),
+            forwarding: sysctl::forwarding().unwrap_or(false),
+            slots,
+        }
+    }
+
+    fn degraded(observed: &Observed) -> Vec<(Subsystem, String)> {
+        observed.degraded()
+    }
+
+    fn before_any_spec(&mut self) -> Option<Result<Observed, Failure>> {
+        None
+    }
+
+    fn rtnl_port(&self) -> u32 {
+        self.rtnl.portid()
+    }
+
+    fn shutdown(&mut self) {}
+
+    fn woken(&mut self, hints: &Hints, resync: bool) {
+        let own = self.rtnl.portid();
+        if resync || hints.overrun || hints.network.iter().any(|c| c.port != own) {
+            self.stale = true;
+            // A route or link change may be the uplink's.
+            self.uplink = None;
+        }
+        if resync
+            || hints.overrun
+            || hints
+                .firewall
+                .iter()
+                .any(|t| t.pid != Some(std::process::id()))
+        {
+            self.host_rules = None;
+        }
+    }
+}
