@@ -100,3 +100,164 @@ fn two_sandboxes_are_made_as_the_contract_says() {
         eprintln!("{}", _agent.log());
     }
 }
+
+/// Gives the guest of a `Guest: veth` slot its address and route, as its pod agent would.
+fn configure_guest(lab: &HostLab, n: u32) {
+    let g = lab.guest(n);
+    for args in [
+        vec!["link", "set", "lo", "up"],
+        vec!["addr", "add", "169.254.0.21/30", "dev", "eth0"],
+        vec!["link", "set", "eth0", "up"],
+        vec!["route", "add", "default", "via", "169.254.0.22"],
+    ] {
+        weft_testkit::netns::run(
+            std::process::Command::new("ip")
+                .args(["-n", &g])
+                .args(&args),
+        )
+        .unwrap();
+    }
+}
+
+fn addr(s: &str) -> std::net::SocketAddr {
+    s.parse().unwrap()
+}
+
+/// What `conntrack -L` lists in namespace `ns`.
+fn conntrack(ns: &str) -> String {
+    let out = weft_testkit::netns::run(std::process::Command::new("ip").args([
+        "netns",
+        "exec",
+        ns,
+        "conntrack",
+        "-L",
+    ]))
+    .unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Applies `spec` and waits for it to be Applied.
+fn apply(lab: &HostLab, s: &HostSpec) -> weft_schema::HostStatus {
+    lab.block_on(|| async {
+        let cp = ControlPlane::connect(&lab.nats.url()).await.unwrap();
+        let reply = cp
+            .request_host_when_ready("host-a", s, Encoding::Json)
+            .await;
+        assert_eq!(reply.result, ApplyResult::Applied, "{reply:?}");
+        cp.host_status_get("host-a", Encoding::Json).await.unwrap()
+    })
+}
+
+#[test]
+fn packets_go_out_through_nat_and_in_through_the_forwards_only() {
+    use weft_testkit::packets::{tcp_echo, udp_echo, EchoServer};
+    weft_testkit::require_root();
+    let lab = HostLab::new("hp").unwrap();
+    let _agent = lab.start_agent(bin(), "host-a", &[]).unwrap();
+    let status = apply(
+        &lab,
+        &spec(
+            1,
+            serde_json::json!([
+                {"Slot": 1, "Guest": "veth", "PortForwards": [
+                    {"Protocol": "tcp", "HostPort": 8080, "SandboxPort": 80},
+                    {"Protocol": "udp", "HostPort": 5353, "SandboxPort": 53}]},
+                {"Slot": 2, "Guest": "veth", "Egress": false, "PortForwards": [
+                    {"Protocol": "tcp", "HostPort": 8081, "SandboxPort": 80}]},
+            ]),
+        ),
+    );
+    assert_eq!(status.overall, Overall::Healthy, "{status:#?}");
+    configure_guest(&lab, 1);
+    configure_guest(&lab, 2);
+    let (g1, g2, host, net) = (
+        lab.guest(1),
+        lab.guest(2),
+        lab.host.name().to_owned(),
+        lab.internet.name().to_owned(),
+    );
+    let _servers = [
+        EchoServer::start(&net, addr("198.51.100.1:7000"), "internet").unwrap(),
+        EchoServer::start(&host, addr("198.51.100.2:9000"), "host").unwrap(),
+        EchoServer::start(&g1, addr("0.0.0.0:80"), "guest1").unwrap(),
+        EchoServer::start(&g1, addr("0.0.0.0:53"), "guest1").unwrap(),
+        EchoServer::start(&g1, addr("0.0.0.0:81"), "guest1").unwrap(),
+        EchoServer::start(&g2, addr("0.0.0.0:80"), "guest2").unwrap(),
+    ];
+    let t = Duration::from_secs(3);
+    let no = Duration::from_millis(700);
+
+    // Out: the guest reaches the internet, which sees the host's uplink address.
+    assert_eq!(
+        tcp_echo(&g1, addr("198.51.100.1:7000"), t).unwrap(),
+        "internet from 198.51.100.2: ping"
+    );
+    assert_eq!(
+        udp_echo(&g1, addr("198.51.100.1:7000"), t).unwrap(),
+        "internet from 198.51.100.2: ping"
+    );
+    // The translations: SNAT to VpeerIp in the sandbox, masquerade to the uplink's address
+    // on the host.
+    let sb = conntrack(&lab.sandbox(1));
+    assert!(
+        sb.lines()
+            .any(|l| l.contains("src=169.254.0.21 dst=198.51.100.1")
+                && l.contains("src=198.51.100.1 dst=10.12.0.3")),
+        "{sb}"
+    );
+    let h = conntrack(&host);
+    assert!(
+        h.lines()
+            .any(|l| l.contains("src=10.12.0.3 dst=198.51.100.1")
+                && l.contains("src=198.51.100.1 dst=198.51.100.2")),
+        "{h}"
+    );
+
+    // In: the forwards reach the guest, from the internet and from the host itself, TCP and
+    // UDP; the guest sees who connected.
+    assert_eq!(
+        tcp_echo(&net, addr("198.51.100.2:8080"), t).unwrap(),
+        "guest1 from 198.51.100.1: ping"
+    );
+    assert_eq!(
+        udp_echo(&net, addr("198.51.100.2:5353"), t).unwrap(),
+        "guest1 from 198.51.100.1: ping"
+    );
+    assert_eq!(
+        tcp_echo(&host, addr("198.51.100.2:8080"), t).unwrap(),
+        "guest1 from 198.51.100.2: ping"
+    );
+    assert_eq!(
+        udp_echo(&host, addr("198.51.100.2:5353"), t).unwrap(),
+        "guest1 from 198.51.100.2: ping"
+    );
+    // A port that is not forwarded does not reach the guest, nor does the guest's own port
+    // addressed straight to its HostIp.
+    assert!(tcp_echo(&net, addr("198.51.100.2:81"), no).is_err());
+    lab.internet
+        .ip(&["route", "add", "10.11.0.0/16", "via", "198.51.100.2"])
+        .unwrap();
+    assert!(tcp_echo(&net, addr("10.11.0.1:81"), no).is_err());
+    assert!(tcp_echo(&net, addr("10.11.0.1:80"), no).is_err());
+
+    // A sandbox without Egress cannot reach out; its forward still works.
+    assert!(tcp_echo(&g2, addr("198.51.100.1:7000"), no).is_err());
+    assert!(udp_echo(&g2, addr("198.51.100.1:7000"), no).is_err());
+    assert_eq!(
+        tcp_echo(&net, addr("198.51.100.2:8081"), t).unwrap(),
+        "guest2 from 198.51.100.1: ping"
+    );
+
+    // Sandboxes cannot reach each other (straight, or through the other's forward), nor the
+    // host's own services.
+    assert!(tcp_echo(&g1, addr("10.11.0.2:80"), no).is_err());
+    assert!(tcp_echo(&g1, addr("198.51.100.2:8081"), no).is_err());
+    assert!(tcp_echo(&g2, addr("198.51.100.2:8080"), no).is_err());
+    assert!(tcp_echo(&g1, addr("198.51.100.2:9000"), no).is_err());
+    assert!(tcp_echo(&g1, addr("10.12.0.4:9000"), no).is_err());
+    // ...which the internet can.
+    assert_eq!(
+        tcp_echo(&net, addr("198.51.100.2:9000"), t).unwrap(),
+        "host from 198.51.100.1: ping"
+    );
+}

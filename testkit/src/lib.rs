@@ -3,6 +3,7 @@
 //! - [`netns`]: network namespaces and veth pairs with unique names, deleted on drop, and a
 //!   way to run a closure on a thread inside a namespace.
 //! - [`observe`]: independent observers (`nft -j`, `ip -j`, `wg show`) for assertions.
+//! - [`packets`]: TCP and UDP echo servers and clients in namespaces, for real packets.
 //! - [`nats`]: a real `nats-server` on a free port, with a configuration file or without.
 //! - [`natsconf`]: the nats-server configuration weft ships (users, permissions, TLS), generated.
 //! - [`pki`]: test certificates made at run time; [`identity`]: a client's credentials as
@@ -29,6 +30,7 @@ pub mod nats;
 pub mod natsconf;
 pub mod netns;
 pub mod observe;
+pub mod packets;
 pub mod pki;
 pub mod stack;
 pub mod status_log;
