@@ -261,3 +261,135 @@ fn packets_go_out_through_nat_and_in_through_the_forwards_only() {
         "host from 198.51.100.1: ping"
     );
 }
+
+/// The rules of `ip weft-host` as `nft -j` lists them: (handle, chain, comment, packets).
+fn host_rules(lab: &HostLab) -> Vec<(u64, String, String, u64)> {
+    let table = weft_testkit::observe::nft_table(&lab.host, "ip", "weft-host")
+        .unwrap()
+        .expect("table ip weft-host");
+    table
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|o| o.get("rule"))
+        .map(|r| {
+            let packets = r["expr"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find_map(|e| e.get("counter").map(|c| c["packets"].as_u64().unwrap()))
+                .unwrap_or(0);
+            (
+                r["handle"].as_u64().unwrap(),
+                r["chain"].as_str().unwrap().to_owned(),
+                r["comment"].as_str().unwrap_or("").to_owned(),
+                packets,
+            )
+        })
+        .collect()
+}
+
+/// Everything in the host namespace that is not the agent's: foreign tables, routes, links,
+/// as text.
+fn foreign(lab: &HostLab) -> String {
+    let run = |args: &[&str]| {
+        let out = weft_testkit::netns::run(
+            std::process::Command::new("ip")
+                .args(["netns", "exec", lab.host.name()])
+                .args(args),
+        )
+        .unwrap();
+        String::from_utf8(out.stdout).unwrap()
+    };
+    [
+        run(&["nft", "-a", "list", "table", "inet", "foreign"]),
+        run(&["ip", "-j", "-d", "link", "show", "fx0"]),
+        run(&["ip", "-j", "-d", "link", "show", "up0"]),
+        run(&["ip", "-j", "route", "show", "proto", "static"]),
+        run(&["ip", "-j", "route", "show", "proto", "boot"]),
+        run(&["ip", "-j", "addr", "show", "up0"]),
+    ]
+    .join("\n")
+    .replace("\"tentative\":true,", "")
+}
+
+#[test]
+fn a_removed_slot_is_gone_whole_and_nothing_else_moves() {
+    use weft_testkit::packets::{tcp_connect, tcp_say, EchoServer};
+    weft_testkit::require_root();
+    let lab = HostLab::new("hr").unwrap();
+    // Someone else's objects on the host: a table, a link, a route.
+    lab.host
+        .run(
+            "nft",
+            &["add table inet foreign; add chain inet foreign c { type filter hook forward priority 10; policy accept; }; add rule inet foreign c meta mark 0x5 accept"],
+        )
+        .unwrap();
+    lab.host
+        .ip(&["link", "add", "fx0", "type", "veth", "peer", "name", "fx1"])
+        .unwrap();
+    lab.host
+        .ip(&["route", "add", "192.0.2.0/24", "via", "198.51.100.1", "proto", "static"])
+        .unwrap();
+    let _agent = lab.start_agent(bin(), "host-a", &[]).unwrap();
+    let both = serde_json::json!([
+        {"Slot": 1, "Guest": "veth", "PortForwards": [
+            {"Protocol": "tcp", "HostPort": 8081, "SandboxPort": 80}]},
+        {"Slot": 2, "Guest": "veth", "Egress": false, "PortForwards": [
+            {"Protocol": "tcp", "HostPort": 8082, "SandboxPort": 80}]},
+    ]);
+    apply(&lab, &spec(1, both.clone()));
+    configure_guest(&lab, 1);
+    configure_guest(&lab, 2);
+    let net = lab.internet.name().to_owned();
+    let _servers = [
+        EchoServer::start(&lab.guest(2), addr("0.0.0.0:80"), "guest2").unwrap(),
+        EchoServer::start(&lab.guest(1), addr("0.0.0.0:80"), "guest1").unwrap(),
+    ];
+    let t = Duration::from_secs(3);
+    // An established connection into slot 2, through its forward.
+    let mut kept = tcp_connect(&net, addr("198.51.100.2:8082"), t).unwrap();
+    assert_eq!(tcp_say(&mut kept, "one").unwrap(), "guest2 from 198.51.100.1: one");
+    let before = foreign(&lab);
+    let rules_before = host_rules(&lab);
+
+    // Slot 1 goes.
+    let status = apply(&lab, &spec(2, serde_json::json!([both[1]])));
+    assert_eq!(status.overall, Overall::Healthy, "{status:#?}");
+    assert_eq!(status.sandboxes.len(), 1);
+    // At the reply: its namespaces, links, routes and rules are gone...
+    assert_eq!(lab.namespaces().unwrap(), [lab.sandbox(2), lab.guest(2)]);
+    let links = lab.ip_json(lab.host.name(), &["link"]).unwrap();
+    let names: Vec<&str> = links
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["ifname"].as_str().unwrap())
+        .collect();
+    assert!(!names.contains(&"weft-v1") && names.contains(&"weft-v2"), "{names:?}");
+    let routes = lab.ip_json(lab.host.name(), &["route", "show", "proto", "87"]).unwrap();
+    assert_eq!(routes.as_array().unwrap().len(), 1, "{routes}");
+    assert_eq!(routes[0]["dst"], "10.11.0.2");
+    // ...and every other rule kept its handle and its counter.
+    let rules_after = host_rules(&lab);
+    let expected: Vec<_> = rules_before
+        .iter()
+        .filter(|r| r.2 != "weft slot 1")
+        .cloned()
+        .collect();
+    let handles = |rules: &[(u64, String, String, u64)]| {
+        rules.iter().map(|r| (r.0, r.2.clone())).collect::<Vec<_>>()
+    };
+    assert_eq!(handles(&rules_after), handles(&expected));
+    for (a, b) in rules_after.iter().zip(&expected) {
+        assert!(a.3 >= b.3, "counter of rule {} went back: {} < {}", a.0, a.3, b.3);
+    }
+    assert!(
+        rules_after.iter().any(|r| r.2 == "weft slot 2" && r.3 > 0),
+        "{rules_after:?}"
+    );
+    // The other slot's connection lives on; foreign objects are byte-identical.
+    assert_eq!(tcp_say(&mut kept, "two").unwrap(), "guest2 from 198.51.100.1: two");
+    assert_eq!(foreign(&lab), before);
+    assert!(weft_testkit::packets::tcp_echo(&net, addr("198.51.100.2:8081"), Duration::from_millis(500)).is_err());
+}
