@@ -393,3 +393,80 @@ fn a_removed_slot_is_gone_whole_and_nothing_else_moves() {
     assert_eq!(foreign(&lab), before);
     assert!(weft_testkit::packets::tcp_echo(&net, addr("198.51.100.2:8081"), Duration::from_millis(500)).is_err());
 }
+
+#[test]
+fn drift_of_a_slot_link_a_host_route_or_a_host_rule_is_repaired_and_named() {
+    use weft_testkit::control::HostDashboard;
+    weft_testkit::require_root();
+    let lab = HostLab::new("hd").unwrap();
+    let _agent = lab.start_agent(bin(), "host-a", &[]).unwrap();
+    let s = spec(
+        1,
+        serde_json::json!([
+            {"Slot": 1, "Guest": "tap", "Egress": false, "PortForwards": [
+                {"Protocol": "tcp", "HostPort": 8080, "SandboxPort": 80}]},
+            {"Slot": 2, "Guest": "veth"},
+        ]),
+    );
+    let host = lab.host.name().to_owned();
+    let ip = |args: &[&str]| {
+        weft_testkit::netns::run(std::process::Command::new("ip").args(["-n", &host]).args(args))
+            .unwrap()
+    };
+    lab.block_on(|| async {
+        let cp = ControlPlane::connect(&lab.nats.url()).await.unwrap();
+        let dash = HostDashboard::watch_host(&cp.client, "weft", "host-a").await.unwrap();
+        let reply = cp.request_host_when_ready("host-a", &s, Encoding::Json).await;
+        assert_eq!(reply.result, ApplyResult::Applied, "{reply:?}");
+        let wait = |repairs: u64, what: &'static str| {
+            let dash = dash.clone();
+            async move {
+                dash.wait_for(Duration::from_secs(10), what, std::time::Instant::now() - Duration::from_secs(60), |st| {
+                    st.drift_repairs >= repairs && st.overall == Overall::Healthy
+                })
+                .await
+            }
+        };
+
+        // The host end of slot 1's veth pair.
+        ip(&["link", "del", "weft-v1"]);
+        let st = wait(1, "weft-v1 repaired").await;
+        let d = st.last_drift.clone().unwrap();
+        assert_eq!(d.subsystem, weft_schema::Subsystem::Network, "{d:?}");
+        assert!(d.change.starts_with("slot 1: link weft-v1 missing"), "{d:?}");
+        // The kernel names nobody for a link deletion (nor for what goes with it).
+        assert_eq!(d.by, "unknown", "{d:?}");
+        let link = lab.ip_json(&host, &["link", "show", "weft-v1"]).unwrap();
+        assert_eq!(link[0]["operstate"], "UP", "{link}");
+
+        // The host route to slot 2.
+        ip(&["route", "del", "10.11.0.2/32"]);
+        let st = wait(2, "route repaired").await;
+        let d = st.last_drift.clone().unwrap();
+        assert!(d.change.contains("slot 2: route 10.11.0.2/32 missing"), "{d:?}");
+        assert!(d.by.starts_with("ip (pid "), "{d:?}");
+        let routes = lab.ip_json(&host, &["route", "show", "10.11.0.2"]).unwrap();
+        assert_eq!(routes[0]["gateway"], "10.12.0.5", "{routes}");
+
+        // A rule of ip weft-host: slot 1's drop of new connections.
+        let rules = host_rules(&lab);
+        let handle = rules
+            .iter()
+            .find(|r| r.1 == "forward" && r.2 == "weft slot 1")
+            .unwrap()
+            .0;
+        weft_testkit::netns::run(std::process::Command::new("ip").args([
+            "netns", "exec", &host, "nft", "delete", "rule", "ip", "weft-host", "forward",
+            "handle", &handle.to_string(),
+        ]))
+        .unwrap();
+        let st = wait(3, "rule repaired").await;
+        let d = st.last_drift.clone().unwrap();
+        assert_eq!(d.subsystem, weft_schema::Subsystem::Firewall, "{d:?}");
+        assert!(d.by.starts_with("nft (pid "), "{d:?}");
+        assert!(d.change.contains("rule"), "{d:?}");
+        let rules = host_rules(&lab);
+        assert!(rules.iter().any(|r| r.1 == "forward" && r.2 == "weft slot 1"), "{rules:?}");
+        assert_eq!(st.drift_repairs, 3, "{st:#?}");
+    });
+}
