@@ -470,3 +470,104 @@ fn drift_of_a_slot_link_a_host_route_or_a_host_rule_is_repaired_and_named() {
         assert_eq!(st.drift_repairs, 3, "{st:#?}");
     });
 }
+
+/// A spec of `n` veth sandboxes, slots 1..=n, each with one port forward.
+fn many(generation: u64, n: u32) -> HostSpec {
+    let sandboxes: Vec<serde_json::Value> = (1..=n)
+        .map(|i| {
+            serde_json::json!({"Slot": i, "Guest": if i % 2 == 0 { "tap" } else { "veth" },
+                "PortForwards": [{"Protocol": "tcp", "HostPort": 10_000 + i, "SandboxPort": 80}]})
+        })
+        .collect();
+    spec(generation, serde_json::Value::Array(sandboxes))
+}
+
+#[test]
+fn kill_9_in_a_100_slot_apply_then_a_restart_converges_without_duplicates() {
+    weft_testkit::require_root();
+    let lab = HostLab::new("hk").unwrap();
+    let mut agent = lab.start_agent(bin(), "host-a", &[]).unwrap();
+    let s = many(1, 100);
+    lab.block_on(|| async {
+        let cp = ControlPlane::connect(&lab.nats.url()).await.unwrap();
+        // Published once the agent listens (a status says so), then left to apply.
+        weft_testkit::wait_until_async(Duration::from_secs(20), "agent up", || {
+            let cp = cp.clone();
+            async move {
+                cp.host_status_get("host-a", Encoding::Json)
+                    .await
+                    .map(drop)
+                    .map_err(|e| e.to_string())
+            }
+        })
+        .await;
+        cp.client
+            .publish(
+                "weft.host.host-a.spec".to_owned(),
+                Encoding::Json.encode(&s).into(),
+            )
+            .await
+            .unwrap();
+        cp.client.flush().await.unwrap();
+    });
+    // Killed half-way: some namespaces made, not all.
+    let made = weft_testkit::wait_until(Duration::from_secs(30), "half the slots", || {
+        let n = lab.namespaces().unwrap().len();
+        if (20..150).contains(&n) {
+            Ok(n)
+        } else {
+            Err(format!("{n} namespaces"))
+        }
+    });
+    agent.kill9();
+    assert!(made < 150, "{made}");
+    let partial = lab.namespaces().unwrap().len();
+    eprintln!("killed with {partial} of 150 namespaces made");
+
+    // Restarted with the same state directory: the kept spec is applied again.
+    let agent = lab.start_agent(bin(), "host-a", &[]).unwrap();
+    let status = lab.block_on(|| async {
+        let cp = ControlPlane::connect(&lab.nats.url()).await.unwrap();
+        weft_testkit::wait_until_async(Duration::from_secs(60), "converged", || {
+            let cp = cp.clone();
+            async move {
+                match cp.host_status_get("host-a", Encoding::Json).await {
+                    Ok(st) if st.overall == Overall::Healthy && st.sandboxes.len() == 100 => Ok(st),
+                    Ok(st) => Err(format!("{:?} {} {}", st.overall, st.sandboxes.len(), st.last_error)),
+                    Err(e) => Err(e.to_string()),
+                }
+            }
+        })
+        .await
+    });
+    assert_eq!(status.observed_generation, 1);
+    // Exactly one of everything.
+    let namespaces = lab.namespaces().unwrap();
+    assert_eq!(namespaces.len(), 150, "{partial} before the restart: {namespaces:?}");
+    let host = lab.host.name();
+    // (`ip -j link show group` prints empty objects for the links of other groups.)
+    let links = lab.ip_json(host, &["link", "show", "group", "1464157780"]).unwrap();
+    let mut names: Vec<String> = links
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|l| l["ifname"].as_str().map(str::to_owned))
+        .collect();
+    names.sort();
+    let mut want: Vec<String> = (1..=100).map(|i| format!("weft-v{i}")).collect();
+    want.sort();
+    assert_eq!(names, want);
+    let routes = lab.ip_json(host, &["route", "show", "proto", "87"]).unwrap();
+    assert_eq!(routes.as_array().unwrap().len(), 100);
+    let rules = host_rules(&lab);
+    for i in 1..=100 {
+        let n = rules.iter().filter(|r| r.2 == format!("weft slot {i}")).count();
+        assert_eq!(n, 2, "slot {i}: {n} rules");
+    }
+    assert_eq!(rules.iter().filter(|r| r.2 == "weft base").count(), 5);
+    for i in [1u32, 2, 99, 100] {
+        let addrs = lab.ip_json(&lab.sandbox(i), &["-4", "addr", "show", "eth0"]).unwrap();
+        assert_eq!(addrs[0]["addr_info"].as_array().unwrap().len(), 1, "{addrs}");
+    }
+    assert!(agent.log().contains("re-asserting the kept spec"), "{}", agent.log());
+}
