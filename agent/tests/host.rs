@@ -329,7 +329,15 @@ fn a_removed_slot_is_gone_whole_and_nothing_else_moves() {
         .ip(&["link", "add", "fx0", "type", "veth", "peer", "name", "fx1"])
         .unwrap();
     lab.host
-        .ip(&["route", "add", "192.0.2.0/24", "via", "198.51.100.1", "proto", "static"])
+        .ip(&[
+            "route",
+            "add",
+            "192.0.2.0/24",
+            "via",
+            "198.51.100.1",
+            "proto",
+            "static",
+        ])
         .unwrap();
     let _agent = lab.start_agent(bin(), "host-a", &[]).unwrap();
     let both = serde_json::json!([
@@ -349,7 +357,10 @@ fn a_removed_slot_is_gone_whole_and_nothing_else_moves() {
     let t = Duration::from_secs(3);
     // An established connection into slot 2, through its forward.
     let mut kept = tcp_connect(&net, addr("198.51.100.2:8082"), t).unwrap();
-    assert_eq!(tcp_say(&mut kept, "one").unwrap(), "guest2 from 198.51.100.1: one");
+    assert_eq!(
+        tcp_say(&mut kept, "one").unwrap(),
+        "guest2 from 198.51.100.1: one"
+    );
     let before = foreign(&lab);
     let rules_before = host_rules(&lab);
 
@@ -366,8 +377,13 @@ fn a_removed_slot_is_gone_whole_and_nothing_else_moves() {
         .iter()
         .map(|l| l["ifname"].as_str().unwrap())
         .collect();
-    assert!(!names.contains(&"weft-v1") && names.contains(&"weft-v2"), "{names:?}");
-    let routes = lab.ip_json(lab.host.name(), &["route", "show", "proto", "87"]).unwrap();
+    assert!(
+        !names.contains(&"weft-v1") && names.contains(&"weft-v2"),
+        "{names:?}"
+    );
+    let routes = lab
+        .ip_json(lab.host.name(), &["route", "show", "proto", "87"])
+        .unwrap();
     assert_eq!(routes.as_array().unwrap().len(), 1, "{routes}");
     assert_eq!(routes[0]["dst"], "10.11.0.2");
     // ...and every other rule kept its handle and its counter.
@@ -382,16 +398,30 @@ fn a_removed_slot_is_gone_whole_and_nothing_else_moves() {
     };
     assert_eq!(handles(&rules_after), handles(&expected));
     for (a, b) in rules_after.iter().zip(&expected) {
-        assert!(a.3 >= b.3, "counter of rule {} went back: {} < {}", a.0, a.3, b.3);
+        assert!(
+            a.3 >= b.3,
+            "counter of rule {} went back: {} < {}",
+            a.0,
+            a.3,
+            b.3
+        );
     }
     assert!(
         rules_after.iter().any(|r| r.2 == "weft slot 2" && r.3 > 0),
         "{rules_after:?}"
     );
     // The other slot's connection lives on; foreign objects are byte-identical.
-    assert_eq!(tcp_say(&mut kept, "two").unwrap(), "guest2 from 198.51.100.1: two");
+    assert_eq!(
+        tcp_say(&mut kept, "two").unwrap(),
+        "guest2 from 198.51.100.1: two"
+    );
     assert_eq!(foreign(&lab), before);
-    assert!(weft_testkit::packets::tcp_echo(&net, addr("198.51.100.2:8081"), Duration::from_millis(500)).is_err());
+    assert!(weft_testkit::packets::tcp_echo(
+        &net,
+        addr("198.51.100.2:8081"),
+        Duration::from_millis(500)
+    )
+    .is_err());
 }
 
 #[test]
@@ -410,20 +440,31 @@ fn drift_of_a_slot_link_a_host_route_or_a_host_rule_is_repaired_and_named() {
     );
     let host = lab.host.name().to_owned();
     let ip = |args: &[&str]| {
-        weft_testkit::netns::run(std::process::Command::new("ip").args(["-n", &host]).args(args))
-            .unwrap()
+        weft_testkit::netns::run(
+            std::process::Command::new("ip")
+                .args(["-n", &host])
+                .args(args),
+        )
+        .unwrap()
     };
     lab.block_on(|| async {
         let cp = ControlPlane::connect(&lab.nats.url()).await.unwrap();
-        let dash = HostDashboard::watch_host(&cp.client, "weft", "host-a").await.unwrap();
-        let reply = cp.request_host_when_ready("host-a", &s, Encoding::Json).await;
+        let dash = HostDashboard::watch_host(&cp.client, "weft", "host-a")
+            .await
+            .unwrap();
+        let reply = cp
+            .request_host_when_ready("host-a", &s, Encoding::Json)
+            .await;
         assert_eq!(reply.result, ApplyResult::Applied, "{reply:?}");
         let wait = |repairs: u64, what: &'static str| {
             let dash = dash.clone();
             async move {
-                dash.wait_for(Duration::from_secs(10), what, std::time::Instant::now() - Duration::from_secs(60), |st| {
-                    st.drift_repairs >= repairs && st.overall == Overall::Healthy
-                })
+                dash.wait_for(
+                    Duration::from_secs(10),
+                    what,
+                    std::time::Instant::now() - Duration::from_secs(60),
+                    |st| st.drift_repairs >= repairs && st.overall == Overall::Healthy,
+                )
                 .await
             }
         };
@@ -433,7 +474,10 @@ fn drift_of_a_slot_link_a_host_route_or_a_host_rule_is_repaired_and_named() {
         let st = wait(1, "weft-v1 repaired").await;
         let d = st.last_drift.clone().unwrap();
         assert_eq!(d.subsystem, weft_schema::Subsystem::Network, "{d:?}");
-        assert!(d.change.starts_with("slot 1: link weft-v1 missing"), "{d:?}");
+        assert!(
+            d.change.starts_with("slot 1: link weft-v1 missing"),
+            "{d:?}"
+        );
         // The kernel names nobody for a link deletion (nor for what goes with it).
         assert_eq!(d.by, "unknown", "{d:?}");
         let link = lab.ip_json(&host, &["link", "show", "weft-v1"]).unwrap();
@@ -443,7 +487,10 @@ fn drift_of_a_slot_link_a_host_route_or_a_host_rule_is_repaired_and_named() {
         ip(&["route", "del", "10.11.0.2/32"]);
         let st = wait(2, "route repaired").await;
         let d = st.last_drift.clone().unwrap();
-        assert!(d.change.contains("slot 2: route 10.11.0.2/32 missing"), "{d:?}");
+        assert!(
+            d.change.contains("slot 2: route 10.11.0.2/32 missing"),
+            "{d:?}"
+        );
         assert!(d.by.starts_with("ip (pid "), "{d:?}");
         let routes = lab.ip_json(&host, &["route", "show", "10.11.0.2"]).unwrap();
         assert_eq!(routes[0]["gateway"], "10.12.0.5", "{routes}");
@@ -456,8 +503,17 @@ fn drift_of_a_slot_link_a_host_route_or_a_host_rule_is_repaired_and_named() {
             .unwrap()
             .0;
         weft_testkit::netns::run(std::process::Command::new("ip").args([
-            "netns", "exec", &host, "nft", "delete", "rule", "ip", "weft-host", "forward",
-            "handle", &handle.to_string(),
+            "netns",
+            "exec",
+            &host,
+            "nft",
+            "delete",
+            "rule",
+            "ip",
+            "weft-host",
+            "forward",
+            "handle",
+            &handle.to_string(),
         ]))
         .unwrap();
         let st = wait(3, "rule repaired").await;
@@ -466,7 +522,12 @@ fn drift_of_a_slot_link_a_host_route_or_a_host_rule_is_repaired_and_named() {
         assert!(d.by.starts_with("nft (pid "), "{d:?}");
         assert!(d.change.contains("rule"), "{d:?}");
         let rules = host_rules(&lab);
-        assert!(rules.iter().any(|r| r.1 == "forward" && r.2 == "weft slot 1"), "{rules:?}");
+        assert!(
+            rules
+                .iter()
+                .any(|r| r.1 == "forward" && r.2 == "weft slot 1"),
+            "{rules:?}"
+        );
         assert_eq!(st.drift_repairs, 3, "{st:#?}");
     });
 }
@@ -533,7 +594,12 @@ fn kill_9_in_a_100_slot_apply_then_a_restart_converges_without_duplicates() {
             async move {
                 match cp.host_status_get("host-a", Encoding::Json).await {
                     Ok(st) if st.overall == Overall::Healthy && st.sandboxes.len() == 100 => Ok(st),
-                    Ok(st) => Err(format!("{:?} {} {}", st.overall, st.sandboxes.len(), st.last_error)),
+                    Ok(st) => Err(format!(
+                        "{:?} {} {}",
+                        st.overall,
+                        st.sandboxes.len(),
+                        st.last_error
+                    )),
                     Err(e) => Err(e.to_string()),
                 }
             }
@@ -543,10 +609,16 @@ fn kill_9_in_a_100_slot_apply_then_a_restart_converges_without_duplicates() {
     assert_eq!(status.observed_generation, 1);
     // Exactly one of everything.
     let namespaces = lab.namespaces().unwrap();
-    assert_eq!(namespaces.len(), 150, "{partial} before the restart: {namespaces:?}");
+    assert_eq!(
+        namespaces.len(),
+        150,
+        "{partial} before the restart: {namespaces:?}"
+    );
     let host = lab.host.name();
     // (`ip -j link show group` prints empty objects for the links of other groups.)
-    let links = lab.ip_json(host, &["link", "show", "group", "1464157780"]).unwrap();
+    let links = lab
+        .ip_json(host, &["link", "show", "group", "1464157780"])
+        .unwrap();
     let mut names: Vec<String> = links
         .as_array()
         .unwrap()
@@ -557,17 +629,102 @@ fn kill_9_in_a_100_slot_apply_then_a_restart_converges_without_duplicates() {
     let mut want: Vec<String> = (1..=100).map(|i| format!("weft-v{i}")).collect();
     want.sort();
     assert_eq!(names, want);
-    let routes = lab.ip_json(host, &["route", "show", "proto", "87"]).unwrap();
+    let routes = lab
+        .ip_json(host, &["route", "show", "proto", "87"])
+        .unwrap();
     assert_eq!(routes.as_array().unwrap().len(), 100);
     let rules = host_rules(&lab);
     for i in 1..=100 {
-        let n = rules.iter().filter(|r| r.2 == format!("weft slot {i}")).count();
+        let n = rules
+            .iter()
+            .filter(|r| r.2 == format!("weft slot {i}"))
+            .count();
         assert_eq!(n, 2, "slot {i}: {n} rules");
     }
     assert_eq!(rules.iter().filter(|r| r.2 == "weft base").count(), 5);
     for i in [1u32, 2, 99, 100] {
-        let addrs = lab.ip_json(&lab.sandbox(i), &["-4", "addr", "show", "eth0"]).unwrap();
-        assert_eq!(addrs[0]["addr_info"].as_array().unwrap().len(), 1, "{addrs}");
+        let addrs = lab
+            .ip_json(&lab.sandbox(i), &["-4", "addr", "show", "eth0"])
+            .unwrap();
+        assert_eq!(
+            addrs[0]["addr_info"].as_array().unwrap().len(),
+            1,
+            "{addrs}"
+        );
     }
-    assert!(agent.log().contains("re-asserting the kept spec"), "{}", agent.log());
+    assert!(
+        agent.log().contains("re-asserting the kept spec"),
+        "{}",
+        agent.log()
+    );
+}
+
+#[test]
+fn a_tap_guest_has_its_address_and_mac_and_its_packets_go_both_ways() {
+    use weft_testkit::packets::{udp_echo, EchoServer};
+    use weft_testkit::tapguest::{parse_mac, TapGuest};
+    weft_testkit::require_root();
+    let lab = HostLab::new("ht").unwrap();
+    let _agent = lab.start_agent(bin(), "host-a", &[]).unwrap();
+    let status = apply(
+        &lab,
+        &spec(
+            1,
+            serde_json::json!([{"Slot": 3, "Guest": "tap", "PortForwards": [
+                {"Protocol": "udp", "HostPort": 5353, "SandboxPort": 53}]}]),
+        ),
+    );
+    let sb = &status.sandboxes[0];
+    assert_eq!(sb.guest_mac.as_deref(), Some("02:fc:00:00:00:05"));
+    assert_eq!(
+        (sb.guest_ip.as_str(), sb.host_ip.as_str()),
+        ("169.254.0.21", "10.11.0.3")
+    );
+    // The tap: in the sandbox's namespace, persistent, nobody attached, with the contract's
+    // address.
+    let ns = lab.sandbox(3);
+    let tap = lab.ip_json(&ns, &["-d", "addr", "show", "tap0"]).unwrap();
+    assert_eq!(tap[0]["linkinfo"]["info_kind"], "tun", "{tap}");
+    assert_eq!(tap[0]["linkinfo"]["info_data"]["type"], "tap", "{tap}");
+    assert_eq!(tap[0]["linkinfo"]["info_data"]["persist"], true, "{tap}");
+    assert_eq!(tap[0]["addr_info"][0]["local"], "169.254.0.22", "{tap}");
+    assert_eq!(tap[0]["addr_info"][0]["prefixlen"], 30, "{tap}");
+    let gateway = parse_mac(tap[0]["address"].as_str().unwrap()).unwrap();
+
+    // A process that opens it as the guest: its packets go out and come back...
+    let guest = TapGuest::open(
+        &ns,
+        "tap0",
+        [0x02, 0xfc, 0, 0, 0, 5],
+        "169.254.0.21".parse().unwrap(),
+    )
+    .unwrap();
+    let _internet =
+        EchoServer::start(lab.internet.name(), addr("198.51.100.1:7000"), "internet").unwrap();
+    guest
+        .send_udp(
+            40_000,
+            "198.51.100.1:7000".parse().unwrap(),
+            gateway,
+            b"ping",
+        )
+        .unwrap();
+    let back = guest.recv_udp(40_000, Duration::from_secs(3)).unwrap();
+    assert_eq!(back.from, "198.51.100.1:7000".parse().unwrap());
+    assert_eq!(back.payload, b"internet from 198.51.100.2: ping");
+    // ...and the internet reaches it through its forward.
+    assert_eq!(
+        udp_echo(
+            lab.internet.name(),
+            addr("198.51.100.2:5353"),
+            Duration::from_secs(3)
+        )
+        .unwrap(),
+        "tapguest: ping"
+    );
+    let got = guest.recv_udp(53, Duration::from_secs(1)).unwrap();
+    assert_eq!(
+        *got.from.ip(),
+        "198.51.100.1".parse::<std::net::Ipv4Addr>().unwrap()
+    );
 }

@@ -3,7 +3,8 @@
 //! - [`netns`]: network namespaces and veth pairs with unique names, deleted on drop, and a
 //!   way to run a closure on a thread inside a namespace.
 //! - [`observe`]: independent observers (`nft -j`, `ip -j`, `wg show`) for assertions.
-//! - [`packets`]: TCP and UDP echo servers and clients in namespaces, for real packets.
+//! - [`packets`]: TCP and UDP echo servers and clients in namespaces, for real packets;
+//!   [`tapguest`]: a guest on a tap (ARP and UDP), as a VMM's guest would be.
 //! - [`nats`]: a real `nats-server` on a free port, with a configuration file or without.
 //! - [`natsconf`]: the nats-server configuration weft ships (users, permissions, TLS), generated.
 //! - [`pki`]: test certificates made at run time; [`identity`]: a client's credentials as
@@ -34,6 +35,7 @@ pub mod packets;
 pub mod pki;
 pub mod stack;
 pub mod status_log;
+pub mod tapguest;
 pub mod vm;
 pub mod wireguard;
 
