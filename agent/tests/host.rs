@@ -728,3 +728,111 @@ fn a_tap_guest_has_its_address_and_mac_and_its_packets_go_both_ways() {
         "198.51.100.1".parse::<std::net::Ipv4Addr>().unwrap()
     );
 }
+
+#[test]
+fn bad_input_is_rejected_or_failed_naming_the_field_and_nothing_is_half_built() {
+    weft_testkit::require_root();
+    let lab = HostLab::new("hb").unwrap();
+    let _agent = lab.start_agent(bin(), "host-a", &[]).unwrap();
+    let host = lab.host.name().to_owned();
+    let snapshot = || {
+        format!(
+            "{:?}\n{}",
+            lab.namespaces().unwrap(),
+            weft_testkit::observe::kernel_snapshot(&lab.host).unwrap()
+        )
+    };
+    let before = snapshot();
+    let cases: Vec<(serde_json::Value, ApplyResult, &str)> = vec![
+        (
+            serde_json::json!({"HostId": "host-a", "Generation": 1, "Sandboxes": [
+                {"Slot": 4, "Guest": "veth"}, {"Slot": 4, "Guest": "tap"}]}),
+            ApplyResult::Rejected,
+            "generation 1 rejected: Sandboxes[1].Slot: 4 is already the slot of Sandboxes[0]",
+        ),
+        (
+            serde_json::json!({"HostId": "host-a", "Generation": 2, "Sandboxes": [
+                {"Slot": 1, "Guest": "veth", "PortForwards": [
+                    {"Protocol": "tcp", "HostPort": 80, "SandboxPort": 80}]},
+                {"Slot": 2, "Guest": "veth", "PortForwards": [
+                    {"Protocol": "tcp", "HostPort": 80, "SandboxPort": 8080}]}]}),
+            ApplyResult::Rejected,
+            "generation 2 rejected: Sandboxes[1].PortForwards[0].HostPort: tcp 80 is already \
+             forwarded by Sandboxes[0].PortForwards[0]",
+        ),
+        (
+            serde_json::json!({"HostId": "host-a", "Generation": 3, "Sandboxes": [
+                {"Slot": 0, "Guest": "veth"}]}),
+            ApplyResult::Rejected,
+            "generation 3 rejected: Sandboxes[0].Slot: 0 is not a slot (1-16383)",
+        ),
+        (
+            serde_json::json!({"HostId": "host-a", "Generation": 4, "Sandboxes": [
+                {"Slot": 16384, "Guest": "veth"}]}),
+            ApplyResult::Rejected,
+            "generation 4 rejected: Sandboxes[0].Slot: 16384 is not a slot (1-16383)",
+        ),
+        (
+            serde_json::json!({"HostId": "host-a", "Generation": 5, "Uplink": "eth9",
+                "Sandboxes": [{"Slot": 1, "Guest": "veth"}]}),
+            ApplyResult::Failed,
+            "Network: Uplink: interface eth9 does not exist",
+        ),
+    ];
+    let replies = lab.block_on(|| async {
+        let cp = ControlPlane::connect(&lab.nats.url()).await.unwrap();
+        let mut replies = Vec::new();
+        for (body, result, error) in &cases {
+            let s: HostSpec = serde_json::from_value(body.clone()).unwrap();
+            let reply = cp.request_host_when_ready("host-a", &s, Encoding::Json).await;
+            // A rejection reaches the status a moment after its answer.
+            let status = weft_testkit::wait_until_async(Duration::from_secs(5), "status", || {
+                let cp = cp.clone();
+                async move {
+                    let st = cp
+                        .host_status_get("host-a", Encoding::Json)
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    if *result == ApplyResult::Failed || st.last_error == *error {
+                        Ok(st)
+                    } else {
+                        Err(st.last_error)
+                    }
+                }
+            })
+            .await;
+            replies.push((reply, status));
+        }
+        replies
+    });
+    for ((_, result, error), (reply, status)) in cases.iter().zip(&replies) {
+        assert_eq!((reply.result, reply.error.as_str()), (*result, *error), "{reply:?}");
+        assert_eq!(status.overall, Overall::Degraded);
+        if *result == ApplyResult::Rejected {
+            assert_eq!(status.last_error, *error);
+            assert_eq!(status.observed_generation, 0);
+        } else {
+            // Failed is applied (in part: here nothing could be), and says so after the
+            // rejection it follows (a rejection is reported until a spec applies cleanly).
+            assert_eq!(status.observed_generation, 5);
+            assert!(status.sandboxes[0].last_error.contains("missing"), "{status:#?}");
+        }
+    }
+    // Not one namespace, link, address, route or table of any of them.
+    assert_eq!(snapshot(), before);
+
+    // No default route at all: the same, naming Uplink.
+    lab.host.ip(&["route", "del", "default"]).unwrap();
+    let before = snapshot();
+    let (reply, status) = lab.block_on(|| async {
+        let cp = ControlPlane::connect(&lab.nats.url()).await.unwrap();
+        let s = spec(6, serde_json::json!([{"Slot": 1, "Guest": "tap"}]));
+        let reply = cp.request_host_when_ready("host-a", &s, Encoding::Json).await;
+        (reply, cp.host_status_get("host-a", Encoding::Json).await.unwrap())
+    });
+    assert_eq!(reply.result, ApplyResult::Failed, "{reply:?}");
+    assert_eq!(reply.error, "Network: Uplink: no IPv4 default route");
+    assert_eq!(status.observed_generation, 6);
+    assert_eq!(snapshot(), before);
+    let _ = host;
+}

@@ -111,8 +111,9 @@ pub struct HostPlane {
     settled: BTreeSet<Slot>,
     /// Everything is to be read again before it is trusted.
     stale: bool,
-    /// The uplink in use, resolved; `None`: to resolve.
-    uplink: Option<Result<IfName, String>>,
+    /// The uplink in use, resolved for the spec's `Uplink` (the first), while no route or
+    /// link changed; `None`: to resolve.
+    uplink: Option<(Option<IfName>, IfName)>,
     /// The host table's rules as read, and those added since (handle 0: not known yet);
     /// `None`: to read.
     host_rules: Option<Vec<nftables::Rule>>,
@@ -145,10 +146,13 @@ impl HostPlane {
     }
 
     /// The uplink: the spec's (it must exist), or the interface of the IPv4 default route
-    /// with the lowest metric. Kept until a route or link changes.
+    /// with the lowest metric. Kept until a route or link changes (or the spec names
+    /// another); a failure is not kept.
     fn uplink(&mut self, spec: &ValidHostSpec) -> Result<IfName, String> {
-        if let Some(u) = &self.uplink {
-            return u.clone();
+        if let Some((asked, resolved)) = &self.uplink {
+            if *asked == spec.uplink {
+                return Ok(resolved.clone());
+            }
         }
         let resolved = match &spec.uplink {
             Some(name) => match self.rtnl.link(name.as_str()) {
@@ -158,7 +162,10 @@ impl HostPlane {
             },
             None => self.default_route_link(),
         };
-        self.uplink = Some(resolved.clone());
+        self.uplink = resolved
+            .as_ref()
+            .ok()
+            .map(|r| (spec.uplink.clone(), r.clone()));
         resolved
     }
 
