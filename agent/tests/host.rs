@@ -784,7 +784,9 @@ fn bad_input_is_rejected_or_failed_naming_the_field_and_nothing_is_half_built() 
         let mut replies = Vec::new();
         for (body, result, error) in &cases {
             let s: HostSpec = serde_json::from_value(body.clone()).unwrap();
-            let reply = cp.request_host_when_ready("host-a", &s, Encoding::Json).await;
+            let reply = cp
+                .request_host_when_ready("host-a", &s, Encoding::Json)
+                .await;
             // A rejection reaches the status a moment after its answer.
             let status = weft_testkit::wait_until_async(Duration::from_secs(5), "status", || {
                 let cp = cp.clone();
@@ -806,7 +808,11 @@ fn bad_input_is_rejected_or_failed_naming_the_field_and_nothing_is_half_built() 
         replies
     });
     for ((_, result, error), (reply, status)) in cases.iter().zip(&replies) {
-        assert_eq!((reply.result, reply.error.as_str()), (*result, *error), "{reply:?}");
+        assert_eq!(
+            (reply.result, reply.error.as_str()),
+            (*result, *error),
+            "{reply:?}"
+        );
         assert_eq!(status.overall, Overall::Degraded);
         if *result == ApplyResult::Rejected {
             assert_eq!(status.last_error, *error);
@@ -815,7 +821,10 @@ fn bad_input_is_rejected_or_failed_naming_the_field_and_nothing_is_half_built() 
             // Failed is applied (in part: here nothing could be), and says so after the
             // rejection it follows (a rejection is reported until a spec applies cleanly).
             assert_eq!(status.observed_generation, 5);
-            assert!(status.sandboxes[0].last_error.contains("missing"), "{status:#?}");
+            assert!(
+                status.sandboxes[0].last_error.contains("missing"),
+                "{status:#?}"
+            );
         }
     }
     // Not one namespace, link, address, route or table of any of them.
@@ -827,12 +836,72 @@ fn bad_input_is_rejected_or_failed_naming_the_field_and_nothing_is_half_built() 
     let (reply, status) = lab.block_on(|| async {
         let cp = ControlPlane::connect(&lab.nats.url()).await.unwrap();
         let s = spec(6, serde_json::json!([{"Slot": 1, "Guest": "tap"}]));
-        let reply = cp.request_host_when_ready("host-a", &s, Encoding::Json).await;
-        (reply, cp.host_status_get("host-a", Encoding::Json).await.unwrap())
+        let reply = cp
+            .request_host_when_ready("host-a", &s, Encoding::Json)
+            .await;
+        (
+            reply,
+            cp.host_status_get("host-a", Encoding::Json).await.unwrap(),
+        )
     });
     assert_eq!(reply.result, ApplyResult::Failed, "{reply:?}");
     assert_eq!(reply.error, "Network: Uplink: no IPv4 default route");
     assert_eq!(status.observed_generation, 6);
     assert_eq!(snapshot(), before);
     let _ = host;
+}
+
+#[test]
+fn with_trust_keys_only_signed_host_specs_are_applied_and_the_signer_named() {
+    use weft_schema::sign::{SigningKey, HEADER_KEY, HEADER_SIGNATURE};
+    weft_testkit::require_root();
+    let lab = HostLab::new("hs").unwrap();
+    let key = SigningKey::generate();
+    let trust = lab.dir.join("trust-keys");
+    std::fs::write(&trust, format!("{}\n", key.verifying_key())).unwrap();
+    let _agent = lab
+        .start_agent(bin(), "host-a", &["--trust-keys", trust.to_str().unwrap()])
+        .unwrap();
+    let send = |generation: u64, signed: bool| {
+        let body = Encoding::Json.encode(&spec(
+            generation,
+            serde_json::json!([{"Slot": 1, "Guest": "tap"}]),
+        ));
+        let mut h = weft_testkit::control::headers(Encoding::Json);
+        if signed {
+            let s = key.sign(Some("application/json"), Some("1"), &body);
+            h.insert(HEADER_KEY, s.key.as_str());
+            h.insert(HEADER_SIGNATURE, s.signature.as_str());
+        }
+        lab.block_on(|| async {
+            let cp = ControlPlane::connect(&lab.nats.url()).await.unwrap();
+            weft_testkit::wait_until_async(Duration::from_secs(20), "answer", || {
+                let (cp, h, body) = (cp.clone(), h.clone(), body.clone());
+                async move {
+                    let msg = cp
+                        .client
+                        .request_with_headers("weft.host.host-a.spec".to_owned(), h, body.into())
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    let reply: weft_schema::ApplyReply =
+                        weft_testkit::control::decode(&msg).map_err(|e| e.to_string())?;
+                    let status = cp.host_status_get("host-a", Encoding::Json).await.unwrap();
+                    Ok::<_, String>((reply, status))
+                }
+            })
+            .await
+        })
+    };
+    let (reply, _) = send(1, false);
+    assert_eq!(reply.result, ApplyResult::Rejected);
+    assert_eq!(
+        reply.error,
+        "spec rejected: unsigned spec (no Weft-Key and Weft-Signature headers)"
+    );
+    assert!(lab.namespaces().unwrap().is_empty());
+    let (reply, status) = send(2, true);
+    assert_eq!(reply.result, ApplyResult::Applied, "{reply:?}");
+    assert_eq!(reply.pod_id, "host-a");
+    assert_eq!(status.signed_by, Some(key.verifying_key().to_string()));
+    assert_eq!(lab.namespaces().unwrap(), [lab.sandbox(1)]);
 }
