@@ -42,7 +42,10 @@ fn main() {
     let full = std::env::args().any(|a| a == "--bench");
     weft_testkit::require_root();
     let sizes: Vec<u32> = match std::env::var("WEFT_BENCH_SLOTS") {
-        Ok(v) => v.split(',').map(|n| n.trim().parse().expect("a number")).collect(),
+        Ok(v) => v
+            .split(',')
+            .map(|n| n.trim().parse().expect("a number"))
+            .collect(),
         Err(_) if full => vec![1, 100, 1_000],
         Err(_) => vec![1, 2],
     };
@@ -54,20 +57,22 @@ fn main() {
         &["ip", "netns", "exec", cmd_host.name(), "nft", "-f", "-"],
         Some(&host_table()),
     );
-    let agent = lab
-        .start_agent(bin(), "host-a", &[])
-        .expect("agent");
+    let agent = lab.start_agent(bin(), "host-a", &[]).expect("agent");
     let mut generation = 0;
     let mut rows = Vec::new();
     lab.block_on(|| async {
-        let cp = ControlPlane::connect(&lab.nats.url()).await.expect("control plane");
+        let cp = ControlPlane::connect(&lab.nats.url())
+            .await
+            .expect("control plane");
         let mut apply = |n: u32, extra: Option<u32>| {
             generation += 1;
             let spec = spec(generation, n, extra);
             let cp = cp.clone();
             async move {
                 let start = Instant::now();
-                let reply = cp.request_host_when_ready("host-a", &spec, Encoding::Json).await;
+                let reply = cp
+                    .request_host_when_ready("host-a", &spec, Encoding::Json)
+                    .await;
                 let took = start.elapsed();
                 assert_eq!(reply.result, ApplyResult::Applied, "{reply:?}");
                 (took, Duration::from_micros(reply.apply_micros))
@@ -92,7 +97,11 @@ fn main() {
             rows.push((n, made, made_agent, made_cmd, gone, gone_agent, gone_cmd));
         }
         // One more slot on a host that holds `held`.
-        let helds: Vec<u32> = if full { vec![0, 100, 1_000] } else { vec![0, 2] };
+        let helds: Vec<u32> = if full {
+            vec![0, 100, 1_000]
+        } else {
+            vec![0, 2]
+        };
         let rounds = if full { 7 } else { 2 };
         let mut incremental = Vec::new();
         for held in helds {
@@ -113,7 +122,10 @@ fn main() {
             return;
         }
         println!("host slots (Guest: veth, one port forward each), per slot:");
-        println!("  {:>6}  {:>24}  {:>14}  {:>7}", "slots", "agent (reply / apply)", "commands", "ratio");
+        println!(
+            "  {:>6}  {:>24}  {:>14}  {:>7}",
+            "slots", "agent (reply / apply)", "commands", "ratio"
+        );
         for (n, made, made_a, made_c, gone, gone_a, gone_c) in &rows {
             let per = |d: &Duration| d.as_secs_f64() * 1e3 / f64::from(*n);
             println!(
@@ -173,7 +185,9 @@ fn spec(generation: u64, n: u32, extra: Option<u32>) -> HostSpec {
 /// Runs one command; panics with its stderr when it fails.
 fn run(args: &[&str], stdin: Option<&str>) -> String {
     let mut cmd = Command::new(args[0]);
-    cmd.args(&args[1..]).stdout(Stdio::piped()).stderr(Stdio::piped());
+    cmd.args(&args[1..])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
     if stdin.is_some() {
         cmd.stdin(Stdio::piped());
     }
@@ -198,7 +212,15 @@ fn run(args: &[&str], stdin: Option<&str>) -> String {
 /// `nft -e -a add rule ...` in namespace `ns`: the new rule's handle.
 fn nft_add(ns: &str, rule: &str) -> u64 {
     let out = run(
-        &["ip", "netns", "exec", ns, "sh", "-c", &format!("nft -e -a add rule {rule}")],
+        &[
+            "ip",
+            "netns",
+            "exec",
+            ns,
+            "sh",
+            "-c",
+            &format!("nft -e -a add rule {rule}"),
+        ],
         None,
     );
     out.split("# handle ")
@@ -238,7 +260,18 @@ fn host_table() -> String {
 /// `host`. Returns each slot's host table rule handles.
 fn commands_make(host: &str, prefix: &str, n: u32) -> Vec<Vec<(&'static str, u64)>> {
     // Once per host: forwarding.
-    run(&["ip", "netns", "exec", host, "sysctl", "-qw", "net.ipv4.ip_forward=1"], None);
+    run(
+        &[
+            "ip",
+            "netns",
+            "exec",
+            host,
+            "sysctl",
+            "-qw",
+            "net.ipv4.ip_forward=1",
+        ],
+        None,
+    );
     let mut handles = Vec::new();
     for i in 1..=n {
         let ns = format!("{prefix}{i}");
@@ -251,20 +284,64 @@ fn commands_make(host: &str, prefix: &str, n: u32) -> Vec<Vec<(&'static str, u64
         run(&["ip", "netns", "add", &ns], None);
         run(&["ip", "netns", "add", &guest], None);
         run(
-            &["ip", "-n", host, "link", "add", &link, "type", "veth", "peer", "name", "eth0", "netns", &ns],
+            &[
+                "ip", "-n", host, "link", "add", &link, "type", "veth", "peer", "name", "eth0",
+                "netns", &ns,
+            ],
             None,
         );
         run(&["ip", "-n", &ns, "link", "set", "lo", "up"], None);
-        run(&["ip", "-n", &ns, "addr", "add", &format!("{vpeer_ip}/31"), "dev", "eth0"], None);
-        run(&["ip", "-n", &ns, "link", "set", "eth0", "up"], None);
         run(
-            &["ip", "-n", &ns, "link", "add", "tap0", "type", "veth", "peer", "name", "eth0", "netns", &guest],
+            &[
+                "ip",
+                "-n",
+                &ns,
+                "addr",
+                "add",
+                &format!("{vpeer_ip}/31"),
+                "dev",
+                "eth0",
+            ],
             None,
         );
-        run(&["ip", "-n", &ns, "addr", "add", "169.254.0.22/30", "dev", "tap0"], None);
+        run(&["ip", "-n", &ns, "link", "set", "eth0", "up"], None);
+        run(
+            &[
+                "ip", "-n", &ns, "link", "add", "tap0", "type", "veth", "peer", "name", "eth0",
+                "netns", &guest,
+            ],
+            None,
+        );
+        run(
+            &[
+                "ip",
+                "-n",
+                &ns,
+                "addr",
+                "add",
+                "169.254.0.22/30",
+                "dev",
+                "tap0",
+            ],
+            None,
+        );
         run(&["ip", "-n", &ns, "link", "set", "tap0", "up"], None);
-        run(&["ip", "-n", &ns, "route", "add", "default", "via", &veth_ip], None);
-        run(&["ip", "netns", "exec", &ns, "sysctl", "-qw", "net.ipv4.ip_forward=1"], None);
+        run(
+            &["ip", "-n", &ns, "route", "add", "default", "via", &veth_ip],
+            None,
+        );
+        run(
+            &[
+                "ip",
+                "netns",
+                "exec",
+                &ns,
+                "sysctl",
+                "-qw",
+                "net.ipv4.ip_forward=1",
+            ],
+            None,
+        );
         run(
             &["ip", "netns", "exec", &ns, "nft", "-f", "-"],
             Some(
@@ -281,13 +358,42 @@ fn commands_make(host: &str, prefix: &str, n: u32) -> Vec<Vec<(&'static str, u64
             &ns,
             &format!("ip weft-sb prerouting iifname \"eth0\" ip daddr {host_ip} counter dnat to 169.254.0.21"),
         );
-        run(&["ip", "-n", host, "addr", "add", &format!("{veth_ip}/31"), "dev", &link], None);
+        run(
+            &[
+                "ip",
+                "-n",
+                host,
+                "addr",
+                "add",
+                &format!("{veth_ip}/31"),
+                "dev",
+                &link,
+            ],
+            None,
+        );
         run(&["ip", "-n", host, "link", "set", &link, "up"], None);
-        run(&["ip", "-n", host, "route", "add", &format!("{host_ip}/32"), "via", &vpeer_ip], None);
+        run(
+            &[
+                "ip",
+                "-n",
+                host,
+                "route",
+                "add",
+                &format!("{host_ip}/32"),
+                "via",
+                &vpeer_ip,
+            ],
+            None,
+        );
         handles.push(
             slot_rules(i)
                 .into_iter()
-                .map(|(chain, rule)| (chain, nft_add(host, &format!("ip weft-host {chain} {rule}"))))
+                .map(|(chain, rule)| {
+                    (
+                        chain,
+                        nft_add(host, &format!("ip weft-host {chain} {rule}")),
+                    )
+                })
                 .collect(),
         );
     }
@@ -300,13 +406,26 @@ fn commands_remove(host: &str, prefix: &str, n: u32, handles: &[Vec<(&'static st
         for (chain, handle) in &handles[(i - 1) as usize] {
             run(
                 &[
-                    "ip", "netns", "exec", host, "nft", "delete", "rule", "ip", "weft-host", chain,
-                    "handle", &handle.to_string(),
+                    "ip",
+                    "netns",
+                    "exec",
+                    host,
+                    "nft",
+                    "delete",
+                    "rule",
+                    "ip",
+                    "weft-host",
+                    chain,
+                    "handle",
+                    &handle.to_string(),
                 ],
                 None,
             );
         }
-        run(&["ip", "-n", host, "link", "del", &format!("weft-v{i}")], None);
+        run(
+            &["ip", "-n", host, "link", "del", &format!("weft-v{i}")],
+            None,
+        );
         let ns = format!("{prefix}{i}");
         run(&["ip", "netns", "del", &ns], None);
         run(&["ip", "netns", "del", &format!("{ns}-g")], None);
@@ -333,7 +452,10 @@ fn check(lab: &HostLab, host: &str, prefix: &str, links: &str, n: u32) {
         .filter(|l| l["ifname"].as_str().is_some_and(|i| i.starts_with(links)))
         .count();
     assert_eq!(slot_links, n as usize);
-    let routes = run(&["ip", "-n", host, "-j", "route", "show", "table", "main"], None);
+    let routes = run(
+        &["ip", "-n", host, "-j", "route", "show", "table", "main"],
+        None,
+    );
     let routes: serde_json::Value = serde_json::from_str(&routes).expect("ip -j");
     let to_slots = routes
         .as_array()
@@ -342,7 +464,20 @@ fn check(lab: &HostLab, host: &str, prefix: &str, links: &str, n: u32) {
         .filter(|r| r["dst"].as_str().is_some_and(|d| d.starts_with("10.11.")))
         .count();
     assert_eq!(to_slots, n as usize, "{routes}");
-    let table = run(&["ip", "netns", "exec", host, "nft", "list", "table", "ip", "weft-host"], None);
+    let table = run(
+        &[
+            "ip",
+            "netns",
+            "exec",
+            host,
+            "nft",
+            "list",
+            "table",
+            "ip",
+            "weft-host",
+        ],
+        None,
+    );
     let dnats = table.matches("dnat to 10.11.").count();
     assert_eq!(dnats, 2 * n as usize, "{table}");
 }

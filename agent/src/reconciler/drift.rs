@@ -177,11 +177,13 @@ mod tests {
         hints.network.push(RouteChange {
             what: "address added",
             port: own,
+            subject: None,
         });
         assert!(!touched(&hints, own));
         hints.network.push(RouteChange {
             what: "address removed",
             port: std::process::id(),
+            subject: None,
         });
         assert!(touched(&hints, own));
         assert!(author(&hints, Subsystem::Network, own)

@@ -20,6 +20,10 @@ use super::slot::{GuestLink, SlotObjects, GUEST_LINK, SANDBOX_LINK};
 /// `ip link show group 1464157780` lists them.
 pub const LINK_GROUP: u32 = 0x5745_4654;
 
+/// The link group a slot's host link moves to on its way out: every link of it is deleted in
+/// one request. One left there by a process that died on the way is the agent's, to delete.
+pub const DYING_GROUP: u32 = LINK_GROUP + 1;
+
 /// A named namespace as `/run/netns` holds it.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Ns {
@@ -184,11 +188,21 @@ pub enum Refusal {
 pub fn plan(o: &SlotObjects, state: &SlotState) -> Result<Vec<Step>, Refusal> {
     let mut steps = Vec::new();
     let a = &o.addrs;
-    if let Some(link) = &state.host_link {
-        if link.group != LINK_GROUP {
-            return Err(Refusal::ForeignLink(a.host_link.clone()));
+    let mut state = std::borrow::Cow::Borrowed(state);
+    match state.host_link.as_ref().map(|l| l.group) {
+        Some(LINK_GROUP) | None => {}
+        // Half taken away: its pair goes, and is made again.
+        Some(DYING_GROUP) => {
+            steps.push(Step::DeleteHostLink(a.host_link.clone()));
+            let s = state.to_mut();
+            s.host_link = None;
+            s.host_route = None;
+            s.sandbox.eth0 = None;
+            s.sandbox.default_route = None;
         }
+        Some(_) => return Err(Refusal::ForeignLink(a.host_link.clone())),
     }
+    let state: &SlotState = &state;
 
     // Namespaces: a fresh one holds nothing of what the read saw.
     let fresh_sandbox = namespace(&mut steps, &a.namespace, state.namespace);
@@ -352,7 +366,7 @@ pub fn teardown(o: &SlotObjects, state: &SlotState) -> Vec<Step> {
     if state
         .host_link
         .as_ref()
-        .is_some_and(|l| l.group == LINK_GROUP)
+        .is_some_and(|l| l.group == LINK_GROUP || l.group == DYING_GROUP)
     {
         steps.push(Step::DeleteHostLink(o.addrs.host_link.clone()));
     }

@@ -9,17 +9,18 @@
 //! spec names are finished or mended, and the slots it finds that the spec does not name
 //! (namespaces of its prefix, host links in its link group) are taken away.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::io;
 use std::os::fd::AsFd;
 use std::path::Path;
 
+use ipnet::IpNet;
 use weft_schema::host::{Forward, Sandbox, Slot, ValidHostSpec};
 use weft_schema::validate::IfName;
 use weft_schema::Subsystem;
 
 use super::exprs::exprs;
-use super::plan::{self, LinkState, Ns, Refusal, SlotState, Step};
+use super::plan::{self, LinkState, Ns, Refusal, RouteState, SlotState, Step};
 use super::read::{self, HostSide, SandboxSockets, SANDBOX_TABLE_REF};
 use super::slot::{
     self, Addressing, GuestLink, SlotObjects, GUEST_LINK, GUEST_NS_LINK, SANDBOX_LINK,
@@ -32,7 +33,8 @@ use crate::dataplane::netlink;
 use crate::dataplane::nftables::batch::{BaseChain, Batch};
 use crate::dataplane::nftables::keyed::{self, Want};
 use crate::dataplane::nftables::{self, CommitError, Nft, TableRef};
-use crate::dataplane::rtnl::{Family, Route, Rtnl};
+use crate::dataplane::rtnl::events::Subject;
+use crate::dataplane::rtnl::{Family, Route, Rtnl, RTPROT_WEFT};
 use crate::dataplane::{Failure, OpenError};
 use crate::role::Plane;
 
@@ -111,6 +113,12 @@ pub struct HostPlane {
     settled: BTreeSet<Slot>,
     /// Everything is to be read again before it is trusted.
     stale: bool,
+    /// Slots to read again (a change someone else made names one of their objects).
+    dirty: BTreeSet<Slot>,
+    /// The host ends of the slots' veth pairs, by link index.
+    index_slot: HashMap<u32, Slot>,
+    /// The uplink's link index, when resolved.
+    uplink_index: Option<u32>,
     /// The uplink in use, resolved for the spec's `Uplink` (the first), while no route or
     /// link changed; `None`: to resolve.
     uplink: Option<(Option<IfName>, IfName)>,
@@ -156,7 +164,10 @@ impl HostPlane {
         }
         let resolved = match &spec.uplink {
             Some(name) => match self.rtnl.link(name.as_str()) {
-                Ok(Some(_)) => Ok(name.clone()),
+                Ok(Some(l)) => {
+                    self.uplink_index = Some(l.index);
+                    Ok(name.clone())
+                }
                 Ok(None) => Err(format!("interface {name} does not exist")),
                 Err(e) => Err(format!("read link {name}: {e}")),
             },
@@ -186,6 +197,7 @@ impl HostPlane {
             .find(|l| l.index == oif)
             .map(|l| l.name.clone())
             .ok_or("the IPv4 default route's interface is gone")?;
+        self.uplink_index = Some(oif);
         IfName::parse(&name)
     }
 
@@ -207,7 +219,7 @@ impl HostPlane {
             }
         }
         for (name, group) in host.link_names() {
-            if group == plan::LINK_GROUP {
+            if group == plan::LINK_GROUP || group == plan::DYING_GROUP {
                 if let Some(s) = slot::slot_of_host_link(name) {
                     found.insert(s);
                 }
@@ -230,8 +242,13 @@ impl HostPlane {
         Ok(self.sandboxes.get_mut(&slot).expect("just made"))
     }
 
-    /// Reads all of slot `o` (its host side from `host`).
-    fn read_slot(&mut self, o: &SlotObjects, host: &HostSide) -> Result<SlotState, StepError> {
+    /// Reads all of slot `o`: its host side from `host` (dumps of the host namespace) or,
+    /// without, by requests about its own objects only.
+    fn read_slot(
+        &mut self,
+        o: &SlotObjects,
+        host: Option<&HostSide>,
+    ) -> Result<SlotState, StepError> {
         let (namespace, ino) = read::namespace(&o.addrs.namespace);
         let guest_namespace = match &o.guest {
             GuestLink::Veth { guest_namespace } => read::namespace(guest_namespace).0,
@@ -247,13 +264,59 @@ impl HostPlane {
                 Default::default()
             }
         };
+        let (host_link, host_route) = match host {
+            Some(h) => (h.link(&o.addrs.host_link), h.host_route(&o.addrs)),
+            None => self.read_host_of(o)?,
+        };
         Ok(SlotState {
             namespace,
             guest_namespace,
-            host_link: host.link(&o.addrs.host_link),
-            host_route: host.host_route(&o.addrs),
+            host_link,
+            host_route,
             sandbox,
         })
+    }
+
+    /// Slot `o`'s host end and route, asked for by name and link (the kernel filters).
+    fn read_host_of(
+        &mut self,
+        o: &SlotObjects,
+    ) -> Result<(Option<LinkState>, Option<RouteState>), StepError> {
+        let Some(l) = self.rtnl.link(&o.addrs.host_link)? else {
+            return Ok((None, None));
+        };
+        self.index_slot.insert(l.index, o.addrs.slot);
+        let mut addrs: Vec<ipnet::Ipv4Net> = self
+            .rtnl
+            .addresses_on(l.index)?
+            .into_iter()
+            .filter_map(|a| match a.addr {
+                IpNet::V4(v4) => Some(v4),
+                IpNet::V6(_) => None,
+            })
+            .collect();
+        addrs.sort_unstable();
+        let route = self
+            .rtnl
+            .routes_via(l.index)?
+            .into_iter()
+            .find(|r| r.protocol == RTPROT_WEFT && r.dst == IpNet::from(o.addrs.host_net()))
+            .map(|r| RouteState {
+                gateway: match r.gateway {
+                    Some(std::net::IpAddr::V4(g)) => Some(g),
+                    _ => None,
+                },
+                on_link: true,
+            });
+        Ok((
+            Some(LinkState {
+                up: l.up,
+                addrs,
+                kind: l.kind,
+                group: l.group,
+            }),
+            route,
+        ))
     }
 
     /// What a new slot holds, read cheaply: nothing at all, usually. When something of it
@@ -280,12 +343,15 @@ impl HostPlane {
         Ok(())
     }
 
-    fn host_index(&mut self, name: &str) -> Result<u32, StepError> {
-        Ok(self
+    fn host_index(&mut self, o: &SlotObjects) -> Result<u32, StepError> {
+        let name = &o.addrs.host_link;
+        let index = self
             .rtnl
             .link(name)?
-            .ok_or_else(|| StepError::NoLink(name.into()))?
-            .index)
+            .ok_or_else(|| StepError::NoLink(name.clone()))?
+            .index;
+        self.index_slot.insert(index, o.addrs.slot);
+        Ok(index)
     }
 
     fn step(&mut self, o: &SlotObjects, step: &Step) -> Result<(), StepError> {
@@ -330,19 +396,19 @@ impl HostPlane {
                 )?;
             }
             Step::HostLinkUp => {
-                let i = self.host_index(&a.host_link)?;
+                let i = self.host_index(o)?;
                 self.rtnl.set_link_up(i)?;
             }
             Step::HostLinkAddress(n) => {
-                let i = self.host_index(&a.host_link)?;
+                let i = self.host_index(o)?;
                 self.rtnl.add_address(i, (*n).into())?;
             }
             Step::HostLinkUnaddress(n) => {
-                let i = self.host_index(&a.host_link)?;
+                let i = self.host_index(o)?;
                 self.rtnl.delete_address(i, (*n).into())?;
             }
             Step::HostRoute => {
-                let i = self.host_index(&a.host_link)?;
+                let i = self.host_index(o)?;
                 self.rtnl.replace_route(&Route {
                     dst: a.host_net().into(),
                     gateway: Some(a.vpeer_ip.into()),
@@ -423,46 +489,89 @@ impl HostPlane {
         self.sandboxes.get_mut(&slot).ok_or(StepError::NoSockets)
     }
 
-    /// Takes slot `s` away, whatever of it there is.
-    fn remove_slot(&mut self, s: Slot, sandbox: Option<&Sandbox>) -> Result<(), Error> {
-        // The guest's kind decides only whether there is a guest namespace: take both away.
-        let o = self.objects(sandbox.unwrap_or(&Sandbox {
+    /// Takes slots away, whatever of them there is: their host links at once (moved to the
+    /// dying group, then the group deleted: one wait for the kernel's readers for all), then
+    /// their namespaces (what is in them goes with them). `sandboxes` says each one's guest
+    /// when known (both namespaces are tried otherwise). A link of a slot's name that is not
+    /// the agent's is left alone.
+    fn remove_slots(&mut self, slots: &[(Slot, Option<Sandbox>)]) -> Vec<Error> {
+        let mut errors = Vec::new();
+        let mut dying = 0;
+        for (s, sandbox) in slots {
+            let o = self.removal_objects(*s, sandbox.as_ref());
+            let moved = (|| -> Result<bool, StepError> {
+                let Some(l) = self.rtnl.link(&o.addrs.host_link)? else {
+                    return Ok(false);
+                };
+                if l.group == plan::LINK_GROUP {
+                    self.rtnl.set_link_group(l.index, plan::DYING_GROUP)?;
+                }
+                Ok(l.group == plan::LINK_GROUP || l.group == plan::DYING_GROUP)
+            })();
+            match moved {
+                Ok(m) => dying += usize::from(m),
+                Err(e) => errors.push(self.slot_error(*s, "take link away", e)),
+            }
+        }
+        if dying > 0 {
+            if let Err(e) = self.rtnl.delete_link_group(plan::DYING_GROUP) {
+                if e.errno() != Some(libc::ENODEV) {
+                    errors.push(Error::Table(format!("delete the slots' links: {e}")));
+                }
+            }
+        }
+        for (s, sandbox) in slots {
+            let o = self.removal_objects(*s, sandbox.as_ref());
+            // Our sockets would keep the namespace alive.
+            self.sandboxes.remove(s);
+            for ns in [o.addrs.namespace.clone(), o.addrs.guest_namespace()] {
+                if read::namespace(&ns).0 != Ns::Absent {
+                    if let Err(e) = netns::delete(&ns) {
+                        errors.push(self.slot_error(*s, "delete namespace", e.into()));
+                    }
+                }
+            }
+            self.states.remove(s);
+            self.settled.remove(s);
+            self.dirty.remove(s);
+            self.index_slot.retain(|_, v| v != s);
+        }
+        errors
+    }
+
+    fn removal_objects(&self, s: Slot, sandbox: Option<&Sandbox>) -> SlotObjects {
+        self.objects(sandbox.unwrap_or(&Sandbox {
             slot: s,
             guest: weft_schema::Guest::Veth,
             egress: true,
             port_forwards: vec![],
-        }));
-        let host_link = self
-            .rtnl
-            .link(&o.addrs.host_link)
-            .map_err(|e| Error::Slot {
-                slot: s,
-                what: format!("read link {}", o.addrs.host_link),
-                source: e.into(),
-            })?
-            .map(|l| LinkState {
-                up: l.up,
-                addrs: vec![],
-                kind: l.kind,
-                group: l.group,
-            });
-        let state = SlotState {
-            namespace: read::namespace(&o.addrs.namespace).0,
-            guest_namespace: read::namespace(&o.addrs.guest_namespace()).0,
-            host_link,
-            ..SlotState::default()
-        };
-        let steps = plan::teardown(&o, &state);
-        self.run(&o, &steps)?;
-        self.sandboxes.remove(&s);
-        self.states.remove(&s);
-        self.settled.remove(&s);
-        Ok(())
+        }))
+    }
+
+    /// Reads again the slots a change someone else made named.
+    fn refresh_dirty(&mut self, spec: &ValidHostSpec) {
+        let dirty = std::mem::take(&mut self.dirty);
+        for s in dirty {
+            self.settled.remove(&s);
+            let Some(sandbox) = spec.sandbox(s) else {
+                continue;
+            };
+            let o = self.objects(sandbox);
+            match self.read_slot(&o, None) {
+                Ok(state) => {
+                    self.states.insert(s, state);
+                }
+                Err(e) => {
+                    tracing::warn!(slot = %s, error = %crate::dataplane::error_line(&e), "slot not read");
+                    self.states.remove(&s);
+                }
+            }
+        }
     }
 
     /// Finishes, mends or makes slot `sandbox`. A slot that did not exist before and fails
     /// is taken away again: nothing of it is left half-built.
-    fn build_slot(&mut self, sandbox: &Sandbox, host: &mut Option<HostSide>) -> Result<(), Error> {
+    fn build_slot(&mut self, sandbox: &Sandbox, host: &Option<HostSide>) -> Result<(), Error> {
         let s = sandbox.slot;
         let o = self.objects(sandbox);
         let known = self.applied.contains_key(&s) || self.found.contains(&s);
@@ -477,14 +586,9 @@ impl HostPlane {
                 };
                 match quick {
                     Some(state) => state,
-                    None => {
-                        if host.is_none() {
-                            *host = Some(HostSide::read(&mut self.rtnl).map_err(Error::ReadHost)?);
-                        }
-                        let side = host.as_ref().expect("read above");
-                        self.read_slot(&o, side)
-                            .map_err(|e| self.slot_error(s, "read", e))?
-                    }
+                    None => self
+                        .read_slot(&o, host.as_ref())
+                        .map_err(|e| self.slot_error(s, "read", e))?,
                 }
             }
         };
@@ -504,7 +608,7 @@ impl HostPlane {
                 self.settled.remove(&s);
                 self.states.remove(&s);
                 if !known {
-                    let _ = self.remove_slot(s, Some(sandbox));
+                    let _ = self.remove_slots(&[(s, Some(sandbox.clone()))]);
                 }
                 Err(e)
             }
@@ -623,9 +727,14 @@ impl HostPlane {
         let host = HostSide::read(&mut self.rtnl).map_err(Error::ReadHost)?;
         self.found = self.discover(&host)?;
         self.settled.clear();
+        self.dirty.clear();
+        self.index_slot = host
+            .link_indexes()
+            .filter_map(|(name, index)| slot::slot_of_host_link(name).map(|s| (index, s)))
+            .collect();
         for sandbox in &spec.sandboxes {
             let o = self.objects(sandbox);
-            match self.read_slot(&o, &host) {
+            match self.read_slot(&o, Some(&host)) {
                 Ok(state) => {
                     self.states.insert(sandbox.slot, state);
                 }
@@ -832,7 +941,7 @@ impl Plane for HostPlane {
         Ok(HostPlane {
             settings: settings.clone(),
             addressing: settings.addressing(),
-            rtnl: Rtnl::open().map_err(OpenError::Rtnl)?,
+            rtnl: Rtnl::open_strict().map_err(OpenError::Rtnl)?,
             nft: Nft::open().map_err(OpenError::Nft)?,
             sandboxes: BTreeMap::new(),
             applied: BTreeMap::new(),
@@ -840,6 +949,9 @@ impl Plane for HostPlane {
             states: BTreeMap::new(),
             settled: BTreeSet::new(),
             stale: true,
+            dirty: BTreeSet::new(),
+            index_slot: HashMap::new(),
+            uplink_index: None,
             uplink: None,
             host_rules: None,
             host_chains: false,
@@ -875,6 +987,7 @@ impl Plane for HostPlane {
                 Err(e) => return vec![fail(Subsystem::Network, e)],
             }
         }
+        self.refresh_dirty(spec);
         // Slots to take away: applied before, or found, and not in the spec.
         let gone: Vec<Slot> = self
             .applied
@@ -885,21 +998,23 @@ impl Plane for HostPlane {
             .into_iter()
             .filter(|s| spec.sandbox(*s).is_none())
             .collect();
-        for s in gone {
-            let was = self.applied.get(&s).cloned();
-            if let Err(e) = self.remove_slot(s, was.as_ref()) {
-                failures.push(fail(Subsystem::Network, e));
-                continue;
-            }
-            self.applied.remove(&s);
-            self.found.remove(&s);
+        let gone: Vec<(Slot, Option<Sandbox>)> = gone
+            .into_iter()
+            .map(|s| (s, self.applied.get(&s).cloned()))
+            .collect();
+        for e in self.remove_slots(&gone) {
+            failures.push(fail(Subsystem::Network, e));
+        }
+        for (s, _) in &gone {
+            self.applied.remove(s);
+            self.found.remove(s);
         }
         for sandbox in &spec.sandboxes {
             let unchanged = self.applied.get(&sandbox.slot) == Some(sandbox);
             if unchanged && self.settled.contains(&sandbox.slot) {
                 continue;
             }
-            match self.build_slot(sandbox, &mut host) {
+            match self.build_slot(sandbox, &host) {
                 Ok(()) => {
                     self.applied.insert(sandbox.slot, sandbox.clone());
                 }
@@ -928,6 +1043,7 @@ impl Plane for HostPlane {
                 tracing::warn!(error = %crate::dataplane::error_line(&e), "host not read");
             }
         }
+        self.refresh_dirty(spec);
         let uplink = self.uplink(spec);
         if self.host_rules.is_none() {
             self.host_rules = self.read_host_table().unwrap_or_default();
@@ -978,19 +1094,55 @@ impl Plane for HostPlane {
 
     fn shutdown(&mut self) {}
 
+    /// A change someone else made marks what it names to be read again: the slot whose
+    /// link, address or route it is, or the uplink; what it cannot place, everything.
     fn woken(&mut self, hints: &Hints, resync: bool) {
-        let own = self.rtnl.portid();
-        if resync || hints.overrun || hints.network.iter().any(|c| c.port != own) {
+        if resync || hints.overrun {
             self.stale = true;
-            // A route or link change may be the uplink's.
             self.uplink = None;
+            self.host_rules = None;
+            return;
         }
-        if resync
-            || hints.overrun
-            || hints
-                .firewall
-                .iter()
-                .any(|t| t.pid != Some(std::process::id()))
+        let own = self.rtnl.portid();
+        for c in hints.network.iter().filter(|c| c.port != own) {
+            match c.subject {
+                Some(Subject::Link(i)) | Some(Subject::Address(i)) => {
+                    if let Some(s) = self.index_slot.get(&i) {
+                        self.dirty.insert(*s);
+                    }
+                    if self.uplink_index == Some(i) {
+                        self.uplink = None;
+                    }
+                }
+                Some(Subject::Route { dst, oif }) => {
+                    if let Some(s) = oif.and_then(|i| self.index_slot.get(&i)) {
+                        self.dirty.insert(*s);
+                    }
+                    match dst {
+                        Some(IpNet::V4(d)) if d.prefix_len() == 0 => self.uplink = None,
+                        Some(IpNet::V4(d)) if d.prefix_len() == 32 => {
+                            let range = self.settings.host_range;
+                            if range.contains(&d.addr()) {
+                                let n = u32::from(d.addr()) - u32::from(range.network());
+                                if let Ok(s) = Slot::new(n) {
+                                    self.dirty.insert(s);
+                                }
+                            }
+                        }
+                        Some(_) => {}
+                        None => self.uplink = None,
+                    }
+                }
+                None => {
+                    self.stale = true;
+                    self.uplink = None;
+                }
+            }
+        }
+        if hints
+            .firewall
+            .iter()
+            .any(|t| t.pid != Some(std::process::id()))
         {
             self.host_rules = None;
         }

@@ -86,9 +86,15 @@ impl HostSide {
         Some(link_state(l, self.addrs.get(&l.index)))
     }
 
-    /// The names of the host namespace's links (for finding slots the spec does not name).
+    /// The names of the host namespace's links and their groups (for finding slots the
+    /// spec does not name).
     pub fn link_names(&self) -> impl Iterator<Item = (&str, u32)> + '_ {
         self.links.values().map(|l| (l.name.as_str(), l.group))
+    }
+
+    /// The names of the host namespace's links and their indexes.
+    pub fn link_indexes(&self) -> impl Iterator<Item = (&str, u32)> + '_ {
+        self.links.values().map(|l| (l.name.as_str(), l.index))
     }
 
     /// The agent's route to slot `a`'s HostIp, as the plan sees it.

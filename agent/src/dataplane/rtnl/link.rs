@@ -119,6 +119,18 @@ pub fn veth_request(
     )
 }
 
+/// Moves link `index` to link group `group`.
+pub fn group_request(index: u32, group: u32, seq: u32) -> Vec<u8> {
+    let msg = build(link(index, vec![attr(Ifla::Group, group)]));
+    netlink::request(Rtm::Newlink, NlmF::ACK, seq, msg)
+}
+
+/// Deletes every link of group `group` (`ip link delete group N`).
+pub fn delete_group_request(group: u32, seq: u32) -> Vec<u8> {
+    let msg = build(link(0, vec![attr(Ifla::Group, group)]));
+    netlink::request(Rtm::Dellink, NlmF::ACK, seq, msg)
+}
+
 pub fn delete_request(index: u32, seq: u32) -> Vec<u8> {
     netlink::request(Rtm::Dellink, NlmF::ACK, seq, build(link(index, vec![])))
 }
@@ -223,6 +235,18 @@ impl Rtnl {
 
     pub fn delete_link(&mut self, index: u32) -> Result<(), Error> {
         self.change(|seq| delete_request(index, seq))
+    }
+
+    /// Moves link `index` to link group `group`.
+    pub fn set_link_group(&mut self, index: u32, group: u32) -> Result<(), Error> {
+        self.change(|seq| group_request(index, group, seq))
+    }
+
+    /// Deletes every link of group `group` at once. The kernel waits for its readers once
+    /// (an RCU grace period, some 20 ms) for the whole group, where deleting the links one
+    /// by one waits once each. ENODEV when the group has no link.
+    pub fn delete_link_group(&mut self, group: u32) -> Result<(), Error> {
+        self.change(|seq| delete_group_request(group, seq))
     }
 }
 
