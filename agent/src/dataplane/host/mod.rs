@@ -11,6 +11,7 @@
 //!   [`tap`]: the persistent tap; [`sysctl`]: IPv4 forwarding through `/proc/sys`.
 
 pub mod exprs;
+pub mod hosttable;
 pub mod netns;
 pub mod plan;
 pub mod plane;

@@ -20,29 +20,23 @@ use weft_schema::validate::IfName;
 use weft_schema::Subsystem;
 
 use super::exprs::exprs;
+use super::hosttable::{HostTable, Scope, HOST_TABLE_REF};
 use super::plan::{self, LinkState, Ns, Refusal, RouteState, SlotState, Step};
 use super::read::{self, HostSide, SandboxSockets, SANDBOX_TABLE_REF};
 use super::slot::{
     self, Addressing, GuestLink, SlotObjects, GUEST_LINK, GUEST_NS_LINK, SANDBOX_LINK,
 };
 use super::status::{Observed, SlotObserved};
-use super::tables::{self, Key, Keyed, HOST_CHAINS, HOST_TABLE, SANDBOX_CHAINS};
+use super::tables::{self, Key, Keyed, SANDBOX_CHAINS};
 use super::{netns, sysctl, tap, Settings};
 use crate::dataplane::events::{Hints, KernelEvents};
 use crate::dataplane::netlink;
 use crate::dataplane::nftables::batch::{BaseChain, Batch};
-use crate::dataplane::nftables::keyed::{self, Want};
-use crate::dataplane::nftables::{self, CommitError, Nft, TableRef};
+use crate::dataplane::nftables::{CommitError, Nft, TableRef};
 use crate::dataplane::rtnl::events::Subject;
 use crate::dataplane::rtnl::{Family, Route, Rtnl, RTPROT_WEFT};
 use crate::dataplane::{Failure, OpenError};
 use crate::role::Plane;
-
-/// The host's table.
-pub const HOST_TABLE_REF: TableRef<'static> = TableRef {
-    family: nftnl::ProtoFamily::Ipv4,
-    name: HOST_TABLE,
-};
 
 /// Why a part of a host spec was not applied.
 #[derive(Debug, thiserror::Error)]
@@ -122,11 +116,19 @@ pub struct HostPlane {
     /// The uplink in use, resolved for the spec's `Uplink` (the first), while no route or
     /// link changed; `None`: to resolve.
     uplink: Option<(Option<IfName>, IfName)>,
-    /// The host table's rules as read, and those added since (handle 0: not known yet);
-    /// `None`: to read.
-    host_rules: Option<Vec<nftables::Rule>>,
-    /// The host table has its chains (checked since the last change someone else made).
-    host_chains: bool,
+    /// Table `ip weft-host` as last read or written.
+    table: HostTable,
+    /// Someone else changed the host table: the next apply checks all of it.
+    table_suspect: bool,
+    /// The uplink the shared rules were last written for.
+    base_uplink: Option<IfName>,
+    /// Each slot as last observed, for the status.
+    seen: BTreeMap<Slot, SlotObserved>,
+    /// Slots to observe again (their objects or rules changed), or all.
+    reobserve: BTreeSet<Slot>,
+    reobserve_all: bool,
+    /// The host table's shared part as last observed.
+    table_seen: Option<Vec<String>>,
 }
 
 /// The most descriptors the plane may need: four per sandbox, a margin for the rest.
@@ -534,6 +536,7 @@ impl HostPlane {
             self.states.remove(s);
             self.settled.remove(s);
             self.dirty.remove(s);
+            self.seen.remove(s);
             self.index_slot.retain(|_, v| v != s);
         }
         errors
@@ -553,6 +556,7 @@ impl HostPlane {
         let dirty = std::mem::take(&mut self.dirty);
         for s in dirty {
             self.settled.remove(&s);
+            self.reobserve.insert(s);
             let Some(sandbox) = spec.sandbox(s) else {
                 continue;
             };
@@ -592,6 +596,7 @@ impl HostPlane {
                 }
             }
         };
+        self.reobserve.insert(s);
         let steps = plan::plan(&o, &state).map_err(|r| Error::Refused(s, r))?;
         if steps.is_empty() {
             self.states.insert(s, state);
@@ -635,92 +640,6 @@ impl HostPlane {
         rules
     }
 
-    /// Reads the host table (its rules, and whether its chains are the agent's).
-    fn read_host_table(&mut self) -> Result<Option<Vec<nftables::Rule>>, netlink::Error> {
-        if self.nft.table(HOST_TABLE_REF)?.is_none() {
-            return Ok(None);
-        }
-        self.host_chains = read::chains_are(&self.nft.chains(HOST_TABLE_REF)?, &HOST_CHAINS);
-        Ok(Some(self.nft.rules(HOST_TABLE_REF)?))
-    }
-
-    /// Makes `ip weft-host` hold `rules`: only the rules that differ change, in one
-    /// transaction; the table is made whole when it or its chains are not the agent's.
-    fn sync_host_table(&mut self, rules: &[Keyed]) -> Result<(), Error> {
-        let exprs_of: Vec<(String, Vec<nftables::expr::Expr>)> = rules
-            .iter()
-            .map(|k| (k.key.to_string(), exprs(&k.rule)))
-            .collect();
-        let want: Vec<Want<'_>> = rules
-            .iter()
-            .zip(&exprs_of)
-            .map(|(k, (key, e))| Want {
-                chain: k.chain,
-                key,
-                exprs: e,
-            })
-            .collect();
-        for attempt in 0..2 {
-            if self.host_rules.is_none() || attempt > 0 {
-                self.host_rules = self
-                    .read_host_table()
-                    .map_err(|e| Error::Table(format!("read: {e}")))?;
-            }
-            let Some(have) = self.host_rules.as_ref().filter(|_| self.host_chains) else {
-                // No table, or not ours in shape: made whole, in one transaction.
-                let exists = self.host_rules.is_some();
-                let tx = replace_table(
-                    HOST_TABLE_REF,
-                    &HOST_CHAINS,
-                    rules,
-                    exists,
-                    self.nft.batch_seq(),
-                );
-                match self.nft.commit(&tx) {
-                    Ok(()) => {
-                        self.host_chains = true;
-                        self.host_rules = Some(unhandled(&want));
-                        return Ok(());
-                    }
-                    Err(e) if attempt == 0 => {
-                        tracing::debug!(error = %commit_error(e), "host table refused; reading again");
-                        continue;
-                    }
-                    Err(e) => return Err(Error::Table(commit_error(e))),
-                }
-            };
-            let plan = keyed::plan(&want, have, |_| true);
-            if plan.is_empty() {
-                return Ok(());
-            }
-            if plan.delete.iter().any(|(_, handle)| *handle == 0) && attempt == 0 {
-                // Rules added since the last read: their handles are not known yet.
-                self.host_rules = None;
-                continue;
-            }
-            let mut b = Batch::new(self.nft.batch_seq(), None, Label::Begin);
-            keyed::write(&mut b, HOST_TABLE_REF, &want, &plan, Label::Rule);
-            let tx = b.finish(Label::Batch);
-            let deleted: BTreeSet<u64> = plan.delete.iter().map(|(_, h)| *h).collect();
-            let added: Vec<nftables::Rule> =
-                unhandled(&plan.add.iter().map(|&i| want[i]).collect::<Vec<_>>());
-            match self.nft.commit(&tx) {
-                Ok(()) => {
-                    let cache = self.host_rules.as_mut().expect("planned from it");
-                    cache.retain(|r| !deleted.contains(&r.handle));
-                    cache.extend(added);
-                    return Ok(());
-                }
-                Err(e) if attempt == 0 => {
-                    tracing::debug!(error = %commit_error(e), "host table change refused; reading again");
-                    self.host_rules = None;
-                }
-                Err(e) => return Err(Error::Table(commit_error(e))),
-            }
-        }
-        unreachable!("the second attempt returns")
-    }
-
     /// Whole reads, when something said the kernel changed: every slot the spec names, and
     /// what the kernel holds that it does not.
     fn refresh(&mut self, spec: &ValidHostSpec) -> Result<HostSide, Error> {
@@ -732,6 +651,7 @@ impl HostPlane {
             .link_indexes()
             .filter_map(|(name, index)| slot::slot_of_host_link(name).map(|s| (index, s)))
             .collect();
+        self.reobserve_all = true;
         for sandbox in &spec.sandboxes {
             let o = self.objects(sandbox);
             match self.read_slot(&o, Some(&host)) {
@@ -747,115 +667,24 @@ impl HostPlane {
         self.stale = false;
         Ok(host)
     }
-
-    /// The slot's rules in the host table compared with what they should be: the problems,
-    /// and the forwards in force.
-    fn slot_rules(&self, sandbox: &Sandbox) -> (Vec<String>, Vec<Forward>) {
-        let Some(have) = &self.host_rules else {
-            return (vec!["table ip weft-host missing".into()], vec![]);
-        };
-        let key = Key::Slot(sandbox.slot).to_string();
-        let held: Vec<&nftables::Rule> = have
-            .iter()
-            .filter(|r| r.comment.as_deref() == Some(key.as_str()))
-            .collect();
-        let addrs = self.addressing.slot(sandbox.slot);
-        let wanted = tables::slot_rules(&addrs, sandbox);
-        let mut problems = Vec::new();
-        let mut matched = vec![false; held.len()];
-        let mut present = Vec::new();
-        for k in &wanted {
-            let e = exprs(&k.rule);
-            match held
-                .iter()
-                .enumerate()
-                .find(|(i, r)| !matched[*i] && r.chain == k.chain && keyed::same(&r.exprs, &e))
-            {
-                Some((i, _)) => {
-                    matched[i] = true;
-                    present.push(true);
-                }
-                None => {
-                    problems.push(format!("rule missing in chain {}: {}", k.chain, k.rule));
-                    present.push(false);
-                }
-            }
-        }
-        for (i, r) in held.iter().enumerate() {
-            if !matched[i] {
-                problems.push(format!("a rule in chain {} is not the spec's", r.chain));
-            }
-        }
-        // A forward is in force when both its DNATs are (prerouting and output).
-        let forwards = sandbox
-            .port_forwards
-            .iter()
-            .filter(|f| {
-                wanted.iter().zip(&present).all(|(k, ok)| {
-                    *ok || !matches!(&k.rule, tables::Rule::PortForward { protocol, host_port, .. }
-                        if *protocol == f.protocol && *host_port == f.host_port)
-                })
-            })
-            .copied()
-            .collect();
-        (problems, forwards)
-    }
-
-    /// What differs in the host table's shared part.
-    fn table_problems(&self, spec: &ValidHostSpec, uplink: Option<&IfName>) -> Vec<String> {
-        let Some(have) = &self.host_rules else {
-            return vec!["missing".into()];
-        };
-        let mut problems = Vec::new();
-        if !self.host_chains {
-            problems.push("its chains are not the agent's".into());
-        }
-        let slots: BTreeSet<String> = spec
-            .sandboxes
-            .iter()
-            .map(|s| Key::Slot(s.slot).to_string())
-            .collect();
-        let base = tables::host_base(uplink, self.settings.veth_range);
-        let base_exprs: Vec<Vec<nftables::expr::Expr>> =
-            base.iter().map(|k| exprs(&k.rule)).collect();
-        let want: Vec<Want<'_>> = base
-            .iter()
-            .zip(&base_exprs)
-            .map(|(k, e)| Want {
-                chain: k.chain,
-                key: "weft base",
-                exprs: e,
-            })
-            .collect();
-        // The shared rules, and every rule that is nobody's slot.
-        let plan = keyed::plan(&want, have, |c| !c.is_some_and(|c| slots.contains(c)));
-        for &i in &plan.add {
-            problems.push(format!(
-                "rule missing in chain {}: {}",
-                base[i].chain, base[i].rule
-            ));
-        }
-        for (chain, _) in &plan.delete {
-            problems.push(format!("a rule in chain {chain} is not the agent's"));
-        }
-        problems
-    }
 }
 
-/// Wanted rules as the cache keeps rules added since the last read (handle not known).
-fn unhandled(want: &[Want<'_>]) -> Vec<nftables::Rule> {
-    want.iter()
-        .map(|w| nftables::Rule {
-            chain: w.chain.to_owned(),
-            handle: 0,
-            exprs: w.exprs.to_vec(),
-            comment: Some(w.key.to_owned()),
-        })
-        .collect()
+/// The rules `ip weft-host` should hold for `spec`: the shared ones and every slot's.
+fn host_rules(
+    addressing: &Addressing,
+    veth_range: ipnet::Ipv4Net,
+    spec: &ValidHostSpec,
+    uplink: Option<&IfName>,
+) -> Vec<Keyed> {
+    let mut rules = tables::host_base(uplink, veth_range);
+    for sandbox in &spec.sandboxes {
+        rules.extend(tables::slot_rules(&addressing.slot(sandbox.slot), sandbox));
+    }
+    rules
 }
 
 /// `what failed` from a refused transaction.
-fn commit_error(e: CommitError<Label>) -> String {
+pub(super) fn commit_error(e: CommitError<Label>) -> String {
     match e {
         CommitError::Refused(r) => format!(
             "the kernel refused {:?}: {}{}",
@@ -883,13 +712,13 @@ fn sandbox_link(
 
 /// One transaction that makes `table` hold exactly `chains` and `rules`: add table, delete
 /// it (when it exists), add it, its chains, its rules. No observer sees it half-made.
-fn replace_table(
+pub(super) fn replace_table(
     table: TableRef<'_>,
     chains: &[tables::ChainDef],
     rules: &[Keyed],
     exists: bool,
     seq: u32,
-) -> nftables::batch::Transaction<Label> {
+) -> crate::dataplane::nftables::batch::Transaction<Label> {
     let mut b = Batch::new(seq, None, Label::Begin);
     if exists {
         b.delete_table(table, Label::Table);
@@ -953,8 +782,13 @@ impl Plane for HostPlane {
             index_slot: HashMap::new(),
             uplink_index: None,
             uplink: None,
-            host_rules: None,
-            host_chains: false,
+            table: HostTable::default(),
+            table_suspect: true,
+            base_uplink: None,
+            seen: BTreeMap::new(),
+            reobserve: BTreeSet::new(),
+            reobserve_all: true,
+            table_seen: None,
         })
     }
 
@@ -1005,14 +839,19 @@ impl Plane for HostPlane {
         for e in self.remove_slots(&gone) {
             failures.push(fail(Subsystem::Network, e));
         }
+        let mut changed_keys: BTreeSet<Slot> = BTreeSet::new();
         for (s, _) in &gone {
             self.applied.remove(s);
             self.found.remove(s);
+            changed_keys.insert(*s);
         }
         for sandbox in &spec.sandboxes {
             let unchanged = self.applied.get(&sandbox.slot) == Some(sandbox);
             if unchanged && self.settled.contains(&sandbox.slot) {
                 continue;
+            }
+            if !unchanged {
+                changed_keys.insert(sandbox.slot);
             }
             match self.build_slot(sandbox, &host) {
                 Ok(()) => {
@@ -1024,9 +863,46 @@ impl Plane for HostPlane {
                 }
             }
         }
-        let rules = self.host_rules_for(spec, Some(&uplink));
-        if let Err(e) = self.sync_host_table(&rules) {
-            failures.push(fail(Subsystem::Firewall, e));
+        // The host table: every rule when it may have been changed by someone else, else
+        // the keys of the slots that came, went or changed, and the shared rules when the
+        // uplink did.
+        let scope = if self.table_suspect || !self.table.known() {
+            Scope::All
+        } else {
+            let mut keys: BTreeSet<String> = changed_keys
+                .iter()
+                .map(|s| Key::Slot(*s).to_string())
+                .collect();
+            if self.base_uplink.as_ref() != Some(&uplink) {
+                keys.insert(Key::Base.to_string());
+            }
+            Scope::Keys(keys)
+        };
+        let want = match &scope {
+            Scope::All => self.host_rules_for(spec, Some(&uplink)),
+            Scope::Keys(keys) => {
+                let mut want = Vec::new();
+                if keys.contains(&Key::Base.to_string()) {
+                    want.extend(tables::host_base(Some(&uplink), self.settings.veth_range));
+                }
+                for s in &changed_keys {
+                    if let Some(sandbox) = spec.sandbox(*s) {
+                        want.extend(tables::slot_rules(&self.addressing.slot(*s), sandbox));
+                    }
+                }
+                want
+            }
+        };
+        let (addressing, veth_range) = (&self.addressing, self.settings.veth_range);
+        let all = || host_rules(addressing, veth_range, spec, Some(&uplink));
+        match self.table.sync(&mut self.nft, &want, &scope, all) {
+            Ok(()) => {
+                self.base_uplink = Some(uplink);
+                if matches!(scope, Scope::All) {
+                    self.table_suspect = false;
+                }
+            }
+            Err(e) => failures.push(fail(Subsystem::Firewall, e)),
         }
         failures
     }
@@ -1037,6 +913,8 @@ impl Plane for HostPlane {
         failures
     }
 
+    /// What the kernel holds for `spec`: the slots and rules that changed (or may have) since
+    /// the last observation are looked at again, the others are as they were.
     fn observe(&mut self, spec: &ValidHostSpec) -> Observed {
         if self.stale {
             if let Err(e) = self.refresh(spec) {
@@ -1045,38 +923,98 @@ impl Plane for HostPlane {
         }
         self.refresh_dirty(spec);
         let uplink = self.uplink(spec);
-        if self.host_rules.is_none() {
-            self.host_rules = self.read_host_table().unwrap_or_default();
+        if !self.table.known() {
+            if let Err(e) = self.table.read(&mut self.nft) {
+                tracing::warn!(error = %crate::dataplane::error_line(&e), "host table not read");
+            }
         }
-        let mut slots = Vec::with_capacity(spec.sandboxes.len());
+        let base_key = Key::Base.to_string();
+        match self.table.take_changed() {
+            None => {
+                self.reobserve_all = true;
+                self.table_seen = None;
+            }
+            Some(keys) => {
+                for key in keys {
+                    if key == base_key {
+                        self.table_seen = None;
+                    } else if let Some(Key::Slot(s)) = Key::parse(&key) {
+                        self.reobserve.insert(s);
+                    } else {
+                        // A rule that is nobody's.
+                        self.table_seen = None;
+                    }
+                }
+            }
+        }
+        let all = std::mem::take(&mut self.reobserve_all);
+        let again = std::mem::take(&mut self.reobserve);
+        self.seen.retain(|s, _| spec.sandbox(*s).is_some());
         for sandbox in &spec.sandboxes {
+            let s = sandbox.slot;
+            if !all && !again.contains(&s) && self.seen.contains_key(&s) {
+                continue;
+            }
             let o = self.objects(sandbox);
-            let network = match self.states.get(&sandbox.slot) {
+            let network = match self.states.get(&s) {
                 Some(state) => plan::problems(&o, state),
                 None => vec!["not read".into()],
             };
             let up = self
                 .states
-                .get(&sandbox.slot)
-                .and_then(|s| s.host_link.as_ref())
+                .get(&s)
+                .and_then(|st| st.host_link.as_ref())
                 .is_some_and(|l| l.up);
-            let (rules, forwards) = self.slot_rules(sandbox);
-            slots.push(SlotObserved {
-                guest_mac: o.guest_mac(),
-                addrs: o.addrs,
-                guest: sandbox.guest,
-                egress: sandbox.egress,
-                forwards,
-                up,
-                network,
-                rules,
-            });
+            let key = Key::Slot(s);
+            let (rules, present) = self.table.key_problems(&key, &o.host_rules);
+            // A forward is in force when both its DNATs are (prerouting and output).
+            let forwards: Vec<Forward> = sandbox
+                .port_forwards
+                .iter()
+                .filter(|f| {
+                    o.host_rules.iter().zip(&present).all(|(k, ok)| {
+                        *ok || !matches!(&k.rule, tables::Rule::PortForward { protocol, host_port, .. }
+                            if *protocol == f.protocol && *host_port == f.host_port)
+                    })
+                })
+                .copied()
+                .collect();
+            self.seen.insert(
+                s,
+                SlotObserved {
+                    guest_mac: o.guest_mac(),
+                    addrs: o.addrs,
+                    guest: sandbox.guest,
+                    egress: sandbox.egress,
+                    forwards,
+                    up,
+                    network,
+                    rules,
+                },
+            );
         }
+        let table = match (
+            &self.table_seen,
+            self.base_uplink.as_ref() == uplink.as_ref().ok(),
+        ) {
+            (Some(seen), true) => seen.clone(),
+            _ => {
+                let slots: BTreeSet<String> = spec
+                    .sandboxes
+                    .iter()
+                    .map(|s| Key::Slot(s.slot).to_string())
+                    .collect();
+                let base = tables::host_base(uplink.as_ref().ok(), self.settings.veth_range);
+                let seen = self.table.base_problems(&base, &slots);
+                self.table_seen = Some(seen.clone());
+                seen
+            }
+        };
         Observed {
-            table: self.table_problems(spec, uplink.as_ref().ok()),
+            table,
             uplink: uplink.map(|u| u.to_string()),
             forwarding: sysctl::forwarding().unwrap_or(false),
-            slots,
+            slots: self.seen.values().cloned().collect(),
         }
     }
 
@@ -1100,7 +1038,8 @@ impl Plane for HostPlane {
         if resync || hints.overrun {
             self.stale = true;
             self.uplink = None;
-            self.host_rules = None;
+            self.table.invalidate();
+            self.table_suspect = true;
             return;
         }
         let own = self.rtnl.portid();
@@ -1144,7 +1083,8 @@ impl Plane for HostPlane {
             .iter()
             .any(|t| t.pid != Some(std::process::id()))
         {
-            self.host_rules = None;
+            self.table.invalidate();
+            self.table_suspect = true;
         }
     }
 }
