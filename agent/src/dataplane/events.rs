@@ -201,6 +201,15 @@ fn drain(socket: &mut Socket, overrun: &mut bool, mut each: impl FnMut(&[u8])) {
     }
 }
 
+/// Whether a committed nftables transaction is this process's own. The kernel names the
+/// thread that committed it (its thread id and name, `reconciler`), not the process, so a
+/// thread of this process counts.
+pub fn own_transaction(t: &Transaction) -> bool {
+    t.pid.is_some_and(|pid| {
+        pid == std::process::id() || Path::new(&format!("/proc/self/task/{pid}")).exists()
+    })
+}
+
 /// `ip (pid 4242)` when the port is a live process's id, else `pid 4242`, or `the kernel`.
 pub fn describe_port(port: u32) -> String {
     if port == 0 {
@@ -232,6 +241,25 @@ mod tests {
         std::fs::remove_file(&path).unwrap();
         assert!(watch.drain().unwrap(), "removed");
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn transactions_of_any_of_our_threads_are_ours() {
+        let t = |pid| Transaction {
+            changes: vec![],
+            pid: Some(pid),
+            process: None,
+        };
+        // SAFETY: gettid has no preconditions.
+        let tid = unsafe { libc::gettid() } as u32;
+        assert!(own_transaction(&t(std::process::id())));
+        assert!(own_transaction(&t(tid)));
+        assert!(!own_transaction(&t(1)));
+        assert!(!own_transaction(&Transaction {
+            changes: vec![],
+            pid: None,
+            process: None
+        }));
     }
 
     #[test]

@@ -1081,7 +1081,7 @@ impl Plane for HostPlane {
         if hints
             .firewall
             .iter()
-            .any(|t| t.pid != Some(std::process::id()))
+            .any(|t| !crate::dataplane::events::own_transaction(t))
         {
             self.table.invalidate();
             self.table_suspect = true;
