@@ -103,12 +103,7 @@ pub fn author(hints: &Hints, subsystem: Subsystem, own_port: u32) -> String {
 /// input`), else what the read-back found different.
 pub fn change(hints: &Hints, subsystem: Subsystem, found: &str) -> String {
     if subsystem == Subsystem::Firewall {
-        if let Some(t) = hints
-            .firewall
-            .iter()
-            .rev()
-            .find(|t| !own_transaction(t))
-        {
+        if let Some(t) = hints.firewall.iter().rev().find(|t| !own_transaction(t)) {
             return t.changes.join(", ");
         }
     }

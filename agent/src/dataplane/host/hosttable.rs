@@ -154,10 +154,9 @@ impl HostTable {
                     self.rules.is_some(),
                     nft.batch_seq(),
                 );
-                match nft.commit(&tx) {
-                    Ok(()) => {
-                        let whole = Wanted::of(&everything);
-                        self.rules = Some(by_key(unhandled(&whole.wants())));
+                match nft.commit_echoed(&tx, Some(HOST_TABLE)) {
+                    Ok(rules) => {
+                        self.rules = Some(by_key(rules));
                         self.chains_ok = true;
                         self.changed = None;
                         return Ok(());
@@ -188,13 +187,19 @@ impl HostTable {
                 self.rules = None;
                 continue;
             }
-            let mut b = Batch::new(nft.batch_seq(), None, Label::Begin);
+            let mut b = Batch::new(nft.batch_seq(), None, Label::Begin).echo_rules();
             keyed::write(&mut b, HOST_TABLE_REF, &wants, &plan, Label::Rule);
             let tx = b.finish(Label::Batch);
             let deleted: BTreeSet<u64> = plan.delete.iter().map(|(_, h)| *h).collect();
-            let added = unhandled(&plan.add.iter().map(|&i| wants[i]).collect::<Vec<_>>());
-            match nft.commit(&tx) {
-                Ok(()) => {
+            match nft.commit_echoed(&tx, Some(HOST_TABLE)) {
+                Ok(echoed) => {
+                    // The kernel's own account of what it added; what it did not echo is
+                    // kept as wanted, handle unknown (read again before it is deleted).
+                    let added = if echoed.len() == plan.add.len() {
+                        echoed
+                    } else {
+                        unhandled(&plan.add.iter().map(|&i| wants[i]).collect::<Vec<_>>())
+                    };
                     let touched: BTreeSet<String> = have
                         .iter()
                         .filter(|r| deleted.contains(&r.handle))
@@ -213,7 +218,11 @@ impl HostTable {
                             .or_default()
                             .push(r);
                     }
-                    cache.retain(|_, rules| !rules.is_empty());
+                    for key in &touched {
+                        if cache.get(key).is_some_and(Vec::is_empty) {
+                            cache.remove(key);
+                        }
+                    }
                     for key in touched {
                         self.mark(&key);
                     }

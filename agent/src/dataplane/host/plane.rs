@@ -719,7 +719,7 @@ pub(super) fn replace_table(
     exists: bool,
     seq: u32,
 ) -> crate::dataplane::nftables::batch::Transaction<Label> {
-    let mut b = Batch::new(seq, None, Label::Begin);
+    let mut b = Batch::new(seq, None, Label::Begin).echo_rules();
     if exists {
         b.delete_table(table, Label::Table);
     }
