@@ -91,6 +91,10 @@ pub struct SharedArgs {
     /// spec subject controls the pod's firewall (the host's sandboxes).
     #[arg(long, env = "WEFT_TRUST_KEYS", value_name = "FILE")]
     pub trust_keys: Option<PathBuf>,
+    /// Serve /metrics (Prometheus), /healthz and /readyz on this address (off unless given;
+    /// 127.0.0.1:9477 is the suggested value).
+    #[arg(long, env = "WEFT_METRICS_LISTEN", value_name = "ADDR:PORT")]
+    pub metrics_listen: Option<std::net::SocketAddr>,
 }
 
 /// `weft-agent host`: the host role's own flags, and the shared ones.
@@ -299,6 +303,7 @@ pub struct Config<S> {
     pub status_kv: bool,
     pub resync_interval: Duration,
     pub trust: Option<Arc<TrustKeys>>,
+    pub metrics_listen: Option<std::net::SocketAddr>,
     pub settings: S,
 }
 
@@ -365,6 +370,7 @@ fn load_shared<S>(
         status_kv: args.status_kv,
         resync_interval: args.resync_interval,
         trust,
+        metrics_listen: args.metrics_listen,
         settings,
     };
     Ok((config, nats))
@@ -477,6 +483,7 @@ mod tests {
         assert!(with(&["--status-encoding", "xml"]).contains("--status-encoding"));
         assert!(with(&["--subject-prefix", "a.>"]).contains("--subject-prefix"));
         assert!(with(&["--status-interval", "0s"]).contains("--status-interval"));
+        assert!(with(&["--metrics-listen", "localhost"]).contains("--metrics-listen"));
         assert!(usage(&["weft-agent", "--pod-id", "p"]).contains("--nats-url"));
         assert!(
             usage(&["weft-agent", "--nats-url", "nats://x:1", "--pod-id", "a.b"])

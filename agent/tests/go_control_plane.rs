@@ -1,25 +1,27 @@
 //! A control plane written in Go talks to the real agent (contract v1.1, "Go control planes:
-//! null means absent", and "Signed specs"). `weftcp` (testkit/go/weftcp) is built with Debian's
-//! Go from the contract alone: it marshals with `encoding/json` (nil slices and unset pointers
-//! become `null`), sends the contract's headers, signs with `crypto/ed25519`, and decodes
-//! replies and statuses refusing unknown and missing fields. The kernel is checked with `nft -j`,
-//! `ip -j` and `wg show`.
+//! null means absent", "Signed specs" and "NATS authentication and TLS"). `weftcp`
+//! (testkit/go/weftcp) is built with Debian's Go from the contract alone: it connects as the
+//! shipped server configuration's control-plane user (TLS, its own nkey), marshals with
+//! `encoding/json` (nil slices and unset pointers become `null`), sends the contract's headers,
+//! signs with `crypto/ed25519`, and decodes replies and statuses refusing unknown and missing
+//! fields. The kernel is checked with `nft -j`, `ip -j` and `wg show`.
 
 use std::path::Path;
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
 use bytes::Bytes;
-use ed25519_dalek::{Signer, SigningKey};
 use serde_json::{json, Value};
-use weft_schema::{ApplyResult, Encoding, PodStatus, Subsystem};
-use weft_testkit::control::{headers, ControlPlane};
+use weft_schema::sign::SigningKey;
+use weft_schema::{ApplyResult, Encoding, Overall, PodStatus, Subsystem};
+use weft_testkit::control::headers;
 use weft_testkit::go::GoControlPlane;
 use weft_testkit::hub::Hub;
 use weft_testkit::nats::NatsServer;
+use weft_testkit::natsconf::Permissions;
 use weft_testkit::observe::{ip_json, ipv4_addrs, kernel_snapshot, nft_table, wg_dump};
-use weft_testkit::stack::Stack;
+use weft_testkit::stack::{Options, Stack};
 use weft_testkit::{require_root, unique_ifname, wait_until};
 
 fn agent_bin() -> &'static Path {
@@ -27,6 +29,14 @@ fn agent_bin() -> &'static Path {
 }
 
 const PEER: &str = "6aA5WnBB2fA1ZoY4R8M/rZ1xh8+0D+/Q/+cGhbNnl2U=";
+
+/// `weftcp <command>` as the stack's control-plane user, then `args`.
+fn as_control(stack: &Stack, command: &str, args: &[&str]) -> Vec<String> {
+    let mut all = vec![command.to_owned()];
+    all.extend(GoControlPlane::nats_flags(stack, "control"));
+    all.extend(args.iter().map(|a| a.to_string()));
+    all
+}
 
 /// Writes `contents` as a file in the Go client's directory; returns its path.
 fn file(go: &GoControlPlane, name: &str, contents: &[u8]) -> String {
@@ -70,29 +80,26 @@ fn a_go_spec_with_nil_slices_and_unset_pointers_means_what_leaving_them_out_mean
     });
     let spec_file = file(&go, "spec.json", spec.to_string().as_bytes());
     let sent = go.dir().join("sent.json");
-    let url = stack.nats_url();
-    let reply = go
-        .run_ok(
-            hub,
-            &[
-                "apply",
-                "-nats",
-                &url,
-                "-pod",
-                "go-1",
-                "-spec",
-                &spec_file,
-                "-sent",
-                sent.to_str().unwrap(),
-            ],
-        )
-        .unwrap();
+    let apply = as_control(
+        &stack,
+        "apply",
+        &[
+            "-pod",
+            "go-1",
+            "-spec",
+            &spec_file,
+            "-sent",
+            sent.to_str().unwrap(),
+        ],
+    );
+    let reply = go.run_ok(hub, &apply).unwrap();
     let reply: Value = serde_json::from_str(&reply).unwrap();
     assert_eq!(reply["Result"], "Applied", "{reply}");
 
     // What went on the wire really is Go's nulls.
     let body = std::fs::read_to_string(&sent).unwrap();
     for null in [
+        r#""NotAfterUnix":null"#,
         r#""Gateway":null"#,
         r#""Mtu":null"#,
         r#""Nameservers":null"#,
@@ -117,8 +124,9 @@ fn a_go_spec_with_nil_slices_and_unset_pointers_means_what_leaving_them_out_mean
         .unwrap()
         .expect("inet weft-fw");
     let accept = json!({ "accept": null });
+    // After the baseline's three (established, neighbour discovery, lo).
     assert_eq!(
-        rules(&table, "input")[2..],
+        rules(&table, "input")[3..],
         [
             // ListenPort null: 51820.
             json!([{ "match": { "op": "==",
@@ -162,7 +170,7 @@ fn a_go_spec_with_nil_slices_and_unset_pointers_means_what_leaving_them_out_mean
     let mut left_out = spec.clone();
     left_out["Generation"] = json!(2);
     let r = stack.block_on(|| async {
-        let cp = ControlPlane::connect(&url).await.unwrap();
+        let cp = stack.control_plane().await.unwrap();
         cp.request_raw(
             "go-1",
             Some(headers(Encoding::Json)),
@@ -185,7 +193,7 @@ fn a_status_decodes_in_go_with_every_field() {
         .start_agent("go-2", &["--wireguard", "userspace"])
         .unwrap();
     let wg = unique_ifname("wg", 2);
-    let (hub, ns, url) = (&stack.hub.ns, &stack.pods[0].ns.ns, stack.nats_url());
+    let (hub, ns) = (&stack.hub.ns, &stack.pods[0].ns.ns);
     // Every subsystem present, so every status struct is decoded.
     let spec = json!({
         "PodId": "go-2", "Generation": 3,
@@ -200,7 +208,7 @@ fn a_status_decodes_in_go_with_every_field() {
     let spec_file = file(&go, "spec.json", spec.to_string().as_bytes());
     go.run_ok(
         hub,
-        &["apply", "-nats", &url, "-pod", "go-2", "-spec", &spec_file],
+        &as_control(&stack, "apply", &["-pod", "go-2", "-spec", &spec_file]),
     )
     .unwrap();
     // Someone else changes the MTU: the agent repairs it, so LastDrift is filled in too.
@@ -209,17 +217,18 @@ fn a_status_decodes_in_go_with_every_field() {
     let go_view = wait_until(Duration::from_secs(10), "a repaired drift", || {
         let out = go.run_ok(
             hub,
-            &[
+            &as_control(
+                &stack,
                 "status",
-                "-nats",
-                &url,
-                "-pod",
-                "go-2",
-                "-want-generation",
-                "3",
-                "-want-overall",
-                "Healthy",
-            ],
+                &[
+                    "-pod",
+                    "go-2",
+                    "-want-generation",
+                    "3",
+                    "-want-overall",
+                    "Healthy",
+                ],
+            ),
         );
         let out = out.map_err(|e| e.to_string())?;
         let status: PodStatus = Encoding::Json
@@ -249,7 +258,7 @@ fn a_status_decodes_in_go_with_every_field() {
     );
     // And it is the status the Rust client gets, apart from when it was stamped.
     let rust_view = stack.block_on(|| async {
-        let cp = ControlPlane::connect(&url).await.unwrap();
+        let cp = stack.control_plane().await.unwrap();
         cp.status_get("go-2", Encoding::Json).await.unwrap()
     });
     // (Peer counters too: a userspace device may send a handshake attempt in between.)
@@ -331,7 +340,7 @@ fn the_go_decoder_refuses_a_status_it_does_not_fully_know() {
                 client.flush().await.unwrap();
             });
             let out = tokio::task::block_in_place(|| {
-                go.run(&hub.ns, &["status", "-nats", &url, "-pod", "web-1"])
+                go.run(&hub.ns, &["status", "-nats-url", &url, "-pod", "web-1"])
             })
             .unwrap();
             tokio::time::timeout(Duration::from_secs(5), answer)
@@ -351,99 +360,178 @@ fn the_go_decoder_refuses_a_status_it_does_not_fully_know() {
     }
 }
 
-/// The contract's signing rule computed in Rust with ed25519-dalek: (Weft-Key, Weft-Signature).
-/// When weft-schema's signing helper lands (branch `trust`), this becomes a call to it.
-fn rust_signature(seed: &[u8; 32], content_type: &str, schema: &str, body: &[u8]) -> [String; 2] {
-    let key = SigningKey::from_bytes(seed);
-    let mut signed = format!("weft-spec-v1\n{content_type}\n{schema}\n").into_bytes();
-    signed.extend_from_slice(body);
+/// The signing test vector as a document states it: the value after each label of its
+/// vector block (the first lines after `marker` starting with the label).
+fn documented_vector(doc: &str, marker: &str) -> [String; 6] {
+    let block = &doc[doc.find(marker).expect("the vector's heading")..];
     [
-        B64.encode(key.verifying_key().as_bytes()),
-        B64.encode(key.sign(&signed).to_bytes()),
+        "seed (hex)",
+        "Weft-Key",
+        "Content-Type",
+        "Weft-Schema",
+        "body",
+        "Weft-Signature",
     ]
+    .map(|label| {
+        block
+            .lines()
+            .map(|l| l.trim_start_matches("//!").trim())
+            .find_map(|l| l.strip_prefix(label))
+            .and_then(|rest| rest.split_whitespace().next())
+            .unwrap_or_else(|| panic!("{label} in the vector after {marker:?}"))
+            .to_owned()
+    })
 }
 
-/// The signing test vector (also in testkit/go/README.md): seed bytes 0, 1, ..., 31, the body
-/// as Go marshals a minimal spec, `Weft-Schema: 1`, and a signature per `Content-Type` (header
-/// values are signed exactly as sent, so a parameter changes the signature). `openssl pkeyutl
-/// -sign -rawin` gives the same.
-const VECTOR_BODY: &[u8] =
-    br#"{"PodId":"web-1","Generation":1,"Network":null,"Firewall":null,"WireGuard":null}"#;
-const VECTOR_KEY: &str = "A6EHv/POEL4dcN0Y50vAmWfk1jCbpQ1fHdyGZBJVMbg=";
-const VECTOR_SIGNATURES: [(&str, &str); 2] = [
-    (
-        "application/json",
-        "RqN4lW/Dfqi1lz4mIHBd+i/OQnkZz57pncofj3awmGKgqlXZg94z2kgn1Sxesh+i7dk2wi8X0gc6iY/Y+2IeCg==",
-    ),
-    (
-        "application/json; charset=utf-8",
-        "eW04wYAXhVBW2rLtBHPc5p0gmsXw3dOJk2MWvHSoorGuZNsDhbbDrKu39QmtE0K2tg/h7ExZ5ZhNy8wFIfztCg==",
-    ),
-];
-
-fn vector_seed() -> [u8; 32] {
-    std::array::from_fn(|i| i as u8)
+fn hex(text: &str) -> Vec<u8> {
+    (0..text.len() / 2)
+        .map(|i| u8::from_str_radix(&text[2 * i..2 * i + 2], 16).unwrap())
+        .collect()
 }
 
+/// `weftcp sign`: the (Weft-Key, Weft-Signature) Go computes for a body as sent.
+fn go_signature(
+    go: &GoControlPlane,
+    seed_file: &str,
+    ct: &str,
+    schema: &str,
+    body: &[u8],
+) -> [String; 2] {
+    let body_file = file(go, "body", body);
+    let out = go
+        .command()
+        .args(["sign", "-sign-key", seed_file, "-body", &body_file])
+        .args(["-content-type", ct, "-schema", schema])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let out = String::from_utf8(out.stdout).unwrap();
+    let value = |header: &str| {
+        out.lines()
+            .find_map(|l| l.strip_prefix(header))
+            .unwrap_or_else(|| panic!("{header} in {out:?}"))
+            .to_owned()
+    };
+    [value("Weft-Key: "), value("Weft-Signature: ")]
+}
+
+/// The signing test vector of the README ("Signing a spec") and of `weft_schema::sign`'s
+/// rustdoc is one vector (testkit/go/README.md points to it), and the Go client and the Rust
+/// helper both produce it. They also agree where a header value carries a parameter (signed as
+/// sent, so the signature differs).
 #[test]
-fn go_and_rust_sign_the_test_vector_alike() {
+fn go_and_rust_sign_the_documented_test_vector_alike() {
+    let readme = documented_vector(include_str!("../../README.md"), "Test vector");
+    let rustdoc = documented_vector(include_str!("../../schema/src/sign.rs"), "# Test vector");
+    assert_eq!(
+        readme, rustdoc,
+        "README.md and schema/src/sign.rs state different vectors"
+    );
+    let [seed, key, content_type, schema, body, signature] = readme;
+    let seed: [u8; 32] = hex(&seed).try_into().expect("a 32-byte seed");
+
     let go = GoControlPlane::build().unwrap();
-    let seed = vector_seed();
     let seed_file = file(&go, "seed", B64.encode(seed).as_bytes());
-    let body_file = file(&go, "body.json", VECTOR_BODY);
-    for (content_type, want) in VECTOR_SIGNATURES {
-        let out = go
-            .command()
-            .args(["sign", "-sign-key", &seed_file, "-body", &body_file])
-            .args(["-content-type", content_type, "-schema", "1"])
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "{out:?}");
-        let [key, signature] = rust_signature(&seed, content_type, "1", VECTOR_BODY);
-        assert_eq!(
-            String::from_utf8(out.stdout).unwrap(),
-            format!("Weft-Key: {key}\nWeft-Signature: {signature}\n"),
-            "{content_type}"
-        );
-        assert_eq!((key.as_str(), signature.as_str()), (VECTOR_KEY, want));
-    }
+    let rust = SigningKey::from_seed(&seed);
+    let signed = rust.sign(Some(&content_type), Some(&schema), body.as_bytes());
+    assert_eq!(
+        [signed.key.as_str(), signed.signature.as_str()],
+        [key.as_str(), signature.as_str()]
+    );
+    assert_eq!(
+        go_signature(&go, &seed_file, &content_type, &schema, body.as_bytes()),
+        [key.clone(), signature.clone()]
+    );
+
+    let charset = "application/json; charset=utf-8";
+    let signed = rust.sign(Some(charset), Some(&schema), body.as_bytes());
+    assert_ne!(signed.signature, signature);
+    assert_eq!(
+        go_signature(&go, &seed_file, charset, &schema, body.as_bytes()),
+        [signed.key, signed.signature]
+    );
 }
 
-/// A spec signed by the Go client is applied, and what went on the wire verifies under the
-/// contract's rule. Today's agent takes no `--trust-keys` (branch `trust` adds it) and ignores
-/// the signature headers, as the contract says of an agent without trust keys. When it lands:
-/// write `key` to a file, start the agent with `--trust-keys FILE`, and assert that `SignedBy`
-/// names `key` (the Go `PodStatus` then needs `SignedBy *string`).
+fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+/// The seed of the documented test vector (RFC 8032 test 1): the Go control plane's key.
+fn go_seed() -> [u8; 32] {
+    hex("9d61b19deffd5a60ba844af492ec2cc44449c5697b326919703bac031cae7f60")
+        .try_into()
+        .unwrap()
+}
+
+/// `weftcp status` as the control plane, decoded (weftcp prints what it decoded).
+fn go_status(go: &GoControlPlane, stack: &Stack, pod: &str) -> PodStatus {
+    let out = go
+        .run_ok(&stack.hub.ns, &as_control(stack, "status", &["-pod", pod]))
+        .unwrap();
+    Encoding::Json.decode(out.trim().as_bytes()).unwrap()
+}
+
+/// With `--trust-keys` holding the Go key: a spec signed in Go is applied, what went on the
+/// wire verifies under the contract's rule (the Rust helper computes the same headers), and
+/// `SignedBy` names the Go key; an unsigned spec from Go, and a signed one whose
+/// `NotAfterUnix` has passed, are `Rejected` with the contract's words, the kernel unchanged.
 #[test]
-fn a_spec_signed_in_go_is_applied() {
+fn under_trust_keys_a_spec_signed_in_go_is_applied_and_others_are_rejected() {
     require_root();
     let go = GoControlPlane::build().unwrap();
+    let key = SigningKey::from_seed(&go_seed());
+    let seed_file = file(&go, "seed", B64.encode(go_seed()).as_bytes());
+    let trust = file(
+        &go,
+        "trust-keys",
+        format!("# the Go control plane\n{}\n", key.verifying_key()).as_bytes(),
+    );
     let mut stack = Stack::new(agent_bin()).unwrap();
     stack.add_pod("go-3").unwrap();
-    stack.start_agent("go-3", &[]).unwrap();
-    let (hub, ns, url) = (&stack.hub.ns, &stack.pods[0].ns.ns, stack.nats_url());
-    let seed_file = file(&go, "seed", B64.encode(vector_seed()).as_bytes());
-    let spec = json!({
-        "PodId": "go-3", "Generation": 1,
-        "Firewall": { "Ingress": [ { "Protocol": "tcp", "Ports": ["2222"] } ] }
-    });
-    let spec_file = file(&go, "spec.json", spec.to_string().as_bytes());
-    let apply = [
+    stack
+        .start_agent("go-3", &["--trust-keys", &trust])
+        .unwrap();
+    // Someone allowed to read the spec subject, to see the request as the agent got it.
+    stack
+        .add_user(
+            "observer",
+            Permissions {
+                publish: Vec::new(),
+                subscribe: vec!["weft.pod.go-3.spec".into()],
+                allow_responses: false,
+            },
+        )
+        .unwrap();
+    let (hub, ns) = (&stack.hub.ns, &stack.pods[0].ns.ns);
+    let spec = |generation: u64, not_after: Option<u64>| {
+        let mut spec = json!({
+            "PodId": "go-3", "Generation": generation,
+            "Firewall": { "Ingress": [ { "Protocol": "tcp",
+                                         "Ports": [ (2220 + generation).to_string() ] } ] }
+        });
+        if let Some(t) = not_after {
+            spec["NotAfterUnix"] = json!(t);
+        }
+        file(
+            &go,
+            &format!("spec-{generation}.json"),
+            spec.to_string().as_bytes(),
+        )
+    };
+
+    let spec_1 = spec(1, None);
+    let apply = as_control(
+        &stack,
         "apply",
-        "-nats",
-        &url,
-        "-pod",
-        "go-3",
-        "-spec",
-        &spec_file,
-        "-sign-key",
-        &seed_file,
-    ];
-    // A second subscriber on the spec subject sees the request as the agent got it.
+        &["-pod", "go-3", "-spec", &spec_1, "-sign-key", &seed_file],
+    );
     let seen = stack.block_on(|| async {
-        let client = async_nats::connect(&url).await.unwrap();
-        let mut sub = client.subscribe("weft.pod.go-3.spec").await.unwrap();
-        client.flush().await.unwrap();
+        let observer = stack.client("observer").await.unwrap().client;
+        let mut sub = observer.subscribe("weft.pod.go-3.spec").await.unwrap();
+        observer.flush().await.unwrap();
         tokio::task::block_in_place(|| go.run_ok(hub, &apply)).unwrap();
         use futures::StreamExt;
         // The first requests may have found no responder yet; the last one was answered.
@@ -464,27 +552,141 @@ fn a_spec_signed_in_go_is_applied() {
         (content_type.as_str(), schema.as_str()),
         ("application/json", "1")
     );
-    let [key, signature] = rust_signature(&vector_seed(), &content_type, &schema, &seen.payload);
-    assert_eq!(header("Weft-Key"), Some(key));
-    assert_eq!(header("Weft-Signature"), Some(signature));
+    let signed = key.sign(Some(&content_type), Some(&schema), &seen.payload);
+    assert_eq!(header("Weft-Key"), Some(signed.key.clone()));
+    assert_eq!(header("Weft-Signature"), Some(signed.signature));
 
     let table = nft_table(ns, "inet", "weft-fw")
         .unwrap()
         .expect("inet weft-fw");
-    assert!(table.to_string().contains(r#""right":2222"#), "{table}");
-    go.run_ok(
-        hub,
-        &[
-            "status",
-            "-nats",
-            &url,
-            "-pod",
-            "go-3",
-            "-want-generation",
-            "1",
-            "-want-overall",
-            "Healthy",
-        ],
+    assert!(table.to_string().contains(r#""right":2221"#), "{table}");
+    let status = go_status(&go, &stack, "go-3");
+    assert_eq!(
+        (status.observed_generation, status.overall),
+        (1, Overall::Healthy),
+        "{status:?}"
+    );
+    assert_eq!(status.signed_by.as_deref(), Some(signed.key.as_str()));
+
+    let before = kernel_snapshot(ns).unwrap();
+    let expired_at = now() - 60;
+    let (spec_2, spec_2_expired) = (spec(2, None), spec(3, Some(expired_at)));
+    let cases = [
+        (
+            "unsigned",
+            as_control(
+                &stack,
+                "apply",
+                &["-pod", "go-3", "-spec", &spec_2, "-expect", "Rejected"],
+            ),
+            "spec rejected: unsigned spec".to_owned(),
+        ),
+        (
+            "expired",
+            as_control(
+                &stack,
+                "apply",
+                &[
+                    "-pod",
+                    "go-3",
+                    "-spec",
+                    &spec_2_expired,
+                    "-sign-key",
+                    &seed_file,
+                    "-expect",
+                    "Rejected",
+                ],
+            ),
+            format!(
+                "generation 3 rejected: expired at {} (NotAfterUnix {expired_at})",
+                weft_schema::text::rfc3339(expired_at)
+            ),
+        ),
+    ];
+    for (what, apply, says) in cases {
+        let reply: Value = serde_json::from_str(&go.run_ok(hub, &apply).unwrap()).unwrap();
+        let error = reply["Error"].as_str().unwrap();
+        assert!(
+            error.starts_with(&says),
+            "{what}: {error:?} is not {says:?}"
+        );
+        assert_eq!(
+            kernel_snapshot(ns).unwrap(),
+            before,
+            "{what}: the kernel changed"
+        );
+        // The status says it; the applied spec and its signer stay.
+        let status = go_status(&go, &stack, "go-3");
+        assert!(status.last_error.starts_with(&says), "{what}: {status:?}");
+        assert_eq!(
+            (
+                status.observed_generation,
+                status.overall,
+                status.signed_by.as_deref()
+            ),
+            (1, Overall::Degraded, Some(signed.key.as_str())),
+            "{what}"
+        );
+    }
+}
+
+/// Under mutual TLS (the shipped configuration with `verify: true`), `weftcp` connects with
+/// the control plane's client certificate and nkey, and checks the server's certificate
+/// against the stack's CA. Without the certificate or the nkey the server refuses it; without
+/// the CA it refuses the server; each time `weftcp` says so (exit 1).
+#[test]
+fn weftcp_connects_with_the_control_planes_credentials_only() {
+    require_root();
+    let go = GoControlPlane::build().unwrap();
+    let mut stack = Stack::with(
+        agent_bin(),
+        Options {
+            mutual_tls: true,
+            ..Options::default()
+        },
     )
     .unwrap();
+    stack.add_pod("go-4").unwrap();
+    stack.start_agent("go-4", &[]).unwrap();
+    let spec = json!({ "PodId": "go-4", "Generation": 1 });
+    let spec_file = file(&go, "spec.json", spec.to_string().as_bytes());
+    go.run_ok(
+        &stack.hub.ns,
+        &as_control(&stack, "apply", &["-pod", "go-4", "-spec", &spec_file]),
+    )
+    .unwrap();
+    assert_eq!(go_status(&go, &stack, "go-4").observed_generation, 1);
+
+    let full = as_control(&stack, "status", &["-pod", "go-4", "-timeout", "3s"]);
+    let without = |flags: &[&str]| -> Vec<String> {
+        let mut args = full.clone();
+        for flag in flags {
+            let at = args.iter().position(|a| a == flag).expect(flag);
+            args.drain(at..at + 2);
+        }
+        args
+    };
+    for (what, args, says) in [
+        (
+            "no client certificate",
+            without(&["--nats-tls-cert", "--nats-tls-key"]),
+            "connect",
+        ),
+        (
+            "no nkey",
+            without(&["--nats-nkey"]),
+            "Authorization Violation",
+        ),
+        (
+            "no CA: the server's certificate is not trusted",
+            without(&["--nats-tls-ca"]),
+            "x509: certificate signed by unknown authority",
+        ),
+    ] {
+        let out = go.run(&stack.hub.ns, &args).unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{what}: {stderr}");
+        assert!(stderr.contains(says), "{what}: {stderr:?} lacks {says:?}");
+        println!("{what}: {}", stderr.trim());
+    }
 }

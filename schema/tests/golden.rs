@@ -7,8 +7,8 @@
 //! `WEFT_BLESS=1 cargo test -p weft-schema` rewrites the fixtures from the values.
 //!
 //! The `contract_*.json` fixtures are the examples of CONTRACT.md, copied as written (the
-//! `...` of the `LastDrift` example replaced by a number, and v1.1's `SignedBy` added to the
-//! status); they must decode. `go_pod_spec_nulls.json` is a spec as Go's `encoding/json` writes
+//! `...` of the `LastDrift` example replaced by a number, and v1.1's `SignedBy`,
+//! `Network.Addresses6` and `Network.Gateway6` added to the status); they must decode. `go_pod_spec_nulls.json` is a spec as Go's `encoding/json` writes
 //! it when every slice is nil and every pointer unset: each such field `null`.
 
 mod support;
@@ -121,6 +121,8 @@ fn contract_pod_spec_example_decodes() {
             interface: "eth0".into(),
             address: "10.0.0.5/24".into(),
             gateway: Some("10.0.0.1".into()),
+            address6: None,
+            gateway6: None,
             mtu: Some(1500),
             nameservers: vec!["10.0.0.2".into()],
             search_domains: vec!["pods.local".into()],
@@ -152,6 +154,7 @@ fn contract_pod_spec_example_decodes() {
                 preshared_key: None,
             }],
             mtu: None,
+            default_route: None,
         }),
     };
     assert_eq!(spec, expected);
@@ -196,6 +199,8 @@ fn contract_pod_status_example_decodes() {
             addresses: vec!["10.0.0.5/24".into()],
             gateway: Some("10.0.0.1".into()),
             mtu: 1500,
+            addresses6: vec![],
+            gateway6: None,
         }),
         firewall: Some(FirewallStatus {
             overall: Overall::Healthy,

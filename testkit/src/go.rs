@@ -1,6 +1,9 @@
 //! `weftcp`, the Go control plane in `testkit/go/weftcp`: built with Debian's Go in GOPATH mode
 //! over `/usr/share/gocode` (no module downloads), run as a test's client. It is written from
 //! the contract alone, so it proves weft speaks to a control plane that shares no code with it.
+//! It takes the contract's NATS flags (`-nats-url`, `-nats-nkey`, `-nats-tls-ca`,
+//! `-nats-tls-cert`/`-nats-tls-key`), so it connects to the stack as the shipped
+//! configuration says a control plane does: TLS and its own nkey.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -9,6 +12,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use anyhow::{bail, Context, Result};
 
 use crate::netns::Netns;
+use crate::stack::Stack;
 
 const INSTALL: &str =
     "`bash .ci/deps` installs Go and nats.go (golang-go, golang-github-nats-io-go-nats-dev)";
@@ -76,19 +80,32 @@ impl GoControlPlane {
         Command::new(&self.bin)
     }
 
+    /// The flags `weftcp` reaches the stack's server with as identity `who` (`control` for
+    /// the control plane): `-nats-url` and the identity's credential and TLS files, under the
+    /// contract's flag names, which `weftcp` shares (Go's `flag` takes `--name` as `-name`).
+    /// Only the URL on a plain stack.
+    pub fn nats_flags(stack: &Stack, who: &str) -> Vec<String> {
+        let mut flags = vec!["-nats-url".to_owned(), stack.nats_url()];
+        if let Some(identity) = stack.identity(who) {
+            flags.extend(identity.flags());
+        }
+        flags
+    }
+
     /// `weftcp args..` inside `ns`; the output whatever the exit status (a test may expect a
     /// failure).
-    pub fn run(&self, ns: &Netns, args: &[&str]) -> Result<Output> {
+    pub fn run<S: AsRef<str>>(&self, ns: &Netns, args: &[S]) -> Result<Output> {
         ns.command(self.bin.to_str().context("binary path is not UTF-8")?)
-            .args(args)
+            .args(args.iter().map(AsRef::as_ref))
             .output()
             .context("spawn weftcp")
     }
 
     /// `weftcp args..` inside `ns`, which must exit 0; returns its stdout.
-    pub fn run_ok(&self, ns: &Netns, args: &[&str]) -> Result<String> {
+    pub fn run_ok<S: AsRef<str>>(&self, ns: &Netns, args: &[S]) -> Result<String> {
         let out = self.run(ns, args)?;
         if !out.status.success() {
+            let args: Vec<&str> = args.iter().map(AsRef::as_ref).collect();
             bail!(
                 "weftcp {} exited {}: {}",
                 args.join(" "),

@@ -24,6 +24,7 @@ use weft_schema::{Applicable, ApplyResult, PodId};
 use crate::dataplane::events::{Hints, KernelEvents};
 use crate::dataplane::{self, Failure};
 use crate::intake::{read_spec, Read};
+use crate::metrics;
 use crate::role::{Facts, Plane, Role};
 use crate::state::StateDir;
 use drift::{Budgets, Drift};
@@ -85,6 +86,10 @@ pub struct Reconciler<R: Role> {
     log_gate: LogGate,
     /// Answers held until the status they change is out (see [`Self::take_answers`]).
     answers: Vec<Answer>,
+    /// How long the last apply took, from its start to the kernel's acknowledgement of its
+    /// last write (every change is acknowledged before the next is sent, and nothing but
+    /// the return follows the last one).
+    apply_micros: u64,
 }
 
 /// An answer to a spec, to send once the status it changed is published.
@@ -94,12 +99,14 @@ pub struct Answer {
     generation: u64,
     result: ApplyResult,
     error: String,
+    /// `ApplyMicros`: see [`Reconciler::apply`].
+    micros: u64,
 }
 
 impl Answer {
     pub fn send(self, pod: &PodId) {
         self.reply
-            .send(pod, self.generation, self.result, self.error);
+            .send(pod, self.generation, self.result, self.error, self.micros);
     }
 }
 
@@ -120,6 +127,7 @@ impl<R: Role> Reconciler<R> {
             baseline: None,
             log_gate: LogGate::default(),
             answers: Vec::new(),
+            apply_micros: 0,
         }
     }
 
@@ -131,11 +139,16 @@ impl<R: Role> Reconciler<R> {
     }
 
     fn answer(&mut self, reply: Replier, generation: u64, result: ApplyResult, error: String) {
+        let micros = match result {
+            ApplyResult::Applied | ApplyResult::Failed => self.apply_micros,
+            ApplyResult::Rejected | ApplyResult::Stale => 0,
+        };
         self.answers.push(Answer {
             reply,
             generation,
             result,
             error,
+            micros,
         });
     }
 
@@ -219,6 +232,7 @@ impl<R: Role> Reconciler<R> {
                 if let Some(skipped) = self.log_gate.pass("stale") {
                     info!(generation, applied, skipped, "stale spec ignored");
                 }
+                metrics::spec_handled(ApplyResult::Stale);
                 self.answer(
                     sub.reply,
                     generation,
@@ -234,6 +248,7 @@ impl<R: Role> Reconciler<R> {
                     warn!(generation, error = %e, skipped, "spec rejected");
                 }
                 self.rejection = Some(e.clone());
+                metrics::spec_rejected("conflict");
                 self.answer(sub.reply, generation, ApplyResult::Rejected, e);
             }
             Decision::Apply | Decision::Reassert => {
@@ -273,17 +288,24 @@ impl<R: Role> Reconciler<R> {
         injected_fault(spec.generation());
         let started = Instant::now();
         self.failures = self.dataplane.apply(&spec);
+        self.apply_micros = started.elapsed().as_micros() as u64;
         self.state.end_apply();
         self.baseline = None;
         info!(
             generation = spec.generation(),
             failed = self.failures.len(),
-            micros = started.elapsed().as_micros() as u64,
+            micros = self.apply_micros,
             "applied"
         );
         if self.failures.is_empty() {
             self.rejection = None;
         }
+        metrics::spec_desired(spec.generation());
+        metrics::spec_handled(if self.failures.is_empty() {
+            ApplyResult::Applied
+        } else {
+            ApplyResult::Failed
+        });
         self.applied = Some(spec);
         self.observe();
     }
@@ -336,7 +358,7 @@ impl<R: Role> Reconciler<R> {
                 let event = drift::event(
                     subsystem,
                     drift::change(hints, subsystem, &found),
-                    drift::author(hints, subsystem, own_port),
+                    drift::author(hints, subsystem, own_port, &found),
                 );
                 warn!(
                     ?subsystem,
@@ -347,6 +369,7 @@ impl<R: Role> Reconciler<R> {
                 );
                 self.drift.repairs += 1;
                 self.drift.last = Some(event);
+                metrics::drift_repaired(subsystem);
             }
         }
         self.observed = Some(if wrote {
@@ -517,6 +540,7 @@ impl<R: Role> Handle<R> {
     pub fn submit(&self, sub: Submission<R::Spec>) {
         if let Some(lost) = self.mailbox.update(|inbox| inbox.offer(sub)) {
             let generation = lost.spec.generation();
+            metrics::spec_handled(ApplyResult::Stale);
             info!(generation, "spec superseded before it was applied");
             lost.answer(
                 &self.id,
@@ -537,6 +561,11 @@ impl<R: Role> Handle<R> {
     /// nothing changed (the emitter's tick waits for it).
     pub fn observe_now(&self) {
         self.mailbox.update(|inbox| inbox.observe = true);
+    }
+
+    /// Wakes the loop without asking anything of it (`/healthz` watches it go round).
+    pub fn ping(&self) {
+        self.mailbox.update(|_| ());
     }
 
     /// Stops the thread after the apply in progress, if any. Kernel state stays.
@@ -617,6 +646,7 @@ fn run<R: Role>(
         for answer in rec.take_answers() {
             answer.send(&pod);
         }
+        metrics::reconciler_turned();
     }
 }
 
@@ -634,6 +664,15 @@ fn injected_fault(generation: u64) {
     let wanted = std::env::var("WEFT_FAULT_PANIC_AT_GENERATION").ok();
     if wanted.and_then(|v| v.parse::<u64>().ok()) == Some(generation) {
         panic!("injected fault in the apply of generation {generation}");
+    }
+    // `WEFT_FAULT_HANG_AT_GENERATION=N`: the apply of generation N never returns, as a
+    // kernel call that blocks for ever would (what `/healthz` must notice).
+    let hang = std::env::var("WEFT_FAULT_HANG_AT_GENERATION").ok();
+    if hang.and_then(|v| v.parse::<u64>().ok()) == Some(generation) {
+        warn!(generation, "injected fault: this apply hangs");
+        loop {
+            std::thread::park();
+        }
     }
 }
 

@@ -9,7 +9,6 @@ mod pod;
 use std::fmt::Debug;
 use std::path::Path;
 
-use weft_emitter::Status;
 use weft_schema::{Applicable, PodId, Subsystem, WireSpec};
 
 use crate::dataplane::events::{Hints, KernelEvents};
@@ -28,7 +27,7 @@ pub trait Role: Sized + 'static {
     /// The spec validated: what the reconciler applies and keeps.
     type Spec: Applicable + Clone + PartialEq + Debug + Send + Sync + 'static;
     /// What the agent publishes.
-    type Status: Status;
+    type Status: crate::metrics::Scraped;
     /// The kernel half.
     type Plane: Plane<Spec = Self::Spec>;
 

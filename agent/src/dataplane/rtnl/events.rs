@@ -10,11 +10,13 @@ use neli::rtnl::{Ifaddrmsg, Ifinfomsg, Rtmsg};
 use super::{ip_from, u32_ne};
 use crate::dataplane::netlink::{self, messages, Message};
 
-/// Links, IPv4 addresses, IPv4 routes.
-pub const GROUPS: [u32; 3] = [
+/// Links, addresses and routes of both families.
+pub const GROUPS: [u32; 5] = [
     libc::RTNLGRP_LINK,
     libc::RTNLGRP_IPV4_IFADDR,
     libc::RTNLGRP_IPV4_ROUTE,
+    libc::RTNLGRP_IPV6_IFADDR,
+    libc::RTNLGRP_IPV6_ROUTE,
 ];
 
 /// A possible change to the pod's links, addresses or routes.

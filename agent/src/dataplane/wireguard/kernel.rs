@@ -301,10 +301,11 @@ pub fn render_set<'a>(
         w.fit(PEER_HEADER + ALLOWED_IP_COST);
         let mut head = peer_head(&mut w.secrets, peer);
         let mut ips = Vec::new();
+        // The peer section as it stands: its nest, its head, the allowed IPs' nest and IPs.
+        let mut section = 4 + size(&head) + 4;
         for (i, net) in peer.allowed_ips.iter().enumerate() {
             let ip = allowed_ip(i as u16, net);
-            let section = 4 + size(&head) + 4 + size(&ips) + ip.padded_size();
-            if w.len + section > w.max_len && !ips.is_empty() {
+            if w.len + section + ip.padded_size() > w.max_len && !ips.is_empty() {
                 // Close this section; continue the same peer in the next message.
                 head.push(nest(WgPeerAttr::Allowedips, &std::mem::take(&mut ips)));
                 w.add_peer(nest(index, &head));
@@ -313,7 +314,9 @@ pub fn render_set<'a>(
                     WgPeerAttr::PublicKey,
                     Buffer::from(&peer.public_key.as_bytes()[..]),
                 )];
+                section = 4 + size(&head) + 4;
             }
+            section += ip.padded_size();
             ips.push(ip);
         }
         head.push(nest(WgPeerAttr::Allowedips, &ips));
