@@ -14,6 +14,7 @@ pub mod abi;
 pub mod batch;
 pub mod events;
 pub mod expr;
+pub mod keyed;
 
 use std::io;
 
@@ -447,6 +448,17 @@ impl Nft {
     /// Sends a transaction as one datagram and reads the kernel's answers: `Ok` when it
     /// committed, the first refusal otherwise (the kernel then applied none of it).
     pub fn commit<L: Copy>(&mut self, tx: &Transaction<L>) -> Result<(), CommitError<L>> {
+        self.commit_echoed(tx, None).map(drop)
+    }
+
+    /// [`Nft::commit`] of a batch that asked for its rules back
+    /// ([`batch::Batch::echo_rules`]):
+    /// the rules of table `table` it added, as the kernel committed them (handles and all).
+    pub fn commit_echoed<L: Copy>(
+        &mut self,
+        tx: &Transaction<L>,
+        table: Option<&str>,
+    ) -> Result<Vec<Rule>, CommitError<L>> {
         self.socket
             .fit_send(tx.bytes.len())
             .map_err(|e| CommitError::Netlink(netlink::Error::Send(e)))?;
@@ -456,25 +468,35 @@ impl Nft {
         let mut refused = None;
         let mut acked = false;
         let acked_seq = tx.acked_seq();
+        let mut echoed = Vec::new();
         self.socket
-            .exchange(&[&tx.bytes, &fence], tx.first_seq..=fence_seq, |e| {
-                if let Event::End(ack) = e {
-                    if ack.errno == 0 {
-                        acked |= ack.seq == acked_seq;
-                    } else if refused.is_none() && ack.seq != fence_seq {
-                        refused = Some(Refusal {
-                            what: tx.label(ack.seq),
-                            errno: ack.errno,
-                            text: ack.text,
-                        });
+            .exchange(
+                &[&tx.bytes, &fence],
+                tx.first_seq..=fence_seq,
+                |e| match e {
+                    Event::End(ack) => {
+                        if ack.errno == 0 {
+                            acked |= ack.seq == acked_seq;
+                        } else if refused.is_none() && ack.seq != fence_seq {
+                            refused = Some(Refusal {
+                                what: tx.label(ack.seq),
+                                errno: ack.errno,
+                                text: ack.text,
+                            });
+                        }
                     }
-                }
-            })
+                    Event::Data(msg) => {
+                        if let Some(table) = table {
+                            echoed.extend(rule_of(msg, table));
+                        }
+                    }
+                },
+            )
             .map_err(CommitError::Netlink)?;
         match refused {
             Some(r) => Err(CommitError::Refused(r)),
             None if !acked => Err(CommitError::NoAnswer),
-            None => Ok(()),
+            None => Ok(echoed),
         }
     }
 }
