@@ -19,8 +19,8 @@ use clap::Parser;
 use weft_schema::sign::SigningKey;
 use weft_testkit::identity::write_secret;
 use weft_testkit::natsconf::{
-    control_plane_permissions, dashboard_permissions, pod_permissions, user_nkey,
-    Authorization, Credential, Permissions, ServerConfig, Tls, User, Value, WEFT_MAX_PAYLOAD,
+    control_plane_permissions, dashboard_permissions, pod_permissions, user_nkey, Authorization,
+    Credential, Permissions, ServerConfig, Tls, User, Value, WEFT_MAX_PAYLOAD,
 };
 use weft_testkit::pki::Ca;
 
