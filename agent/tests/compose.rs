@@ -286,6 +286,7 @@ fn the_compose_stack_comes_up_pings_over_the_overlay_and_keeps_a_restarted_pods_
         }
     );
 
+    let t = Instant::now();
     let bases = ok(Command::new("bash")
         .arg(workspace().join(".ci/compose-bases"))
         .current_dir(workspace()));
@@ -295,6 +296,10 @@ fn the_compose_stack_comes_up_pings_over_the_overlay_and_keeps_a_restarted_pods_
         .map(|(k, v)| (k.to_owned(), v.to_owned()))
         .collect();
     assert_eq!(env.len(), 2, "{bases}");
+    eprintln!(
+        "local base images (.ci/compose-bases; made once, then kept): {:.1} s",
+        t.elapsed().as_secs_f64()
+    );
     let (nats_port, monitor_port, dashboard_port) = (free_port(), free_port(), free_port());
     let project = format!("weft-test-{}", std::process::id());
     env.extend([
