@@ -100,10 +100,15 @@ impl Ca {
 
     /// A server certificate for every name in [`server_names`].
     pub fn server(&self, file: &str) -> Result<CertFiles> {
+        self.server_for(file, server_names())
+    }
+
+    /// A server certificate for these names (host names or IP addresses).
+    pub fn server_for(&self, file: &str, names: Vec<String>) -> Result<CertFiles> {
         self.issue(
             file,
             "nats-server",
-            server_names(),
+            names,
             ExtendedKeyUsagePurpose::ServerAuth,
         )
     }
