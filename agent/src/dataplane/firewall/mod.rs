@@ -269,6 +269,8 @@ impl Firewall {
             table: super::nftables::Table {
                 flags: self.flags,
                 owner: (self.flags != 0).then_some(self.nft.port()),
+                // Not compared: a table of ours is known by its generation.
+                handle: 0,
             },
             chains_ok: true,
             ruleset,
@@ -373,7 +375,7 @@ impl Firewall {
     /// Commits a batch. The kernel refuses it whole or takes it whole.
     fn send(&mut self, batch: &Transaction<Label>, desired: &Ruleset) -> Result<(), Error> {
         match self.nft.commit(batch) {
-            Ok(()) => Ok(()),
+            Ok(_) => Ok(()),
             Err(CommitError::Refused(r)) => {
                 self.refused = r.what;
                 Err(Error::Refused {
