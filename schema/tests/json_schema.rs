@@ -33,11 +33,11 @@ fn object_defs() -> Vec<(String, Value)> {
 fn every_object_is_closed() {
     let objects = object_defs();
     // Spec: PodSpec, NetworkSpec, FirewallSpec, IngressRule, EgressRule, WireGuardSpec,
-    // PeerSpec. Status: PodStatus, DriftEvent, NetworkStatus, FirewallStatus,
+    // PeerSpec. Status: PodStatus, DriftEvent, NetworkStatus, FirewallStatus, PacketCount,
     // WireGuardStatus, PeerStatus, ApplyReply.
     assert_eq!(
         objects.len(),
-        14,
+        15,
         "{:?}",
         objects.iter().map(|o| &o.0).collect::<Vec<_>>()
     );
@@ -91,6 +91,7 @@ fn required_fields_are_the_contract_s() {
         "DriftEvent",
         "NetworkStatus",
         "FirewallStatus",
+        "PacketCount",
         "WireGuardStatus",
         "PeerStatus",
         "ApplyReply",

@@ -218,6 +218,8 @@ impl Dataplane {
                 ingress_rules: 0,
                 egress_rules: 0,
                 ruleset_hash: String::new(),
+                input_dropped: None,
+                egress_dropped: None,
             },
             wireguard: None,
         };

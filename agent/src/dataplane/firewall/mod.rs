@@ -337,6 +337,8 @@ impl Firewall {
             ingress_rules: 0,
             egress_rules: 0,
             ruleset_hash: String::new(),
+            input_dropped: None,
+            egress_dropped: None,
         };
         let problem = match read {
             Err(e) => Some(super::error_line(e)),
