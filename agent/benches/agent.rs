@@ -193,8 +193,8 @@ fn main() {
 
 struct Report {
     agent: Vec<Duration>,
-    /// `ApplyMicros` of each reply: the agent's own time from taking the spec to reading
-    /// the kernel back.
+    /// `ApplyMicros` of each reply: the apply alone, from its start to the kernel's
+    /// acknowledgement of its last write.
     apply: Vec<Duration>,
     nats: Vec<Duration>,
     before_burst: u64,

@@ -33,6 +33,8 @@ fn main() {
         interface: IfName::parse("eth0").unwrap(),
         address: "192.0.2.10/24".parse().unwrap(),
         gateway: Some("192.0.2.1".parse().unwrap()),
+        address6: None,
+        gateway6: None,
         mtu: Some(1400),
         nameservers: Vec::new(),
         search_domains: Vec::new(),

@@ -62,6 +62,7 @@ fn device(ifname: &str, address: &str, port: u16, key: &SecretKey, peers: Vec<Pe
         private_key: Some(key.clone()),
         peers,
         mtu: 1420,
+        default_route: None,
     }
 }
 

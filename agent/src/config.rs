@@ -75,6 +75,10 @@ pub struct DaemonArgs {
     /// the baseline firewall (policy drop) at once when no spec is applied.
     #[arg(long, env = "WEFT_FIREWALL_AT_START", value_enum, default_value_t = FirewallAtStart::Kept)]
     pub firewall_at_start: FirewallAtStart,
+    /// Serve /metrics (Prometheus), /healthz and /readyz on this address (off unless given;
+    /// 127.0.0.1:9477 is the suggested value).
+    #[arg(long, env = "WEFT_METRICS_LISTEN", value_name = "ADDR:PORT")]
+    pub metrics_listen: Option<std::net::SocketAddr>,
     #[command(flatten)]
     pub kernel: KernelArgs,
 }
@@ -201,6 +205,7 @@ pub struct Config {
     pub resync_interval: Duration,
     pub trust: Option<Arc<TrustKeys>>,
     pub firewall_at_start: FirewallAtStart,
+    pub metrics_listen: Option<std::net::SocketAddr>,
     pub kernel: KernelArgs,
 }
 
@@ -233,6 +238,7 @@ pub fn load(args: &DaemonArgs) -> Result<(Config, NatsConfig), Exit> {
         resync_interval: args.resync_interval,
         trust,
         firewall_at_start: args.firewall_at_start,
+        metrics_listen: args.metrics_listen,
         kernel: args.kernel.clone(),
     };
     Ok((config, nats))
@@ -328,6 +334,7 @@ mod tests {
         assert!(with(&["--status-encoding", "xml"]).contains("--status-encoding"));
         assert!(with(&["--subject-prefix", "a.>"]).contains("--subject-prefix"));
         assert!(with(&["--status-interval", "0s"]).contains("--status-interval"));
+        assert!(with(&["--metrics-listen", "localhost"]).contains("--metrics-listen"));
         assert!(usage(&["weft-agent", "--pod-id", "p"]).contains("--nats-url"));
         assert!(
             usage(&["weft-agent", "--nats-url", "nats://x:1", "--pod-id", "a.b"])

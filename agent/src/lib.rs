@@ -14,11 +14,15 @@
 //!   netlink layer.
 //! - [`state`]: the state directory (last applied spec, WireGuard key).
 //! - [`run`]: the daemon and the one-shot apply as library functions.
+//! - [`metrics`]: Prometheus metrics, `/healthz` and `/readyz` (`--metrics-listen`), over
+//!   [`http`], a small bounded HTTP/1 server.
 
 pub mod atomic_file;
 pub mod config;
 pub mod dataplane;
+pub mod http;
 pub mod intake;
+pub mod metrics;
 pub mod reconciler;
 pub mod run;
 pub mod state;

@@ -15,6 +15,7 @@ use weft_schema::{PodId, PodStatus};
 use crate::config::{ApplyArgs, Config, KernelArgs, WireGuardMode};
 use crate::dataplane::{self, wireguard, Dataplane};
 use crate::intake::{self, read_spec, Intake, Read, SpecMessage};
+use crate::metrics;
 use crate::reconciler::{Handle, Reconciler, Replier, Start, Submission};
 use crate::state::StateDir;
 
@@ -76,6 +77,15 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
     let Connection { client, link } = bus;
+    // Bound before anything starts: an address in use is a clear error at start.
+    let metrics_listener = match config.metrics_listen {
+        Some(addr) => Some(
+            tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|e| anyhow::anyhow!("--metrics-listen {addr}: {e}"))?,
+        ),
+        None => None,
+    };
     let subjects = config.subjects.clone();
     let pod = subjects.pod().clone();
     let (reconciler, thread) = Handle::spawn(
@@ -111,10 +121,10 @@ pub async fn run(
     });
     let emitter = Emitter {
         sink: Mirrored {
-            primary: NatsSink {
+            primary: metrics::Counted(NatsSink {
                 client: client.clone(),
                 subject: subjects.status(),
-            },
+            }),
             mirror,
             mirror_problem,
         },
@@ -141,6 +151,7 @@ pub async fn run(
         )
         .instrument(info_span!("status_get")),
     );
+    let (reconciler_for_metrics, client_for_metrics) = (reconciler.clone(), client.clone());
     let mut intake = tokio::spawn(
         intake::run(
             client.clone(),
@@ -155,6 +166,18 @@ pub async fn run(
         .instrument(info_span!("intake")),
     );
 
+    let mut metrics_server = tokio::spawn(async move {
+        match metrics_listener {
+            Some(listener) => {
+                info!(listen = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(), "serving /metrics, /healthz, /readyz");
+                metrics::endpoints::Endpoints::new(reconciler_for_metrics, Some(client_for_metrics))
+                    .serve(listener)
+                    .instrument(info_span!("metrics"))
+                    .await
+            }
+            None => std::future::pending().await,
+        }
+    });
     let reconciler_ended =
         |joined: Result<std::thread::Result<()>, tokio::task::JoinError>| match joined {
             Ok(Err(panic)) => format!("the reconciler panicked: {}", panic_text(panic.as_ref())),
@@ -166,6 +189,7 @@ pub async fn run(
         ended = &mut intake => Some(format!("intake stopped: {}", ended_text(ended))),
         ended = &mut status_get => Some(format!("status.get stopped: {}", ended_text(ended))),
         _ = &mut emitter => Some("the emitter stopped".to_owned()),
+        _ = &mut metrics_server => Some("the metrics server stopped".to_owned()),
     };
     if let Some(mut why) = failed {
         // The emitter ends when the reconciler's status channel closes: name the cause.
@@ -182,6 +206,7 @@ pub async fn run(
     info!("stopping; kernel state stays in place");
     intake.abort();
     status_get.abort();
+    metrics_server.abort();
     let _ = stop_tx.send(true);
     let _ = emitter.await;
     reconciler.shutdown();

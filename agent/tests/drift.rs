@@ -399,7 +399,8 @@ fn a_restart_rewrites_nothing_and_kill_9_never_opens_the_firewall() {
 }
 
 /// The resolver file is one of the agent's objects (CONTRACT.md v1.1): an outside edit is
-/// repaired and reported under Network, `By: unknown` (a file names no writer). The status
+/// repaired and reported under Network, `By` naming the writer (this test process: the
+/// fanotify watch reports the writer's pid with each event). The status
 /// interval and the resync are a minute here, so only the watch on the file can wake the
 /// repair in time.
 #[test]
@@ -465,9 +466,180 @@ fn an_outside_edit_of_the_resolver_file_is_repaired_and_reported_under_network()
                 .await;
             let d = s.last_drift.expect("LastDrift");
             assert_eq!(d.subsystem, Subsystem::Network, "{what}");
-            assert_eq!(d.by, "unknown", "{what}");
+            assert!(
+                d.by.ends_with(&format!("(pid {})", std::process::id())),
+                "{what}: By {:?}",
+                d.by
+            );
             assert!(d.change.contains("resolver file"), "{what}: {:?}", d.change);
             assert_eq!(s.overall, Overall::Healthy, "{what}: {}", s.last_error);
         }
+    });
+}
+
+/// `ip -j -6 addr show eth0 scope global` as CIDRs.
+fn global_ipv6(ns: &Netns) -> Vec<String> {
+    let v = ip_json(ns, &["-6", "addr", "show", "eth0", "scope", "global"]).unwrap();
+    v.as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|l| l["addr_info"].as_array().cloned().unwrap_or_default())
+        .filter_map(|a| Some(format!("{}/{}", a["local"].as_str()?, a["prefixlen"])))
+        .collect()
+}
+
+/// The IPv6 default route's (gateway, protocol).
+fn default6(ns: &Netns) -> Option<(String, String)> {
+    let r = ip_json(ns, &["-6", "route", "show", "default"]).ok()?;
+    let r = r.get(0)?;
+    Some((
+        r["gateway"].as_str()?.to_owned(),
+        r["protocol"].as_str()?.to_owned(),
+    ))
+}
+
+/// The dual-stack pod interface and the resolver file are the agent's objects: outside
+/// changes to the IPv6 address and default route, an address someone adds later (IPv4 or
+/// global IPv6) and an edit of the resolver file are each repaired, counted, and attributed
+/// (the resolver file's writer by the fanotify watch).
+#[test]
+fn ipv6_foreign_addresses_and_the_resolver_file_are_repaired_and_attributed() {
+    require_root();
+    let mut stack = Stack::new(agent_bin()).unwrap();
+    stack.add_pod("drift6").unwrap();
+    stack
+        .start_agent("drift6", &["--status-interval", "1s"])
+        .unwrap();
+    let pod = &stack.pods[0];
+    let (addr, gw) = (pod.address(), pod.gateway());
+    let resolv = pod.resolv_conf.clone();
+    let desired: PodSpec = serde_json::from_value(json!({
+        "PodId": "drift6", "Generation": 1,
+        "Network": { "Interface": "eth0", "Address": addr, "Gateway": gw,
+                     "Address6": "2001:db8:77::5/64", "Gateway6": "fe80::1",
+                     "Nameservers": ["192.0.2.53"] }
+    }))
+    .unwrap();
+    stack.block_on(|| async {
+        let cp = stack.control_plane().await.unwrap();
+        let dash = Dashboard::watch(&cp.client, "weft", "drift6")
+            .await
+            .unwrap();
+        let r = cp
+            .request_when_ready("drift6", &desired, Encoding::Json)
+            .await;
+        assert_eq!(r.result, ApplyResult::Applied, "{r:?}");
+        let ns = &stack.pods[0].ns.ns;
+        assert_eq!(global_ipv6(ns), vec!["2001:db8:77::5/64"]);
+        assert_eq!(default6(ns), Some(("fe80::1".into(), "87".into())));
+        let managed = std::fs::read_to_string(&resolv).unwrap();
+        assert!(managed.contains("nameserver 192.0.2.53"), "{managed}");
+
+        // (what, `ip` arguments, restored?, does the kernel name the author?) IPv6 address
+        // notifications carry no sender port (IPv6 route and IPv4 ones do).
+        type Holds<'a> = Box<dyn Fn() -> bool + Send + Sync + 'a>;
+        let cases: Vec<(&str, Vec<&str>, Holds, bool)> = vec![
+            (
+                "ip -6 addr del (the agent's IPv6 address)",
+                vec!["-6", "addr", "del", "2001:db8:77::5/64", "dev", "eth0"],
+                Box::new(|| global_ipv6(ns) == vec!["2001:db8:77::5/64".to_owned()]),
+                false,
+            ),
+            (
+                "ip -6 route del default",
+                vec!["-6", "route", "del", "default"],
+                Box::new(|| default6(ns) == Some(("fe80::1".into(), "87".into()))),
+                true,
+            ),
+            (
+                "ip -6 addr add (a second global address)",
+                vec![
+                    "-6",
+                    "addr",
+                    "add",
+                    "2001:db8:77::99/64",
+                    "dev",
+                    "eth0",
+                    "nodad",
+                ],
+                Box::new(|| global_ipv6(ns) == vec!["2001:db8:77::5/64".to_owned()]),
+                false,
+            ),
+            (
+                "ip addr add (a second IPv4 address)",
+                vec!["addr", "add", "10.0.1.77/24", "dev", "eth0"],
+                Box::new(|| ipv4_addrs(ns, "eth0").unwrap() == vec![addr.clone()]),
+                true,
+            ),
+        ];
+        let mut repairs = 0;
+        for (what, args, holds, named) in cases {
+            repairs += 1;
+            let since = Instant::now();
+            ns.ip(&args).unwrap();
+            let took = repaired_within(what, holds);
+            let s: PodStatus = dash
+                .wait_for(Duration::from_secs(5), what, since, |s| {
+                    s.drift_repairs >= repairs
+                })
+                .await;
+            let d = s.last_drift.expect("LastDrift");
+            println!(
+                "{what:<48} repaired in {:.1} ms; LastDrift: {:?} by {:?}",
+                took.as_secs_f64() * 1e3,
+                d.change,
+                d.by
+            );
+            assert_eq!(d.subsystem, Subsystem::Network, "{what}");
+            if named {
+                // `ip (pid N)`, or `pid N` when `ip` was gone before the agent looked.
+                assert!(d.by.contains("pid "), "{what}: By {:?}", d.by);
+            } else {
+                assert_eq!(d.by, "unknown", "{what}");
+            }
+            assert_eq!(s.overall, Overall::Healthy, "{what}: {}", s.last_error);
+            let net = s.network.expect("Network");
+            assert_eq!(net.addresses6, vec!["2001:db8:77::5/64"]);
+            assert_eq!(net.gateway6.as_deref(), Some("fe80::1"));
+        }
+
+        // The resolver file, written by a process that is still running when the agent
+        // looks: fanotify names it.
+        repairs += 1;
+        let since = Instant::now();
+        let mut tee = std::process::Command::new("tee")
+            .arg(&resolv)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let tee_pid = tee.id();
+        use std::io::Write as _;
+        tee.stdin
+            .as_mut()
+            .unwrap()
+            .write_all(b"nameserver 203.0.113.66\n")
+            .unwrap();
+        let took = repaired_within("the resolver file", || {
+            std::fs::read_to_string(&resolv).is_ok_and(|c| c == managed)
+        });
+        let s: PodStatus = dash
+            .wait_for(Duration::from_secs(5), "resolver drift", since, |s| {
+                s.drift_repairs >= repairs
+            })
+            .await;
+        drop(tee.stdin.take());
+        tee.wait().unwrap();
+        let d = s.last_drift.expect("LastDrift");
+        println!(
+            "{:<48} repaired in {:.1} ms; LastDrift: {:?} by {:?}",
+            "tee resolv.conf",
+            took.as_secs_f64() * 1e3,
+            d.change,
+            d.by
+        );
+        assert_eq!(d.subsystem, Subsystem::Network);
+        assert!(d.change.contains("resolver file"), "{}", d.change);
+        assert_eq!(d.by, format!("tee (pid {tee_pid})"));
     });
 }

@@ -132,6 +132,7 @@ const BASELINE: &str = "table inet weft-fw {
 \tchain input {
 \t\ttype filter hook input priority filter; policy drop;
 \t\tct state established,related accept
+\t\ticmpv6 type 134-136 accept
 \t\tiifname \"lo\" accept
 \t}
 
@@ -164,6 +165,7 @@ fn baseline_is_the_contracts_table() {
             rules_json(&ns, "input"),
             vec![
                 json!([{"match": {"op": "in", "left": {"ct": {"key": "state"}}, "right": ["established", "related"]}}, {"accept": null}]),
+                json!([{"match": {"op": "==", "left": {"payload": {"protocol": "icmpv6", "field": "type"}}, "right": {"range": ["nd-router-advert", "nd-neighbor-advert"]}}}, {"accept": null}]),
                 json!([{"match": {"op": "==", "left": {"meta": {"key": "iifname"}}, "right": "lo"}}, {"accept": null}]),
             ]
         );
@@ -203,6 +205,7 @@ fn typical_spec_ipv6_and_port_ranges() {
 \tchain input {
 \t\ttype filter hook input priority filter; policy drop;
 \t\tct state established,related accept
+\t\ticmpv6 type 134-136 accept
 \t\tiifname \"lo\" accept
 \t\tudp dport 51820 accept
 \t\tip saddr 10.0.0.0/8 tcp dport { 22, 8000-8080 } accept comment \"ssh and app\"
@@ -228,7 +231,7 @@ fn typical_spec_ipv6_and_port_ranges() {
         assert_eq!(listed(&ns), expected);
         // The port range as nft -j sees it: a range, not a set.
         assert_eq!(
-            rules_json(&ns, "input")[6],
+            rules_json(&ns, "input")[7],
             json!([{"match": {"op": "==", "left": {"payload": {"protocol": "udp", "field": "dport"}}, "right": {"range": [5000, 5100]}}}, {"accept": null}])
         );
         let before = handles(&ns);
@@ -483,7 +486,7 @@ fn ten_thousand_rules_and_ten_thousand_sources() {
         assert_eq!(status.overall, Overall::Healthy, "{status:?}");
         assert_eq!(status.ingress_rules, 10_000);
         assert_eq!(status.ruleset_hash, rules.hash());
-        assert_eq!(rules_json(&ns, "input").len(), 10_002, "nft sees them all");
+        assert_eq!(rules_json(&ns, "input").len(), 10_003, "nft sees them all");
         assert!(!fw.apply(&rules).unwrap());
 
         assert!(fw.apply(&one).unwrap());
@@ -492,7 +495,7 @@ fn ten_thousand_rules_and_ten_thousand_sources() {
         assert_eq!(status.ingress_rules, 1);
         assert!(!fw.apply(&one).unwrap());
         assert_eq!(listed(&ns), one.nft_text());
-        let rule = &rules_json(&ns, "input")[2];
+        let rule = &rules_json(&ns, "input")[3];
         let set = rule[0]["match"]["right"]["set"].as_array().expect("a set");
         assert!(set.len() > 1000, "{} elements", set.len());
     });

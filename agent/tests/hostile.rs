@@ -172,6 +172,8 @@ fn a_megabyte_of_control_bytes_gets_a_short_answer_and_the_status_keeps_coming()
             interface: "\u{1b}".repeat(1 << 20),
             address: "10.0.1.5/24".into(),
             gateway: None,
+            address6: None,
+            gateway6: None,
             mtu: None,
             nameservers: vec![],
             search_domains: vec![],

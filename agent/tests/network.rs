@@ -12,7 +12,7 @@ use weft_agent::dataplane::{link, resolv};
 use weft_schema::status::{NetworkStatus, Overall};
 use weft_schema::validate::{IfName, Network};
 use weft_testkit::observe::{ip_json, ipv4_addrs};
-use weft_testkit::{require_root, veth, Netns};
+use weft_testkit::{require_root, veth, wait_until, Netns};
 
 /// A pod namespace with `eth0` joined by veth to `eth0` in a peer namespace.
 fn pod(tag: &str) -> (Netns, Netns) {
@@ -137,6 +137,8 @@ fn spec(address: &str, gateway: Option<&str>, mtu: Option<u32>) -> Network {
         interface: IfName::parse("eth0").unwrap(),
         address: address.parse().unwrap(),
         gateway: gateway.map(|g| g.parse().unwrap()),
+        address6: None,
+        gateway6: None,
         mtu,
         nameservers: Vec::new(),
         search_domains: Vec::new(),
@@ -216,47 +218,118 @@ fn apply_matches_the_spec_and_a_second_apply_sends_no_change() {
 }
 
 #[test]
-fn a_new_address_replaces_exactly_the_old_one_and_foreign_objects_stay() {
+fn the_spec_address_is_the_only_ipv4_address_and_foreign_objects_elsewhere_stay() {
     let (ns, _peer) = pod("net-addr");
-    let first = spec("192.0.2.10/24", Some("192.0.2.1"), None);
-    apply_in(&ns, &first).0.unwrap();
-    // Someone else's address (no protocol) and route (proto static) on the same link.
+    let other = Netns::new("net-addr-other").unwrap();
+    veth(&ns, "eth1", &other, "eth0").unwrap();
+    // The pod's previous life (or the VMM's kernel command line): a stale address on eth0,
+    // added before the agent by someone else. Elsewhere, someone else's address on eth1 and
+    // a route that is not a default route.
     ns.ip(&["addr", "add", "192.0.2.200/24", "dev", "eth0"])
+        .unwrap();
+    ns.ip(&["addr", "add", "198.51.100.9/24", "dev", "eth1"])
         .unwrap();
     ns.ip(&[
         "route",
         "add",
         "203.0.113.0/24",
         "via",
+        "198.51.100.1",
+        "proto",
+        "static",
+    ])
+    .unwrap();
+    let eth1_before = ip_json(&ns, &["addr", "show", "eth1"]).unwrap();
+    let route_before = ip_json(&ns, &["route", "show", "203.0.113.0/24"]).unwrap();
+
+    let first = spec("192.0.2.10/24", Some("192.0.2.1"), None);
+    apply_in(&ns, &first).0.unwrap();
+    assert_eq!(
+        ipv4_of(&ns, "eth0"),
+        vec!["192.0.2.10/24"],
+        "the stale address is gone: one source address"
+    );
+    assert_eq!(
+        ip_json(&ns, &["addr", "show", "eth1"]).unwrap(),
+        eth1_before
+    );
+    assert_eq!(
+        ip_json(&ns, &["route", "show", "203.0.113.0/24"]).unwrap(),
+        route_before
+    );
+    assert_eq!(defaults(&ns), vec![defaults_of("192.0.2.1", "87", 0)]);
+    let status = observe_in(&ns, &first);
+    assert_eq!(status.overall, Overall::Healthy, "{}", status.last_error);
+
+    // Someone else's address on eth0 later, and a route on eth0 that is not a default one:
+    // the address goes (the status says so until then), the route stays.
+    ns.ip(&["addr", "add", "192.0.2.201/24", "dev", "eth0"])
+        .unwrap();
+    ns.ip(&[
+        "route",
+        "add",
+        "233.252.0.0/24",
+        "via",
         "192.0.2.1",
         "proto",
         "static",
     ])
     .unwrap();
-
+    let status = observe_in(&ns, &first);
+    assert_eq!(status.overall, Overall::Degraded);
+    assert_eq!(status.last_error, "stale address 192.0.2.201/24 on eth0");
     let second = spec("192.0.2.11/24", Some("192.0.2.1"), None);
     apply_in(&ns, &second).0.unwrap();
-    assert_eq!(
-        ipv4_of(&ns, "eth0"),
-        vec!["192.0.2.11/24", "192.0.2.200/24"],
-        "the agent's old address goes, the foreign one stays"
-    );
-    let foreign = ip_json(&ns, &["route", "show", "203.0.113.0/24"]).unwrap();
+    assert_eq!(ipv4_of(&ns, "eth0"), vec!["192.0.2.11/24"]);
+    let foreign = ip_json(&ns, &["route", "show", "233.252.0.0/24"]).unwrap();
     assert_eq!(foreign[0]["protocol"], "static", "{foreign}");
     assert_eq!(defaults(&ns), vec![defaults_of("192.0.2.1", "87", 0)]);
+    assert_eq!(
+        ip_json(&ns, &["addr", "show", "eth1"]).unwrap(),
+        eth1_before
+    );
 
     // Into another subnet: the old subnet's routes go with its address; the agent puts its
     // default route back through the new one.
     let third = spec("198.51.100.7/24", Some("198.51.100.1"), None);
     apply_in(&ns, &third).0.unwrap();
-    assert_eq!(
-        ipv4_of(&ns, "eth0"),
-        vec!["192.0.2.200/24", "198.51.100.7/24"]
-    );
+    assert_eq!(ipv4_of(&ns, "eth0"), vec!["198.51.100.7/24"]);
     assert_eq!(defaults(&ns), vec![defaults_of("198.51.100.1", "87", 0)]);
     let status = observe_in(&ns, &third);
     assert_eq!(status.overall, Overall::Healthy, "{}", status.last_error);
     assert_eq!(apply_in(&ns, &third).1, 0);
+}
+
+#[test]
+fn loopback_answers_after_the_first_apply() {
+    let (ns, _peer) = pod("net-lo");
+    // A fresh network namespace has lo down (the testkit brings it up for convenience).
+    ns.ip(&["link", "set", "lo", "down"]).unwrap();
+    let refused = ns.enter(|| {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        TcpStream::connect_timeout(&([127, 0, 0, 1], port).into(), Duration::from_millis(500))
+            .map(|_| ())
+    });
+    assert!(refused.is_err(), "127.0.0.1 with lo down: {refused:?}");
+    let desired = spec("192.0.2.10/24", None, None);
+    apply_in(&ns, &desired).0.unwrap();
+    ns.enter(|| {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let mut client = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        let (mut server, _) = listener.accept().unwrap();
+        client.write_all(b"ping").unwrap();
+        let mut buf = [0; 4];
+        server.read_exact(&mut buf).unwrap();
+        assert_eq!(&buf, b"ping");
+    });
+    let status = observe_in(&ns, &desired);
+    assert_eq!(status.overall, Overall::Healthy, "{}", status.last_error);
+    ns.ip(&["link", "set", "lo", "down"]).unwrap();
+    let status = observe_in(&ns, &desired);
+    assert_eq!(status.last_error, "lo is down");
+    assert_eq!(apply_in(&ns, &desired).1, 1, "only lo");
 }
 
 #[test]
@@ -586,4 +659,172 @@ fn ipv4_addrs_here_contain(addr: &str) -> bool {
         .output()
         .unwrap();
     String::from_utf8_lossy(&out.stdout).contains(addr)
+}
+
+// ---- dual stack (issue 12) ----
+
+use std::net::{Ipv6Addr, SocketAddr};
+use weft_agent::dataplane::{Dataplane, Settings};
+use weft_schema::validate::ValidSpec;
+use weft_schema::{PodId, PodSpec};
+use weft_testkit::wireguard::NsThread;
+
+/// The whole dataplane on a thread in `ns` (its firewall table is owned by its socket, so
+/// the thread keeps it), with a scratch state directory and resolver file.
+fn dataplane_in(ns: &Netns, dir: &Scratch) -> NsThread<Dataplane> {
+    let settings = Settings {
+        state_dir: dir.0.join("state"),
+        resolv_conf: dir.0.join("resolv.conf"),
+        wireguard: weft_agent::dataplane::wireguard::Mode::Userspace,
+    };
+    std::fs::create_dir_all(&settings.state_dir).unwrap();
+    NsThread::spawn(ns, move || Dataplane::open(&settings).unwrap())
+}
+
+fn valid(spec: serde_json::Value) -> ValidSpec {
+    let wire: PodSpec = serde_json::from_value(spec).unwrap();
+    ValidSpec::validate(&wire, &PodId::parse(&wire.pod_id).unwrap()).unwrap()
+}
+
+/// Waits until no namespace holds a tentative IPv6 address.
+fn settled(namespaces: &[&Netns]) {
+    wait_until(Duration::from_secs(5), "no tentative IPv6 address", || {
+        for ns in namespaces {
+            let t = ip_json(ns, &["-6", "addr", "show", "tentative"]).map_err(|e| e.to_string())?;
+            if t.as_array().is_some_and(|a| !a.is_empty()) {
+                return Err(t.to_string());
+            }
+        }
+        Ok(())
+    });
+}
+
+fn ping6(ns: &Netns, dst: &str) -> bool {
+    ns.run("ping", &["-6", "-c", "1", "-W", "2", "-q", dst])
+        .is_ok()
+}
+
+/// A TCP connection from `from` to `to`, one message each way; `Err` when it cannot connect
+/// within a second.
+fn talk(from: &Netns, to: SocketAddr) -> std::io::Result<()> {
+    from.enter(|| {
+        let mut c = TcpStream::connect_timeout(&to, Duration::from_secs(1))?;
+        c.set_read_timeout(Some(Duration::from_secs(2)))?;
+        c.write_all(b"hi")?;
+        let mut buf = [0; 2];
+        c.read_exact(&mut buf)?;
+        assert_eq!(&buf, b"hi");
+        Ok(())
+    })
+}
+
+/// Echoes one message on every connection, until the test ends.
+fn echo_server(ns: &Netns, at: &str) -> SocketAddr {
+    let listener = ns.enter(|| TcpListener::bind(at).unwrap());
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for mut s in listener.incoming().flatten() {
+            let mut buf = [0; 2];
+            if s.read_exact(&mut buf).is_ok() {
+                let _ = s.write_all(&buf);
+            }
+        }
+    });
+    addr
+}
+
+/// pod (eth0) -- router (fe80::1, 2001:db8:1::1 | 2001:db8:2::1 | 2001:db8:3::1) -- peer
+/// (2001:db8:2::2) and stranger (2001:db8:3::3). Every static address `nodad`, so none is
+/// tentative when the test starts.
+#[test]
+fn dual_stack_reaches_a_peer_through_the_gateway_and_the_firewall_admits_only_the_allowed_source() {
+    require_root();
+    let pod = Netns::new("ds-pod").unwrap();
+    let router = Netns::new("ds-router").unwrap();
+    let peer = Netns::new("ds-peer").unwrap();
+    let stranger = Netns::new("ds-stranger").unwrap();
+    veth(&pod, "eth0", &router, "topod").unwrap();
+    veth(&peer, "eth0", &router, "topeer").unwrap();
+    veth(&stranger, "eth0", &router, "tostr").unwrap();
+    router
+        .run("sysctl", &["-qw", "net.ipv6.conf.all.forwarding=1"])
+        .unwrap();
+    for (ns, dev, addr) in [
+        (&router, "topod", "fe80::1/64"),
+        (&router, "topod", "2001:db8:1::1/64"),
+        (&router, "topeer", "2001:db8:2::1/64"),
+        (&router, "tostr", "2001:db8:3::1/64"),
+        (&peer, "eth0", "2001:db8:2::2/64"),
+        (&stranger, "eth0", "2001:db8:3::3/64"),
+    ] {
+        ns.ip(&["-6", "addr", "add", addr, "dev", dev, "nodad"])
+            .unwrap();
+    }
+    peer.ip(&["-6", "route", "add", "default", "via", "2001:db8:2::1"])
+        .unwrap();
+    stranger
+        .ip(&["-6", "route", "add", "default", "via", "2001:db8:3::1"])
+        .unwrap();
+
+    let dir = Scratch::new("dual-stack");
+    let dp = dataplane_in(&pod, &dir);
+    let spec = valid(serde_json::json!({
+        "PodId": "ds", "Generation": 1,
+        "Network": { "Interface": "eth0", "Address": "192.0.2.10/24",
+                     "Address6": "2001:db8:1::10/64", "Gateway6": "fe80::1" },
+        "Firewall": { "Ingress": [
+            { "Protocol": "tcp", "Ports": ["8080"], "Sources": ["2001:db8:2::2"] } ] }
+    }));
+    let s = spec.clone();
+    let failures = dp.run(move |d| d.apply(&s).len());
+    assert_eq!(failures, 0);
+    let s = spec.clone();
+    let observed = dp.run(move |d| d.observe(&s));
+    let net = observed.network.clone().unwrap();
+    assert_eq!(net.overall, Overall::Healthy, "{}", net.last_error);
+    assert_eq!(net.addresses6, vec!["2001:db8:1::10/64"]);
+    assert_eq!(net.gateway6.as_deref(), Some("fe80::1"));
+    let route = ip_json(&pod, &["-6", "route", "show", "default"]).unwrap();
+    assert_eq!(route[0]["gateway"], "fe80::1", "{route}");
+    assert_eq!(route[0]["protocol"], "87", "{route}");
+    // The kernel's link-local address stays beside the agent's global one.
+    let addrs = ip_json(&pod, &["-6", "addr", "show", "eth0"]).unwrap();
+    assert!(addrs.to_string().contains("\"scope\":\"link\""), "{addrs}");
+
+    // The kernel's own link-local addresses go through duplicate address detection first;
+    // until then neighbour discovery between the namespaces can stall.
+    settled(&[&pod, &router, &peer, &stranger]);
+
+    // Out through the gateway: ping and TCP (replies come back as established).
+    assert!(ping6(&pod, "2001:db8:2::2"), "ping through the gateway");
+    let at_peer = echo_server(&peer, "[2001:db8:2::2]:0");
+    talk(&pod, at_peer).expect("pod -> peer over TCP");
+
+    // In: the allowed source on the allowed port, and nothing else.
+    let allowed = echo_server(&pod, "[::]:8080");
+    let other_port = echo_server(&pod, "[::]:8081");
+    let pod6: Ipv6Addr = "2001:db8:1::10".parse().unwrap();
+    let to = |port: u16| SocketAddr::from((pod6, port));
+    talk(&peer, to(allowed.port())).expect("the allowed source is admitted");
+    assert!(
+        talk(&stranger, to(allowed.port())).is_err(),
+        "another source"
+    );
+    assert!(talk(&peer, to(other_port.port())).is_err(), "another port");
+
+    // Neighbour discovery under policy drop: forget every neighbour, then again.
+    for ns in [&pod, &router, &peer] {
+        ns.ip(&["-6", "neigh", "flush", "all"]).unwrap();
+    }
+    assert!(
+        ping6(&pod, "2001:db8:2::2"),
+        "after the neighbour caches were flushed"
+    );
+    talk(&peer, to(allowed.port())).expect("admitted after the flush too");
+    let neigh = ip_json(&router, &["-6", "neigh", "show", "dev", "topod"]).unwrap();
+    assert!(
+        neigh.to_string().contains("2001:db8:1::10"),
+        "the router resolved the pod: {neigh}"
+    );
+    drop(dp);
 }

@@ -98,6 +98,7 @@ fn device(ifname: &str, address: &str, port: u16, key: &SecretKey, peers: Vec<Pe
         private_key: Some(key.clone()),
         peers,
         mtu: 1420,
+        default_route: None,
     }
 }
 
@@ -750,4 +751,219 @@ fn the_control_socket_has_mode_0600_from_the_moment_it_exists() {
         })
         .collect();
     assert!(staging.is_empty(), "{staging:?}");
+}
+
+// ---- routes for allowed IPs, DefaultRoute (issue 12) ----
+
+/// `ip -j route show <args>` in `ns`.
+fn routes(ns: &Netns, args: &[&str]) -> Vec<serde_json::Value> {
+    let mut a = vec!["route", "show"];
+    a.extend_from_slice(args);
+    ip_json(ns, &a)
+        .unwrap()
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+}
+
+/// The (dev, gateway) of the route the kernel takes to `dst`.
+fn route_to(ns: &Netns, dst: &str) -> (String, String) {
+    let r = &ip_json(ns, &["route", "get", dst]).unwrap()[0];
+    let s = |k: &str| r[k].as_str().unwrap_or("").to_owned();
+    (s("dev"), s("gateway"))
+}
+
+/// The (dev, gateway, protocol) of each route to `dst` in the main table.
+fn routes_of(ns: &Netns, dst: &str) -> Vec<(String, String, String)> {
+    routes(ns, &[dst])
+        .iter()
+        .map(|r| {
+            let s = |k: &str| r[k].as_str().unwrap_or("").to_owned();
+            (s("dev"), s("gateway"), s("protocol"))
+        })
+        .collect()
+}
+
+/// Pod A runs the whole dataplane (Network, firewall, WireGuard) like the agent; peer B is a
+/// WireGuard gateway with a subnet behind it (10.78.0.0/24, in its own namespace) that only
+/// the tunnel reaches. A's peer entry for B decides what goes through the tunnel.
+#[test]
+fn allowed_ips_get_routes_and_default_route_takes_the_pods_traffic_through_the_tunnel() {
+    use weft_agent::dataplane::{Dataplane, Settings};
+    use weft_schema::Subsystem;
+    let t = topology("wgrt");
+    // The subnet behind B.
+    let behind = Netns::new("wgrtl").unwrap();
+    veth(&t.b, "lan0", &behind, "eth0").unwrap();
+    t.b.ip(&["addr", "add", "10.78.0.1/24", "dev", "lan0"])
+        .unwrap();
+    t.b.run("sysctl", &["-qw", "net.ipv4.ip_forward=1"])
+        .unwrap();
+    behind
+        .ip(&["addr", "add", "10.78.0.2/24", "dev", "eth0"])
+        .unwrap();
+    behind
+        .ip(&["route", "add", "default", "via", "10.78.0.1"])
+        .unwrap();
+    assert!(
+        !ping_ok(&t.a, "10.78.0.2"),
+        "not reachable outside the tunnel"
+    );
+    // A's default route is its Network's, set by the agent.
+    t.a.ip(&["route", "del", "default"]).unwrap();
+
+    let state = temp_state_dir("rt");
+    let (if_a, if_b) = (ifname(), ifname());
+    let (key_a, key_b) = (keys::generate(), keys::generate());
+    let (pub_a, pub_b) = (keys::public_key(&key_a), keys::public_key(&key_b));
+    let spec_b = from_wire(serde_json::json!({
+        "Interface": if_b, "Address": "10.79.0.2/24", "ListenPort": 51831,
+        "PrivateKey": key_b.expose_base64(),
+        "Peers": [{ "PublicKey": pub_a.to_base64(), "Endpoint": "192.0.2.2:51830",
+                    "AllowedIps": ["10.79.0.1/32"] }]
+    }));
+    let pod_b = agent(&t.b, Mode::Userspace, &state.0);
+    apply(&pod_b, Some(&spec_b)).unwrap();
+
+    let spec_a = |generation: u64, allowed: &[&str], default_route: bool, peers: bool| {
+        let peers = if peers {
+            serde_json::json!([{ "PublicKey": pub_b.to_base64(),
+                "Endpoint": "198.51.100.2:51831", "AllowedIps": allowed }])
+        } else {
+            serde_json::json!([])
+        };
+        let wire: weft_schema::PodSpec = serde_json::from_value(serde_json::json!({
+            "PodId": "wgrt", "Generation": generation,
+            "Network": { "Interface": "eth0", "Address": "192.0.2.2/24", "Gateway": "192.0.2.1" },
+            "WireGuard": { "Interface": if_a, "Address": "10.79.0.1/24", "ListenPort": 51830,
+                "PrivateKey": key_a.expose_base64(), "DefaultRoute": default_route,
+                "Peers": peers }
+        }))
+        .unwrap();
+        let pod = weft_schema::subject::PodId::parse("wgrt").unwrap();
+        weft_schema::validate::ValidSpec::validate(&wire, &pod).unwrap()
+    };
+    let dir = state.0.join("a");
+    std::fs::create_dir_all(&dir).unwrap();
+    let settings = Settings {
+        state_dir: dir.clone(),
+        resolv_conf: dir.join("resolv.conf"),
+        wireguard: Mode::Userspace,
+    };
+    let pod_a = NsThread::spawn(&t.a, move || Dataplane::open(&settings).unwrap());
+    let apply_a = |spec: &weft_schema::validate::ValidSpec| {
+        let s = spec.clone();
+        let failures = pod_a.run(move |d| {
+            d.apply(&s)
+                .iter()
+                .map(|f| format!("{:?}: {}", f.subsystem, error_line(&f.error)))
+                .collect::<Vec<_>>()
+        });
+        assert!(failures.is_empty(), "{failures:?}");
+        let s = spec.clone();
+        let observed = pod_a.run(move |d| d.observe(&s));
+        assert!(observed.degraded().is_empty(), "{:?}", observed.degraded());
+        observed
+    };
+    let through_tunnel = |what: &str| {
+        wait_until(Duration::from_secs(10), what, || {
+            ping_ok(&t.a, "10.78.0.2")
+                .then_some(())
+                .ok_or("no reply".to_owned())
+        })
+    };
+
+    // 1. A subnet behind the peer: routed via the tunnel (agent-owned), answers a ping.
+    let g1 = spec_a(1, &["10.79.0.2/32", "10.78.0.0/24"], false, true);
+    apply_a(&g1);
+    let r = routes(&t.a, &["10.78.0.0/24"]);
+    assert_eq!(r.len(), 1, "{r:?}");
+    assert_eq!(
+        (&r[0]["dev"], &r[0]["protocol"]),
+        (&serde_json::json!(if_a), &serde_json::json!("87"))
+    );
+    assert!(
+        routes(&t.a, &["10.79.0.2/32"]).is_empty(),
+        "inside the overlay prefix: the connected route serves"
+    );
+    through_tunnel("ping the subnet behind the peer");
+
+    // Drift of that route: reported under WireGuard, repaired by re-applying it alone.
+    t.a.ip(&["route", "del", "10.78.0.0/24"]).unwrap();
+    let g = g1.clone();
+    let observed = pod_a.run(move |d| d.observe(&g));
+    let degraded = observed.degraded();
+    assert_eq!(degraded.len(), 1, "{degraded:?}");
+    assert_eq!(degraded[0].0, Subsystem::WireGuard);
+    assert!(
+        degraded[0].1.contains("no route to 10.78.0.0/24"),
+        "{}",
+        degraded[0].1
+    );
+    let g = g1.clone();
+    assert!(pod_a
+        .run(move |d| d.apply_one(Subsystem::WireGuard, &g))
+        .is_empty());
+    assert_eq!(routes(&t.a, &["10.78.0.0/24"]).len(), 1);
+
+    // 2. A peer allowing 0.0.0.0/0 takes no default route without DefaultRoute.
+    let g2 = spec_a(
+        2,
+        &["10.79.0.2/32", "10.78.0.0/24", "0.0.0.0/0"],
+        false,
+        true,
+    );
+    apply_a(&g2);
+    assert_eq!(
+        routes_of(&t.a, "default"),
+        [("eth0".into(), "192.0.2.1".into(), "87".into())]
+    );
+
+    // 3. DefaultRoute: the pod's traffic goes through the tunnel (the subnet is reached by the
+    // default route alone now), the endpoint via the old gateway.
+    let g3 = spec_a(3, &["10.79.0.2/32", "0.0.0.0/0"], true, true);
+    apply_a(&g3);
+    assert_eq!(route_to(&t.a, "203.0.113.9"), (if_a.clone(), String::new()));
+    assert_eq!(route_to(&t.a, "10.78.0.2").0, if_a);
+    assert_eq!(
+        route_to(&t.a, "198.51.100.2"),
+        ("eth0".into(), "192.0.2.1".into())
+    );
+    assert_eq!(
+        routes_of(&t.a, "default"),
+        [(if_a.clone(), String::new(), "87".into())],
+        "the tunnel's replaced the pod's"
+    );
+    assert_eq!(
+        routes_of(&t.a, "198.51.100.2"),
+        [("eth0".into(), "192.0.2.1".into(), "87".into())]
+    );
+    let rx_before = wg_dump(&t.a, &if_a).unwrap()[1][5].parse::<u64>().unwrap();
+    through_tunnel("ping through the tunnel's default route");
+    let rx_after = wg_dump(&t.a, &if_a).unwrap()[1][5].parse::<u64>().unwrap();
+    assert!(rx_after > rx_before, "the reply came through the tunnel");
+
+    // 4. Dropping DefaultRoute: the Network default route is back, the endpoint route gone.
+    apply_a(&g2);
+    assert_eq!(
+        routes_of(&t.a, "default"),
+        [("eth0".into(), "192.0.2.1".into(), "87".into())]
+    );
+    assert!(
+        routes(&t.a, &["198.51.100.2/32"]).is_empty(),
+        "endpoint route removed"
+    );
+    assert!(routes(&t.a, &["proto", "87", "dev", &if_a])
+        .iter()
+        .all(|r| r["dst"] != "default"));
+
+    // 5. Removing the peer removes its routes.
+    let g5 = spec_a(5, &[], false, false);
+    apply_a(&g5);
+    let left: Vec<_> = routes(&t.a, &["dev", &if_a]);
+    assert_eq!(left.len(), 1, "only the connected route: {left:?}");
+    assert_eq!(left[0]["dst"], "10.79.0.0/24");
+    assert!(!ping_ok(&t.a, "10.78.0.2"));
+    drop(pod_a);
+    drop(pod_b);
 }

@@ -15,9 +15,10 @@ use weft_schema::status::{Backend, Overall, PodStatus};
 use weft_testkit::require_root;
 use weft_testkit::vm::{Guest, Kernel, Outcome, Verdict};
 
-/// Modules in the guest: WireGuard, and nftables for the agent's baseline firewall
-/// (`ct state` needs `nft_ct`). [`agent_script`] loads them.
-const MODULES: &[&str] = &["wireguard", "nf_tables", "nft_ct"];
+/// Modules in the guest: WireGuard, nftables for the agent's baseline firewall (`ct state`
+/// needs `nft_ct`), and veth for the namespaces of the routing test. [`agent_script`] loads
+/// them.
+const MODULES: &[&str] = &["wireguard", "nf_tables", "nft_ct", "veth"];
 
 /// Generous: TCG on two shared cores, booting takes about 8 s when the machine is idle.
 const TIMEOUT: Duration = Duration::from_secs(240);
@@ -316,6 +317,7 @@ fn first_overlay(key: &str) -> WireGuardSpec {
         private_key: Some(Secret::new(key.to_owned())),
         peers: vec![a, b, c],
         mtu: None,
+        default_route: None,
     }
 }
 
@@ -402,6 +404,119 @@ fn agent_apply_without_overlay_removes_kernel_wireguard() {
     assert_eq!(last.overall, Overall::Healthy, "{last:?}");
     assert_eq!(last.observed_generation, 2);
     assert!(last.wireguard.is_none(), "{last:?}");
+}
+
+/// The routes of issue 12 on the kernel backend, with packets: in the guest the agent runs
+/// in the root namespace as pod A (eth0 192.0.2.2/24 via a router namespace at 192.0.2.1);
+/// peer B lives in namespace `b` behind the router (198.51.100.2), runs kernel WireGuard set
+/// up by `wg`, and holds 10.78.0.2, a subnet only the tunnel reaches.
+/// 1. AllowedIps 10.78.0.0/24: a route via wg0 (proto 87), and 10.78.0.2 answers a ping.
+/// 2. `DefaultRoute: true` with 0.0.0.0/0: the default route goes via wg0, B's endpoint via
+///    the old gateway, and 10.78.0.2 still answers (through the default route alone).
+/// 3. Without `DefaultRoute` and without the peer: the Network default route is back, the
+///    endpoint route and the peer's routes are gone, and 10.78.0.2 does not answer.
+#[test]
+fn agent_routes_allowed_ips_and_default_route_through_kernel_wireguard() {
+    let started = Instant::now();
+    require_root();
+    let (key_a, key_b) = (private_key(), private_key());
+    let (pub_a, pub_b) = (public_key(&key_a), public_key(&key_b));
+    let pod = |generation: u64, allowed: &[&str], default_route: bool| -> PodSpec {
+        let peers = if allowed.is_empty() {
+            serde_json::json!([])
+        } else {
+            serde_json::json!([{ "PublicKey": pub_b, "Endpoint": "198.51.100.2:51831",
+                                 "AllowedIps": allowed }])
+        };
+        serde_json::from_value(serde_json::json!({
+            "PodId": "vm-1", "Generation": generation,
+            "Network": { "Interface": "eth0", "Address": "192.0.2.2/24", "Gateway": "192.0.2.1" },
+            "WireGuard": { "Interface": "wg0", "Address": "10.79.0.1/24", "ListenPort": 51830,
+                           "PrivateKey": key_a, "DefaultRoute": default_route, "Peers": peers }
+        }))
+        .unwrap()
+    };
+    let mut guest = agent_guest(
+        "wireguard-kernel-routes",
+        &[
+            pod(1, &["10.79.0.2/32", "10.78.0.0/24"], false),
+            pod(2, &["10.79.0.2/32", "0.0.0.0/0"], true),
+            pod(3, &[], false),
+        ],
+    );
+    guest.share_file("b.key", format!("{key_b}\n")).unwrap();
+    let body = format!(
+        r#"
+ip netns add r
+ip netns add b
+ip link add eth0 type veth peer name toa netns r
+ip -n r link add tob type veth peer name eth0 netns b
+for l in toa tob lo; do ip -n r link set "$l" up; done
+ip -n r addr add 192.0.2.1/24 dev toa
+ip -n r addr add 198.51.100.1/24 dev tob
+ip netns exec r sh -c 'echo 1 > /proc/sys/net/ipv4/ip_forward'
+for l in eth0 lo; do ip -n b link set "$l" up; done
+ip -n b addr add 198.51.100.2/24 dev eth0
+ip -n b route add default via 198.51.100.1
+ip -n b addr add 10.78.0.2/32 dev lo
+ip -n b link add wgb type wireguard
+ip netns exec b wg set wgb private-key /mnt/host/b.key listen-port 51831 peer {pub_a} allowed-ips 10.79.0.1/32
+ip -n b addr add 10.79.0.2/24 dev wgb
+ip -n b link set wgb up
+
+answers() {{ for i in 1 2 3 4 5; do ping -c 1 -W 1 "$1" >/dev/null 2>&1 && return 0; done; return 1; }}
+
+apply 1
+ip -4 route show 10.78.0.0/24 | grep -q 'dev wg0 proto 87' || fail "no route to 10.78.0.0/24 via wg0"
+answers 10.78.0.2 || fail "the subnet behind the peer does not answer"
+echo "WEFT-CHECK subnet behind the peer answers"
+
+apply 2
+ip -4 route show default | grep -q 'dev wg0 proto 87' || fail "the default route is not the tunnel's"
+ip -4 route show 198.51.100.2 | grep -q 'via 192.0.2.1 dev eth0 proto 87' || fail "no endpoint route via the old gateway"
+ip -4 route show 10.78.0.0/24 | grep -q . && fail "10.78.0.0/24 still routed alone"
+ip route get 203.0.113.9 | grep -q 'dev wg0' || fail "the pod's traffic does not go through the tunnel"
+answers 10.78.0.2 || fail "no answer through the tunnel's default route"
+echo "WEFT-CHECK default route through the tunnel"
+
+apply 3
+ip -4 route show default | grep -q 'via 192.0.2.1 dev eth0 proto 87' || fail "the Network default route is not back"
+ip -4 route show 198.51.100.2 | grep -q . && fail "the endpoint route outlived DefaultRoute"
+ip -4 route show dev wg0 | grep -v '^10.79.0.0/24' | grep -q . && fail "routes of the removed peer remain"
+answers 10.78.0.2 && fail "10.78.0.2 still answers without the peer"
+echo "WEFT-CHECK routes gone with the peer"
+"#
+    );
+    let outcome = guest.boot(&agent_script(&body), TIMEOUT).unwrap();
+    report(
+        "agent_routes_allowed_ips_and_default_route_through_kernel_wireguard",
+        started,
+        &outcome,
+    );
+    assert!(outcome.passed(), "guest failed:\n{}", outcome.console);
+    for check in [
+        "subnet behind the peer answers",
+        "default route through the tunnel",
+        "routes gone with the peer",
+    ] {
+        assert!(
+            outcome.console.contains(&format!("WEFT-CHECK {check}")),
+            "{check}: {}",
+            outcome.console
+        );
+    }
+    for n in 1..=3 {
+        let st = status(&outcome, n);
+        assert_eq!(st.overall, Overall::Healthy, "{st:?}");
+        assert_eq!(
+            st.wireguard.as_ref().map(|w| w.backend),
+            Some(Backend::Kernel)
+        );
+        let net = st.network.as_ref().expect("Network status");
+        assert_eq!(net.addresses, vec!["192.0.2.2/24"]);
+        let gateway = if n == 2 { None } else { Some("192.0.2.1") };
+        assert_eq!(net.gateway.as_deref(), gateway, "status {n}");
+    }
 }
 
 /// A guest that overruns its time is killed and reported as such, promptly.

@@ -270,6 +270,8 @@ mod tests {
                 interface: "\u{1b}".repeat(1 << 20),
                 address: "192.0.2.5/24".into(),
                 gateway: None,
+                address6: None,
+                gateway6: None,
                 mtu: None,
                 nameservers: vec![],
                 search_domains: vec![],

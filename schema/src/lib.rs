@@ -19,8 +19,13 @@
 //!
 //! - `WireGuard.Mtu` (optional, 576-65535, default 1420) is an addition to the contract's
 //!   WireGuard section; the agent needs it to honour "MTU 1420 unless set".
-//! - `Network.Address` must be IPv4 (the agent manages the link's IPv4 addresses only);
-//!   `Gateway` must be IPv4 too.
+//! - `Network.Address` and `Gateway` must be IPv4; `Address6` (v1.1) an IPv6 CIDR with its
+//!   prefix that is not link-local (the kernel keeps those), multicast, loopback, unspecified
+//!   or IPv4-mapped; `Gateway6` an IPv6 unicast address, link-local allowed (the route names
+//!   the interface), and only with `Address6`.
+//! - `WireGuard.DefaultRoute: true` (v1.1) needs a `Network` section with the gateway of every
+//!   peer endpoint's family (`Gateway` for IPv4 endpoints, `Gateway6` for IPv6 ones): the
+//!   endpoints keep host routes via it. The validated `WireGuard` carries that underlay.
 //! - `ListenPort` 0 is refused: the firewall opens exactly the listen port, so it must be known.
 //! - A rule with protocol `icmp` may name IPv4 addresses only, `icmpv6` IPv6 only.
 //! - Two peers with the same `PublicKey`, or `WireGuard.Interface` equal to
@@ -39,7 +44,10 @@
 //!   (one past year 9999 is never reached). Both are in the bincode encoding: `NotAfterUnix`
 //!   comes right after `Generation`, `SignedBy` right after `LastDrift`.
 //! - `PodStatus.SignedBy` is always sent (`null` when nobody signed); a status without it (a
-//!   v1 agent's) decodes with `null`.
+//!   v1 agent's) decodes with `null`. Likewise `Network.Addresses6` (`[]`) and
+//!   `Network.Gateway6` (`null`). In bincode the new fields follow their IPv4 counterparts'
+//!   sections: `Address6`, `Gateway6` right after `Gateway`; `DefaultRoute` last in
+//!   `WireGuard`; `Addresses6`, `Gateway6` last in `NetworkStatus`.
 //! - A JSON body is parsed once, straight into the typed value, with every quoted value of a
 //!   decoding error (a field name as the body spelled it) bounded like [`text::quote`]; an
 //!   empty array in place of a `PodSpec` is refused as positional, not as a short sequence.

@@ -42,7 +42,8 @@ pub struct PodSpec {
     pub wireguard: Option<WireGuardSpec>,
 }
 
-/// The pod interface, its IPv4 address, default route, MTU and resolver.
+/// The pod interface: its IPv4 address and default route, optionally an IPv6 address and
+/// default route (v1.1), its MTU and the resolver file.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "PascalCase", deny_unknown_fields)]
 pub struct NetworkSpec {
@@ -54,6 +55,14 @@ pub struct NetworkSpec {
     /// IPv4 address of the default gateway.
     #[serde(default)]
     pub gateway: Option<String>,
+    /// IPv6 CIDR with its prefix (`2001:db8::5/64`): made the only global IPv6 address on the
+    /// link; link-local addresses stay (v1.1).
+    #[serde(default)]
+    pub address6: Option<String>,
+    /// IPv6 address of the default gateway, global or link-local (`fe80::1`); needs
+    /// `Address6` (v1.1).
+    #[serde(default)]
+    pub gateway6: Option<String>,
     /// 576-65535.
     #[serde(default)]
     #[schemars(range(min = limits::MTU_MIN, max = limits::MTU_MAX))]
@@ -172,6 +181,11 @@ pub struct WireGuardSpec {
         extend("default" = limits::WIREGUARD_MTU)
     )]
     pub mtu: Option<u32>,
+    /// `true`: a peer allowing `0.0.0.0/0` or `::/0` takes the pod's default route of that
+    /// family, and every peer's endpoint keeps a host route via the `Network` gateway of its
+    /// family. Absent, `null` or `false`: no default route through the tunnel (v1.1).
+    #[serde(default)]
+    pub default_route: Option<bool>,
 }
 
 fn default_listen_port() -> u32 {

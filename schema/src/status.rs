@@ -77,11 +77,18 @@ pub struct NetworkStatus {
     pub last_error: String,
     pub interface: String,
     pub up: bool,
-    /// The interface's IPv4 addresses, as CIDRs.
+    /// The interface's IPv4 addresses, as CIDRs (with the spec's, the only one).
     pub addresses: Vec<String>,
     /// The default route's gateway, `null` when there is none.
     pub gateway: Option<String>,
     pub mtu: u32,
+    /// The interface's global IPv6 addresses, as CIDRs (link-local ones are not listed)
+    /// (v1.1; absent in a v1 agent's status).
+    #[serde(default)]
+    pub addresses6: Vec<String>,
+    /// The IPv6 default route's gateway, `null` when there is none (v1.1).
+    #[serde(default)]
+    pub gateway6: Option<String>,
 }
 
 /// The `inet weft-fw` table as the kernel holds it.
@@ -174,6 +181,7 @@ pub struct ApplyReply {
     pub result: ApplyResult,
     /// Empty when applied.
     pub error: String,
-    /// Time from taking the spec to reading the kernel back, in microseconds.
+    /// Time from the start of the apply to the kernel's acknowledgement of its last write,
+    /// in microseconds (decoding, validation and the read-back are not included).
     pub apply_micros: u64,
 }

@@ -7,7 +7,7 @@
 //! sorted ranges, and WireGuard allowed IPs are truncated, sorted and deduplicated.
 
 use std::fmt;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 
@@ -99,6 +99,10 @@ pub struct Network {
     /// The interface address with its prefix (host bits kept).
     pub address: Ipv4Net,
     pub gateway: Option<Ipv4Addr>,
+    /// The global IPv6 address with its prefix (host bits kept).
+    pub address6: Option<Ipv6Net>,
+    /// Global or link-local; only with `address6`.
+    pub gateway6: Option<Ipv6Addr>,
     pub mtu: Option<u32>,
     pub nameservers: Vec<IpAddr>,
     pub search_domains: Vec<String>,
@@ -237,6 +241,29 @@ pub struct WireGuard {
     pub private_key: Option<SecretKey>,
     pub peers: Vec<Peer>,
     pub mtu: u32,
+    /// `DefaultRoute: true`: the tunnel may take the default route, and the peers' endpoints
+    /// stay reachable through this underlay.
+    pub default_route: Option<Underlay>,
+}
+
+/// The pod interface and its gateways, through which the tunnel's own packets leave when
+/// the tunnel holds the default route. Validation makes sure every peer endpoint has the
+/// gateway of its family.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Underlay {
+    pub interface: IfName,
+    pub gateway: Option<Ipv4Addr>,
+    pub gateway6: Option<Ipv6Addr>,
+}
+
+impl Underlay {
+    /// The gateway of `ip`'s family.
+    pub fn gateway_for(&self, ip: IpAddr) -> Option<IpAddr> {
+        match ip {
+            IpAddr::V4(_) => self.gateway.map(IpAddr::V4),
+            IpAddr::V6(_) => self.gateway6.map(IpAddr::V6),
+        }
+    }
 }
 
 /// One WireGuard peer.
@@ -353,7 +380,11 @@ impl ValidSpec {
             .as_ref()
             .and_then(|n| network(&mut errs, "Network", n));
         let firewall = firewall(&mut errs, spec.firewall.unwrap_or_default());
-        let wireguard = spec
+        let default_route = spec
+            .wireguard
+            .as_ref()
+            .is_some_and(|w| w.default_route == Some(true));
+        let mut wireguard = spec
             .wireguard
             .and_then(|w| wireguard(&mut errs, "WireGuard", w));
         if let (Some(n), Some(w)) = (&network, &wireguard) {
@@ -362,6 +393,11 @@ impl ValidSpec {
                     "WireGuard.Interface",
                     format!("{} is already Network.Interface", w.interface),
                 );
+            }
+        }
+        if default_route {
+            if let Some(w) = &mut wireguard {
+                w.default_route = underlay(&mut errs, network.as_ref(), spec.network.is_some(), w);
             }
         }
         match (pod_id, errs.total) {
@@ -376,6 +412,47 @@ impl ValidSpec {
             _ => Err(errs),
         }
     }
+}
+
+/// `WireGuard.DefaultRoute: true`: the tunnel's own packets must still leave by the pod
+/// interface, so each peer endpoint needs the `Network` gateway of its family.
+fn underlay(
+    errs: &mut ValidationErrors,
+    network: Option<&Network>,
+    network_given: bool,
+    w: &WireGuard,
+) -> Option<Underlay> {
+    let Some(net) = network else {
+        if !network_given {
+            errs.push(
+                "WireGuard.DefaultRoute",
+                "needs a Network section: the peers' endpoints stay reachable via its gateway",
+            );
+        }
+        return None;
+    };
+    let underlay = Underlay {
+        interface: net.interface.clone(),
+        gateway: net.gateway,
+        gateway6: net.gateway6,
+    };
+    let before = errs.total;
+    for (i, p) in w.peers.iter().enumerate() {
+        let Some(endpoint) = p.endpoint else { continue };
+        if underlay.gateway_for(endpoint.ip()).is_none() {
+            let field = match endpoint {
+                SocketAddr::V4(_) => "Network.Gateway",
+                SocketAddr::V6(_) => "Network.Gateway6",
+            };
+            errs.push(
+                format!("WireGuard.Peers[{i}].Endpoint"),
+                format!(
+                    "with DefaultRoute the endpoint {endpoint} is reached via {field}, which is not set"
+                ),
+            );
+        }
+    }
+    (errs.total == before).then_some(underlay)
 }
 
 fn ifname(errs: &mut ValidationErrors, path: &str, text: &str) -> Option<IfName> {
@@ -427,7 +504,7 @@ fn network(errs: &mut ValidationErrors, path: &str, spec: &NetworkSpec) -> Optio
             errs.push(
                 format!("{path}.Address"),
                 format!(
-                    "{} is not IPv4 (the pod address is IPv4)",
+                    "{} is not IPv4 (an IPv6 address goes in Address6)",
                     quote(&spec.address)
                 ),
             );
@@ -454,6 +531,22 @@ fn network(errs: &mut ValidationErrors, path: &str, spec: &NetworkSpec) -> Optio
             })
             .ok()
     });
+    let address6 = spec.address6.as_deref().and_then(|a| {
+        ipv6_address(a)
+            .map_err(|e| errs.push(format!("{path}.Address6"), e))
+            .ok()
+    });
+    let gateway6 = spec.gateway6.as_deref().and_then(|g| {
+        ipv6_gateway(g)
+            .map_err(|e| errs.push(format!("{path}.Gateway6"), e))
+            .ok()
+    });
+    if gateway6.is_some() && spec.address6.is_none() {
+        errs.push(
+            format!("{path}.Gateway6"),
+            "needs Network.Address6 (without a global IPv6 address there is nothing to route)",
+        );
+    }
     let mtu = mtu(errs, &format!("{path}.Mtu"), spec.mtu);
     let mut nameservers = Vec::new();
     if within(
@@ -493,10 +586,76 @@ fn network(errs: &mut ValidationErrors, path: &str, spec: &NetworkSpec) -> Optio
         interface: interface?,
         address: address?,
         gateway,
+        address6,
+        gateway6,
         mtu,
         nameservers,
         search_domains,
     })
+}
+
+/// What an IPv6 address may not be to be a pod's own or its gateway, if anything.
+fn not_unicast6(a: Ipv6Addr) -> Option<&'static str> {
+    if a.is_unspecified() || a.is_loopback() {
+        Some("is not a unicast address")
+    } else if a.is_multicast() {
+        Some("is multicast")
+    } else if a.to_ipv4_mapped().is_some() {
+        Some("is IPv4-mapped (an IPv4 address goes in Address or Gateway)")
+    } else {
+        None
+    }
+}
+
+fn is_link_local6(a: Ipv6Addr) -> bool {
+    a.segments()[0] & 0xffc0 == 0xfe80
+}
+
+/// `Address6`: a global (or unique local) IPv6 CIDR with its prefix.
+fn ipv6_address(text: &str) -> Result<Ipv6Net, String> {
+    let net = match text.parse::<IpNet>() {
+        Ok(IpNet::V6(n)) => n,
+        Ok(IpNet::V4(_)) => {
+            return Err(format!(
+                "{} is not IPv6 (the IPv4 address goes in Address)",
+                quote(text)
+            ))
+        }
+        Err(_) => {
+            return Err(format!(
+                "{} is not an IPv6 CIDR with its prefix (2001:db8::5/64)",
+                quote(text)
+            ))
+        }
+    };
+    if let Some(why) = not_unicast6(net.addr()) {
+        return Err(format!("{} {why}", quote(text)));
+    }
+    if is_link_local6(net.addr()) {
+        return Err(format!(
+            "{} is link-local (the kernel keeps the link-local address; Address6 is the global one)",
+            quote(text)
+        ));
+    }
+    Ok(net)
+}
+
+/// `Gateway6`: an IPv6 unicast address, global or link-local (on the pod interface).
+fn ipv6_gateway(text: &str) -> Result<Ipv6Addr, String> {
+    let a = match text.parse::<IpAddr>() {
+        Ok(IpAddr::V6(a)) => a,
+        Ok(IpAddr::V4(_)) => {
+            return Err(format!(
+                "{} is not an IPv6 address (the IPv4 gateway goes in Gateway)",
+                quote(text)
+            ))
+        }
+        Err(_) => return Err(format!("{} is not an IPv6 address", quote(text))),
+    };
+    match not_unicast6(a) {
+        Some(why) => Err(format!("{} {why}", quote(text))),
+        None => Ok(a),
+    }
 }
 
 /// What one rule's address list is called on the wire.
@@ -733,6 +892,7 @@ fn wireguard(errs: &mut ValidationErrors, path: &str, spec: WireGuardSpec) -> Op
         private_key,
         peers,
         mtu,
+        default_route: None, // set with the Network section in view
     })
 }
 

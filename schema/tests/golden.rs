@@ -8,8 +8,9 @@
 //!
 //! The `contract_*.json` fixtures are the examples of CONTRACT.md, copied as written (the
 //! `...` of the `LastDrift` example replaced by a number, and v1.1's `SignedBy`,
-//! `Firewall.InputDropped` and `Firewall.EgressDropped` added to the status); they must
-//! decode. `go_pod_spec_nulls.json` is a spec as Go's `encoding/json` writes
+//! `Network.Addresses6`, `Network.Gateway6`, `Firewall.InputDropped` and
+//! `Firewall.EgressDropped` added to the status); they must decode. `go_pod_spec_nulls.json` is
+//! a spec as Go's `encoding/json` writes
 //! it when every slice is nil and every pointer unset: each such field `null`.
 
 mod support;
@@ -122,6 +123,8 @@ fn contract_pod_spec_example_decodes() {
             interface: "eth0".into(),
             address: "10.0.0.5/24".into(),
             gateway: Some("10.0.0.1".into()),
+            address6: None,
+            gateway6: None,
             mtu: Some(1500),
             nameservers: vec!["10.0.0.2".into()],
             search_domains: vec!["pods.local".into()],
@@ -153,6 +156,7 @@ fn contract_pod_spec_example_decodes() {
                 preshared_key: None,
             }],
             mtu: None,
+            default_route: None,
         }),
     };
     assert_eq!(spec, expected);
@@ -197,6 +201,8 @@ fn contract_pod_status_example_decodes() {
             addresses: vec!["10.0.0.5/24".into()],
             gateway: Some("10.0.0.1".into()),
             mtu: 1500,
+            addresses6: vec![],
+            gateway6: None,
         }),
         firewall: Some(FirewallStatus {
             overall: Overall::Healthy,

@@ -104,6 +104,13 @@ fn check_invariants(v: &ValidSpec) {
         if let Some(mtu) = n.mtu {
             assert!((limits::MTU_MIN..=limits::MTU_MAX).contains(&mtu));
         }
+        if let Some(a) = n.address6 {
+            let first = a.addr().segments()[0];
+            assert!(first & 0xffc0 != 0xfe80 && first & 0xff00 != 0xff00, "{a}");
+        }
+        if let Some(g) = n.gateway6 {
+            assert!(n.address6.is_some() && !g.is_multicast() && !g.is_unspecified());
+        }
         assert!(n.nameservers.len() <= limits::NAMESERVERS);
         assert!(n.search_domains.len() <= limits::SEARCH_DOMAINS);
         for d in &n.search_domains {
@@ -137,6 +144,12 @@ fn check_invariants(v: &ValidSpec) {
             );
             assert!(p.allowed_ips.iter().all(|n| *n == n.trunc()));
             assert!(p.endpoint.is_none_or(|e| e.port() != 0));
+            if let (Some(u), Some(e)) = (&wg.default_route, p.endpoint) {
+                assert!(u.gateway_for(e.ip()).is_some(), "{e} has a way out");
+            }
+        }
+        if let Some(u) = &wg.default_route {
+            assert_eq!(Some(&u.interface), v.network.as_ref().map(|n| &n.interface));
         }
     }
 }
@@ -194,6 +207,8 @@ fn render(v: &ValidSpec) -> PodSpec {
             interface: n.interface.to_string(),
             address: n.address.to_string(),
             gateway: n.gateway.map(|g| g.to_string()),
+            address6: n.address6.map(|a| a.to_string()),
+            gateway6: n.gateway6.map(|g| g.to_string()),
             mtu: n.mtu,
             nameservers: strings(&n.nameservers),
             search_domains: n.search_domains.clone(),
@@ -245,6 +260,7 @@ fn render(v: &ValidSpec) -> PodSpec {
                 })
                 .collect(),
             mtu: Some(w.mtu),
+            default_route: w.default_route.as_ref().map(|_| true),
         }),
     }
 }
@@ -436,15 +452,25 @@ fn network_spec() -> impl Strategy<Value = NetworkSpec> {
             mostly("[a-z0-9_-]{1,20}(\\.[a-z]{2,6}){0,3}\\.?".boxed()),
             0..8,
         ),
+        prop::option::of(prop_oneof![6 => v6_cidr(), 1 => v4_cidr(), 1 => Just("fe80::5/64".to_owned()), 1 => junk()]),
+        prop::option::of(mostly(prop_oneof![
+            any::<u128>().prop_map(|a| Ipv6Addr::from(a).to_string()),
+            Just("fe80::1".to_owned()),
+            Just("ff02::1".to_owned()),
+        ])),
     )
         .prop_map(
-            |(interface, address, gateway, mtu, nameservers, search_domains)| NetworkSpec {
-                interface,
-                address,
-                gateway,
-                mtu,
-                nameservers,
-                search_domains,
+            |(interface, address, gateway, mtu, nameservers, search_domains, address6, gateway6)| {
+                NetworkSpec {
+                    interface,
+                    address,
+                    gateway,
+                    address6,
+                    gateway6,
+                    mtu,
+                    nameservers,
+                    search_domains,
+                }
             },
         )
 }
@@ -506,15 +532,19 @@ fn wireguard_spec() -> impl Strategy<Value = WireGuardSpec> {
         prop::option::of(key()),
         vec(peer_spec(), 0..5),
         prop::option::of(bound_u32(576, 65535)),
+        prop::option::of(any::<bool>()),
     )
         .prop_map(
-            |(interface, address, listen_port, private_key, peers, mtu)| WireGuardSpec {
-                interface,
-                address,
-                listen_port,
-                private_key: private_key.map(Secret::new),
-                peers,
-                mtu,
+            |(interface, address, listen_port, private_key, peers, mtu, default_route)| {
+                WireGuardSpec {
+                    interface,
+                    address,
+                    listen_port,
+                    private_key: private_key.map(Secret::new),
+                    peers,
+                    mtu,
+                    default_route,
+                }
             },
         )
 }
@@ -630,12 +660,22 @@ fn good_network() -> impl Strategy<Value = NetworkSpec> {
         prop::option::of(576u32..=65535),
         vec(any_ip(), 0..=3),
         vec("[a-z0-9_-]{1,20}(\\.[a-z]{2,6}){0,3}\\.?", 0..=6),
+        prop::option::of((
+            (0u16..4, any::<u16>(), 1u8..=128)
+                .prop_map(|(n, h, p)| format!("2001:db8:{n}::{h:x}/{p}")),
+            prop::option::of(prop_oneof![
+                Just("fe80::1".to_owned()),
+                (0u16..4).prop_map(|n| format!("2001:db8:{n}::1")),
+            ]),
+        )),
     )
         .prop_map(
-            |(address, gateway, mtu, nameservers, search_domains)| NetworkSpec {
+            |(address, gateway, mtu, nameservers, search_domains, v6)| NetworkSpec {
                 interface: "eth0".into(),
                 address,
                 gateway,
+                address6: v6.as_ref().map(|(a, _)| a.clone()),
+                gateway6: v6.and_then(|(_, g)| g),
                 mtu,
                 nameservers,
                 search_domains,
@@ -663,9 +703,10 @@ fn good_wireguard() -> impl Strategy<Value = WireGuardSpec> {
         prop::option::of(any::<u8>()),
         vec(peer, 0..6),
         prop::option::of(576u32..=65535),
+        prop::option::of(any::<bool>()),
     )
         .prop_map(
-            |(address, listen_port, private_key, peers, mtu)| WireGuardSpec {
+            |(address, listen_port, private_key, peers, mtu, default_route)| WireGuardSpec {
                 interface: "wg0".into(),
                 address,
                 listen_port,
@@ -682,6 +723,7 @@ fn good_wireguard() -> impl Strategy<Value = WireGuardSpec> {
                     })
                     .collect(),
                 mtu,
+                default_route,
             },
         )
 }
@@ -693,13 +735,28 @@ fn good_pod_spec() -> impl Strategy<Value = PodSpec> {
         prop::option::of(good_firewall()),
         prop::option::of(good_wireguard()),
     )
-        .prop_map(|(generation, network, firewall, wireguard)| PodSpec {
-            pod_id: POD.into(),
-            generation,
-            not_after_unix: None,
-            network,
-            firewall,
-            wireguard,
+        .prop_map(|(generation, mut network, firewall, mut wireguard)| {
+            // DefaultRoute needs a way out for every endpoint: the Network gateways.
+            if let Some(w) = wireguard.as_mut().filter(|w| w.default_route == Some(true)) {
+                match network.as_mut() {
+                    None => w.default_route = None,
+                    Some(n) => {
+                        n.gateway.get_or_insert_with(|| "192.0.2.1".into());
+                        if n.gateway6.is_none() {
+                            n.address6 = Some("2001:db8::5/64".into());
+                            n.gateway6 = Some("fe80::1".into());
+                        }
+                    }
+                }
+            }
+            PodSpec {
+                pod_id: POD.into(),
+                generation,
+                not_after_unix: None,
+                network,
+                firewall,
+                wireguard,
+            }
         })
 }
 

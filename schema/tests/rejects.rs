@@ -399,7 +399,68 @@ fn cases() -> Vec<Case> {
         json(
             "IPv6 pod address",
             &network(r#"{"Interface":"eth0","Address":"2001:db8::5/64"}"#),
-            r#"Network.Address: "2001:db8::5/64" is not IPv4 (the pod address is IPv4)"#,
+            r#"Network.Address: "2001:db8::5/64" is not IPv4 (an IPv6 address goes in Address6)"#,
+        ),
+        // Network.Address6 and Gateway6 (v1.1).
+        json(
+            "IPv4 in Address6",
+            &network(r#"{"Interface":"eth0","Address":"192.0.2.5/24","Address6":"192.0.2.6/24"}"#),
+            r#"Network.Address6: "192.0.2.6/24" is not IPv6 (the IPv4 address goes in Address)"#,
+        ),
+        json(
+            "Address6 without its prefix",
+            &network(r#"{"Interface":"eth0","Address":"192.0.2.5/24","Address6":"2001:db8::5"}"#),
+            r#"Network.Address6: "2001:db8::5" is not an IPv6 CIDR with its prefix (2001:db8::5/64)"#,
+        ),
+        json(
+            "Address6 prefix too long",
+            &network(r#"{"Interface":"eth0","Address":"192.0.2.5/24","Address6":"2001:db8::5/129"}"#),
+            r#"Network.Address6: "2001:db8::5/129" is not an IPv6 CIDR with its prefix (2001:db8::5/64)"#,
+        ),
+        json(
+            "link-local Address6",
+            &network(r#"{"Interface":"eth0","Address":"192.0.2.5/24","Address6":"fe80::5/64"}"#),
+            r#"Network.Address6: "fe80::5/64" is link-local (the kernel keeps the link-local address; Address6 is the global one)"#,
+        ),
+        json(
+            "multicast Address6",
+            &network(r#"{"Interface":"eth0","Address":"192.0.2.5/24","Address6":"ff02::5/64"}"#),
+            r#"Network.Address6: "ff02::5/64" is multicast"#,
+        ),
+        json(
+            "loopback Address6",
+            &network(r#"{"Interface":"eth0","Address":"192.0.2.5/24","Address6":"::1/128"}"#),
+            r#"Network.Address6: "::1/128" is not a unicast address"#,
+        ),
+        json(
+            "IPv4-mapped Address6",
+            &network(r#"{"Interface":"eth0","Address":"192.0.2.5/24","Address6":"::ffff:192.0.2.6/120"}"#),
+            r#"Network.Address6: "::ffff:192.0.2.6/120" is IPv4-mapped (an IPv4 address goes in Address or Gateway)"#,
+        ),
+        json(
+            "IPv4 in Gateway6",
+            &network(r#"{"Interface":"eth0","Address":"192.0.2.5/24","Address6":"2001:db8::5/64","Gateway6":"192.0.2.1"}"#),
+            r#"Network.Gateway6: "192.0.2.1" is not an IPv6 address (the IPv4 gateway goes in Gateway)"#,
+        ),
+        json(
+            "Gateway6 with a prefix",
+            &network(r#"{"Interface":"eth0","Address":"192.0.2.5/24","Address6":"2001:db8::5/64","Gateway6":"fe80::1/64"}"#),
+            r#"Network.Gateway6: "fe80::1/64" is not an IPv6 address"#,
+        ),
+        json(
+            "multicast Gateway6",
+            &network(r#"{"Interface":"eth0","Address":"192.0.2.5/24","Address6":"2001:db8::5/64","Gateway6":"ff02::2"}"#),
+            r#"Network.Gateway6: "ff02::2" is multicast"#,
+        ),
+        json(
+            "unspecified Gateway6",
+            &network(r#"{"Interface":"eth0","Address":"192.0.2.5/24","Address6":"2001:db8::5/64","Gateway6":"::"}"#),
+            r#"Network.Gateway6: "::" is not a unicast address"#,
+        ),
+        json(
+            "Gateway6 without Address6",
+            &network(r#"{"Interface":"eth0","Address":"192.0.2.5/24","Gateway6":"fe80::1"}"#),
+            "Network.Gateway6: needs Network.Address6 (without a global IPv6 address there is nothing to route)",
         ),
         json(
             "IPv6 gateway",
@@ -664,6 +725,41 @@ fn cases() -> Vec<Case> {
                 b = public_key(2)
             )),
             "WireGuard.Peers[2].PublicKey: the same key as Peers[0]",
+        ),
+        // WireGuard.DefaultRoute (v1.1): the endpoints need a way out.
+        json(
+            "DefaultRoute without Network",
+            &wireguard(r#""DefaultRoute":true"#),
+            "WireGuard.DefaultRoute: needs a Network section: the peers' endpoints stay reachable via its gateway",
+        ),
+        json(
+            "DefaultRoute with an IPv4 endpoint and no Gateway",
+            &format!(
+                r#"{{"PodId":"web-1","Generation":1,
+                    "Network":{{"Interface":"eth0","Address":"192.0.2.5/24"}},
+                    "WireGuard":{{"Interface":"wg0","Address":"10.9.0.1/24","DefaultRoute":true,
+                        "Peers":[{{"PublicKey":"{}","Endpoint":"203.0.113.10:51820","AllowedIps":["0.0.0.0/0"]}}]}}}}"#,
+                public_key(1)
+            ),
+            "WireGuard.Peers[0].Endpoint: with DefaultRoute the endpoint 203.0.113.10:51820 is reached via Network.Gateway, which is not set",
+        ),
+        json(
+            "DefaultRoute with an IPv6 endpoint and no Gateway6",
+            &format!(
+                r#"{{"PodId":"web-1","Generation":1,
+                    "Network":{{"Interface":"eth0","Address":"192.0.2.5/24","Gateway":"192.0.2.1"}},
+                    "WireGuard":{{"Interface":"wg0","Address":"10.9.0.1/24","DefaultRoute":true,
+                        "Peers":[{{"PublicKey":"{}","Endpoint":"203.0.113.10:51820"}},
+                                 {{"PublicKey":"{}","Endpoint":"[2001:db8::10]:51820"}}]}}}}"#,
+                public_key(1),
+                public_key(2)
+            ),
+            "WireGuard.Peers[1].Endpoint: with DefaultRoute the endpoint [2001:db8::10]:51820 is reached via Network.Gateway6, which is not set",
+        ),
+        json(
+            "DefaultRoute not a boolean",
+            &wireguard(r#""DefaultRoute":"yes""#),
+            "invalid JSON at WireGuard.DefaultRoute: invalid type: string \"yes\", expected a boolean at line 1 column 107",
         ),
         json(
             "wireguard on the pod interface",

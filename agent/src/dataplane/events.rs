@@ -1,7 +1,8 @@
-//! Change notifications that wake the reconciler: rtnetlink (links, IPv4 addresses, IPv4
-//! routes), nf_tables (`NFNLGRP_NFTABLES`), and an inotify watch on the resolver file's
-//! directory. They only say *that* something may have drifted and, where the kernel tells,
-//! *who* did it; whether anything drifted is decided by reading back and comparing with the
+//! Change notifications that wake the reconciler: rtnetlink (links, addresses and routes of
+//! both families), nf_tables (`NFNLGRP_NFTABLES`), and a watch on the resolver file's
+//! directory (fanotify, whose events name the writing process, where the kernel and the
+//! agent's privileges allow it; else inotify, whose events name nobody). They only say
+//! *that* something may have drifted and, where the kernel tells, *who* did it; whether anything drifted is decided by reading back and comparing with the
 //! desired state. So the agent's own writes, which converge, never count as drift, and a lost
 //! event costs only latency (the periodic resync catches it; an overrun asks for one at once).
 
@@ -27,15 +28,19 @@ const RCVBUF: usize = 4 << 20;
 pub struct Hints {
     pub network: Vec<RouteChange>,
     pub firewall: Vec<Transaction>,
-    /// Someone wrote, replaced or removed the resolver file. Files carry no author.
-    pub resolver: bool,
+    /// Someone other than the agent wrote, replaced or removed the resolver file: each time,
+    /// the writer's process (`sh (pid 4242)`) when the watch can tell, `None` when not.
+    pub resolver: Vec<Option<String>>,
     /// A socket overflowed: events were lost, so everything must be checked.
     pub overrun: bool,
 }
 
 impl Hints {
     pub fn is_empty(&self) -> bool {
-        self.network.is_empty() && self.firewall.is_empty() && !self.resolver && !self.overrun
+        self.network.is_empty()
+            && self.firewall.is_empty()
+            && self.resolver.is_empty()
+            && !self.overrun
     }
 }
 
@@ -61,6 +66,13 @@ impl KernelEvents {
                 )
             })
             .ok();
+        if let Some(watch) = &resolver {
+            tracing::debug!(
+                path = %resolv_conf.display(),
+                names_writers = watch.names_writers(),
+                "watching the resolver file"
+            );
+        }
         Ok(KernelEvents {
             route: Socket::subscribe(Protocol::Route, &super::rtnl::events::GROUPS, RCVBUF)?,
             nft: Socket::subscribe(Protocol::Netfilter, &[NFNLGRP_NFTABLES], RCVBUF)?,
@@ -72,7 +84,7 @@ impl KernelEvents {
     /// The descriptors to poll for readability.
     pub fn fds(&self) -> Vec<RawFd> {
         let mut fds = vec![self.route.as_raw_fd(), self.nft.as_raw_fd()];
-        fds.extend(self.resolver.as_ref().map(|w| w.file.as_raw_fd()));
+        fds.extend(self.resolver.as_ref().map(FileWatch::fd));
         fds
     }
 
@@ -87,9 +99,8 @@ impl KernelEvents {
             hints.firewall.extend(decoder.feed(datagram))
         });
         if let Some(watch) = &mut self.resolver {
-            match watch.drain() {
-                Ok(touched) => hints.resolver |= touched,
-                Err(_) => hints.overrun = true,
+            if watch.drain(&mut hints.resolver).is_err() {
+                hints.overrun = true;
             }
         }
         hints
@@ -98,10 +109,20 @@ impl KernelEvents {
 
 const IN_EVENT_HEADER: usize = 16;
 
-/// An inotify watch on a file's directory, reporting changes to that one name: editors and
-/// the agent itself replace the file by rename, which a watch on the file would not follow.
+/// A watch on a file's directory, reporting changes to that one name: editors and the agent
+/// itself replace the file by rename, which a watch on the file would not follow.
+///
+/// fanotify reports the writer's process id with each event, so the drift record can name
+/// it; it needs `CAP_SYS_ADMIN` and a file system that gives file handles (ext4, xfs, btrfs,
+/// tmpfs, overlayfs on 6.6+). inotify needs neither and names nobody: `By: unknown`.
 #[derive(Debug)]
-struct FileWatch {
+enum FileWatch {
+    Fanotify(Watch),
+    Inotify(Watch),
+}
+
+#[derive(Debug)]
+struct Watch {
     file: File,
     name: Vec<u8>,
     buf: Vec<u8>,
@@ -118,49 +139,170 @@ impl FileWatch {
         };
         let dir = CString::new(dir.as_os_str().as_bytes())
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
-        // SAFETY: inotify_init1 has no memory preconditions; the result is checked.
-        let fd = unsafe { libc::inotify_init1(libc::IN_NONBLOCK | libc::IN_CLOEXEC) };
-        if fd < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: `fd` is a fresh descriptor nothing else owns.
-        let file = unsafe { File::from_raw_fd(fd) };
-        let mask = libc::IN_CLOSE_WRITE
-            | libc::IN_MOVED_TO
-            | libc::IN_MOVED_FROM
-            | libc::IN_CREATE
-            | libc::IN_DELETE
-            | libc::IN_ATTRIB;
-        // SAFETY: `dir` is a NUL-terminated path that lives across the call.
-        if unsafe { libc::inotify_add_watch(fd, dir.as_ptr(), mask) } < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(FileWatch {
+        let watch = |file| Watch {
             file,
             name: name.as_bytes().to_vec(),
             buf: vec![0; 16 << 10],
-        })
-    }
-
-    /// Reads every pending event; true when one named the file. A queue overflow is an
-    /// error (events were lost).
-    fn drain(&mut self) -> io::Result<bool> {
-        let mut touched = false;
-        loop {
-            let n = match self.file.read(&mut self.buf) {
-                Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(touched),
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(e),
-            };
-            for (mask, name) in inotify_events(&self.buf[..n]) {
-                if mask & libc::IN_Q_OVERFLOW != 0 {
-                    return Err(io::Error::other("inotify queue overflow"));
-                }
-                touched |= name == self.name.as_slice();
+        };
+        match fanotify(&dir) {
+            Ok(file) => Ok(FileWatch::Fanotify(watch(file))),
+            Err(e) => {
+                tracing::debug!(cause = %e, "no fanotify watch; inotify names no writer");
+                Ok(FileWatch::Inotify(watch(inotify(&dir)?)))
             }
         }
     }
+
+    fn fd(&self) -> RawFd {
+        match self {
+            FileWatch::Fanotify(w) | FileWatch::Inotify(w) => w.file.as_raw_fd(),
+        }
+    }
+
+    /// Whether the events name the writing process.
+    fn names_writers(&self) -> bool {
+        matches!(self, FileWatch::Fanotify(_))
+    }
+
+    /// Reads every pending event; adds one entry to `touched` for each that named the file
+    /// and was not the agent's own (the writer where known). A queue overflow is an error
+    /// (events were lost).
+    fn drain(&mut self, touched: &mut Vec<Option<String>>) -> io::Result<()> {
+        let fanotify = self.names_writers();
+        let (FileWatch::Fanotify(w) | FileWatch::Inotify(w)) = self;
+        let own = std::process::id();
+        loop {
+            let n = match w.file.read(&mut w.buf) {
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            };
+            if fanotify {
+                for event in fanotify_events(&w.buf[..n]) {
+                    if event.mask & libc::FAN_Q_OVERFLOW != 0 {
+                        return Err(io::Error::other("fanotify queue overflow"));
+                    }
+                    if event.name == Some(w.name.as_slice()) && event.pid != own {
+                        touched.push(Some(describe_port(event.pid)));
+                    }
+                }
+            } else {
+                for (mask, name) in inotify_events(&w.buf[..n]) {
+                    if mask & libc::IN_Q_OVERFLOW != 0 {
+                        return Err(io::Error::other("inotify queue overflow"));
+                    }
+                    // The agent's own writes are among these: the read-back tells.
+                    if name == w.name.as_slice() {
+                        touched.push(None);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// A fanotify group reporting directory entry events and writes to the children of `dir`,
+/// with the directory's file handle and the child's name (`FAN_REPORT_DFID_NAME`, 5.9+).
+fn fanotify(dir: &CString) -> io::Result<File> {
+    let flags =
+        libc::FAN_CLASS_NOTIF | libc::FAN_CLOEXEC | libc::FAN_NONBLOCK | libc::FAN_REPORT_DFID_NAME;
+    // SAFETY: fanotify_init has no memory preconditions; the result is checked.
+    let fd = unsafe { libc::fanotify_init(flags, (libc::O_RDONLY | libc::O_CLOEXEC) as u32) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `fd` is a fresh descriptor nothing else owns.
+    let file = unsafe { File::from_raw_fd(fd) };
+    let mask = libc::FAN_MODIFY
+        | libc::FAN_CLOSE_WRITE
+        | libc::FAN_ATTRIB
+        | libc::FAN_CREATE
+        | libc::FAN_DELETE
+        | libc::FAN_MOVED_FROM
+        | libc::FAN_MOVED_TO
+        | libc::FAN_EVENT_ON_CHILD;
+    // SAFETY: `dir` is a NUL-terminated path that lives across the call.
+    let rc =
+        unsafe { libc::fanotify_mark(fd, libc::FAN_MARK_ADD, mask, libc::AT_FDCWD, dir.as_ptr()) };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(file)
+}
+
+fn inotify(dir: &CString) -> io::Result<File> {
+    // SAFETY: inotify_init1 has no memory preconditions; the result is checked.
+    let fd = unsafe { libc::inotify_init1(libc::IN_NONBLOCK | libc::IN_CLOEXEC) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `fd` is a fresh descriptor nothing else owns.
+    let file = unsafe { File::from_raw_fd(fd) };
+    let mask = libc::IN_CLOSE_WRITE
+        | libc::IN_MOVED_TO
+        | libc::IN_MOVED_FROM
+        | libc::IN_CREATE
+        | libc::IN_DELETE
+        | libc::IN_ATTRIB;
+    // SAFETY: `dir` is a NUL-terminated path that lives across the call.
+    if unsafe { libc::inotify_add_watch(fd, dir.as_ptr(), mask) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(file)
+}
+
+/// One fanotify event as far as the watch needs it.
+#[derive(Debug, PartialEq, Eq)]
+struct FanEvent<'a> {
+    mask: u64,
+    pid: u32,
+    /// The child's name, from the `DFID_NAME` record.
+    name: Option<&'a [u8]>,
+}
+
+/// `struct fanotify_event_metadata`: event_len u32, vers u8, reserved u8, metadata_len u16,
+/// mask u64, fd i32, pid i32.
+const FAN_METADATA: usize = 24;
+/// `struct fanotify_event_info_header` (4) + `__kernel_fsid_t` (8) + `struct file_handle`'s
+/// handle_bytes u32 and handle_type i32 (8), then the handle, then the name.
+const FAN_FID_HEAD: usize = 20;
+
+/// The events in one read of a fanotify group (each bounded by its own length).
+fn fanotify_events(mut data: &[u8]) -> impl Iterator<Item = FanEvent<'_>> {
+    std::iter::from_fn(move || {
+        let len = u32::from_ne_bytes(data.get(..4)?.try_into().ok()?) as usize;
+        let event = data.get(..len).filter(|_| len >= FAN_METADATA)?;
+        data = &data[len..];
+        let meta_len = u16::from_ne_bytes(event[6..8].try_into().ok()?) as usize;
+        let mask = u64::from_ne_bytes(event[8..16].try_into().ok()?);
+        let pid = i32::from_ne_bytes(event[20..24].try_into().ok()?);
+        let mut name = None;
+        let mut info = event.get(meta_len.max(FAN_METADATA)..).unwrap_or_default();
+        while let Some(head) = info.get(..4) {
+            let info_len = u16::from_ne_bytes([head[2], head[3]]) as usize;
+            let Some(record) = info.get(..info_len).filter(|_| info_len >= 4) else {
+                break;
+            };
+            info = &info[info_len..];
+            if head[0] != libc::FAN_EVENT_INFO_TYPE_DFID_NAME {
+                continue;
+            }
+            let handle = record
+                .get(12..16)
+                .and_then(|b| b.try_into().ok())
+                .map_or(0, |b| u32::from_ne_bytes(b) as usize);
+            if let Some(raw) = record.get(FAN_FID_HEAD + handle..) {
+                let end = raw.iter().position(|&b| b == 0).unwrap_or(raw.len());
+                name = Some(&raw[..end]);
+            }
+        }
+        Some(FanEvent {
+            mask,
+            pid: pid.max(0) as u32,
+            name,
+        })
+    })
 }
 
 /// The (mask, name) of each `struct inotify_event` in `data`.
@@ -206,22 +348,119 @@ pub fn describe_port(port: u32) -> String {
 mod tests {
     use super::*;
 
+    /// Writes by another process: `sh -c 'printf ... > path'` and friends.
+    fn by_another_process(script: &str, path: &Path) {
+        let ok = std::process::Command::new("sh")
+            .args(["-c", script, "sh", path.to_str().unwrap()])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "{script}");
+    }
+
     #[test]
-    fn the_watch_sees_edits_and_replacements_of_its_file_only() {
+    fn the_watch_sees_others_edits_and_replacements_of_its_file_only() {
         let dir = std::env::temp_dir().join(format!("weft-watch-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("resolv.conf");
         let mut watch = FileWatch::new(&path).unwrap();
-        assert!(!watch.drain().unwrap());
-        std::fs::write(dir.join("other"), "x").unwrap();
-        assert!(!watch.drain().unwrap(), "another file of the directory");
-        std::fs::write(&path, "nameserver 192.0.2.1\n").unwrap();
-        assert!(watch.drain().unwrap(), "written");
-        crate::atomic_file::replace(&path, b"nameserver 192.0.2.2\n", 0o644).unwrap();
-        assert!(watch.drain().unwrap(), "replaced by rename");
-        std::fs::remove_file(&path).unwrap();
-        assert!(watch.drain().unwrap(), "removed");
+        // SAFETY: geteuid has no preconditions and cannot fail.
+        let root = unsafe { libc::geteuid() } == 0;
+        assert_eq!(
+            watch.names_writers(),
+            root,
+            "fanotify as root, inotify otherwise"
+        );
+        let drained = |watch: &mut FileWatch| {
+            let mut t = Vec::new();
+            watch.drain(&mut t).unwrap();
+            t
+        };
+        assert!(drained(&mut watch).is_empty());
+        by_another_process("echo x > \"$(dirname \"$1\")/other\"", &path);
+        assert!(
+            drained(&mut watch).is_empty(),
+            "another file of the directory"
+        );
+        by_another_process("echo nameserver 192.0.2.1 > \"$1\"", &path);
+        let t = drained(&mut watch);
+        assert!(!t.is_empty(), "written");
+        if root {
+            assert!(
+                t.iter()
+                    .all(|by| by.as_deref().is_some_and(|b| b.contains("pid "))),
+                "{t:?}"
+            );
+        }
+        by_another_process(
+            "echo nameserver 192.0.2.2 > \"$1.new\" && mv \"$1.new\" \"$1\"",
+            &path,
+        );
+        assert!(!drained(&mut watch).is_empty(), "replaced by rename");
+        by_another_process("rm \"$1\"", &path);
+        assert!(!drained(&mut watch).is_empty(), "removed");
+        // The agent's own replacement names the agent: not an outside change for fanotify.
+        crate::atomic_file::replace(&path, b"nameserver 192.0.2.3\n", 0o644).unwrap();
+        assert_eq!(drained(&mut watch).is_empty(), root);
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// One fanotify event as the kernel lays it out: metadata, then a `DFID_NAME` record.
+    fn fan_event(mask: u64, pid: i32, handle: &[u8], name: &[u8]) -> Vec<u8> {
+        let mut record = vec![libc::FAN_EVENT_INFO_TYPE_DFID_NAME, 0, 0, 0];
+        record.extend_from_slice(&[7; 8]); // fsid
+        record.extend_from_slice(&(handle.len() as u32).to_ne_bytes());
+        record.extend_from_slice(&1i32.to_ne_bytes());
+        record.extend_from_slice(handle);
+        record.extend_from_slice(name);
+        record.push(0);
+        while record.len() % 4 != 0 {
+            record.push(0);
+        }
+        let rlen = record.len() as u16;
+        record[2..4].copy_from_slice(&rlen.to_ne_bytes());
+        let mut e = Vec::new();
+        e.extend_from_slice(&((FAN_METADATA + record.len()) as u32).to_ne_bytes());
+        e.extend_from_slice(&[3, 0]);
+        e.extend_from_slice(&(FAN_METADATA as u16).to_ne_bytes());
+        e.extend_from_slice(&mask.to_ne_bytes());
+        e.extend_from_slice(&(-1i32).to_ne_bytes());
+        e.extend_from_slice(&pid.to_ne_bytes());
+        e.extend_from_slice(&record);
+        e
+    }
+
+    #[test]
+    fn fanotify_events_give_mask_pid_and_name() {
+        let mut data = fan_event(libc::FAN_MODIFY, 4242, &[1; 8], b"resolv.conf");
+        data.extend(fan_event(libc::FAN_MOVED_TO, 7, &[2; 12], b"x"));
+        let events: Vec<_> = fanotify_events(&data).collect();
+        assert_eq!(
+            events,
+            vec![
+                FanEvent {
+                    mask: libc::FAN_MODIFY,
+                    pid: 4242,
+                    name: Some(b"resolv.conf")
+                },
+                FanEvent {
+                    mask: libc::FAN_MOVED_TO,
+                    pid: 7,
+                    name: Some(b"x")
+                },
+            ]
+        );
+    }
+
+    proptest::proptest! {
+        /// Whatever a read returns, the decoder ends without panicking, cut short or not.
+        #[test]
+        fn fanotify_bytes_never_panic(data in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..512),
+                                      cut in 0usize..512) {
+            let _ = fanotify_events(&data).count();
+            let whole = fan_event(libc::FAN_CLOSE_WRITE, 1, &data[..data.len().min(64)], b"f");
+            let _ = fanotify_events(&whole[..cut.min(whole.len())]).count();
+        }
     }
 
     #[test]

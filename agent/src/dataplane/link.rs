@@ -18,25 +18,37 @@
 use std::fmt;
 use std::net::IpAddr;
 
-use ipnet::{IpNet, Ipv4Net};
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use weft_schema::status::{NetworkStatus, Overall};
 use weft_schema::text::error_line;
-use weft_schema::validate::{IfName, Network};
+use weft_schema::validate::{IfName, Network, WireGuard};
 
 use super::rtnl::{self, AddrInfo, Family, Route, RouteInfo, Rtnl, RTPROT_WEFT};
 use super::subsystem::Subsystem;
 
-/// The metric of the routes the agent installs: 0, so they are the ones the kernel uses.
-const ROUTE_METRIC: u32 = 0;
+/// The metric of the routes the agent installs to `dst`: the best there is, so they are the
+/// ones the kernel uses. IPv6 takes 0 to mean its default (1024, where router advertisements
+/// put theirs), so 1 there.
+pub fn route_metric(dst: IpNet) -> u32 {
+    match dst {
+        IpNet::V4(_) => 0,
+        IpNet::V6(_) => 1,
+    }
+}
+
+/// `RTPROT_KERNEL`: a route the kernel made itself (a link's connected prefix).
+const RTPROT_KERNEL: u8 = 2;
 
 /// What on a link is the agent's to remove.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Ownership {
-    /// The pod interface (CONTRACT.md, README): only IPv4 addresses and default routes the
-    /// agent added (stamped [`RTPROT_WEFT`]) are ever removed; an address or route someone
-    /// else added (the kernel, `ip` without `proto`, a routing daemon) is left alone. An
-    /// address another interface already holds is refused, not added.
-    Pod,
+    /// The pod interface (CONTRACT.md): every IPv4 address on it, whoever added it, and every
+    /// global IPv6 address when the spec names `Address6` (link-local addresses are the
+    /// kernel's, and without `Address6` IPv6 addressing is left to others). Of routes, only
+    /// the default routes the agent added (stamped [`RTPROT_WEFT`]) on this link: other
+    /// routes are left to others. An address another interface already holds is refused,
+    /// not added.
+    Pod { ipv6: bool },
     /// The WireGuard interface, which the agent created: wholly the agent's. Every address but
     /// the desired one and link-local ones is removed, and so is any route the agent added on
     /// the link that is no longer wanted.
@@ -45,19 +57,23 @@ pub enum Ownership {
 
 impl Ownership {
     fn owns_address(self, a: &AddrInfo) -> bool {
-        match self {
-            Ownership::Pod => a.protocol == RTPROT_WEFT && a.addr.addr().is_ipv4(),
-            Ownership::Whole => !is_link_local(&a.addr),
+        match (self, a.addr) {
+            (Ownership::Pod { .. }, IpNet::V4(_)) => true,
+            (Ownership::Pod { ipv6 }, IpNet::V6(_)) => ipv6 && !is_link_local(&a.addr),
+            (Ownership::Whole, _) => !is_link_local(&a.addr),
         }
     }
 
     /// Whether a route of the read is one the agent may remove when it is not wanted.
     fn owns_route(self, r: &RouteInfo, index: u32) -> bool {
         r.protocol == RTPROT_WEFT
+            && r.oif == Some(index)
             && match self {
-                // Default routes, wherever they point: the one the agent set for the pod.
-                Ownership::Pod => r.dst.prefix_len() == 0,
-                Ownership::Whole => r.oif == Some(index),
+                // The default routes the agent set for the pod. A default route of the agent
+                // on another link (the tunnel's, `WireGuard.DefaultRoute`) is not the pod
+                // link's to remove.
+                Ownership::Pod { .. } => r.dst.prefix_len() == 0,
+                Ownership::Whole => true,
             }
     }
 }
@@ -68,51 +84,71 @@ pub struct LinkSpec {
     pub interface: IfName,
     /// `None`: the MTU is left as it is.
     pub mtu: Option<u32>,
-    /// The link's one address (of those the agent owns).
-    pub address: IpNet,
-    /// The default route goes via this gateway on the link.
-    pub gateway: Option<IpAddr>,
-    /// The connected route to the address's prefix must be there (the kernel adds it with
-    /// the address; the agent puts it back when someone removes it).
-    pub connected_route: bool,
+    /// The link's addresses (at most one per family) of those the agent owns.
+    pub addresses: Vec<IpNet>,
+    /// The routes the link must carry: (destination, gateway on the link or `None` for a
+    /// route straight onto the link). Each is satisfied when the route the kernel uses for
+    /// its destination goes that way.
+    pub routes: Vec<(IpNet, Option<IpAddr>)>,
+    /// Destinations whose route another subsystem decides: the agent's route there on this
+    /// link is neither wanted nor removed (the tunnel's default route replaces the pod's in
+    /// place, and until it does the pod's stays).
+    pub left_to_others: Vec<IpNet>,
+    /// `lo` must be up too (a pod's loopback: `127.0.0.1` and the firewall's `iifname "lo"
+    /// accept` need it; a fresh network namespace has it down).
+    pub loopback: bool,
     pub ownership: Ownership,
 }
 
+/// The unspecified network of a family: the destination of its default route.
+pub fn default_of(family: Family) -> IpNet {
+    match family {
+        Family::V4 => IpNet::V4(Ipv4Net::default()),
+        Family::V6 => IpNet::V6(Ipv6Net::default()),
+    }
+}
+
+fn family_of(ip: IpAddr) -> Family {
+    match ip {
+        IpAddr::V4(_) => Family::V4,
+        IpAddr::V6(_) => Family::V6,
+    }
+}
+
 impl LinkSpec {
-    /// The pod interface of a validated `Network`.
-    pub fn pod(net: &Network) -> LinkSpec {
+    /// The pod interface of a validated `Network`. A default route that the overlay takes
+    /// (`WireGuard.DefaultRoute`, see [`super::wireguard::default_routes`]) is not wanted
+    /// here: the tunnel's replaces it, and dropping `DefaultRoute` puts this one back.
+    pub fn pod(net: &Network, overlay: Option<&WireGuard>) -> LinkSpec {
+        let tunnel = overlay
+            .map(super::wireguard::default_routes)
+            .unwrap_or_default();
+        let gateways = [net.gateway.map(IpAddr::V4), net.gateway6.map(IpAddr::V6)];
+        let routes = gateways
+            .into_iter()
+            .flatten()
+            .map(|gw| (default_of(family_of(gw)), Some(gw)))
+            .filter(|(dst, _)| !tunnel.contains(dst))
+            .collect();
+        let left_to_others = tunnel;
         LinkSpec {
             interface: net.interface.clone(),
             mtu: net.mtu,
-            address: IpNet::V4(net.address),
-            gateway: net.gateway.map(IpAddr::V4),
-            connected_route: false,
-            ownership: Ownership::Pod,
+            addresses: [Some(IpNet::V4(net.address)), net.address6.map(IpNet::V6)]
+                .into_iter()
+                .flatten()
+                .collect(),
+            routes,
+            left_to_others,
+            loopback: true,
+            ownership: Ownership::Pod {
+                ipv6: net.address6.is_some(),
+            },
         }
     }
 
-    fn family(&self) -> Family {
-        match self.address {
-            IpNet::V4(_) => Family::V4,
-            IpNet::V6(_) => Family::V6,
-        }
-    }
-
-    /// The routes the link must carry, each satisfied when the route the kernel uses for its
-    /// destination goes that way.
-    fn routes(&self) -> Vec<(IpNet, Option<IpAddr>)> {
-        let mut routes = Vec::new();
-        if let Some(gw) = self.gateway {
-            let any = match gw {
-                IpAddr::V4(_) => IpNet::V4(Ipv4Net::default()),
-                IpAddr::V6(_) => IpNet::V6(ipnet::Ipv6Net::default()),
-            };
-            routes.push((any, Some(gw)));
-        }
-        if self.connected_route {
-            routes.push((self.address.trunc(), None));
-        }
-        routes
+    fn wants_address(&self, addr: IpNet) -> bool {
+        self.addresses.contains(&addr)
     }
 }
 
@@ -124,12 +160,14 @@ pub struct LinkState {
     pub mtu: u32,
     /// The link's addresses with the protocol that added each.
     pub addresses: Vec<AddrInfo>,
-    /// The routes of the address's family in the main table that are defaults (on any link)
-    /// or on this link.
+    /// The routes of the main table (both families) that are defaults, on this link, or to a
+    /// destination the link must carry (on any link).
     pub routes: Vec<RouteInfo>,
-    /// Another interface that already holds the desired address (any prefix length); read
-    /// only for [`Ownership::Pod`].
-    pub address_held_by: Option<String>,
+    /// Desired addresses another interface already holds (any prefix length), with its
+    /// name; read only for [`Ownership::Pod`].
+    pub held_elsewhere: Vec<(IpNet, String)>,
+    /// `lo`'s index when it is down and the spec wants it up.
+    pub loopback_down: Option<u32>,
 }
 
 impl LinkState {
@@ -143,34 +181,47 @@ impl LinkState {
 
     /// The default route of `family` the kernel uses.
     pub fn effective_default(&self, family: Family) -> Option<&RouteInfo> {
-        let any = match family {
-            Family::V4 => IpNet::V4(Ipv4Net::default()),
-            Family::V6 => IpNet::V6(ipnet::Ipv6Net::default()),
-        };
-        self.effective(any)
+        self.effective(default_of(family))
     }
 
     fn has_address(&self, addr: IpNet) -> bool {
         self.addresses.iter().any(|a| a.addr == addr)
     }
 
+    fn holder(&self, addr: IpNet) -> Option<&str> {
+        self.held_elsewhere
+            .iter()
+            .find(|(a, _)| *a == addr)
+            .map(|(_, h)| h.as_str())
+    }
+
     fn routed(&self, dst: IpNet, gateway: Option<IpAddr>) -> bool {
         self.effective(dst)
             .is_some_and(|r| r.gateway == gateway && r.oif == Some(self.index))
     }
+
+    /// Another link's connected route to `dst` (a peer allowing the pod's own subnet): never
+    /// replaced, which would cut that link off.
+    fn connected_elsewhere(&self, dst: IpNet) -> Option<&RouteInfo> {
+        self.effective(dst).filter(|r| {
+            r.oif != Some(self.index) && r.gateway.is_none() && r.protocol == RTPROT_KERNEL
+        })
+    }
 }
 
 /// One change to the kernel, in the order [`plan`] lists them: the link first (a route needs
-/// it up); before any address is deleted, `promote_secondaries` (else deleting a primary
-/// address deletes its secondaries too: someone else's, or the desired one); the new address
-/// before the stale one (so the subnet, and the routes through it, never go away when only
-/// the host part changes); routes last (a gateway must be reachable).
+/// it up); before any IPv4 address is deleted, `promote_secondaries` (else deleting a
+/// primary address deletes its secondaries too: someone else's, or the desired one); the new
+/// address before the stale one (so the subnet, and the routes through it, never go away when
+/// only the host part changes); routes last (a gateway must be reachable).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Change {
     SetMtu(u32),
     SetUp,
+    /// `lo` (its index), for a pod.
+    SetLoopbackUp(u32),
     PromoteSecondaries,
-    /// An address the agent owns that is not the desired one.
+    /// An address the agent owns that is not a desired one.
     DeleteAddress(IpNet),
     AddAddress(IpNet),
     /// The agent's route to `dst` (via `gateway`, or directly on the link), at metric 0,
@@ -189,6 +240,7 @@ impl Change {
         match self {
             Change::SetMtu(mtu) => format!("set mtu {mtu} on {interface}"),
             Change::SetUp => format!("bring {interface} up"),
+            Change::SetLoopbackUp(_) => "bring lo up".to_owned(),
             Change::PromoteSecondaries => format!("set promote_secondaries on {interface}"),
             Change::DeleteAddress(a) => format!("remove address {a} from {interface}"),
             Change::AddAddress(a) => format!("add address {a} to {interface}"),
@@ -201,7 +253,7 @@ impl Change {
             },
             Change::DeleteRoute(r) => match (r.dst.prefix_len(), r.gateway) {
                 (0, Some(gw)) => format!("remove default route via {gw}"),
-                (0, None) => "remove default route".to_owned(),
+                (0, None) => format!("remove default route {}", r.dst),
                 (_, _) => format!("remove route {}", r.dst),
             },
         }
@@ -256,28 +308,33 @@ pub fn plan(desired: &LinkSpec, observed: &LinkState) -> Vec<Change> {
     if !observed.up {
         changes.push(Change::SetUp);
     }
+    if let (true, Some(lo)) = (desired.loopback, observed.loopback_down) {
+        changes.push(Change::SetLoopbackUp(lo));
+    }
     let stale: Vec<IpNet> = observed
         .addresses
         .iter()
-        .filter(|a| own.owns_address(a) && a.addr != desired.address)
+        .filter(|a| own.owns_address(a) && !desired.wants_address(a.addr))
         .map(|a| a.addr)
         .collect();
-    if !stale.is_empty() {
+    if stale.iter().any(|a| matches!(a, IpNet::V4(_))) {
         changes.push(Change::PromoteSecondaries);
     }
-    if !observed.has_address(desired.address) && observed.address_held_by.is_none() {
-        changes.push(Change::AddAddress(desired.address));
+    for &addr in &desired.addresses {
+        if !observed.has_address(addr) && observed.holder(addr).is_none() {
+            changes.push(Change::AddAddress(addr));
+        }
     }
     changes.extend(stale.into_iter().map(Change::DeleteAddress));
-    let wanted = desired.routes();
-    for &(dst, gateway) in &wanted {
-        if !observed.routed(dst, gateway) {
+    for &(dst, gateway) in &desired.routes {
+        if !observed.routed(dst, gateway) && observed.connected_elsewhere(dst).is_none() {
             changes.push(Change::ReplaceRoute { dst, gateway });
         }
     }
     for r in &observed.routes {
-        let still_wanted = wanted.iter().any(|&(dst, _)| dst == r.dst);
-        if !still_wanted && r.oif.is_some() && own.owns_route(r, observed.index) {
+        let still_wanted = desired.routes.iter().any(|&(dst, _)| dst == r.dst)
+            || desired.left_to_others.contains(&r.dst);
+        if !still_wanted && own.owns_route(r, observed.index) {
             changes.push(Change::DeleteRoute(*r));
         }
     }
@@ -306,39 +363,47 @@ impl Subsystem for Link {
             .map_err(read)?
             .ok_or_else(|| Error::NoInterface(desired.interface.clone()))?;
         let all = rtnl.all_addresses().map_err(read)?;
-        let address_held_by = match desired.ownership {
-            Ownership::Pod => {
-                let want = desired.address.addr();
+        let mut held_elsewhere = Vec::new();
+        if let Ownership::Pod { .. } = desired.ownership {
+            for &want in &desired.addresses {
                 let holder = all
                     .iter()
-                    .find(|a| a.index != link.index && a.addr.addr() == want)
+                    .find(|a| a.index != link.index && a.addr.addr() == want.addr())
                     .map(|a| a.index);
-                match holder {
-                    Some(index) => Some(
-                        rtnl.links()
-                            .map_err(read)?
-                            .into_iter()
-                            .find(|l| l.index == index)
-                            .map_or_else(|| format!("#{index}"), |l| l.name),
-                    ),
-                    None => None,
+                if let Some(index) = holder {
+                    let name = rtnl
+                        .links()
+                        .map_err(read)?
+                        .into_iter()
+                        .find(|l| l.index == index)
+                        .map_or_else(|| format!("#{index}"), |l| l.name);
+                    held_elsewhere.push((want, name));
                 }
             }
-            Ownership::Whole => None,
+        }
+        let loopback_down = match desired.loopback {
+            true => rtnl
+                .link("lo")
+                .map_err(read)?
+                .filter(|lo| !lo.up)
+                .map(|lo| lo.index),
+            false => None,
         };
-        let routes = rtnl
-            .routes(desired.family())
-            .map_err(read)?
-            .into_iter()
-            .filter(|r| r.dst.prefix_len() == 0 || r.oif == Some(link.index))
-            .collect();
+        let mut routes = rtnl.routes(Family::V4).map_err(read)?;
+        routes.extend(rtnl.routes(Family::V6).map_err(read)?);
+        routes.retain(|r| {
+            r.dst.prefix_len() == 0
+                || r.oif == Some(link.index)
+                || desired.routes.iter().any(|&(dst, _)| dst == r.dst)
+        });
         Ok(LinkState {
             index: link.index,
             up: link.up,
             mtu: link.mtu,
             addresses: all.into_iter().filter(|a| a.index == link.index).collect(),
             routes,
-            address_held_by,
+            held_elsewhere,
+            loopback_down,
         })
     }
 
@@ -355,14 +420,15 @@ impl Subsystem for Link {
         changes: Vec<Change>,
     ) -> Result<(), Error> {
         let before = rtnl.changes_sent();
-        let mut failures = Vec::new();
-        if let Some(holder) = &state.address_held_by {
-            failures.push(Failure::AddressInUse {
+        let mut failures: Vec<Failure> = state
+            .held_elsewhere
+            .iter()
+            .map(|(address, holder)| Failure::AddressInUse {
                 interface: desired.interface.clone(),
-                address: desired.address,
+                address: *address,
                 holder: holder.clone(),
-            });
-        }
+            })
+            .collect();
         // Deleting the last address of a subnet takes the routes through it along, the
         // default route included, after the plan was made.
         let deleted_address = changes
@@ -441,6 +507,7 @@ fn send_one(rtnl: &mut Rtnl, index: u32, change: &Change) -> Result<(), rtnl::Er
     match *change {
         Change::SetMtu(mtu) => rtnl.set_link_mtu(index, mtu),
         Change::SetUp => rtnl.set_link_up(index),
+        Change::SetLoopbackUp(lo) => rtnl.set_link_up(lo),
         Change::PromoteSecondaries => rtnl.set_promote_secondaries(index),
         Change::DeleteAddress(a) => rtnl.delete_address(index, a),
         Change::AddAddress(a) => rtnl.add_address(index, a),
@@ -448,7 +515,7 @@ fn send_one(rtnl: &mut Rtnl, index: u32, change: &Change) -> Result<(), rtnl::Er
             dst,
             gateway,
             oif: index,
-            metric: ROUTE_METRIC,
+            metric: route_metric(dst),
         }),
         Change::DeleteRoute(r) => rtnl.delete_route(&Route {
             dst: r.dst,
@@ -481,22 +548,32 @@ impl LinkStatus {
             last_error: self.problems.join("; "),
             interface: desired.interface.to_string(),
             up: state.is_some_and(|s| s.up),
-            addresses: state
-                .map(|s| {
-                    s.addresses
-                        .iter()
-                        .filter(|a| a.addr.addr().is_ipv4())
-                        .map(|a| a.addr.to_string())
-                        .collect()
-                })
-                .unwrap_or_default(),
-            gateway: state
-                .and_then(|s| s.effective_default(Family::V4))
-                .and_then(|r| r.gateway)
-                .map(|g| g.to_string()),
+            addresses: addresses(state, |a| matches!(a, IpNet::V4(_))),
+            gateway: gateway(state, Family::V4),
             mtu: state.map_or(0, |s| s.mtu),
+            addresses6: addresses(state, |a| matches!(a, IpNet::V6(_)) && !is_link_local(a)),
+            gateway6: gateway(state, Family::V6),
         }
     }
+}
+
+fn addresses(state: Option<&LinkState>, which: impl Fn(&IpNet) -> bool) -> Vec<String> {
+    state
+        .map(|s| {
+            s.addresses
+                .iter()
+                .filter(|a| which(&a.addr))
+                .map(|a| a.addr.to_string())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn gateway(state: Option<&LinkState>, family: Family) -> Option<String> {
+    state
+        .and_then(|s| s.effective_default(family))
+        .and_then(|r| r.gateway)
+        .map(|g| g.to_string())
 }
 
 /// What differs between the kernel and the spec, in words naming the interface.
@@ -511,13 +588,17 @@ fn differences(desired: &LinkSpec, state: &LinkState) -> Vec<String> {
             problems.push(format!("{name} has mtu {}, want {mtu}", state.mtu));
         }
     }
-    if let Some(holder) = &state.address_held_by {
-        problems.push(format!(
-            "address {} is on interface {holder}, not {name}",
-            desired.address
-        ));
-    } else if !state.has_address(desired.address) {
-        problems.push(format!("address {} is missing on {name}", desired.address));
+    if state.loopback_down.is_some() && desired.loopback {
+        problems.push("lo is down".to_owned());
+    }
+    for &addr in &desired.addresses {
+        if let Some(holder) = state.holder(addr) {
+            problems.push(format!(
+                "address {addr} is on interface {holder}, not {name}"
+            ));
+        } else if !state.has_address(addr) {
+            problems.push(format!("address {addr} is missing on {name}"));
+        }
     }
     for change in plan(desired, state) {
         match change {
@@ -525,19 +606,35 @@ fn differences(desired: &LinkSpec, state: &LinkState) -> Vec<String> {
             Change::DeleteRoute(r) if r.dst.prefix_len() > 0 => {
                 problems.push(format!("stale route {} on {name}", r.dst))
             }
+            Change::DeleteRoute(r) => {
+                problems.push(format!("stale default route {} on {name}", FmtRoute(&r)))
+            }
             _ => {}
         }
     }
-    for (dst, gateway) in desired.routes() {
+    for &(dst, gateway) in &desired.routes {
         if state.routed(dst, gateway) {
             continue;
         }
+        if let Some(r) = state.connected_elsewhere(dst) {
+            problems.push(format!(
+                "{dst} is the connected route of {}, not routed via {name}",
+                FmtRoute(r)
+            ));
+            continue;
+        }
         match (gateway, state.effective(dst)) {
-            (Some(gw), Some(r)) => problems.push(format!(
+            (Some(gw), Some(r)) if dst.prefix_len() == 0 => problems.push(format!(
                 "default route goes via {}, want {gw} on {name}",
                 FmtRoute(r)
             )),
-            (Some(gw), None) => problems.push(format!("no default route, want via {gw} on {name}")),
+            (Some(gw), None) if dst.prefix_len() == 0 => {
+                problems.push(format!("no default route, want via {gw} on {name}"))
+            }
+            (Some(gw), _) => problems.push(format!("no route to {dst} via {gw} on {name}")),
+            (None, Some(r)) if r.oif != Some(state.index) || r.gateway.is_some() => {
+                problems.push(format!("route {dst} goes via {}, want {name}", FmtRoute(r)))
+            }
             (None, _) => problems.push(format!("no route to {dst} on {name}")),
         }
     }
@@ -564,17 +661,18 @@ fn is_link_local(net: &IpNet) -> bool {
     }
 }
 
-/// Makes the pod interface match `desired`; returns the change requests sent.
+/// Makes the pod interface match `desired` (without an overlay); returns the change requests
+/// sent.
 pub fn apply(rtnl: &mut Rtnl, desired: &Network) -> Result<usize, Error> {
     let before = rtnl.changes_sent();
-    Link.apply(rtnl, &LinkSpec::pod(desired))?;
+    Link.apply(rtnl, &LinkSpec::pod(desired, None))?;
     Ok((rtnl.changes_sent() - before) as usize)
 }
 
 /// The pod interface as the kernel holds it, compared with `desired`. Never fails: a read
 /// error or a missing interface is a `Degraded` status whose `LastError` names it.
 pub fn observe(rtnl: &mut Rtnl, desired: &Network) -> NetworkStatus {
-    let spec = LinkSpec::pod(desired);
+    let spec = LinkSpec::pod(desired, None);
     Link.observe(rtnl, &spec).network(&spec)
 }
 
@@ -583,14 +681,19 @@ mod tests {
     use super::*;
 
     fn network(address: &str, gateway: Option<&str>, mtu: Option<u32>) -> LinkSpec {
-        LinkSpec::pod(&Network {
-            interface: IfName::parse("eth0").unwrap(),
-            address: address.parse().unwrap(),
-            gateway: gateway.map(|g| g.parse().unwrap()),
-            mtu,
-            nameservers: Vec::new(),
-            search_domains: Vec::new(),
-        })
+        LinkSpec::pod(
+            &Network {
+                interface: IfName::parse("eth0").unwrap(),
+                address: address.parse().unwrap(),
+                gateway: gateway.map(|g| g.parse().unwrap()),
+                address6: None,
+                gateway6: None,
+                mtu,
+                nameservers: Vec::new(),
+                search_domains: Vec::new(),
+            },
+            None,
+        )
     }
 
     fn status(desired: &LinkSpec, read: &Result<LinkState, Error>) -> NetworkStatus {
@@ -634,7 +737,8 @@ mod tests {
             mtu: 1400,
             addresses: vec![addr("10.0.0.5/24", RTPROT_WEFT)],
             routes: vec![default_via("10.0.0.1", 2, RTPROT_WEFT, 0)],
-            address_held_by: None,
+            held_elsewhere: vec![],
+            loopback_down: None,
         }
     }
 
@@ -657,13 +761,15 @@ mod tests {
             mtu: 1500,
             addresses: vec![],
             routes: vec![],
-            address_held_by: None,
+            held_elsewhere: vec![],
+            loopback_down: Some(1),
         };
         assert_eq!(
             plan(&desired, &fresh),
             vec![
                 Change::SetMtu(1400),
                 Change::SetUp,
+                Change::SetLoopbackUp(1),
                 Change::AddAddress(net("10.0.0.5/24")),
                 default_route("10.0.0.1"),
             ]
@@ -682,19 +788,135 @@ mod tests {
     }
 
     #[test]
-    fn a_new_address_removes_only_the_agents_old_one() {
+    fn the_spec_address_is_the_only_ipv4_address_whoever_added_the_others() {
         let desired = network("10.0.0.6/24", Some("10.0.0.1"), Some(1400));
         let mut state = converged();
         state.addresses.push(addr("10.0.0.99/24", 0)); // someone else's
         state.addresses.push(addr("10.0.0.98/24", 4)); // `ip addr add ... proto static`
+                                                       // IPv6 is not managed without Address6: the kernel's and anyone's stay.
+        state.addresses.push(addr("2001:db8::99/64", 0));
+        state.addresses.push(addr("fe80::1/64", 2));
         assert_eq!(
             plan(&desired, &state),
             vec![
                 Change::PromoteSecondaries,
                 Change::AddAddress(net("10.0.0.6/24")),
                 Change::DeleteAddress(net("10.0.0.5/24")),
+                Change::DeleteAddress(net("10.0.0.99/24")),
+                Change::DeleteAddress(net("10.0.0.98/24")),
             ]
         );
+        let problems = Link.status(&desired, Ok(&state)).problems;
+        assert!(
+            problems.contains(&"stale address 10.0.0.99/24 on eth0".to_owned()),
+            "{problems:?}"
+        );
+    }
+
+    fn dual(address6: &str, gateway6: Option<&str>) -> LinkSpec {
+        let n = Network {
+            interface: IfName::parse("eth0").unwrap(),
+            address: "10.0.0.5/24".parse().unwrap(),
+            gateway: Some("10.0.0.1".parse().unwrap()),
+            address6: Some(address6.parse().unwrap()),
+            gateway6: gateway6.map(|g| g.parse().unwrap()),
+            mtu: Some(1400),
+            nameservers: Vec::new(),
+            search_domains: Vec::new(),
+        };
+        LinkSpec::pod(&n, None)
+    }
+
+    #[test]
+    fn address6_is_the_only_global_ipv6_address_and_link_local_ones_stay() {
+        let desired = dual("2001:db8::5/64", Some("fe80::1"));
+        let mut state = converged();
+        state
+            .addresses
+            .push(addr("fe80::a8c1:abff:fe12:3456/64", 0));
+        state.addresses.push(addr("2001:db8::77/64", 3)); // SLAAC, or anyone's
+        let route6 = default_via("fe80::1", 2, RTPROT_WEFT, 0);
+        let route6 = RouteInfo {
+            dst: "::/0".parse().unwrap(),
+            ..route6
+        };
+        assert_eq!(
+            plan(&desired, &state),
+            vec![
+                Change::AddAddress(net("2001:db8::5/64")),
+                Change::DeleteAddress(net("2001:db8::77/64")),
+                Change::ReplaceRoute {
+                    dst: net("::/0"),
+                    gateway: Some("fe80::1".parse().unwrap())
+                },
+            ]
+        );
+        state.addresses.retain(|a| a.addr != net("2001:db8::77/64"));
+        state.addresses.push(addr("2001:db8::5/64", RTPROT_WEFT));
+        state.routes.push(route6);
+        assert_eq!(plan(&desired, &state), vec![]);
+        let s = status(&desired, &Ok(state));
+        assert_eq!(s.overall, Overall::Healthy, "{}", s.last_error);
+        assert_eq!(s.addresses, vec!["10.0.0.5/24"]);
+        assert_eq!(s.addresses6, vec!["2001:db8::5/64"]);
+        assert_eq!(s.gateway6.as_deref(), Some("fe80::1"));
+        // Without Gateway6 the agent's IPv6 default goes; the kernel's RA route stays.
+        let no_gw6 = dual("2001:db8::5/64", None);
+        let mut state = converged();
+        state.addresses.push(addr("2001:db8::5/64", RTPROT_WEFT));
+        state.routes.push(route6);
+        let ra = RouteInfo {
+            protocol: 9,
+            metric: 1024,
+            ..route6
+        };
+        state.routes.push(ra);
+        assert_eq!(plan(&no_gw6, &state), vec![Change::DeleteRoute(route6)]);
+    }
+
+    #[test]
+    fn the_tunnels_default_route_is_left_to_the_tunnel() {
+        let pod = Network {
+            interface: IfName::parse("eth0").unwrap(),
+            address: "10.0.0.5/24".parse().unwrap(),
+            gateway: Some("10.0.0.1".parse().unwrap()),
+            address6: None,
+            gateway6: None,
+            mtu: Some(1400),
+            nameservers: Vec::new(),
+            search_domains: Vec::new(),
+        };
+        let wg = weft_schema::validate::WireGuard {
+            interface: IfName::parse("wg0").unwrap(),
+            address: "10.9.0.1/24".parse().unwrap(),
+            listen_port: 51820,
+            private_key: None,
+            peers: vec![weft_schema::validate::Peer {
+                public_key: weft_schema::key::PublicKey([1; 32]),
+                endpoint: Some("192.0.2.7:51820".parse().unwrap()),
+                allowed_ips: vec![net("0.0.0.0/0")],
+                persistent_keepalive: None,
+                preshared_key: None,
+            }],
+            mtu: 1420,
+            default_route: Some(weft_schema::validate::Underlay {
+                interface: IfName::parse("eth0").unwrap(),
+                gateway: Some("10.0.0.1".parse().unwrap()),
+                gateway6: None,
+            }),
+        };
+        let desired = LinkSpec::pod(&pod, Some(&wg));
+        assert!(desired.routes.is_empty());
+        // Until the tunnel's replaces it, the pod's default stays; then the tunnel's stays.
+        assert_eq!(plan(&desired, &converged()), vec![]);
+        let mut state = converged();
+        state.routes = vec![RouteInfo {
+            gateway: None,
+            oif: Some(7),
+            ..default_via("10.0.0.1", 7, RTPROT_WEFT, 0)
+        }];
+        assert_eq!(plan(&desired, &state), vec![]);
+        assert!(status(&desired, &Ok(state)).last_error.is_empty());
     }
 
     #[test]
@@ -778,7 +1000,7 @@ mod tests {
         let state = LinkState {
             addresses: vec![],
             routes: vec![],
-            address_held_by: Some("eth1".into()),
+            held_elsewhere: vec![(net("10.0.0.5/24"), "eth1".into())],
             ..converged()
         };
         assert_eq!(plan(&desired, &state), vec![]);
@@ -844,12 +1066,14 @@ mod whole {
     use super::*;
 
     fn wg(address: &str) -> LinkSpec {
+        let address: IpNet = address.parse().unwrap();
         LinkSpec {
             interface: IfName::parse("wg0").unwrap(),
             mtu: Some(1420),
-            address: address.parse().unwrap(),
-            gateway: None,
-            connected_route: true,
+            addresses: vec![address],
+            routes: vec![(address.trunc(), None)],
+            left_to_others: vec![],
+            loopback: false,
             ownership: Ownership::Whole,
         }
     }
@@ -888,7 +1112,8 @@ mod whole {
                 on_link("10.9.0.0/24", 2),
                 on_link("10.7.0.0/16", RTPROT_WEFT),
             ],
-            address_held_by: None,
+            held_elsewhere: vec![],
+            loopback_down: None,
         };
         // Someone else's address goes; link-local stays; our stale route goes, the kernel's
         // connected route is accepted.
@@ -911,6 +1136,34 @@ mod whole {
     }
 
     #[test]
+    fn another_links_connected_route_is_never_taken() {
+        let mut desired = wg("10.9.0.1/24");
+        desired.routes.push(("192.0.2.0/24".parse().unwrap(), None));
+        let state = LinkState {
+            index: 5,
+            up: true,
+            mtu: 1420,
+            addresses: vec![addr("10.9.0.1/24", RTPROT_WEFT)],
+            routes: vec![
+                on_link("10.9.0.0/24", RTPROT_KERNEL),
+                RouteInfo {
+                    oif: Some(2),
+                    ..on_link("192.0.2.0/24", RTPROT_KERNEL)
+                },
+            ],
+            held_elsewhere: vec![],
+            loopback_down: None,
+        };
+        assert_eq!(plan(&desired, &state), vec![]);
+        assert_eq!(
+            Link.status(&desired, Ok(&state)).problems,
+            vec![
+                "192.0.2.0/24 is the connected route of interface #2 directly, not routed via wg0"
+            ]
+        );
+    }
+
+    #[test]
     fn a_fresh_wireguard_link_gets_mtu_up_address_and_its_route_when_missing() {
         let desired = wg("10.9.0.1/24");
         let fresh = LinkState {
@@ -919,7 +1172,8 @@ mod whole {
             mtu: 1500,
             addresses: vec![],
             routes: vec![],
-            address_held_by: None,
+            held_elsewhere: vec![],
+            loopback_down: None,
         };
         assert_eq!(
             plan(&desired, &fresh),

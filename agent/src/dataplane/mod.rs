@@ -163,11 +163,25 @@ impl Dataplane {
 
     fn apply_parts(&mut self, spec: &ValidSpec, which: impl Fn(Part) -> bool) -> Vec<Failure> {
         let mut failures = Vec::new();
+        // Per subsystem as the status reports it (the link and the resolver are Network).
+        let mut took: Vec<(Subsystem, std::time::Duration)> = Vec::new();
         for part in Part::ALL.into_iter().filter(|p| which(*p)) {
-            if let Err(error) = self.apply_part(part, spec) {
+            let started = std::time::Instant::now();
+            let applied = self.apply_part(part, spec);
+            let (subsystem, elapsed) = (part.reported_as(), started.elapsed());
+            match took.iter_mut().find(|(s, _)| *s == subsystem) {
+                Some((_, d)) => *d += elapsed,
+                None => took.push((subsystem, elapsed)),
+            }
+            if let Err(error) = applied {
                 let subsystem = part.reported_as();
                 warn!(?subsystem, error = %ErrorLine(&error), generation = spec.generation, "apply failed");
                 failures.push(Failure { subsystem, error });
+            }
+        }
+        for (subsystem, elapsed) in took {
+            if subsystem != Subsystem::Network || spec.network.is_some() {
+                crate::metrics::apply_took(subsystem, elapsed);
             }
         }
         failures
@@ -177,7 +191,9 @@ impl Dataplane {
         let rtnl = &mut self.rtnl;
         match part {
             Part::Link => match &spec.network {
-                Some(net) => Ok(self.link.apply(rtnl, &link::LinkSpec::pod(net))?),
+                Some(net) => Ok(self
+                    .link
+                    .apply(rtnl, &link::LinkSpec::pod(net, spec.wireguard.as_ref()))?),
                 None => Ok(()), // not managed
             },
             Part::Resolver => match &spec.network {
@@ -228,7 +244,7 @@ impl Dataplane {
             match part {
                 Part::Link => {
                     observed.network = spec.network.as_ref().map(|net| {
-                        let desired = link::LinkSpec::pod(net);
+                        let desired = link::LinkSpec::pod(net, spec.wireguard.as_ref());
                         self.link.observe(rtnl, &desired).network(&desired)
                     })
                 }

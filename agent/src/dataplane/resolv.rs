@@ -224,6 +224,8 @@ mod tests {
             interface: weft_schema::validate::IfName::parse("eth0").unwrap(),
             address: "10.0.0.5/24".parse().unwrap(),
             gateway: None,
+            address6: None,
+            gateway6: None,
             mtu: None,
             nameservers: ns.iter().map(|n| n.parse().unwrap()).collect(),
             search_domains: vec!["pods.local".into()],

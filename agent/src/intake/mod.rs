@@ -239,6 +239,8 @@ impl Intake {
                 reason,
             } => {
                 drop(message);
+                crate::metrics::spec_rejected(reason.as_str());
+                crate::metrics::spec_desired(generation);
                 if let Some(skipped) = gate.pass(reason.as_str()) {
                     warn!(generation, %error, skipped, "spec rejected");
                 }

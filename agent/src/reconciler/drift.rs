@@ -71,8 +71,8 @@ impl Budgets {
 /// socket's port or our pid), or say events were lost.
 pub fn touched(hints: &Hints, own_port: u32) -> bool {
     hints.overrun
-        // A file write names no writer: the read-back tells whether it was ours.
-        || hints.resolver
+        // The watch drops the agent's own writes where it can tell; the read-back decides.
+        || !hints.resolver.is_empty()
         || hints.network.iter().any(|c| c.port != own_port)
         || hints
             .firewall
@@ -80,8 +80,14 @@ pub fn touched(hints: &Hints, own_port: u32) -> bool {
             .any(|t| t.pid != Some(std::process::id()))
 }
 
-/// Who changed `subsystem`, as well as the hints tell; `unknown` otherwise.
-pub fn author(hints: &Hints, subsystem: Subsystem, own_port: u32) -> String {
+/// Who changed `subsystem`, as well as the hints tell; `unknown` otherwise. `found` is what
+/// the read-back found different: a change to the resolver file is the file's writer's.
+pub fn author(hints: &Hints, subsystem: Subsystem, own_port: u32, found: &str) -> String {
+    if subsystem == Subsystem::Network && found.contains("resolver file") {
+        if let Some(by) = hints.resolver.iter().rev().flatten().next() {
+            return by.clone();
+        }
+    }
     match subsystem {
         Subsystem::Firewall => hints
             .firewall
@@ -155,11 +161,20 @@ mod tests {
     #[test]
     fn a_resolver_file_change_wakes_a_check_by_an_unknown_writer() {
         let hints = Hints {
-            resolver: true,
+            resolver: vec![None],
             ..Hints::default()
         };
         assert!(touched(&hints, 77));
-        assert_eq!(author(&hints, Subsystem::Network, 77), "unknown");
+        let found = "resolver file /x differs from the spec";
+        assert_eq!(author(&hints, Subsystem::Network, 77, found), "unknown");
+        let named = Hints {
+            resolver: vec![None, Some("tee (pid 4242)".into())],
+            ..Hints::default()
+        };
+        assert_eq!(
+            author(&named, Subsystem::Network, 77, found),
+            "tee (pid 4242)"
+        );
         assert_eq!(
             change(
                 &hints,
@@ -184,7 +199,7 @@ mod tests {
             port: std::process::id(),
         });
         assert!(touched(&hints, own));
-        assert!(author(&hints, Subsystem::Network, own)
+        assert!(author(&hints, Subsystem::Network, own, "")
             .contains(&format!("pid {}", std::process::id())));
 
         let mut own_fw = Hints::default();
@@ -199,7 +214,10 @@ mod tests {
             pid: Some(4242),
             process: Some("nft".into()),
         });
-        assert_eq!(author(&hints, Subsystem::Firewall, own), "nft (pid 4242)");
+        assert_eq!(
+            author(&hints, Subsystem::Firewall, own, ""),
+            "nft (pid 4242)"
+        );
         assert_eq!(
             change(&hints, Subsystem::Firewall, "x"),
             "rule added to chain input"

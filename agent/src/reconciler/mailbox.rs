@@ -6,7 +6,6 @@
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::{Mutex, MutexGuard};
-use std::time::Instant;
 
 use tokio::sync::oneshot;
 use weft_schema::validate::ValidSpec;
@@ -29,35 +28,38 @@ impl Submission {
     /// Answers the spec's request, if it was one.
     pub fn answer(self, result: ApplyResult, error: String) {
         self.reply
-            .send(&self.spec.pod_id, self.spec.generation, result, error);
+            .send(&self.spec.pod_id, self.spec.generation, result, error, 0);
     }
 }
 
-/// Where a spec's `ApplyReply` goes (when it came as a request), and when it arrived.
+/// Where a spec's `ApplyReply` goes (when it came as a request).
 #[derive(Debug)]
 pub struct Replier {
     tx: Option<oneshot::Sender<ApplyReply>>,
-    received: Instant,
 }
 
 impl Replier {
     pub fn new(tx: Option<oneshot::Sender<ApplyReply>>) -> Replier {
-        Replier {
-            tx,
-            received: Instant::now(),
-        }
+        Replier { tx }
     }
 
-    /// Sends the reply; `ApplyMicros` counts from arrival. A requester that stopped waiting
-    /// is not an error.
-    pub fn send(self, pod: &PodId, generation: u64, result: ApplyResult, error: String) {
+    /// Sends the reply. `apply_micros` is the apply's own time (0 when nothing was applied).
+    /// A requester that stopped waiting is not an error.
+    pub fn send(
+        self,
+        pod: &PodId,
+        generation: u64,
+        result: ApplyResult,
+        error: String,
+        apply_micros: u64,
+    ) {
         if let Some(tx) = self.tx {
             let _ = tx.send(ApplyReply {
                 pod_id: pod.to_string(),
                 generation,
                 result,
                 error,
-                apply_micros: self.received.elapsed().as_micros() as u64,
+                apply_micros,
             });
         }
     }

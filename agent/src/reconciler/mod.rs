@@ -24,6 +24,7 @@ use crate::config::FirewallAtStart;
 use crate::dataplane::events::{Hints, KernelEvents};
 use crate::dataplane::{self, Dataplane, Failure, Observed};
 use crate::intake::{read_spec, Read};
+use crate::metrics;
 use crate::state::StateDir;
 use drift::{Budgets, Drift};
 pub use mailbox::{Inbox, Mailbox, Replier, Submission};
@@ -81,6 +82,10 @@ pub struct Reconciler {
     log_gate: LogGate,
     /// Answers held until the status they change is out (see [`Self::take_answers`]).
     answers: Vec<Answer>,
+    /// How long the last apply took, from its start to the kernel's acknowledgement of its
+    /// last write (every change is acknowledged before the next is sent, and nothing but
+    /// the return follows the last one).
+    apply_micros: u64,
 }
 
 /// An answer to a spec, to send once the status it changed is published.
@@ -90,12 +95,14 @@ pub struct Answer {
     generation: u64,
     result: ApplyResult,
     error: String,
+    /// `ApplyMicros`: see [`Reconciler::apply`].
+    micros: u64,
 }
 
 impl Answer {
     pub fn send(self, pod: &PodId) {
         self.reply
-            .send(pod, self.generation, self.result, self.error);
+            .send(pod, self.generation, self.result, self.error, self.micros);
     }
 }
 
@@ -116,6 +123,7 @@ impl Reconciler {
             baseline: None,
             log_gate: LogGate::default(),
             answers: Vec::new(),
+            apply_micros: 0,
         }
     }
 
@@ -127,11 +135,16 @@ impl Reconciler {
     }
 
     fn answer(&mut self, reply: Replier, generation: u64, result: ApplyResult, error: String) {
+        let micros = match result {
+            ApplyResult::Applied | ApplyResult::Failed => self.apply_micros,
+            ApplyResult::Rejected | ApplyResult::Stale => 0,
+        };
         self.answers.push(Answer {
             reply,
             generation,
             result,
             error,
+            micros,
         });
     }
 
@@ -228,6 +241,7 @@ impl Reconciler {
                 if let Some(skipped) = self.log_gate.pass("stale") {
                     info!(generation, applied, skipped, "stale spec ignored");
                 }
+                metrics::spec_handled(ApplyResult::Stale);
                 self.answer(
                     sub.reply,
                     generation,
@@ -243,6 +257,7 @@ impl Reconciler {
                     warn!(generation, error = %e, skipped, "spec rejected");
                 }
                 self.rejection = Some(e.clone());
+                metrics::spec_rejected("conflict");
                 self.answer(sub.reply, generation, ApplyResult::Rejected, e);
             }
             Decision::Apply | Decision::Reassert => {
@@ -282,17 +297,24 @@ impl Reconciler {
         injected_fault(spec.generation);
         let started = Instant::now();
         self.failures = self.dataplane.apply(&spec);
+        self.apply_micros = started.elapsed().as_micros() as u64;
         self.state.end_apply();
         self.baseline = None;
         info!(
             generation = spec.generation,
             failed = self.failures.len(),
-            micros = started.elapsed().as_micros() as u64,
+            micros = self.apply_micros,
             "applied"
         );
         if self.failures.is_empty() {
             self.rejection = None;
         }
+        metrics::spec_desired(spec.generation);
+        metrics::spec_handled(if self.failures.is_empty() {
+            ApplyResult::Applied
+        } else {
+            ApplyResult::Failed
+        });
         self.applied = Some(spec);
         self.observe();
     }
@@ -345,7 +367,7 @@ impl Reconciler {
                 let event = drift::event(
                     subsystem,
                     drift::change(hints, subsystem, &found),
-                    drift::author(hints, subsystem, own_port),
+                    drift::author(hints, subsystem, own_port, &found),
                 );
                 warn!(
                     ?subsystem,
@@ -356,6 +378,7 @@ impl Reconciler {
                 );
                 self.drift.repairs += 1;
                 self.drift.last = Some(event);
+                metrics::drift_repaired(subsystem);
             }
         }
         self.observed = Some(if wrote {
@@ -496,6 +519,7 @@ impl Handle {
     pub fn submit(&self, sub: Submission) {
         if let Some(lost) = self.mailbox.update(|inbox| inbox.offer(sub)) {
             let generation = lost.spec.generation;
+            metrics::spec_handled(ApplyResult::Stale);
             info!(generation, "spec superseded before it was applied");
             lost.answer(
                 ApplyResult::Stale,
@@ -515,6 +539,11 @@ impl Handle {
     /// nothing changed (the emitter's tick waits for it).
     pub fn observe_now(&self) {
         self.mailbox.update(|inbox| inbox.observe = true);
+    }
+
+    /// Wakes the loop without asking anything of it (`/healthz` watches it go round).
+    pub fn ping(&self) {
+        self.mailbox.update(|_| ());
     }
 
     /// Stops the thread after the apply in progress, if any. Kernel state stays.
@@ -594,6 +623,7 @@ fn run(
         for answer in rec.take_answers() {
             answer.send(&pod);
         }
+        metrics::reconciler_turned();
     }
 }
 
@@ -611,6 +641,15 @@ fn injected_fault(generation: u64) {
     let wanted = std::env::var("WEFT_FAULT_PANIC_AT_GENERATION").ok();
     if wanted.and_then(|v| v.parse::<u64>().ok()) == Some(generation) {
         panic!("injected fault in the apply of generation {generation}");
+    }
+    // `WEFT_FAULT_HANG_AT_GENERATION=N`: the apply of generation N never returns, as a
+    // kernel call that blocks for ever would (what `/healthz` must notice).
+    let hang = std::env::var("WEFT_FAULT_HANG_AT_GENERATION").ok();
+    if hang.and_then(|v| v.parse::<u64>().ok()) == Some(generation) {
+        warn!(generation, "injected fault: this apply hangs");
+        loop {
+            std::thread::park();
+        }
     }
 }
 

@@ -164,6 +164,8 @@ mod tests {
             addresses: vec![],
             gateway: None,
             mtu: 0,
+            addresses6: vec![],
+            gateway6: None,
         };
         let o = observed(firewall(Overall::Healthy, ""), Some(net));
         let failed = [Failure {

@@ -17,6 +17,9 @@ use weft_schema::{Encoding, PodStatus, SCHEMA_VERSION};
 
 pub use args::{ArgError, NatsArgs, NatsConfig};
 pub use connect::{Connection, Link};
+/// A secret file read as the NATS flags read theirs (bounded, private to its owner), for
+/// tools' other secrets (`weftctl --sign-key`).
+pub use secret::{read as read_secret, SecretError};
 
 /// Where the time comes from; tests inject their own.
 pub trait Clock: Send + Sync + 'static {

@@ -120,6 +120,8 @@ pub fn full_spec() -> PodSpec {
             interface: "eth0".into(),
             address: "192.0.2.5/24".into(),
             gateway: Some("192.0.2.1".into()),
+            address6: Some("2001:db8::5/64".into()),
+            gateway6: Some("fe80::1".into()),
             mtu: Some(1500),
             nameservers: strings(&["192.0.2.53", "2001:db8::53"]),
             search_domains: strings(&["pods.example", "example.org"]),
@@ -176,6 +178,7 @@ pub fn full_spec() -> PodSpec {
                 },
             ],
             mtu: Some(1380),
+            default_route: Some(true),
         }),
     }
 }
@@ -238,6 +241,8 @@ pub fn healthy_status() -> PodStatus {
             addresses: strings(&["192.0.2.5/24"]),
             gateway: Some("192.0.2.1".into()),
             mtu: 1500,
+            addresses6: strings(&["2001:db8::5/64"]),
+            gateway6: Some("fe80::1".into()),
         }),
         firewall: Some(FirewallStatus {
             overall: Overall::Healthy,

@@ -39,6 +39,8 @@ type NetworkSpec struct {
 	Interface     string   `json:"Interface"`
 	Address       string   `json:"Address"`
 	Gateway       *string  `json:"Gateway"`
+	Address6      *string  `json:"Address6"` // v1.1: the only global IPv6 address
+	Gateway6      *string  `json:"Gateway6"` // v1.1: global or link-local
 	Mtu           *uint32  `json:"Mtu"`
 	Nameservers   []string `json:"Nameservers"`
 	SearchDomains []string `json:"SearchDomains"`
@@ -69,6 +71,8 @@ type WireGuardSpec struct {
 	ListenPort *uint16    `json:"ListenPort"`
 	PrivateKey *string    `json:"PrivateKey"`
 	Peers      []PeerSpec `json:"Peers"`
+	// v1.1: a peer allowing 0.0.0.0/0 or ::/0 takes the default route.
+	DefaultRoute *bool `json:"DefaultRoute"`
 }
 
 type PeerSpec struct {
@@ -112,6 +116,9 @@ type NetworkStatus struct {
 	Addresses []string `json:"Addresses"`
 	Gateway   *string  `json:"Gateway"`
 	Mtu       uint32   `json:"Mtu"`
+	// v1.1: the global IPv6 addresses and the IPv6 default route's gateway.
+	Addresses6 []string `json:"Addresses6"`
+	Gateway6   *string  `json:"Gateway6"`
 }
 
 type FirewallStatus struct {

@@ -180,6 +180,17 @@ fn rule(b: &mut Batch<Label>, chain: &Chain, index: usize, line: &Line) {
             cmp(NFT_CMP_NEQ, &[0; 4]),
             Expr::Verdict(NF_ACCEPT),
         ],
+        // As nft writes `icmpv6 type 134-136 accept` in an inet table.
+        Line::NeighbourDiscovery => vec![
+            meta(NFT_META_NFPROTO),
+            cmp(NFT_CMP_EQ, &[NFPROTO_IPV6]),
+            meta(NFT_META_L4PROTO),
+            cmp(NFT_CMP_EQ, &[super::render::IPPROTO_ICMPV6]),
+            load(NFT_PAYLOAD_TRANSPORT_HEADER, 0, 1),
+            cmp(NFT_CMP_GTE, &[ND_ROUTER_ADVERT]),
+            cmp(NFT_CMP_LTE, &[ND_NEIGHBOR_ADVERT]),
+            Expr::Verdict(NF_ACCEPT),
+        ],
         Line::Loopback => {
             let mut name = [0u8; 16];
             name[..2].copy_from_slice(b"lo");
@@ -214,6 +225,10 @@ fn rule(b: &mut Batch<Label>, chain: &Chain, index: usize, line: &Line) {
         },
     );
 }
+
+/// ICMPv6 types (RFC 4861): router advertisement; 135 (neighbour solicitation) lies between.
+pub(crate) const ND_ROUTER_ADVERT: u8 = 134;
+pub(crate) const ND_NEIGHBOR_ADVERT: u8 = 136;
 
 /// The expressions of a spec-derived rule, in the order (and forms) `nft` itself emits for
 /// the same text, so the two are interchangeable.

@@ -3,9 +3,9 @@
 //! [`Line::Foreign`], which never equals a rendered rule, so any outside change shows as a
 //! difference.
 
-use super::batch::addr_offset;
+use super::batch::{addr_offset, ND_NEIGHBOR_ADVERT, ND_ROUTER_ADVERT};
 use super::render::{
-    merge, AddrMatch, Dir, Family, Line, Match, Verdict, IPPROTO_TCP, IPPROTO_UDP,
+    merge, AddrMatch, Dir, Family, Line, Match, Verdict, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP,
 };
 use super::CHAINS;
 use crate::dataplane::netlink::AttrExt;
@@ -181,6 +181,18 @@ pub(crate) fn line(rule: &nftables::Rule, dir: Dir, set: &mut SetReader<'_>) -> 
                     && zero(z) =>
             {
                 return Line::Established;
+            }
+            [Expr::Meta(NFT_META_NFPROTO), Expr::Cmp(NFT_CMP_EQ, family), Expr::Meta(NFT_META_L4PROTO), Expr::Cmp(NFT_CMP_EQ, proto), Expr::Payload {
+                base: NFT_PAYLOAD_TRANSPORT_HEADER,
+                offset: 0,
+                len: 1,
+            }, Expr::Cmp(NFT_CMP_GTE, first), Expr::Cmp(NFT_CMP_LTE, last), Expr::Verdict(NF_ACCEPT)]
+                if family.as_slice() == [NFPROTO_IPV6]
+                    && proto.as_slice() == [IPPROTO_ICMPV6]
+                    && first.as_slice() == [ND_ROUTER_ADVERT]
+                    && last.as_slice() == [ND_NEIGHBOR_ADVERT] =>
+            {
+                return Line::NeighbourDiscovery;
             }
             [Expr::Meta(NFT_META_IIFNAME), Expr::Cmp(NFT_CMP_EQ, name), Expr::Verdict(NF_ACCEPT)]
                 if name.as_slice().len() == 16

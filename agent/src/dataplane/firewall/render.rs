@@ -33,6 +33,9 @@ pub struct Ruleset {
 pub(crate) enum Line {
     /// `ct state established,related accept`
     Established,
+    /// `icmpv6 type 134-136 accept`: router advertisement (134), neighbour solicitation
+    /// (135) and advertisement (136), so IPv6 neighbour discovery works under policy drop.
+    NeighbourDiscovery,
     /// `iifname "lo" accept`
     Loopback,
     /// `udp dport <port> accept`, right after the two baseline rules.
@@ -94,10 +97,13 @@ pub(crate) enum Verdict {
     Drop,
 }
 
+/// How many rules open chain input whatever the spec: `ct state`, neighbour discovery, `lo`.
+pub(crate) const BASELINE_RULES: usize = 3;
+
 /// Renders the table for a validated firewall spec, with the WireGuard listen port opened
 /// when there is an overlay.
 pub fn render(fw: &Firewall, wireguard_port: Option<u16>) -> Ruleset {
-    let mut input = vec![Line::Established, Line::Loopback];
+    let mut input = vec![Line::Established, Line::NeighbourDiscovery, Line::Loopback];
     input.extend(wireguard_port.map(Line::WireGuardPort));
     for rule in &fw.ingress {
         spec_rule(&mut input, rule, Verdict::Accept);
@@ -184,7 +190,7 @@ where
 }
 
 impl Ruleset {
-    /// Rules in chain input derived from the spec: not the two baseline rules, not the
+    /// Rules in chain input derived from the spec: not the baseline rules, not the
     /// WireGuard port allow.
     pub fn ingress_rules(&self) -> u32 {
         self.input
@@ -192,7 +198,10 @@ impl Ruleset {
             .filter(|l| {
                 !matches!(
                     l,
-                    Line::Established | Line::Loopback | Line::WireGuardPort(_)
+                    Line::Established
+                        | Line::NeighbourDiscovery
+                        | Line::Loopback
+                        | Line::WireGuardPort(_)
                 )
             })
             .count() as u32
@@ -239,9 +248,9 @@ impl Ruleset {
     /// WireGuard whose first ingress rule is exactly `udp dport N accept` reads back like the
     /// WireGuard allow, so it is kept in that form on both sides.
     pub(crate) fn canonical(mut self) -> Ruleset {
-        if let Some(Line::Match(m)) = self.input.get(2) {
+        if let Some(Line::Match(m)) = self.input.get(BASELINE_RULES) {
             if let Some(port) = m.as_wireguard_port() {
-                self.input[2] = Line::WireGuardPort(port);
+                self.input[BASELINE_RULES] = Line::WireGuardPort(port);
             }
         }
         self
@@ -281,6 +290,7 @@ impl fmt::Display for Text<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self.0 {
             Line::Established => f.write_str("ct state established,related accept"),
+            Line::NeighbourDiscovery => f.write_str("icmpv6 type 134-136 accept"),
             Line::Loopback => f.write_str("iifname \"lo\" accept"),
             Line::WireGuardPort(p) => write!(f, "udp dport {p} accept"),
             Line::Foreign(what) => write!(f, "# not written by weft: {what}"),

@@ -71,11 +71,14 @@ use super::ruleset_of as decode_batch;
 #[test]
 fn baseline_renders_the_contracts_two_rules() {
     let r = render(&FirewallSpec::default(), None);
-    assert_eq!(r.input, vec![Line::Established, Line::Loopback]);
+    assert_eq!(
+        r.input,
+        vec![Line::Established, Line::NeighbourDiscovery, Line::Loopback]
+    );
     assert!(r.output.is_empty());
     assert_eq!((r.ingress_rules(), r.egress_rules()), (0, 0));
     let wg = render(&FirewallSpec::default(), Some(51820));
-    assert_eq!(wg.input[2], Line::WireGuardPort(51820));
+    assert_eq!(wg.input[3], Line::WireGuardPort(51820));
     assert_eq!(
         wg.ingress_rules(),
         0,
@@ -215,11 +218,11 @@ fn a_refusal_names_the_rule_and_its_text() {
         describe(
             Some(Label::Rule {
                 chain: "input",
-                index: 3
+                index: 4
             }),
             &r
         ),
-        "rule 3 of chain input (`ip saddr 10.0.0.0/8 tcp dport { 22, 8000-8080 } accept comment \"ssh and app\"`)"
+        "rule 4 of chain input (`ip saddr 10.0.0.0/8 tcp dport { 22, 8000-8080 } accept comment \"ssh and app\"`)"
     );
     assert_eq!(
         describe(

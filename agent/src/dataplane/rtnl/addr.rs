@@ -3,7 +3,7 @@
 
 use ipnet::IpNet;
 use neli::consts::nl::NlmF;
-use neli::consts::rtnl::{Ifa, RtAddrFamily, RtScope, Rtm};
+use neli::consts::rtnl::{Ifa, IfaF, RtAddrFamily, RtScope, Rtm};
 use neli::rtnl::{Ifaddrmsg, IfaddrmsgBuilder, Rtattr};
 use neli::types::{Buffer, RtBuffer};
 
@@ -27,9 +27,20 @@ fn message(
     index: u32,
     attrs: Vec<Rtattr<Ifa, Buffer>>,
 ) -> Ifaddrmsg {
+    message_with(family, prefix_len, IfaF::empty(), index, attrs)
+}
+
+fn message_with(
+    family: RtAddrFamily,
+    prefix_len: u8,
+    flags: IfaF,
+    index: u32,
+    attrs: Vec<Rtattr<Ifa, Buffer>>,
+) -> Ifaddrmsg {
     IfaddrmsgBuilder::default()
         .ifa_family(family)
         .ifa_prefixlen(prefix_len)
+        .ifa_flags(flags)
         .ifa_scope(RtScope::Universe)
         .ifa_index(index)
         .rtattrs(attrs.into_iter().collect::<RtBuffer<_, _>>())
@@ -49,19 +60,29 @@ fn address(addr: IpNet) -> Vec<Rtattr<Ifa, Buffer>> {
     vec![attr(Ifa::Local, octets.clone()), attr(Ifa::Address, octets)]
 }
 
+/// An IPv6 address is added `nodad`: the control plane hands out unique addresses, and
+/// duplicate address detection would keep it tentative (unusable as a source) for a second
+/// or more after the apply reports it in place.
 pub fn add_request(index: u32, addr: IpNet, seq: u32) -> Vec<u8> {
     let mut attrs = address(addr);
     attrs.push(attr(Ifa::UnrecognizedConst(IFA_PROTO), RTPROT_WEFT));
-    if let IpNet::V4(v4) = addr {
+    let mut flags = IfaF::empty();
+    match addr {
         // What `ip addr add ... brd +` sets; a /31 or /32 has no broadcast address.
-        if v4.prefix_len() < 31 {
-            attrs.push(attr(
-                Ifa::Broadcast,
-                Buffer::from(&v4.broadcast().octets()[..]),
-            ));
-        }
+        IpNet::V4(v4) if v4.prefix_len() < 31 => attrs.push(attr(
+            Ifa::Broadcast,
+            Buffer::from(&v4.broadcast().octets()[..]),
+        )),
+        IpNet::V4(_) => {}
+        IpNet::V6(_) => flags = IfaF::NODAD,
     }
-    let msg = message(family_of(addr.addr()), addr.prefix_len(), index, attrs);
+    let msg = message_with(
+        family_of(addr.addr()),
+        addr.prefix_len(),
+        flags,
+        index,
+        attrs,
+    );
     netlink::request(
         Rtm::Newaddr,
         NlmF::ACK | NlmF::CREATE | NlmF::EXCL,

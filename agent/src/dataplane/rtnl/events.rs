@@ -5,11 +5,13 @@ use neli::consts::rtnl::Rtm;
 
 use crate::dataplane::netlink::messages;
 
-/// Links, IPv4 addresses, IPv4 routes.
-pub const GROUPS: [u32; 3] = [
+/// Links, addresses and routes of both families.
+pub const GROUPS: [u32; 5] = [
     libc::RTNLGRP_LINK,
     libc::RTNLGRP_IPV4_IFADDR,
     libc::RTNLGRP_IPV4_ROUTE,
+    libc::RTNLGRP_IPV6_IFADDR,
+    libc::RTNLGRP_IPV6_ROUTE,
 ];
 
 /// A possible change to the pod's links, addresses or routes.

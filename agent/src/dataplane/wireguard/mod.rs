@@ -6,6 +6,8 @@
 //! - [`kernel`]: the generic netlink messages of the kernel's `wireguard` family.
 //! - [`userspace`]: the boringtun device, its threads and the `wg` socket we serve for it.
 //! - [`keys`]: the generated private key kept in the state directory.
+//! - [`endpoints`]: host routes to the peers' endpoints while the tunnel may hold the default
+//!   route.
 //!
 //! [`WireGuardManager`] has the shape of every subsystem once the device exists: read the
 //! device and its link, plan the difference (peers through [`plan`], the link through the
@@ -14,6 +16,7 @@
 //! device, and choosing its backend, come before. Everything runs on the reconciler's thread
 //! and in its network namespace; boringtun's threads are born there too.
 
+pub mod endpoints;
 pub mod kernel;
 pub mod keys;
 pub mod plan;
@@ -22,6 +25,8 @@ pub mod userspace;
 
 use std::fmt;
 use std::path::{Path, PathBuf};
+
+use ipnet::IpNet;
 use std::str::FromStr;
 
 use tracing::{info, warn};
@@ -103,6 +108,10 @@ pub enum Error {
     Link(link::Error),
     #[error("remove interface {0}")]
     DeleteLink(String, #[source] rtnl::Error),
+    #[error("read the routes to the peers' endpoints")]
+    ReadRoutes(#[source] rtnl::Error),
+    #[error("{}", .0.iter().map(|f| error_line(f)).collect::<Vec<_>>().join("; "))]
+    Endpoints(Vec<endpoints::Failure>),
 }
 
 /// A failure of either backend's device control.
@@ -176,7 +185,8 @@ pub enum State {
         /// The private key the device must hold (the spec's, or the generated one).
         key: SecretKey,
         device: ObservedDevice,
-        link: LinkState,
+        link: Box<LinkState>,
+        endpoints: endpoints::State,
     },
 }
 
@@ -185,16 +195,54 @@ pub enum State {
 pub struct Plan<'a> {
     pub device: DevicePlan<'a>,
     pub link: Vec<link::Change>,
+    pub endpoints: Vec<endpoints::Change>,
 }
 
-/// The link a WireGuard spec asks for: MTU, exactly its address, up, the connected route.
+/// The default routes the tunnel takes: those of the families a peer allows whole
+/// (`0.0.0.0/0`, `::/0`), only with `DefaultRoute: true`.
+pub fn default_routes(desired: &WireGuard) -> Vec<IpNet> {
+    if desired.default_route.is_none() {
+        return Vec::new();
+    }
+    let mut all: Vec<IpNet> = desired
+        .peers
+        .iter()
+        .flat_map(|p| &p.allowed_ips)
+        .filter(|n| n.prefix_len() == 0)
+        .copied()
+        .collect();
+    all.sort_unstable();
+    all.dedup();
+    all
+}
+
+/// The link a WireGuard spec asks for: MTU, exactly its address, up, the connected route,
+/// and a route for every peer's allowed IPs outside the address's prefix (wg-quick adds the
+/// same); a whole family (`/0`) only as [`default_routes`] says.
 pub fn link_spec(desired: &WireGuard) -> LinkSpec {
+    let prefix = desired.address.trunc();
+    let defaults = default_routes(desired);
+    let mut allowed: Vec<IpNet> = desired
+        .peers
+        .iter()
+        .flat_map(|p| &p.allowed_ips)
+        .filter(|n| match n.prefix_len() {
+            0 => defaults.contains(n),
+            _ => !prefix.contains(*n),
+        })
+        .copied()
+        .collect();
+    allowed.sort_unstable();
+    allowed.dedup();
+    let mut routes = vec![(prefix, None)];
+    routes.extend(allowed.into_iter().map(|dst| (dst, None)));
     LinkSpec {
         interface: desired.interface.clone(),
         mtu: Some(desired.mtu),
-        address: desired.address,
-        gateway: None,
-        connected_route: true,
+        addresses: vec![desired.address],
+        routes,
+        left_to_others: Vec::new(),
+        loopback: false,
         ownership: Ownership::Whole,
     }
 }
@@ -442,6 +490,7 @@ impl Subsystem for WireGuardManager {
             Err(link::Error::NoInterface(_)) => return Err(missing()),
             other => other.map_err(Error::Link)?,
         };
+        let endpoints = endpoints::read(rtnl, Some(desired)).map_err(Error::ReadRoutes)?;
         let active = self.active.as_mut().expect("checked above");
         let device = match active.device.get(&mut self.genl, ifname) {
             Ok(device) => device,
@@ -450,14 +499,28 @@ impl Subsystem for WireGuardManager {
                 return Err(Error::GetDevice(ifname.into(), e));
             }
         };
-        Ok(State::Present { key, device, link })
+        Ok(State::Present {
+            key,
+            device,
+            link: Box::new(link),
+            endpoints,
+        })
     }
 
     fn plan<'a>(&self, desired: &'a Option<WireGuard>, state: &'a State) -> Plan<'a> {
         match (desired, state) {
-            (Some(desired), State::Present { key, device, link }) => Plan {
+            (
+                Some(desired),
+                State::Present {
+                    key,
+                    device,
+                    link,
+                    endpoints,
+                },
+            ) => Plan {
                 device: plan::plan(desired, key, device),
                 link: link::plan(&link_spec(desired), link),
+                endpoints: endpoints::plan(Some(desired), Some(link.index), endpoints),
             },
             _ => Plan::default(),
         }
@@ -474,6 +537,11 @@ impl Subsystem for WireGuardManager {
             return Ok(());
         };
         let ifname = desired.interface.as_str();
+        // Before the tunnel can take the default route, its endpoints have their own.
+        let failed = endpoints::send(rtnl, plan.endpoints);
+        if !failed.is_empty() {
+            return Err(Error::Endpoints(failed));
+        }
         if plan.device.is_empty() {
             tracing::debug!(interface = ifname, "peers are already up to date");
         } else {
@@ -508,8 +576,18 @@ impl Subsystem for WireGuardManager {
         let desired = desired.as_ref()?;
         let backend = self.backend().unwrap_or(Backend::Kernel);
         match read {
-            Ok(State::Present { key, device, link }) => {
-                let problems = Link.status(&link_spec(desired), Ok(link)).problems;
+            Ok(State::Present {
+                key,
+                device,
+                link,
+                endpoints,
+            }) => {
+                let mut problems = Link.status(&link_spec(desired), Ok(link)).problems;
+                problems.extend(endpoints::problems(
+                    Some(desired),
+                    Some(link.index),
+                    endpoints,
+                ));
                 Some(plan::status(backend, desired, key, device, &problems))
             }
             Ok(State::Unmanaged) => None,
@@ -535,7 +613,14 @@ impl Subsystem for WireGuardManager {
             }
         }
         let Some(spec) = desired else {
-            return self.remove(rtnl);
+            self.remove(rtnl)?;
+            // Endpoint routes an earlier spec (or process) left.
+            let state = endpoints::read(rtnl, None).map_err(Error::ReadRoutes)?;
+            let failed = endpoints::send(rtnl, endpoints::plan(None, None, &state));
+            return match failed.is_empty() {
+                true => Ok(()),
+                false => Err(Error::Endpoints(failed)),
+            };
         };
         self.ensure_device(rtnl, spec)?;
         let state = self.read(rtnl, desired)?;

@@ -369,6 +369,7 @@ pub(crate) mod tests {
             private_key: Some(SecretKey::from_bytes([9; 32])),
             peers,
             mtu: 1420,
+            default_route: None,
         }
     }
 
