@@ -1,8 +1,9 @@
 //! The firewall: table `inet weft-fw`, which this agent owns and nothing else.
 //!
 //! - [`render`] (pure): validated spec -> [`Ruleset`], the exact table, and its `nft` text.
-//! - `batch` (pure): ruleset -> one nf_tables batch that replaces the whole table in one
-//!   transaction, so no observer ever sees a half-applied policy.
+//! - `batch` (pure): ruleset -> one nf_tables batch, so no observer ever sees a half-applied
+//!   policy: it changes only the rules that differ (a kept rule keeps its handle and its
+//!   counter), or replaces the whole table when the change is larger than the table.
 //! - `decode` (pure): the kernel's dump -> the same [`Ruleset`] model, so "already in force"
 //!   is decided from what the kernel holds, not from memory (a restarted agent writes
 //!   nothing when the table is already right), and [`Ruleset::hash`] is equal for equal
@@ -29,18 +30,20 @@ use std::collections::HashMap;
 use std::io;
 use std::sync::Arc;
 
-use weft_schema::{FirewallStatus, Overall};
+use weft_schema::{FirewallStatus, Overall, PacketCount};
 
 use super::netlink;
 use super::nftables::abi::*;
 use super::nftables::batch::Transaction;
-use super::nftables::{CommitError, Nft, TableRef};
+use super::nftables::expr::Expr;
+use super::nftables::keyed::{self, ChainDiff, Held};
+use super::nftables::{CommitError, Committed, Nft, TableRef};
 use super::rtnl::Rtnl;
 use super::subsystem::Subsystem;
 use batch::Label;
 pub use decode::ruleset_of;
-use render::Dir;
 pub use render::{render, Ruleset};
+use render::{Dir, Line};
 
 /// The one table the agent owns, in family `inet`. Everything that names it goes through
 /// here (and `CHAINS`), so drift detection can filter on the same names.
@@ -113,6 +116,9 @@ pub struct Seen {
     table: super::nftables::Table,
     chains_ok: bool,
     ruleset: Ruleset,
+    /// The handles of the rules of chain input and chain output, in the order of
+    /// `ruleset`'s lines.
+    handles: [Vec<u64>; 2],
 }
 
 /// A read: the nftables generation, and the table as it was at that generation (`None`:
@@ -124,7 +130,7 @@ pub struct Current {
 }
 
 /// What an apply has to do.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Plan {
     /// The kernel holds the desired table already (or one owned by another live socket,
     /// which only its owner can change; the status says so).
@@ -134,6 +140,13 @@ pub enum Plan {
     Adopt,
     /// Replace the table (delete it first when `present`) in one transaction.
     Replace { present: bool },
+    /// Delete and add only the rules `diffs` name (chain input, chain output), in one
+    /// transaction; with `adopt`, take over the persistent table a previous agent left in
+    /// the same transaction.
+    Change {
+        diffs: Box<[ChainDiff; 2]>,
+        adopt: bool,
+    },
 }
 
 /// The table's handle: a netlink socket that, with the owner flag, is the only one allowed
@@ -185,7 +198,7 @@ impl Firewall {
         self.wrote = false;
         for attempt in 0.. {
             let current = self.current()?;
-            let plan = plan(self.flags, desired, &current);
+            let plan = plan(self.flags, self.nft.port(), desired, &current);
             match self.carry_out(desired, &current, plan) {
                 Err(e) if e.is_restart() && attempt < 3 => self.verified = None,
                 other => return other.map(|()| self.wrote),
@@ -204,11 +217,14 @@ impl Firewall {
             Plan::Adopt => {
                 let batch = batch::adopt(self.flags, Some(current.genid), self.nft.batch_seq());
                 match self.send(&batch, desired) {
-                    Ok(()) => {
+                    Ok(_) => {
                         tracing::info!(table = TABLE, "adopted the table left in force");
+                        let handles = current.seen.as_ref().map(|s| s.handles.clone());
                         self.verified = Some(Current {
                             genid: next_genid(current.genid),
-                            seen: Some(Arc::new(self.ours(desired.clone()))),
+                            seen: Some(Arc::new(
+                                self.ours(desired.clone(), handles.unwrap_or_default()),
+                            )),
                         });
                         Ok(())
                     }
@@ -223,7 +239,48 @@ impl Firewall {
                 }
             }
             Plan::Replace { present } => self.replace(desired, current.genid, present),
+            Plan::Change { diffs, adopt } => self.change(desired, current, &diffs, adopt),
         }
+    }
+
+    /// Sends the batch that changes only the rules that differ. The handles the kernel
+    /// echoes for the added rules, with those kept, are the chain as it now is.
+    fn change(
+        &mut self,
+        desired: &Ruleset,
+        current: &Current,
+        diffs: &[ChainDiff; 2],
+        adopt: bool,
+    ) -> Result<(), Error> {
+        self.verified = None;
+        let adopt = adopt.then_some(self.flags);
+        let batch = batch::change(
+            desired,
+            diffs,
+            adopt,
+            Some(current.genid),
+            self.nft.batch_seq(),
+        );
+        let committed = self.send(&batch, desired)?;
+        self.wrote = true;
+        let keys = desired.keys();
+        let mut handles: [Vec<u64>; 2] = Default::default();
+        for (i, chain) in CHAINS.iter().enumerate() {
+            let added = echoed(&committed, chain.name);
+            // The kernel echoes every rule it adds; without them all, the next apply reads.
+            let Some(after) = diffs[i].after(&keys[i], &added) else {
+                return Ok(());
+            };
+            handles[i] = after.iter().map(|h| h.handle).collect();
+        }
+        if adopt.is_some() {
+            tracing::info!(table = TABLE, "adopted the table left in force");
+        }
+        self.verified = Some(Current {
+            genid: next_genid(current.genid),
+            seen: Some(Arc::new(self.ours(desired.clone(), handles))),
+        });
+        Ok(())
     }
 
     /// Sends the batch that replaces (or first creates) the table.
@@ -236,7 +293,7 @@ impl Firewall {
             Some(genid),
             self.nft.batch_seq(),
         );
-        match self.send(&batch, desired) {
+        let committed = match self.send(&batch, desired) {
             Err(Error::Refused { source, .. })
                 if self.flags != 0
                     && source.raw_os_error() == Some(libc::EOPNOTSUPP)
@@ -249,22 +306,30 @@ impl Firewall {
                 );
                 self.flags = 0;
                 let batch = batch::replace(desired, 0, present, Some(genid), self.nft.batch_seq());
-                self.send(&batch, desired)?;
+                self.send(&batch, desired)?
             }
             other => other?,
-        }
+        };
         self.wrote = true;
+        let handles = [
+            echoed(&committed, CHAINS[0].name),
+            echoed(&committed, CHAINS[1].name),
+        ];
+        if handles[0].len() != desired.input.len() || handles[1].len() != desired.output.len() {
+            return Ok(());
+        }
         // Committed at exactly `genid`, so the kernel's table is now `desired` at the next
         // generation.
         self.verified = Some(Current {
             genid: next_genid(genid),
-            seen: Some(Arc::new(self.ours(desired.clone()))),
+            seen: Some(Arc::new(self.ours(desired.clone(), handles))),
         });
         Ok(())
     }
 
-    /// What the kernel holds right after our own commit of `ruleset`.
-    fn ours(&self, ruleset: Ruleset) -> Seen {
+    /// What the kernel holds right after our own commit of `ruleset`, its rules numbered
+    /// `handles`.
+    fn ours(&self, ruleset: Ruleset, handles: [Vec<u64>; 2]) -> Seen {
         Seen {
             table: super::nftables::Table {
                 flags: self.flags,
@@ -274,6 +339,7 @@ impl Firewall {
             },
             chains_ok: true,
             ruleset,
+            handles,
         }
     }
 
@@ -322,7 +388,44 @@ impl Firewall {
         if let Ok(c) = &current {
             self.verified = Some(c.clone());
         }
-        self.status_of(desired, current.as_ref())
+        let mut status = self.status_of(desired, current.as_ref());
+        if let Ok(Current {
+            seen: Some(seen), ..
+        }) = &current
+        {
+            (status.input_dropped, status.egress_dropped) = self.dropped(seen);
+        }
+        status
+    }
+
+    /// What the kernel's counters say fell to chain input's policy drop (the counter of its
+    /// last rule, when that is the closing `counter`) and what chain output's rules (each a
+    /// drop) dropped: one rule read by its handle and chain output's rules, never the whole
+    /// table. `None` for a counter that cannot be read.
+    fn dropped(&mut self, seen: &Seen) -> (Option<PacketCount>, Option<PacketCount>) {
+        let input = match (seen.ruleset.input.last(), seen.handles[0].last()) {
+            (Some(Line::Dropped), Some(&handle)) => self
+                .nft
+                .rule(TABLE_REF, CHAINS[0].name, handle)
+                .ok()
+                .flatten()
+                .and_then(|r| counter(&r.exprs)),
+            _ => None,
+        };
+        let output = self
+            .nft
+            .chain_rules(TABLE_REF, CHAINS[1].name)
+            .ok()
+            .map(|rules| {
+                rules.iter().filter_map(|r| counter(&r.exprs)).fold(
+                    PacketCount::default(),
+                    |sum, c| PacketCount {
+                        packets: sum.packets + c.packets,
+                        bytes: sum.bytes + c.bytes,
+                    },
+                )
+            });
+        (input, output)
     }
 
     fn status_of(
@@ -375,9 +478,9 @@ impl Firewall {
     }
 
     /// Commits a batch. The kernel refuses it whole or takes it whole.
-    fn send(&mut self, batch: &Transaction<Label>, desired: &Ruleset) -> Result<(), Error> {
+    fn send(&mut self, batch: &Transaction<Label>, desired: &Ruleset) -> Result<Committed, Error> {
         match self.nft.commit(batch) {
-            Ok(_) => Ok(()),
+            Ok(c) => Ok(c),
             Err(CommitError::Refused(r)) => {
                 self.refused = r.what;
                 Err(Error::Refused {
@@ -405,6 +508,7 @@ impl Firewall {
             input: Vec::new(),
             output: Vec::new(),
         };
+        let mut handles: [Vec<u64>; 2] = Default::default();
         let nft = &mut self.nft;
         for rule in &rules {
             let Some(chain) = CHAINS.iter().find(|c| c.name == rule.chain) else {
@@ -423,14 +527,17 @@ impl Firewall {
             let line = decode::line(rule, chain.dir, &mut lookup);
             if chain.name == CHAINS[0].name {
                 ruleset.input.push(line);
+                handles[0].push(rule.handle);
             } else {
                 ruleset.output.push(line);
+                handles[1].push(rule.handle);
             }
         }
         Ok(Some(Seen {
             table,
             chains_ok: decode::chains_as_contract(&chains),
             ruleset: ruleset.canonical(),
+            handles,
         }))
     }
 }
@@ -443,11 +550,17 @@ pub fn replace_batch(ruleset: &Ruleset) -> Vec<u8> {
 }
 
 /// What an apply must do to make the kernel hold `desired` (pure). `flags` are the table
-/// flags this handle creates the table with.
-pub fn plan(flags: u32, desired: &Ruleset, current: &Current) -> Plan {
+/// flags this handle creates the table with, `port` its socket's.
+///
+/// A table with the contract's chains and this handle's flags is changed rule by rule (a
+/// persistent one no one owns is adopted in the same transaction), unless more rules would
+/// change than the desired table has: then, as when the chains or flags are not right, the
+/// table is replaced whole.
+pub fn plan(flags: u32, port: u32, desired: &Ruleset, current: &Current) -> Plan {
     let Some(seen) = &current.seen else {
         return Plan::Replace { present: false };
     };
+    let adopt = flags != 0 && seen.table.owner.is_none();
     if seen.chains_ok && seen.ruleset == *desired {
         // Already in force. Owned by another live socket, it cannot be adopted (nor
         // replaced); the status reports that.
@@ -458,7 +571,52 @@ pub fn plan(flags: u32, desired: &Ruleset, current: &Current) -> Plan {
             return Plan::Adopt;
         }
     }
+    let ours = match seen.table.owner {
+        Some(owner) => owner == port,
+        None => seen.table.flags == flags || (adopt && seen.table.flags & NFT_TABLE_F_PERSIST != 0),
+    };
+    if seen.chains_ok && ours {
+        let want = desired.keys();
+        let have = seen.ruleset.keys();
+        let diffs: [ChainDiff; 2] = std::array::from_fn(|i| {
+            let held: Vec<Held> = seen.handles[i]
+                .iter()
+                .zip(&have[i])
+                .map(|(&handle, &key)| Held {
+                    handle,
+                    key: Some(key),
+                })
+                .collect();
+            keyed::diff(&want[i], &held)
+        });
+        let size: usize = diffs.iter().map(ChainDiff::len).sum();
+        if size <= desired.input.len() + desired.output.len() {
+            return Plan::Change {
+                diffs: Box::new(diffs),
+                adopt,
+            };
+        }
+    }
     Plan::Replace { present: true }
+}
+
+/// The handles the kernel echoed for the rules a transaction added to `chain`, in the order
+/// they were written.
+fn echoed(committed: &Committed, chain: &str) -> Vec<u64> {
+    committed
+        .rules
+        .iter()
+        .filter(|r| r.chain == chain)
+        .map(|r| r.handle)
+        .collect()
+}
+
+/// The packets and bytes of a rule's `counter`.
+fn counter(exprs: &[Expr]) -> Option<PacketCount> {
+    exprs.iter().find_map(|e| match *e {
+        Expr::Counter { packets, bytes } => Some(PacketCount { packets, bytes }),
+        _ => None,
+    })
 }
 
 impl Subsystem for Firewall {
@@ -473,7 +631,7 @@ impl Subsystem for Firewall {
     }
 
     fn plan<'a>(&self, desired: &'a Ruleset, state: &'a Current) -> Plan {
-        plan(self.flags, desired, state)
+        plan(self.flags, self.nft.port(), desired, state)
     }
 
     fn send(
@@ -550,6 +708,9 @@ fn describe(label: Option<Label>, desired: &Ruleset) -> String {
             "the set of rule {index} of chain {chain} (`{}`)",
             rule_text(chain, index)
         ),
+        Some(Label::DeleteRule { chain, handle }) => {
+            format!("deleting rule {handle} (a handle) of chain {chain}")
+        }
         Some(Label::Rule { chain, index }) => {
             format!(
                 "rule {index} of chain {chain} (`{}`)",
