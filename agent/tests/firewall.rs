@@ -765,3 +765,76 @@ fn counters_count_and_a_one_rule_change_keeps_the_other_rules() {
         "{status:?}"
     );
 }
+
+/// O(1) verification and its limit: after its own commit a handle knows the table from the
+/// generation alone (no dump, however often it applies or observes); a concurrent `nft`
+/// writer between two applies moves the generation, so the next read dumps the table, sees
+/// the foreign rule, and the apply deletes exactly it. The table is plain (no owner flag),
+/// as on a kernel before 6.9, so `nft` may write it.
+#[test]
+fn a_concurrent_writer_between_two_applies_is_detected_and_repaired() {
+    require_root();
+    let ns = Netns::new("fwgen").unwrap();
+    let ruleset = render(&typical(), Some(51820));
+    ns.enter(|| {
+        let mut fw = Firewall::open().unwrap().without_owner();
+        assert!(fw.apply(&ruleset).unwrap());
+        assert!(!fw.owned());
+        let reads = fw.full_reads();
+        for _ in 0..3 {
+            assert!(!fw.apply(&ruleset).unwrap());
+            let status = fw.observe(Some(&ruleset));
+            assert_eq!(status.overall, Overall::Healthy, "{status:?}");
+            assert!(status.input_dropped.is_some(), "{status:?}");
+        }
+        assert_eq!(fw.full_reads(), reads, "known from the generation alone");
+        let before = handles(&ns);
+
+        // Someone else writes between two applies.
+        ns.run(
+            "nft",
+            &[
+                "insert", "rule", "inet", "weft-fw", "input", "tcp", "dport", "9", "accept",
+            ],
+        )
+        .unwrap();
+        let status = fw.observe(Some(&ruleset));
+        assert_eq!(
+            fw.full_reads(),
+            reads + 1,
+            "the generation moved: read whole"
+        );
+        assert_eq!(status.overall, Overall::Degraded, "{status:?}");
+        assert!(status.last_error.contains("differs"), "{status:?}");
+        assert!(fw.apply(&ruleset).unwrap(), "repaired");
+        assert_eq!(handles(&ns), before, "only the foreign rule went");
+        assert_eq!(listed(&ns), ruleset.nft_text());
+
+        // The same writer between the read and the commit: the batch planned at the old
+        // generation is refused whole and planned again.
+        ns.run(
+            "nft",
+            &[
+                "add",
+                "rule",
+                "inet",
+                "weft-fw",
+                "output",
+                "ip",
+                "daddr",
+                "192.0.2.9",
+                "drop",
+            ],
+        )
+        .unwrap();
+        assert!(fw.apply(&ruleset).unwrap());
+        assert_eq!(handles(&ns), before);
+        assert_eq!(fw.observe(Some(&ruleset)).overall, Overall::Healthy);
+
+        // The resync tick distrusts what it knows: one whole read, nothing to write.
+        let reads = fw.full_reads();
+        fw.distrust();
+        assert!(!fw.apply(&ruleset).unwrap());
+        assert_eq!(fw.full_reads(), reads + 1);
+    });
+}

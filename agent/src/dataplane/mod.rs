@@ -271,6 +271,12 @@ impl Dataplane {
         observed
     }
 
+    /// Makes the next observation read every table back whole (see
+    /// [`firewall::Firewall::distrust`]).
+    pub fn distrust(&mut self) {
+        self.firewall.distrust();
+    }
+
     /// Names the WireGuard interface an earlier agent process made (see
     /// [`wireguard::WireGuardManager::inherit`]).
     pub fn inherit_wireguard(&mut self, ifname: &str) {

@@ -601,6 +601,10 @@ fn run(
             if hints.overrun {
                 warn!("kernel events were lost; checking everything");
             }
+            if resync {
+                // The safety net reads everything back, not only what the generation says.
+                rec.dataplane.distrust();
+            }
             held_back = rec.check(&hints, touched || resync);
             if resync {
                 next_resync = now + resync_every;

@@ -165,6 +165,8 @@ pub struct Firewall {
     verified: Option<Current>,
     /// Whether the last apply wrote rules.
     wrote: bool,
+    /// How many times the table was read back whole.
+    full_reads: u64,
 }
 
 impl Firewall {
@@ -180,7 +182,28 @@ impl Firewall {
             refused: None,
             verified: None,
             wrote: false,
+            full_reads: 0,
         }
+    }
+
+    /// This firewall with a plain table, as on kernels before 6.9, which refuse the owner
+    /// flag: any process may then change the table between two applies, which only the
+    /// generation check catches. (Tests take this path on newer kernels too.)
+    pub fn without_owner(mut self) -> Firewall {
+        self.flags = 0;
+        self
+    }
+
+    /// Forgets what this handle knows of the table, so the next read dumps it whole even at
+    /// a generation it knows: the resync tick's check does not rest on the generation alone.
+    pub fn distrust(&mut self) {
+        self.verified = None;
+    }
+
+    /// How many times this handle read the table back whole (the rest of its reads were one
+    /// generation number, and counters read by rule handle).
+    pub fn full_reads(&self) -> u64 {
+        self.full_reads
     }
 
     /// True when the table is created owned and persistent (the kernel supports it).
@@ -496,6 +519,7 @@ impl Firewall {
 
     /// The table as the kernel holds it, or `None` when there is none.
     fn read(&mut self) -> Result<Option<Seen>, Error> {
+        self.full_reads += 1;
         let read = |what| move |source| Error::ReadBack { what, source };
         let Some(table) = self.nft.table(TABLE_REF).map_err(read("the table"))? else {
             return Ok(None);

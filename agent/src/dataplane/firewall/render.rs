@@ -436,7 +436,15 @@ pub(crate) fn key(chain: &str, line: &Line) -> RuleKey {
     }
     let mut feed = Feed(Sha256::new());
     chain.hash(&mut feed);
-    line.hash(&mut feed);
+    // The one rule with two spellings (see `Ruleset::canonical`) has one key wherever it
+    // stands: a rule moved past the WireGuard allow must not make that rule another.
+    match line {
+        Line::Match(m) => match m.as_wireguard_port() {
+            Some(port) => Line::WireGuardPort(port).hash(&mut feed),
+            None => line.hash(&mut feed),
+        },
+        _ => line.hash(&mut feed),
+    }
     let digest = feed.0.finalize();
     RuleKey::from_slice(&digest[..RuleKey::LEN]).expect("16 of 32 bytes")
 }
