@@ -838,3 +838,81 @@ fn a_concurrent_writer_between_two_applies_is_detected_and_repaired() {
         assert_eq!(fw.full_reads(), reads + 1);
     });
 }
+
+/// A freshly started agent decides "nothing to write" without dumping the table when its
+/// record proves no one committed anything in the namespace since the last agent's own
+/// commit (same boot, same table, same generation); a table changed while no agent ran is
+/// read whole and repaired, and a record is never taken for a table it does not describe.
+#[test]
+fn a_fresh_agent_trusts_only_a_table_no_one_could_have_changed() {
+    require_root();
+    let ns = Netns::new("fwrec").unwrap();
+    let dir = TempDir::new("fwrec");
+    let record = dir.0.join("firewall");
+    let ruleset = render(&typical(), Some(51820));
+    let fresh = || Firewall::open().unwrap().remember_in(record.clone());
+    ns.enter(|| {
+        let mut fw = fresh();
+        assert!(fw.apply(&ruleset).unwrap());
+    });
+    let before = handles(&ns);
+    wait_unowned(&ns);
+    ns.enter(|| {
+        let mut fw = fresh();
+        assert!(!fw.apply(&ruleset).unwrap(), "adopted, nothing written");
+        let status = fw.observe(Some(&ruleset));
+        assert_eq!(status.overall, Overall::Healthy, "{status:?}");
+        assert!(status.input_dropped.is_some(), "{status:?}");
+        assert_eq!(status.ruleset_hash, ruleset.hash());
+        assert_eq!(fw.full_reads(), 0, "known from the record, not from a dump");
+    });
+    assert_eq!(handles(&ns), before);
+
+    // Changed by someone while no agent ran: the generation moved, so it is read.
+    wait_unowned(&ns);
+    ns.run(
+        "nft",
+        &[
+            "add", "rule", "inet", "weft-fw", "input", "tcp", "dport", "9", "accept",
+        ],
+    )
+    .unwrap();
+    ns.enter(|| {
+        let mut fw = fresh();
+        assert!(fw.apply(&ruleset).unwrap(), "repaired");
+        assert_eq!(fw.full_reads(), 1);
+    });
+    assert_eq!(handles(&ns), before, "only the foreign rule went");
+    assert_eq!(listed(&ns), ruleset.nft_text());
+
+    // A record of another ruleset proves nothing about this one: read, one rule changed.
+    wait_unowned(&ns);
+    let other = render(
+        &spec(json!({ "Ingress": [{ "Protocol": "udp", "Ports": ["53"] }] })),
+        Some(51820),
+    );
+    ns.enter(|| {
+        let mut fw = fresh();
+        assert!(fw.apply(&other).unwrap());
+        assert_eq!(fw.full_reads(), 1);
+        assert_eq!(fw.observe(Some(&other)).overall, Overall::Healthy);
+    });
+    assert_eq!(listed(&ns), other.nft_text());
+}
+
+/// A directory of this process, removed with everything in it when dropped.
+struct TempDir(std::path::PathBuf);
+
+impl TempDir {
+    fn new(name: &str) -> TempDir {
+        let path = std::env::temp_dir().join(format!("weft-{name}-{}", std::process::id()));
+        std::fs::create_dir_all(&path).unwrap();
+        TempDir(path)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}

@@ -146,7 +146,8 @@ impl Dataplane {
                 &settings.state_dir,
                 sockets.genl,
             ),
-            firewall: firewall::Firewall::new(sockets.nft),
+            firewall: firewall::Firewall::new(sockets.nft)
+                .remember_in(settings.state_dir.join("firewall")),
         }
     }
 

@@ -58,7 +58,8 @@ pub(crate) fn replace(
     if replace {
         b.delete_table(TABLE_REF, Label::DeleteTable);
     }
-    b.add_table(TABLE_REF, table_flags, Label::CreateTable);
+    // Echoed: its handle is what a record of this commit names.
+    b.add_table_echoed(TABLE_REF, table_flags, Label::CreateTable);
     for chain in &CHAINS {
         b.add_chain(
             TABLE_REF,

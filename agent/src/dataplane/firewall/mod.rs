@@ -28,6 +28,7 @@ mod render;
 
 use std::collections::HashMap;
 use std::io;
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use weft_schema::{FirewallStatus, Overall, PacketCount};
@@ -117,8 +118,31 @@ pub struct Seen {
     chains_ok: bool,
     ruleset: Ruleset,
     /// The handles of the rules of chain input and chain output, in the order of
-    /// `ruleset`'s lines.
-    handles: [Vec<u64>; 2],
+    /// `ruleset`'s lines (`None`: not known, as when recalled from a [`Record`]).
+    handles: Option<[Vec<u64>; 2]>,
+    /// The handle of chain input's closing counter, when it has one.
+    closing: Option<u64>,
+}
+
+impl Seen {
+    fn new(
+        table: super::nftables::Table,
+        chains_ok: bool,
+        ruleset: Ruleset,
+        handles: [Vec<u64>; 2],
+    ) -> Seen {
+        let closing = match ruleset.input.last() {
+            Some(Line::Dropped) => handles[0].last().copied(),
+            _ => None,
+        };
+        Seen {
+            table,
+            chains_ok,
+            ruleset,
+            handles: Some(handles),
+            closing,
+        }
+    }
 }
 
 /// A read: the nftables generation, and the table as it was at that generation (`None`:
@@ -167,6 +191,61 @@ pub struct Firewall {
     wrote: bool,
     /// How many times the table was read back whole.
     full_reads: u64,
+    /// Where this handle keeps [`Record`] of its last commit, for the next agent.
+    record: Option<PathBuf>,
+}
+
+/// What an agent committed last, as a file in its state directory: enough for the next
+/// agent to know the table without dumping it, and only when no one could have changed it.
+///
+/// Every commit in a network namespace, by anyone, moves its nftables generation; table
+/// handles are never reused while the system runs (the boot id says which run). So when the
+/// table has the recorded handle and the namespace the recorded generation, nothing was
+/// committed since this agent's own commit: the table is what it wrote, whose
+/// [`Ruleset::hash`] is recorded. Any other case (another boot, another table, any commit
+/// since, a record missing or unreadable) is a full read, as before.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Record {
+    boot: String,
+    table: u64,
+    genid: u32,
+    hash: String,
+    /// The handle of chain input's closing counter (`InputDropped`).
+    closing: Option<u64>,
+}
+
+impl Record {
+    fn line(&self) -> String {
+        let closing = self.closing.map_or("-".to_owned(), |h| h.to_string());
+        format!(
+            "weft-fw 1 {} {} {} {} {closing}\n",
+            self.boot, self.table, self.genid, self.hash
+        )
+    }
+
+    fn parse(text: &str) -> Option<Record> {
+        let mut w = text.split_whitespace();
+        if (w.next()?, w.next()?) != ("weft-fw", "1") {
+            return None;
+        }
+        Some(Record {
+            boot: w.next()?.to_owned(),
+            table: w.next()?.parse().ok()?,
+            genid: w.next()?.parse().ok()?,
+            hash: w.next()?.to_owned(),
+            closing: match w.next()? {
+                "-" => None,
+                h => Some(h.parse().ok()?),
+            },
+        })
+    }
+}
+
+/// This boot's id: table handles are unique within one.
+fn boot_id() -> Option<String> {
+    std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
+        .ok()
+        .map(|s| s.trim().to_owned())
 }
 
 impl Firewall {
@@ -183,6 +262,61 @@ impl Firewall {
             verified: None,
             wrote: false,
             full_reads: 0,
+            record: None,
+        }
+    }
+
+    /// This firewall keeping a record of each commit in `path` (see [`Record`]), so a
+    /// freshly started agent can decide there is nothing to write without a dump.
+    pub fn remember_in(mut self, path: PathBuf) -> Firewall {
+        self.record = Some(path);
+        self
+    }
+
+    /// The table as the record says it is, when the record proves it: this boot, the same
+    /// table, no commit in the namespace since. Costs a generation, a table and a file
+    /// read; `None` sends the caller to a full read.
+    fn recalled(&mut self, genid: u32, desired: &Ruleset) -> Option<Current> {
+        let path = self.record.as_ref()?;
+        let record = Record::parse(&std::fs::read_to_string(path).ok()?)?;
+        if record.genid != genid || Some(&record.boot) != boot_id().as_ref() {
+            return None;
+        }
+        let table = self.nft.table(TABLE_REF).ok()??;
+        if table.handle != record.table || record.hash != desired.hash() {
+            return None;
+        }
+        Some(Current {
+            genid,
+            seen: Some(Arc::new(Seen {
+                table,
+                chains_ok: true,
+                ruleset: desired.clone(),
+                handles: None,
+                closing: record.closing,
+            })),
+        })
+    }
+
+    /// Writes the record of the commit that made `current` (atomically: a torn record
+    /// would only cost a full read, but a rename costs nothing more).
+    fn write_record(&self, current: &Current) {
+        let (Some(path), Some(seen)) = (&self.record, &current.seen) else {
+            return;
+        };
+        let Some(boot) = boot_id() else { return };
+        let record = Record {
+            boot,
+            table: seen.table.handle,
+            genid: current.genid,
+            hash: seen.ruleset.hash(),
+            closing: seen.closing,
+        };
+        let tmp = path.with_extension("tmp");
+        let written =
+            std::fs::write(&tmp, record.line()).and_then(|()| std::fs::rename(&tmp, path));
+        if let Err(e) = written {
+            tracing::warn!(path = %path.display(), error = %e, "could not record the firewall's commit");
         }
     }
 
@@ -220,7 +354,15 @@ impl Firewall {
         // else committed in between, plan again from a fresh read.
         self.wrote = false;
         for attempt in 0.. {
-            let current = self.current()?;
+            let mut current = self.current_for(Some(desired))?;
+            if current
+                .seen
+                .as_ref()
+                .is_some_and(|s| s.handles.is_none() && s.ruleset != *desired)
+            {
+                // Known from a record, but rules must change: their handles are needed.
+                current.seen = self.read()?.map(Arc::new);
+            }
             let plan = plan(self.flags, self.nft.port(), desired, &current);
             match self.carry_out(desired, &current, plan) {
                 Err(e) if e.is_restart() && attempt < 3 => self.verified = None,
@@ -242,13 +384,10 @@ impl Firewall {
                 match self.send(&batch, desired) {
                     Ok(_) => {
                         tracing::info!(table = TABLE, "adopted the table left in force");
-                        let handles = current.seen.as_ref().map(|s| s.handles.clone());
-                        self.verified = Some(Current {
-                            genid: next_genid(current.genid),
-                            seen: Some(Arc::new(
-                                self.ours(desired.clone(), handles.unwrap_or_default()),
-                            )),
-                        });
+                        if let Some(seen) = &current.seen {
+                            let held = (seen.handles.clone(), seen.closing, seen.table.handle);
+                            self.now_holds(current.genid, desired, held.0, held.1, held.2);
+                        }
                         Ok(())
                     }
                     Err(e) if e.is_restart() => Err(e),
@@ -299,10 +438,8 @@ impl Firewall {
         if adopt.is_some() {
             tracing::info!(table = TABLE, "adopted the table left in force");
         }
-        self.verified = Some(Current {
-            genid: next_genid(current.genid),
-            seen: Some(Arc::new(self.ours(desired.clone(), handles))),
-        });
+        let table = current.seen.as_ref().map_or(0, |s| s.table.handle);
+        self.now_holds(current.genid, desired, Some(handles), None, table);
         Ok(())
     }
 
@@ -338,32 +475,50 @@ impl Firewall {
             echoed(&committed, CHAINS[0].name),
             echoed(&committed, CHAINS[1].name),
         ];
-        if handles[0].len() != desired.input.len() || handles[1].len() != desired.output.len() {
+        let table = committed.tables.iter().find(|(name, _)| name == TABLE);
+        let (Some((_, table)), true) = (
+            table,
+            handles[0].len() == desired.input.len() && handles[1].len() == desired.output.len(),
+        ) else {
             return Ok(());
-        }
-        // Committed at exactly `genid`, so the kernel's table is now `desired` at the next
-        // generation.
-        self.verified = Some(Current {
-            genid: next_genid(genid),
-            seen: Some(Arc::new(self.ours(desired.clone(), handles))),
-        });
+        };
+        let table = table.handle;
+        self.now_holds(genid, desired, Some(handles), None, table);
         Ok(())
     }
 
-    /// What the kernel holds right after our own commit of `ruleset`, its rules numbered
-    /// `handles`.
-    fn ours(&self, ruleset: Ruleset, handles: [Vec<u64>; 2]) -> Seen {
-        Seen {
-            table: super::nftables::Table {
-                flags: self.flags,
-                owner: (self.flags != 0).then_some(self.nft.port()),
-                // Not compared: a table of ours is known by its generation.
-                handle: 0,
+    /// Notes that our own commit, planned at exactly `genid`, made the table `desired` (its
+    /// rules numbered `handles` when known, else its closing counter `closing`), so it is
+    /// known at the next generation without a read; and records that for the next agent.
+    fn now_holds(
+        &mut self,
+        genid: u32,
+        desired: &Ruleset,
+        handles: Option<[Vec<u64>; 2]>,
+        closing: Option<u64>,
+        table: u64,
+    ) {
+        let table = super::nftables::Table {
+            flags: self.flags,
+            owner: (self.flags != 0).then_some(self.nft.port()),
+            handle: table,
+        };
+        let seen = match handles {
+            Some(h) => Seen::new(table, true, desired.clone(), h),
+            None => Seen {
+                table,
+                chains_ok: true,
+                ruleset: desired.clone(),
+                handles: None,
+                closing,
             },
-            chains_ok: true,
-            ruleset,
-            handles,
-        }
+        };
+        let current = Current {
+            genid: next_genid(genid),
+            seen: Some(Arc::new(seen)),
+        };
+        self.write_record(&current);
+        self.verified = Some(current);
     }
 
     /// The nftables generation and the table at it. The table is dumped and decoded unless
@@ -371,14 +526,25 @@ impl Firewall {
     /// generation, so an unchanged generation means an unchanged table. A new process
     /// always dumps.
     fn current(&mut self) -> Result<Current, Error> {
+        self.current_for(None)
+    }
+
+    /// [`Firewall::current`]; a handle that knows nothing yet first asks its [`Record`]
+    /// whether the table is `desired`, unchanged since the last agent committed it.
+    fn current_for(&mut self, desired: Option<&Ruleset>) -> Result<Current, Error> {
         let genid = self.genid()?;
-        match &self.verified {
-            Some(v) if v.genid == genid => Ok(v.clone()),
-            _ => Ok(Current {
-                genid,
-                seen: self.read()?.map(Arc::new),
-            }),
+        if let Some(v) = &self.verified {
+            if v.genid == genid {
+                return Ok(v.clone());
+            }
         }
+        if let Some(recalled) = desired.and_then(|d| self.recalled(genid, d)) {
+            return Ok(recalled);
+        }
+        Ok(Current {
+            genid,
+            seen: self.read()?.map(Arc::new),
+        })
     }
 
     /// `NFT_MSG_GETGEN`: the netns's nftables generation id.
@@ -407,7 +573,7 @@ impl Firewall {
     /// chain input after the baseline (and the WireGuard allow), `EgressRules` those of
     /// chain output; `RulesetHash` is [`Ruleset::hash`] of what the kernel holds.
     pub fn observe(&mut self, desired: Option<&Ruleset>) -> FirewallStatus {
-        let current = self.current();
+        let current = self.current_for(desired);
         if let Ok(c) = &current {
             self.verified = Some(c.clone());
         }
@@ -426,8 +592,8 @@ impl Firewall {
     /// drop) dropped: one rule read by its handle and chain output's rules, never the whole
     /// table. `None` for a counter that cannot be read.
     fn dropped(&mut self, seen: &Seen) -> (Option<PacketCount>, Option<PacketCount>) {
-        let input = match (seen.ruleset.input.last(), seen.handles[0].last()) {
-            (Some(Line::Dropped), Some(&handle)) => self
+        let input = match seen.closing {
+            Some(handle) => self
                 .nft
                 .rule(TABLE_REF, CHAINS[0].name, handle)
                 .ok()
@@ -557,12 +723,12 @@ impl Firewall {
                 handles[1].push(rule.handle);
             }
         }
-        Ok(Some(Seen {
+        Ok(Some(Seen::new(
             table,
-            chains_ok: decode::chains_as_contract(&chains),
-            ruleset: ruleset.canonical(),
+            decode::chains_as_contract(&chains),
+            ruleset.canonical(),
             handles,
-        }))
+        )))
     }
 }
 
@@ -599,11 +765,11 @@ pub fn plan(flags: u32, port: u32, desired: &Ruleset, current: &Current) -> Plan
         Some(owner) => owner == port,
         None => seen.table.flags == flags || (adopt && seen.table.flags & NFT_TABLE_F_PERSIST != 0),
     };
-    if seen.chains_ok && ours {
+    if let (true, true, Some(handles)) = (seen.chains_ok, ours, &seen.handles) {
         let want = desired.keys();
         let have = seen.ruleset.keys();
         let diffs: [ChainDiff; 2] = std::array::from_fn(|i| {
-            let held: Vec<Held> = seen.handles[i]
+            let held: Vec<Held> = handles[i]
                 .iter()
                 .zip(&have[i])
                 .map(|(&handle, &key)| Held {
