@@ -277,15 +277,19 @@ struct Steps {
     one_rule: Duration,
     warm_noop: Duration,
     cold_noop: Duration,
+    cold_dump: Duration,
 }
 
 /// At `rules` rules: a full apply over the other ruleset, a change of one rule, a no-op on
-/// the handle that wrote the table, and one on a new handle after the old one is gone.
-fn steps(rules: u32, runs: usize) -> Steps {
+/// the handle that wrote the table, and one on a new handle after the old one is gone (with
+/// the record of the last commit, as the agent keeps it, and without: a full read).
+fn steps(rules: u32, runs: usize, dir: &Path) -> Steps {
     let a = ruleset(&many_rules(rules, 1, None));
     let b = ruleset(&many_rules(rules, 2, None));
     let a1 = ruleset(&many_rules(rules, 1, Some(rules / 2)));
-    let mut fw = Firewall::open().unwrap();
+    let record = dir.join("firewall-record");
+    let open = || Firewall::open().unwrap().remember_in(record.clone());
+    let mut fw = open();
     fw.apply(&b).unwrap();
     let mut full = Vec::new();
     for i in 0..runs {
@@ -308,16 +312,26 @@ fn steps(rules: u32, runs: usize) -> Steps {
     let last = if runs % 2 == 1 { &a1 } else { &a };
     let mut warm_noop = Vec::new();
     let mut cold_noop = Vec::new();
+    let mut cold_dump = Vec::new();
     for _ in 0..runs {
         let t = Instant::now();
         assert!(!fw.apply(last).unwrap(), "the same ruleset writes nothing");
         warm_noop.push(t.elapsed());
         drop(fw);
-        // As a restarted agent: a new handle, the table left by the one that went away.
+        // As a restarted agent without its record: a new handle reads the table whole.
+        std::fs::remove_file(&record).unwrap();
         let t = Instant::now();
-        fw = Firewall::open().unwrap();
+        fw = open();
+        assert!(!fw.apply(last).unwrap(), "the same ruleset writes nothing");
+        cold_dump.push(t.elapsed());
+        assert_eq!(fw.full_reads(), 1);
+        drop(fw);
+        // As a restarted agent: a new handle, the record its predecessor left.
+        let t = Instant::now();
+        fw = open();
         assert!(!fw.apply(last).unwrap(), "the same ruleset writes nothing");
         cold_noop.push(t.elapsed());
+        assert_eq!(fw.full_reads(), 0, "known from the record");
     }
     assert!(fw.remove().unwrap());
     settle();
@@ -327,6 +341,7 @@ fn steps(rules: u32, runs: usize) -> Steps {
         one_rule: median(one_rule),
         warm_noop: median(warm_noop),
         cold_noop: median(cold_noop),
+        cold_dump: median(cold_dump),
     }
 }
 
@@ -373,7 +388,7 @@ fn main() {
                 case(name, &ruleset(&a), &ruleset(&b), *runs, &dir)
             })
             .collect();
-        (rows, steps(step_rules, step_runs))
+        (rows, steps(step_rules, step_runs, &dir))
     });
     let _ = std::fs::remove_dir_all(&dir);
 
@@ -419,9 +434,10 @@ fn main() {
         ("one-rule change", s.one_rule),
         ("warm no-op (the handle that wrote the table)", s.warm_noop),
         (
-            "cold no-op (a new handle, as a restarted agent)",
+            "cold no-op (a restarted agent, with its record)",
             s.cold_noop,
         ),
+        ("cold no-op without the record (a full read)", s.cold_dump),
     ] {
         println!(
             "  {what:<50} {:>11}  {:>6.3} of a full apply",
