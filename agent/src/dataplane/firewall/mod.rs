@@ -29,7 +29,7 @@ mod render;
 use std::collections::HashMap;
 use std::io;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use weft_schema::{FirewallStatus, Overall, PacketCount};
 
@@ -37,7 +37,7 @@ use super::netlink;
 use super::nftables::abi::*;
 use super::nftables::batch::Transaction;
 use super::nftables::expr::Expr;
-use super::nftables::keyed::{self, ChainDiff, Held};
+use super::nftables::keyed::{self, ChainDiff, Held, RuleKey};
 use super::nftables::{CommitError, Committed, Nft, TableRef};
 use super::rtnl::Rtnl;
 use super::subsystem::Subsystem;
@@ -122,6 +122,10 @@ pub struct Seen {
     handles: Option<[Vec<u64>; 2]>,
     /// The handle of chain input's closing counter, when it has one.
     closing: Option<u64>,
+    /// `ruleset`'s keys, computed once.
+    keys: OnceLock<[Vec<RuleKey>; 2]>,
+    /// `ruleset`'s hash, computed once.
+    hash: OnceLock<String>,
 }
 
 impl Seen {
@@ -129,20 +133,52 @@ impl Seen {
         table: super::nftables::Table,
         chains_ok: bool,
         ruleset: Ruleset,
-        handles: [Vec<u64>; 2],
+        handles: Option<[Vec<u64>; 2]>,
+        closing: Option<u64>,
     ) -> Seen {
-        let closing = match ruleset.input.last() {
-            Some(Line::Dropped) => handles[0].last().copied(),
-            _ => None,
+        let closing = match (ruleset.input.last(), &handles) {
+            (Some(Line::Dropped), Some(h)) => h[0].last().copied(),
+            _ => closing,
         };
         Seen {
             table,
             chains_ok,
             ruleset,
-            handles: Some(handles),
+            handles,
             closing,
+            keys: OnceLock::new(),
+            hash: OnceLock::new(),
         }
     }
+
+    /// Its ruleset's keys, when they are already known.
+    fn with_keys(self, keys: [Vec<RuleKey>; 2]) -> Seen {
+        let _ = self.keys.set(keys);
+        self
+    }
+
+    fn keys(&self) -> &[Vec<RuleKey>; 2] {
+        self.keys.get_or_init(|| self.ruleset.keys())
+    }
+
+    fn hash(&self) -> &str {
+        self.hash.get_or_init(|| self.ruleset.hash())
+    }
+}
+
+/// One digest of a ruleset's keys (chain input's, then chain output's, each chain's count
+/// first): equal for equal rulesets, and much cheaper than [`Ruleset::hash`], which prints
+/// the table.
+fn keys_digest(keys: &[Vec<RuleKey>; 2]) -> String {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    for chain in keys {
+        h.update((chain.len() as u64).to_be_bytes());
+        for k in chain {
+            h.update(k.0);
+        }
+    }
+    hex::encode(h.finalize())
 }
 
 /// A read: the nftables generation, and the table as it was at that generation (`None`:
@@ -169,6 +205,8 @@ pub enum Plan {
     /// the same transaction.
     Change {
         diffs: Box<[ChainDiff; 2]>,
+        /// The desired rules' keys (chain input, chain output).
+        keys: Box<[Vec<RuleKey>; 2]>,
         adopt: bool,
     },
 }
@@ -201,8 +239,8 @@ pub struct Firewall {
 /// Every commit in a network namespace, by anyone, moves its nftables generation; table
 /// handles are never reused while the system runs (the boot id says which run). So when the
 /// table has the recorded handle and the namespace the recorded generation, nothing was
-/// committed since this agent's own commit: the table is what it wrote, whose
-/// [`Ruleset::hash`] is recorded. Any other case (another boot, another table, any commit
+/// committed since this agent's own commit: the table is what it wrote, whose rules' keys
+/// are recorded (as one digest). Any other case (another boot, another table, any commit
 /// since, a record missing or unreadable) is a full read, as before.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Record {
@@ -283,18 +321,17 @@ impl Firewall {
             return None;
         }
         let table = self.nft.table(TABLE_REF).ok()??;
-        if table.handle != record.table || record.hash != desired.hash() {
+        if table.handle != record.table {
             return None;
         }
+        let keys = desired.keys();
+        if record.hash != keys_digest(&keys) {
+            return None;
+        }
+        let seen = Seen::new(table, true, desired.clone(), None, record.closing);
         Some(Current {
             genid,
-            seen: Some(Arc::new(Seen {
-                table,
-                chains_ok: true,
-                ruleset: desired.clone(),
-                handles: None,
-                closing: record.closing,
-            })),
+            seen: Some(Arc::new(seen.with_keys(keys))),
         })
     }
 
@@ -309,14 +346,18 @@ impl Firewall {
             boot,
             table: seen.table.handle,
             genid: current.genid,
-            hash: seen.ruleset.hash(),
+            hash: keys_digest(seen.keys()),
             closing: seen.closing,
         };
         let tmp = path.with_extension("tmp");
         let written =
             std::fs::write(&tmp, record.line()).and_then(|()| std::fs::rename(&tmp, path));
         if let Err(e) = written {
-            tracing::warn!(path = %path.display(), error = %e, "could not record the firewall's commit");
+            tracing::warn!(
+                path = %path.display(),
+                error = %e,
+                "could not record the firewall's commit"
+            );
         }
     }
 
@@ -386,7 +427,8 @@ impl Firewall {
                         tracing::info!(table = TABLE, "adopted the table left in force");
                         if let Some(seen) = &current.seen {
                             let held = (seen.handles.clone(), seen.closing, seen.table.handle);
-                            self.now_holds(current.genid, desired, held.0, held.1, held.2);
+                            let keys = seen.keys().clone();
+                            self.now_holds(current.genid, desired, held, keys);
                         }
                         Ok(())
                     }
@@ -401,7 +443,9 @@ impl Firewall {
                 }
             }
             Plan::Replace { present } => self.replace(desired, current.genid, present),
-            Plan::Change { diffs, adopt } => self.change(desired, current, &diffs, adopt),
+            Plan::Change { diffs, keys, adopt } => {
+                self.change(desired, current, &diffs, *keys, adopt)
+            }
         }
     }
 
@@ -412,6 +456,7 @@ impl Firewall {
         desired: &Ruleset,
         current: &Current,
         diffs: &[ChainDiff; 2],
+        keys: [Vec<RuleKey>; 2],
         adopt: bool,
     ) -> Result<(), Error> {
         self.verified = None;
@@ -425,7 +470,6 @@ impl Firewall {
         );
         let committed = self.send(&batch, desired)?;
         self.wrote = true;
-        let keys = desired.keys();
         let mut handles: [Vec<u64>; 2] = Default::default();
         for (i, chain) in CHAINS.iter().enumerate() {
             let added = echoed(&committed, chain.name);
@@ -439,7 +483,7 @@ impl Firewall {
             tracing::info!(table = TABLE, "adopted the table left in force");
         }
         let table = current.seen.as_ref().map_or(0, |s| s.table.handle);
-        self.now_holds(current.genid, desired, Some(handles), None, table);
+        self.now_holds(current.genid, desired, (Some(handles), None, table), keys);
         Ok(())
     }
 
@@ -483,36 +527,28 @@ impl Firewall {
             return Ok(());
         };
         let table = table.handle;
-        self.now_holds(genid, desired, Some(handles), None, table);
+        self.now_holds(genid, desired, (Some(handles), None, table), desired.keys());
         Ok(())
     }
 
-    /// Notes that our own commit, planned at exactly `genid`, made the table `desired` (its
-    /// rules numbered `handles` when known, else its closing counter `closing`), so it is
-    /// known at the next generation without a read; and records that for the next agent.
+    /// Notes that our own commit, planned at exactly `genid`, made table `held.2` hold
+    /// `desired` (whose keys are `keys`; its rules numbered `held.0` when known, else its
+    /// closing counter `held.1`), so it is known at the next generation without a read; and
+    /// records that for the next agent.
     fn now_holds(
         &mut self,
         genid: u32,
         desired: &Ruleset,
-        handles: Option<[Vec<u64>; 2]>,
-        closing: Option<u64>,
-        table: u64,
+        held: (Option<[Vec<u64>; 2]>, Option<u64>, u64),
+        keys: [Vec<RuleKey>; 2],
     ) {
+        let (handles, closing, table) = held;
         let table = super::nftables::Table {
             flags: self.flags,
             owner: (self.flags != 0).then_some(self.nft.port()),
             handle: table,
         };
-        let seen = match handles {
-            Some(h) => Seen::new(table, true, desired.clone(), h),
-            None => Seen {
-                table,
-                chains_ok: true,
-                ruleset: desired.clone(),
-                handles: None,
-                closing,
-            },
-        };
+        let seen = Seen::new(table, true, desired.clone(), handles, closing).with_keys(keys);
         let current = Current {
             genid: next_genid(genid),
             seen: Some(Arc::new(seen)),
@@ -643,7 +679,7 @@ impl Firewall {
                 status.table_present = true;
                 status.ingress_rules = seen.ruleset.ingress_rules();
                 status.egress_rules = seen.ruleset.egress_rules();
-                status.ruleset_hash = seen.ruleset.hash();
+                status.ruleset_hash = seen.hash().to_owned();
                 if !seen.chains_ok {
                     Some("table inet weft-fw does not have the contract's two chains".to_owned())
                 } else if desired.is_some_and(|d| *d != seen.ruleset) {
@@ -727,7 +763,8 @@ impl Firewall {
             table,
             decode::chains_as_contract(&chains),
             ruleset.canonical(),
-            handles,
+            Some(handles),
+            None,
         )))
     }
 }
@@ -767,7 +804,7 @@ pub fn plan(flags: u32, port: u32, desired: &Ruleset, current: &Current) -> Plan
     };
     if let (true, true, Some(handles)) = (seen.chains_ok, ours, &seen.handles) {
         let want = desired.keys();
-        let have = seen.ruleset.keys();
+        let have = seen.keys();
         let diffs: [ChainDiff; 2] = std::array::from_fn(|i| {
             let held: Vec<Held> = handles[i]
                 .iter()
@@ -783,6 +820,7 @@ pub fn plan(flags: u32, port: u32, desired: &Ruleset, current: &Current) -> Plan
         if size <= desired.input.len() + desired.output.len() {
             return Plan::Change {
                 diffs: Box::new(diffs),
+                keys: Box::new(want),
                 adopt,
             };
         }

@@ -149,8 +149,49 @@ impl ChainDiff {
 
 /// The deletes and adds that turn `held` into `desired`, keeping the longest run of rules
 /// that are right and in the right order. Rules with equal keys are matched in order.
-/// O(n log n) in the number of rules.
+/// O(n log n) in the number of rules that differ: the rules that are already right at the
+/// start and at the end of the chain (all but a few, for a small change) are kept as they
+/// are before the rest is matched.
 pub fn diff(desired: &[RuleKey], held: &[Held]) -> ChainDiff {
+    let same = |d: &RuleKey, h: &Held| h.key == Some(*d);
+    let pre = desired
+        .iter()
+        .zip(held)
+        .take_while(|(d, h)| same(d, h))
+        .count();
+    let suf = desired[pre..]
+        .iter()
+        .rev()
+        .zip(held[pre..].iter().rev())
+        .take_while(|(d, h)| same(d, h))
+        .count();
+    let (d_end, h_end) = (desired.len() - suf, held.len() - suf);
+    let middle = diff_all(&desired[pre..d_end], &held[pre..h_end]);
+    let after = held.get(h_end).map(|h| h.handle);
+    let mut kept: Vec<Option<u64>> = Vec::with_capacity(desired.len());
+    kept.extend(held[..pre].iter().map(|h| Some(h.handle)));
+    kept.extend(middle.kept);
+    kept.extend(held[h_end..].iter().map(|h| Some(h.handle)));
+    let add = middle
+        .add
+        .into_iter()
+        .map(|a| Add {
+            index: a.index + pre,
+            at: match (a.at, after) {
+                (Position::Append, Some(handle)) => Position::Before(handle),
+                (at, _) => at,
+            },
+        })
+        .collect();
+    ChainDiff {
+        delete: middle.delete,
+        add,
+        kept,
+    }
+}
+
+/// [`diff`] without the trimming: every rule matched by key.
+fn diff_all(desired: &[RuleKey], held: &[Held]) -> ChainDiff {
     // Each desired rule takes the first unmatched held rule with its key.
     let mut by_key: HashMap<RuleKey, VecDeque<usize>> = HashMap::with_capacity(held.len());
     for (i, h) in held.iter().enumerate() {
