@@ -10,6 +10,8 @@
 //! - [`config`]: the command line, parsed once into typed settings.
 //! - [`intake`]: NATS subscriptions; decode, validate, hand over, reply.
 //! - [`reconciler`]: the one actor owning every kernel socket; generations, apply, read back.
+//! - [`role`]: what a pod agent and a host agent bring to the shared parts: spec, status,
+//!   kernel half.
 //! - [`dataplane`]: the kernel subsystems, each read -> pure plan -> send -> status, over one
 //!   netlink layer.
 //! - [`state`]: the state directory (last applied spec, WireGuard key).
@@ -24,5 +26,6 @@ pub mod http;
 pub mod intake;
 pub mod metrics;
 pub mod reconciler;
+pub mod role;
 pub mod run;
 pub mod state;

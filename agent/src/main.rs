@@ -7,6 +7,7 @@ use tokio::signal::unix::{signal, SignalKind};
 use tracing_subscriber::EnvFilter;
 use weft_agent::config::{self, Command, Exit, LogFormat};
 use weft_agent::dataplane::error_line;
+use weft_agent::role::{Host, Plane, Pod, Role};
 use weft_schema::Overall;
 
 /// jemalloc instead of glibc's malloc: a spec is a million short strings at worst (16 MiB of
@@ -34,6 +35,7 @@ fn main() -> ExitCode {
     init_logging(cli.log.log_format);
 
     match cli.command {
+        Some(Command::Host(args)) => host(&args),
         Some(Command::Apply(args)) => match weft_agent::run::apply_once(&args) {
             Ok(status) => {
                 println!(
@@ -55,20 +57,41 @@ fn main() -> ExitCode {
     }
 }
 
-/// The daemon: files checked (exit 64), then the connection and the agent until a signal.
+/// The pod daemon: files checked (exit 64), then the connection and the agent until a
+/// signal.
 fn daemon(args: &config::DaemonArgs) -> ExitCode {
-    let (config, nats) = match config::load(args) {
-        Ok(loaded) => loaded,
+    match config::load(args) {
+        Ok((config, nats)) => serve::<Pod>(config, nats, "this pod's firewall"),
         Err(Exit::Usage(line)) | Err(Exit::Info(line)) => {
             eprintln!("{line}");
-            return ExitCode::from(EX_USAGE);
+            ExitCode::from(EX_USAGE)
         }
-    };
+    }
+}
+
+/// `weft-agent host`: files checked (exit 64), then the host agent until a signal.
+fn host(args: &config::HostArgs) -> ExitCode {
+    match config::load_host(args) {
+        Ok((config, nats)) => serve::<Host>(config, nats, "this host's sandboxes"),
+        Err(Exit::Usage(line)) | Err(Exit::Info(line)) => {
+            eprintln!("{line}");
+            ExitCode::from(EX_USAGE)
+        }
+    }
+}
+
+/// Runs the agent of role `R` until a signal; `controls` says what an unsigned spec
+/// controls, for the warning.
+fn serve<R: Role>(
+    config: config::Config<<R::Plane as Plane>::Settings>,
+    nats: weft_emitter::bus::NatsConfig,
+    controls: &str,
+) -> ExitCode {
     if config.trust.is_none() {
         tracing::warn!(
             subject = %config.subjects.spec(),
             "no --trust-keys: specs are not signed, and anyone who may publish on the spec \
-             subject controls this pod's firewall"
+             subject controls {controls}"
         );
     }
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -76,13 +99,12 @@ fn daemon(args: &config::DaemonArgs) -> ExitCode {
         .enable_all()
         .build()
         .expect("tokio runtime");
-    let pod = config.subjects.pod().clone();
     let result = runtime.block_on(async {
         let bus = nats
-            .connect(weft_agent::run::connect_options(&pod))
+            .connect(weft_agent::run::connect_options(&config.subjects))
             .await
             .map_err(|e| anyhow::anyhow!("NATS: {}", error_line(&e)))?;
-        weft_agent::run::run(config, bus, terminated()).await
+        weft_agent::run::run::<R>(config, bus, terminated()).await
     });
     // A decode in progress on a blocking thread must not hold the exit up.
     runtime.shutdown_timeout(std::time::Duration::from_secs(1));

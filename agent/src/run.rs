@@ -10,13 +10,14 @@ use bytes::Bytes;
 use tracing::{info, info_span, Instrument};
 use weft_emitter::bus::{stamp, Clock, Connection, SystemClock};
 use weft_emitter::{mirror_to_kv, status_get, Emitter, Mirrored, NatsSink};
-use weft_schema::{PodId, PodStatus};
+use weft_schema::{PodId, PodSpec, PodStatus, Role as Kind, Subjects};
 
-use crate::config::{ApplyArgs, Config, KernelArgs, WireGuardMode};
-use crate::dataplane::{self, wireguard, Dataplane};
+use crate::config::{pod_settings, ApplyArgs, Config, FirewallAtStart};
+use crate::dataplane::Dataplane;
 use crate::intake::{self, read_spec, Intake, Read, SpecMessage};
 use crate::metrics;
 use crate::reconciler::{Handle, Reconciler, Replier, Start, Submission};
+use crate::role::{Plane, Pod, Role};
 use crate::state::StateDir;
 
 /// How long shutdown waits for the last status and replies to leave.
@@ -31,24 +32,25 @@ const FLUSH_TIMEOUT: Duration = Duration::from_millis(500);
 /// the newest included: a control plane that needs each spec to arrive sends requests.
 pub const SUBSCRIPTION_CAPACITY: usize = 1024;
 
-fn settings(kernel: &KernelArgs) -> dataplane::Settings {
-    dataplane::Settings {
-        state_dir: kernel.state_dir.clone(),
-        resolv_conf: kernel.resolv_conf.clone(),
-        wireguard: match kernel.wireguard {
-            WireGuardMode::Auto => wireguard::Mode::Auto,
-            WireGuardMode::Kernel => wireguard::Mode::Kernel,
-            WireGuardMode::Userspace => wireguard::Mode::Userspace,
-        },
+/// The inbox prefix of an agent: `_INBOX_<pod>` for a pod, `_INBOX-host-<host>` for a host
+/// (no pod's prefix starts so, and ids have no `.`, so a server can let each agent read its
+/// own inboxes only).
+pub fn inbox_prefix(subjects: &Subjects) -> String {
+    match subjects.role() {
+        Kind::Pod => format!("_INBOX_{}", subjects.pod()),
+        Kind::Host => format!("_INBOX-host-{}", subjects.pod()),
     }
 }
 
 /// The agent's own connection options, added to the NATS flags': retried for ever from the
 /// start (the agent does not need NATS to start), a dead link noticed within 15 s, small
 /// subscription queues.
-pub fn connect_options(pod: &PodId) -> impl FnOnce(ConnectOptions) -> ConnectOptions {
-    let name = format!("weft-agent {pod}");
-    let pod = pod.clone();
+pub fn connect_options(subjects: &Subjects) -> impl FnOnce(ConnectOptions) -> ConnectOptions {
+    let name = match subjects.role() {
+        Kind::Pod => format!("weft-agent {}", subjects.pod()),
+        Kind::Host => format!("weft-agent host {}", subjects.pod()),
+    };
+    let inbox = inbox_prefix(subjects);
     move |options| {
         options
             .name(name)
@@ -60,7 +62,7 @@ pub fn connect_options(pod: &PodId) -> impl FnOnce(ConnectOptions) -> ConnectOpt
             .subscription_capacity(SUBSCRIPTION_CAPACITY)
             // Its own inboxes, so a server can let each pod read its inboxes only
             // (agent/deploy/nats-server.conf).
-            .custom_inbox_prefix(format!("_INBOX_{pod}"))
+            .custom_inbox_prefix(inbox)
     }
 }
 
@@ -71,8 +73,8 @@ pub fn connect_options(pod: &PodId) -> impl FnOnce(ConnectOptions) -> ConnectOpt
 ///
 /// Returns an error when a part of the agent stops by itself (the reconciler thread
 /// panicked, a task ended): the process should exit non-zero, and a supervisor restart it.
-pub async fn run(
-    config: Config,
+pub async fn run<R: Role>(
+    config: Config<<R::Plane as Plane>::Settings>,
     bus: Connection,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
@@ -88,13 +90,12 @@ pub async fn run(
     };
     let subjects = config.subjects.clone();
     let pod = subjects.pod().clone();
-    let (reconciler, thread) = Handle::spawn(
+    let (reconciler, thread) = Handle::<R>::spawn(
         pod.clone(),
-        settings(&config.kernel),
+        config.settings.clone(),
         Start {
             resync_every: config.resync_interval,
             trust: config.trust.clone(),
-            firewall_at_start: config.firewall_at_start,
         },
     )?;
     let reconciler_thread = tokio::task::spawn_blocking(move || thread.join());
@@ -111,7 +112,7 @@ pub async fn run(
             mirror_to_kv(
                 async_nats::jetstream::new(client.clone()),
                 subjects.status_bucket(),
-                pod.to_string(),
+                subjects.key(),
                 latest,
                 mirror_problem.clone(),
             )
@@ -262,14 +263,14 @@ pub fn apply_once(args: &ApplyArgs) -> Result<PodStatus, ApplyOnceError> {
         .map_err(|e| ApplyOnceError::Decode(args.spec.clone(), e))?;
     let pod = PodId::parse(&wire.pod_id).map_err(ApplyOnceError::PodId)?;
     drop(wire);
-    let spec = match read_spec(&pod, None, &kept) {
+    let spec = match read_spec::<PodSpec>(&pod, None, &kept) {
         Read::Valid { spec, .. } => *spec,
         Read::Rejected { error, .. } => return Err(ApplyOnceError::Invalid(error)),
     };
-    let settings = settings(&args.kernel);
+    let settings = pod_settings(&args.kernel, FirewallAtStart::Kept);
     let state = StateDir::open(&settings.state_dir).map_err(anyhow::Error::from)?;
     let dataplane = Dataplane::open(&settings).map_err(anyhow::Error::from)?;
-    let mut rec = Reconciler::new(pod, dataplane, state);
+    let mut rec = Reconciler::<Pod>::new(pod, dataplane, state);
     rec.inherit_kept();
     rec.handle(Submission {
         spec,

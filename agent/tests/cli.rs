@@ -53,6 +53,43 @@ fn bad_flags_exit_64_with_one_line_naming_them() {
 }
 
 #[test]
+fn bad_host_flags_exit_64_with_one_line_naming_them() {
+    let base = [
+        "host",
+        "--nats-url",
+        "nats://192.0.2.1:4222",
+        "--host-id",
+        "host-a",
+    ];
+    type Case<'a> = (&'a [&'a str], &'a [(&'a str, &'a str)], &'a str);
+    let cases: &[Case] = &[
+        (&["--host-range", "10.11.0.0/20"], &[], "--host-range"),
+        (&["--veth-range", "10.12.0.0/18"], &[], "--veth-range"),
+        (&[], &[("WEFT_HOST_RANGE", "10.11.0.0/24")], "--host-range"),
+        (&["--netns-prefix", "../x"], &[], "--netns-prefix"),
+        (&["--veth-range", "10.11.0.0/16"], &[], "--veth-range"),
+        (&["--status-interval", "soon"], &[], "--status-interval"),
+        (&["--wireguard", "kernel"], &[], "--wireguard"),
+    ];
+    for (extra, env, names) in cases {
+        let mut args = base.to_vec();
+        args.extend_from_slice(extra);
+        let (code, _, err) = agent(&args, env);
+        assert_eq!(code, 64, "{args:?}: {err}");
+        assert_eq!(err.lines().count(), 1, "{args:?}: {err:?}");
+        assert!(err.contains(names), "{args:?}: {err:?}");
+    }
+    let (code, _, err) = agent(&["host", "--nats-url", "nats://192.0.2.1:4222"], &[]);
+    assert_eq!((code, err.contains("--host-id")), (64, true), "{err}");
+    let (code, out, _) = agent(&["host", "--help"], &[]);
+    assert_eq!(code, 0);
+    assert!(
+        out.contains("--host-range") && out.contains("--trust-keys"),
+        "{out}"
+    );
+}
+
+#[test]
 fn help_and_version_exit_0() {
     let (code, out, _) = agent(&["--help"], &[]);
     assert_eq!(code, 0);

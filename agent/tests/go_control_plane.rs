@@ -134,7 +134,7 @@ fn a_go_spec_with_nil_slices_and_unset_pointers_means_what_leaving_them_out_mean
         .expect("inet weft-fw");
     let accept = json!({ "accept": null });
     let counter = json!({ "counter": null });
-    // After the baseline's three rules.
+    // After the baseline's three rules: established, neighbour discovery, lo.
     assert_eq!(
         rules(&table, "input")[3..],
         [

@@ -676,6 +676,7 @@ fn dataplane_in(ns: &Netns, dir: &Scratch) -> NsThread<Dataplane> {
         state_dir: dir.0.join("state"),
         resolv_conf: dir.0.join("resolv.conf"),
         wireguard: weft_agent::dataplane::wireguard::Mode::Userspace,
+        firewall_at_start: weft_agent::config::FirewallAtStart::Kept,
     };
     std::fs::create_dir_all(&settings.state_dir).unwrap();
     NsThread::spawn(ns, move || Dataplane::open(&settings).unwrap())

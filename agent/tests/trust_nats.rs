@@ -205,11 +205,13 @@ fn the_shipped_configuration_serves_nkeys_over_tls_and_mutual_tls() {
     let shipped = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("deploy/nats-server.conf");
     let (web1, web1_pub) = w.nkey("web-1");
     let (web2, web2_pub) = w.nkey("web-2");
+    let (_, host_pub) = w.nkey("host-a");
     let (control, control_pub) = w.nkey("control");
     let (dashboard, dashboard_pub) = w.nkey("dashboard");
     let env: Vec<(String, String)> = [
         ("WEFT_NKEY_WEB_1", web1_pub.clone()),
         ("WEFT_NKEY_WEB_2", web2_pub),
+        ("WEFT_NKEY_HOST_A", host_pub),
         ("WEFT_NKEY_CONTROL", control_pub),
         ("WEFT_NKEY_DASHBOARD", dashboard_pub),
         (

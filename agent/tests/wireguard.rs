@@ -849,6 +849,7 @@ fn allowed_ips_get_routes_and_default_route_takes_the_pods_traffic_through_the_t
         state_dir: dir.clone(),
         resolv_conf: dir.join("resolv.conf"),
         wireguard: Mode::Userspace,
+        firewall_at_start: weft_agent::config::FirewallAtStart::Kept,
     };
     let pod_a = NsThread::spawn(&t.a, move || Dataplane::open(&settings).unwrap());
     let apply_a = |spec: &weft_schema::validate::ValidSpec| {

@@ -1,4 +1,5 @@
-//! The status emitter: turns the newest observed [`PodStatus`] into published snapshots.
+//! The status emitter: turns the newest observed status (a pod's [`PodStatus`], a host's
+//! [`weft_schema::HostStatus`]: any [`fit::Status`]) into published snapshots.
 //!
 //! It publishes at once when the observed status changes (an apply, a drift repair, a
 //! reconnect), and otherwise every `interval`, so a dashboard never waits longer than one
@@ -24,9 +25,12 @@ use async_nats::HeaderMap;
 use tokio::sync::watch;
 use tracing::{debug, warn};
 use weft_schema::text::ErrorLine;
-use weft_schema::{Encoding, Overall, PodStatus};
+use weft_schema::Encoding;
+#[cfg(doc)]
+use weft_schema::PodStatus;
 
 use bus::{headers, open_bucket, stamp, Clock, Link};
+pub use fit::Status;
 
 /// Somewhere snapshots go: a NATS subject in production, a buffer in timing tests.
 pub trait Sink: Send + Sync + 'static {
@@ -219,9 +223,9 @@ impl<S: Sink, C: Clock> Emitter<S, C> {
     /// Runs until `shutdown` completes. `status` carries the newest observed status; a
     /// (re)connection of `link` publishes a snapshot at once without a change, carrying the
     /// refusals the connection met before, if any.
-    pub async fn run(
+    pub async fn run<T: Status>(
         self,
-        mut status: watch::Receiver<PodStatus>,
+        mut status: watch::Receiver<T>,
         link: Link,
         shutdown: impl Future<Output = ()>,
     ) {
@@ -237,16 +241,11 @@ impl<S: Sink, C: Clock> Emitter<S, C> {
                 link.take_report(),
             ];
             for line in past.into_iter().flatten() {
-                snapshot.overall = Overall::Degraded;
-                snapshot.last_error = if snapshot.last_error.is_empty() {
-                    line
-                } else {
-                    format!("{}; {line}", snapshot.last_error)
-                };
+                snapshot.degrade(&line);
             }
             stamp(&mut snapshot, self.clock.now_unix_ms());
-            let generation = snapshot.observed_generation;
-            let overall = snapshot.overall;
+            let generation = snapshot.observed_generation();
+            let overall = snapshot.overall();
             let body = fit::encode_status(snapshot, self.encoding, self.sink.max_payload());
             match self.sink.publish(headers(self.encoding), body.into()).await {
                 Ok(()) => {
@@ -285,6 +284,7 @@ mod tests {
     use crate::bus::SystemClock;
     use std::sync::{Arc, Mutex};
     use weft_schema::codec::{HEADER_CONTENT_TYPE, HEADER_SCHEMA};
+    use weft_schema::{Overall, PodStatus};
 
     /// A sink that records what it was given, with tokio's (paused) time of each publish.
     #[derive(Clone, Default)]

@@ -14,21 +14,20 @@ use futures::StreamExt;
 use tokio::sync::watch;
 use tracing::{debug, warn};
 use weft_schema::codec::HEADER_CONTENT_TYPE;
-use weft_schema::PodStatus;
 
 use crate::bus::{header, headers, reply_allowed, reply_encoding, stamp, Clock};
-use crate::fit;
+use crate::fit::{self, Status};
 use crate::rate::{LogGate, Window};
 
 /// The most `status.get` requests answered in any one-second window.
 pub const PER_SECOND: usize = 100;
 
 /// Serves `subject` until the subscription ends.
-pub async fn serve<C: Clock>(
+pub async fn serve<C: Clock, S: Status>(
     client: Client,
     subject: String,
     prefix: String,
-    status: watch::Receiver<PodStatus>,
+    status: watch::Receiver<S>,
     clock: C,
 ) -> Result<(), async_nats::SubscribeError> {
     let mut requests = client.subscribe(subject).await?;

@@ -12,6 +12,10 @@
 //! bounds on everything foreign the agent echoes (a quoted value: 64 bytes, escaped;
 //! `LastError`: 1 KiB).
 //!
+//! The host role (CONTRACT.md v1.1 "Host role") speaks the same way over
+//! `<prefix>.host.<host>.*`: a [`HostSpec`] in, a [`HostStatus`] out, [`ValidHostSpec`] its
+//! validation ([`host`]). [`role`] holds what intake needs of either role's spec.
+//!
 //! Wire types keep the strings the control plane writes (`"10.0.0.0/8"`, `"8000-8080"`);
 //! nothing downstream of validation ever parses one again.
 //!
@@ -51,10 +55,25 @@
 //! - A JSON body is parsed once, straight into the typed value, with every quoted value of a
 //!   decoding error (a field name as the body spelled it) bounded like [`text::quote`]; an
 //!   empty array in place of a `PodSpec` is refused as positional, not as a short sequence.
+//!
+//! For the host role:
+//! - `Slot`, `HostPort` and `SandboxPort` are unsigned 32-bit numbers on the wire, so 16384
+//!   or 70000 decodes and validation names the field and the bound; `Guest` and a port
+//!   forward's `Protocol` are strings checked by validation, like a rule's `Protocol`. A port
+//!   forward's `Protocol` is required (there is no `any` to default to).
+//! - Sandboxes are compared in slot order and a sandbox's forwards in protocol and host port
+//!   order: a spec that only reorders them re-asserts the same state.
+//! - `HostStatus.Sandboxes` lists the applied spec's slots in slot order, each as the kernel
+//!   holds it; `GuestMac` is `null` for a `veth` guest (its `eth0` belongs to the guest).
+//!   `Uplink` is `null` before a spec and while none can be resolved.
+//! - With `--spec-source kv` and `--status-kv` a host's key in the two buckets is
+//!   `host.<host>` (a pod's is `<pod>`): ids have no `.`, so the two never meet.
 
 pub mod codec;
+pub mod host;
 mod json_objects;
 pub mod key;
+pub mod role;
 pub mod sign;
 pub mod spec;
 pub mod status;
@@ -63,7 +82,12 @@ pub mod text;
 pub mod validate;
 
 pub use codec::{DecodeError, Encoding};
+pub use host::{
+    Guest, HostId, HostSpec, HostStatus, PortForward, PortForwardSpec, SandboxSpec, SandboxStatus,
+    ValidHostSpec,
+};
 pub use key::{PublicKey, Secret, SecretKey};
+pub use role::{Applicable, Role, WireSpec};
 pub use spec::{
     EgressRule, FirewallSpec, IngressRule, NetworkSpec, PeerSpec, PodSpec, WireGuardSpec,
 };

@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use crate::key::{Secret, KEY_PATTERN};
 use crate::validate::limits;
 
-mod null;
+pub(crate) mod null;
 
 // Patterns for the JSON Schema (`weft.schema.json`). Validation is the full rule; these
 // never refuse what it accepts (interface names: it counts bytes, and refuses `.`/`..`).

@@ -2,6 +2,7 @@
 
 use std::fmt;
 
+use crate::role::Role;
 use crate::text::quote;
 
 /// A pod id: 1 to 63 characters of `[A-Za-z0-9_-]`, so it is always one subject token.
@@ -65,25 +66,42 @@ pub fn check_prefix(prefix: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// The subjects and buckets of one pod.
+/// The subjects and buckets of one agent: a pod's, or a host's.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Subjects {
     prefix: String,
+    role: Role,
     pod: PodId,
 }
 
 impl Subjects {
-    /// `prefix` must pass [`check_prefix`].
+    /// A pod's subjects. `prefix` must pass [`check_prefix`].
     pub fn new(prefix: &str, pod: PodId) -> Self {
+        Self::of(Role::Pod, prefix, pod)
+    }
+
+    /// A host's subjects (`<prefix>.host.<host>.*`). `prefix` must pass [`check_prefix`].
+    pub fn host(prefix: &str, host: PodId) -> Self {
+        Self::of(Role::Host, prefix, host)
+    }
+
+    /// The subjects of agent `id` in `role`.
+    pub fn of(role: Role, prefix: &str, id: PodId) -> Self {
         debug_assert!(check_prefix(prefix).is_ok());
         Subjects {
             prefix: prefix.to_owned(),
-            pod,
+            role,
+            pod: id,
         }
     }
 
+    /// The agent's id (a pod id, or a host id).
     pub fn pod(&self) -> &PodId {
         &self.pod
+    }
+
+    pub fn role(&self) -> Role {
+        self.role
     }
 
     /// The subject prefix (`weft`).
@@ -91,29 +109,43 @@ impl Subjects {
         &self.prefix
     }
 
-    /// `<prefix>.pod.<pod>.spec`: control plane -> agent.
+    /// `<prefix>.pod.<pod>.spec` (`<prefix>.host.<host>.spec`): control plane -> agent.
     pub fn spec(&self) -> String {
-        format!("{}.pod.{}.spec", self.prefix, self.pod)
+        format!("{}.{}.{}.spec", self.prefix, self.role.as_str(), self.pod)
     }
 
     /// `<prefix>.pod.<pod>.status`: agent -> dashboards.
     pub fn status(&self) -> String {
-        format!("{}.pod.{}.status", self.prefix, self.pod)
+        format!("{}.{}.{}.status", self.prefix, self.role.as_str(), self.pod)
     }
 
     /// `<prefix>.pod.<pod>.status.get`: request -> agent.
     pub fn status_get(&self) -> String {
-        format!("{}.pod.{}.status.get", self.prefix, self.pod)
+        format!(
+            "{}.{}.{}.status.get",
+            self.prefix,
+            self.role.as_str(),
+            self.pod
+        )
     }
 
-    /// JetStream key-value bucket of specs (`--spec-source kv`); the key is the pod id.
+    /// JetStream key-value bucket of specs (`--spec-source kv`); the key is [`Self::key`].
     pub fn spec_bucket(&self) -> String {
         format!("{}-specs", self.prefix.replace('.', "-"))
     }
 
-    /// JetStream key-value bucket of statuses (`--status-kv`); the key is the pod id.
+    /// JetStream key-value bucket of statuses (`--status-kv`); the key is [`Self::key`].
     pub fn status_bucket(&self) -> String {
         format!("{}-status", self.prefix.replace('.', "-"))
+    }
+
+    /// The agent's key in both buckets: a pod's id, or `host.<host>` (ids have no `.`, so a
+    /// host never shares a key with a pod, and a watch of `*` sees pods only).
+    pub fn key(&self) -> String {
+        match self.role {
+            Role::Pod => self.pod.to_string(),
+            Role::Host => format!("host.{}", self.pod),
+        }
     }
 }
 
@@ -129,6 +161,13 @@ mod tests {
         assert_eq!(s.status_get(), "weft.pod.web-1.status.get");
         assert_eq!(s.spec_bucket(), "weft-specs");
         assert_eq!(s.status_bucket(), "weft-status");
+        assert_eq!(s.key(), "web-1");
+        let h = Subjects::host("weft", PodId::parse("host-a").unwrap());
+        assert_eq!(h.spec(), "weft.host.host-a.spec");
+        assert_eq!(h.status(), "weft.host.host-a.status");
+        assert_eq!(h.status_get(), "weft.host.host-a.status.get");
+        assert_eq!(h.spec_bucket(), "weft-specs");
+        assert_eq!(h.key(), "host.host-a");
     }
 
     #[test]

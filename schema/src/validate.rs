@@ -304,7 +304,7 @@ impl ValidationErrors {
     /// How many errors are kept; a spec with 70,000 bad sources does not need 70,000 lines.
     pub const KEPT: usize = 20;
 
-    fn push(&mut self, path: impl Into<String>, message: impl Into<String>) {
+    pub(crate) fn push(&mut self, path: impl Into<String>, message: impl Into<String>) {
         self.total += 1;
         if self.errors.len() < Self::KEPT {
             self.errors.push(ValidationError {
@@ -333,7 +333,7 @@ impl fmt::Display for ValidationErrors {
 impl std::error::Error for ValidationErrors {}
 
 /// Checks a collection's length against its bound; false (and an error) when over it.
-fn within(errs: &mut ValidationErrors, path: &str, len: usize, bound: usize) -> bool {
+pub(crate) fn within(errs: &mut ValidationErrors, path: &str, len: usize, bound: usize) -> bool {
     if len > bound {
         errs.push(path, format!("{len} entries, at most {bound}"));
         return false;
@@ -352,29 +352,8 @@ impl ValidSpec {
     /// values) at once.
     pub fn validate_owned(spec: PodSpec, pod: &PodId) -> Result<ValidSpec, ValidationErrors> {
         let mut errs = ValidationErrors::default();
-        let pod_id = match PodId::parse(&spec.pod_id) {
-            Ok(id) if &id == pod => Some(id),
-            Ok(id) => {
-                errs.push("PodId", format!("{id} is not this agent's pod ({pod})"));
-                None
-            }
-            Err(e) => {
-                errs.push("PodId", e);
-                None
-            }
-        };
-        if spec.generation == 0 {
-            errs.push("Generation", "must be at least 1 (0 means nothing applied)");
-        } else if spec.generation > limits::GENERATION_MAX {
-            errs.push(
-                "Generation",
-                format!(
-                    "{} is above 2^53 - 1 ({}), the largest integer every JSON decoder keeps exact",
-                    spec.generation,
-                    limits::GENERATION_MAX
-                ),
-            );
-        }
+        let pod_id = check_id(&mut errs, "PodId", &spec.pod_id, pod, "pod");
+        check_generation(&mut errs, spec.generation);
         let network = spec
             .network
             .as_ref()
@@ -411,6 +390,42 @@ impl ValidSpec {
             }),
             _ => Err(errs),
         }
+    }
+}
+
+/// The spec's id, when it is the agent's own (`PodId`, `HostId`).
+pub(crate) fn check_id(
+    errs: &mut ValidationErrors,
+    field: &str,
+    text: &str,
+    agent: &PodId,
+    role: &str,
+) -> Option<PodId> {
+    match PodId::parse(text) {
+        Ok(id) if &id == agent => Some(id),
+        Ok(id) => {
+            errs.push(field, format!("{id} is not this agent's {role} ({agent})"));
+            None
+        }
+        Err(e) => {
+            errs.push(field, e);
+            None
+        }
+    }
+}
+
+/// `Generation`: 1 to 2^53 - 1.
+pub(crate) fn check_generation(errs: &mut ValidationErrors, generation: u64) {
+    if generation == 0 {
+        errs.push("Generation", "must be at least 1 (0 means nothing applied)");
+    } else if generation > limits::GENERATION_MAX {
+        errs.push(
+            "Generation",
+            format!(
+                "{generation} is above 2^53 - 1 ({}), the largest integer every JSON decoder keeps exact",
+                limits::GENERATION_MAX
+            ),
+        );
     }
 }
 

@@ -33,11 +33,12 @@ fn object_defs() -> Vec<(String, Value)> {
 fn every_object_is_closed() {
     let objects = object_defs();
     // Spec: PodSpec, NetworkSpec, FirewallSpec, IngressRule, EgressRule, WireGuardSpec,
-    // PeerSpec. Status: PodStatus, DriftEvent, NetworkStatus, FirewallStatus, PacketCount,
-    // WireGuardStatus, PeerStatus, ApplyReply.
+    // PeerSpec; HostSpec, SandboxSpec, PortForwardSpec. Status: PodStatus, DriftEvent,
+    // NetworkStatus, FirewallStatus, PacketCount, WireGuardStatus, PeerStatus, ApplyReply;
+    // HostStatus, SandboxStatus, PortForward.
     assert_eq!(
         objects.len(),
-        15,
+        21,
         "{:?}",
         objects.iter().map(|o| &o.0).collect::<Vec<_>>()
     );
@@ -69,8 +70,11 @@ fn properties(def: &Value) -> Vec<String> {
 fn required_fields_are_the_contract_s() {
     let defs = defs();
     // The contract's "Fields: required, optional, defaults" section.
-    let spec_required: [(&str, &[&str]); 7] = [
+    let spec_required: [(&str, &[&str]); 10] = [
         ("PodSpec", &["PodId", "Generation"]),
+        ("HostSpec", &["HostId", "Generation"]),
+        ("SandboxSpec", &["Slot", "Guest"]),
+        ("PortForwardSpec", &["Protocol", "HostPort", "SandboxPort"]),
         ("NetworkSpec", &["Interface", "Address"]),
         ("FirewallSpec", &[]),
         ("IngressRule", &[]),
@@ -95,6 +99,9 @@ fn required_fields_are_the_contract_s() {
         "WireGuardStatus",
         "PeerStatus",
         "ApplyReply",
+        "HostStatus",
+        "SandboxStatus",
+        "PortForward",
     ] {
         let mut got = required(&defs[name]);
         got.sort();
@@ -123,9 +130,17 @@ fn defaults_are_the_contract_s() {
         ("NetworkSpec", "SearchDomains"),
         ("WireGuardSpec", "Peers"),
         ("PeerSpec", "AllowedIps"),
+        ("HostSpec", "Sandboxes"),
+        ("SandboxSpec", "PortForwards"),
     ] {
         assert_eq!(prop(def, field)["default"], json!([]), "{def}.{field}");
     }
+    assert_eq!(prop("SandboxSpec", "Egress")["default"], true);
+    assert_eq!(prop("SandboxSpec", "Guest")["enum"], json!(["tap", "veth"]));
+    assert_eq!(
+        prop("PortForwardSpec", "Protocol")["enum"],
+        json!(["tcp", "udp"])
+    );
     for (def, field) in [
         ("PodSpec", "Network"),
         ("PodSpec", "Firewall"),
@@ -136,6 +151,8 @@ fn defaults_are_the_contract_s() {
         ("PeerSpec", "Endpoint"),
         ("PeerSpec", "PersistentKeepaliveSeconds"),
         ("PeerSpec", "PresharedKey"),
+        ("HostSpec", "NotAfterUnix"),
+        ("HostSpec", "Uplink"),
     ] {
         assert_eq!(prop(def, field)["default"], Value::Null, "{def}.{field}");
     }
@@ -161,6 +178,8 @@ fn limits_are_the_contract_s() {
         ("PeerSpec", "AllowedIps", 1_024),
         ("NetworkSpec", "Nameservers", 3),
         ("NetworkSpec", "SearchDomains", 6),
+        ("HostSpec", "Sandboxes", 4_096),
+        ("SandboxSpec", "PortForwards", 64),
     ] {
         assert_eq!(max_items(def, field), bound, "{def}.{field}");
     }
@@ -176,6 +195,13 @@ fn limits_are_the_contract_s() {
         65535
     );
     assert_eq!(prop("PodSpec", "Generation")["minimum"], 1);
+    assert_eq!(prop("HostSpec", "Generation")["minimum"], 1);
+    assert_eq!(prop("SandboxSpec", "Slot")["minimum"], 1);
+    assert_eq!(prop("SandboxSpec", "Slot")["maximum"], 16_383);
+    for field in ["HostPort", "SandboxPort"] {
+        assert_eq!(prop("PortForwardSpec", field)["minimum"], 1);
+        assert_eq!(prop("PortForwardSpec", field)["maximum"], 65_535);
+    }
 }
 
 /// Contract v1.1 "Go control planes": wherever a field may be left out, `null` is taken and
@@ -185,37 +211,83 @@ fn limits_are_the_contract_s() {
 fn null_is_left_out_wherever_a_field_may_be_left_out() {
     let schema = load();
     let defs = defs();
-    let full: Value = serde_json::from_slice(&Encoding::Json.encode(&full_spec())).unwrap();
-    // Where each spec object sits in the full spec (JSON pointer, and as errors name it).
+    let pod: Value = serde_json::from_slice(&Encoding::Json.encode(&full_spec())).unwrap();
+    let host: Value = serde_json::from_slice(&Encoding::Json.encode(&full_host_spec())).unwrap();
+    // Where each spec object sits in the full spec of its root (JSON pointer, and as errors
+    // name it).
     let places = [
-        ("PodSpec", "", ""),
-        ("NetworkSpec", "/Network", "Network."),
-        ("FirewallSpec", "/Firewall", "Firewall."),
-        ("IngressRule", "/Firewall/Ingress/0", "Firewall.Ingress[0]."),
-        ("EgressRule", "/Firewall/Egress/0", "Firewall.Egress[0]."),
-        ("WireGuardSpec", "/WireGuard", "WireGuard."),
-        ("PeerSpec", "/WireGuard/Peers/0", "WireGuard.Peers[0]."),
+        ("PodSpec", "PodSpec", "", ""),
+        ("PodSpec", "NetworkSpec", "/Network", "Network."),
+        ("PodSpec", "FirewallSpec", "/Firewall", "Firewall."),
+        (
+            "PodSpec",
+            "IngressRule",
+            "/Firewall/Ingress/0",
+            "Firewall.Ingress[0].",
+        ),
+        (
+            "PodSpec",
+            "EgressRule",
+            "/Firewall/Egress/0",
+            "Firewall.Egress[0].",
+        ),
+        ("PodSpec", "WireGuardSpec", "/WireGuard", "WireGuard."),
+        (
+            "PodSpec",
+            "PeerSpec",
+            "/WireGuard/Peers/0",
+            "WireGuard.Peers[0].",
+        ),
+        ("HostSpec", "HostSpec", "", ""),
+        ("HostSpec", "SandboxSpec", "/Sandboxes/0", "Sandboxes[0]."),
+        (
+            "HostSpec",
+            "PortForwardSpec",
+            "/Sandboxes/0/PortForwards/0",
+            "Sandboxes[0].PortForwards[0].",
+        ),
     ];
     let spec_objects = object_defs()
         .into_iter()
         .filter(|(name, _)| name.ends_with("Spec") || name.ends_with("Rule"))
         .count();
     assert_eq!(places.len(), spec_objects, "a spec object is not tried");
-    let decode =
-        |doc: &Value| Encoding::Json.decode::<weft_schema::PodSpec>(doc.to_string().as_bytes());
-    for (def, at, prefix) in places {
+    // Decoded, and (with null) through the agent's whole pipeline.
+    let decode = |root: &str, doc: &Value| -> Result<String, String> {
+        let body = doc.to_string();
+        if root == "PodSpec" {
+            let v = Encoding::Json
+                .decode::<weft_schema::PodSpec>(body.as_bytes())
+                .map_err(|e| e.to_line())?;
+            Ok(format!("{v:?}"))
+        } else {
+            let v = Encoding::Json
+                .decode::<weft_schema::HostSpec>(body.as_bytes())
+                .map_err(|e| e.to_line())?;
+            Ok(format!("{v:?}"))
+        }
+    };
+    let accept = |root: &str, doc: &Value| -> Result<(), String> {
+        if root == "PodSpec" {
+            accept_json(&doc.to_string()).map(drop)
+        } else {
+            accept_host(None, None, doc.to_string().as_bytes()).map(drop)
+        }
+    };
+    for (root, def, at, prefix) in places {
+        let full = if root == "PodSpec" { &pod } else { &host };
         let required = required(&defs[def]);
         for field in properties(&defs[def]) {
             let name = format!("{prefix}{field}");
             let mut with_null = full.clone();
             with_null.pointer_mut(at).unwrap()[&field] = Value::Null;
             if required.contains(&field) {
-                let err = accept_json(&with_null.to_string()).expect_err(&name);
+                let err = accept(root, &with_null).expect_err(&name);
                 assert!(
                     err.starts_with(&format!("invalid JSON at {name}: invalid type: null")),
                     "{name}: {err}"
                 );
-                assert!(check(&schema, "PodSpec", &with_null).is_err(), "{name}");
+                assert!(check(&schema, root, &with_null).is_err(), "{name}");
                 continue;
             }
             let mut left_out = full.clone();
@@ -223,13 +295,13 @@ fn null_is_left_out_wherever_a_field_may_be_left_out() {
             object
                 .remove(&field)
                 .expect("the full spec sets every field");
-            let decoded = decode(&with_null).unwrap_or_else(|e| panic!("{name}: {}", e.to_line()));
+            let decoded = decode(root, &with_null).unwrap_or_else(|e| panic!("{name}: {e}"));
             assert_eq!(
                 decoded,
-                decode(&left_out).unwrap(),
+                decode(root, &left_out).unwrap(),
                 "{name}: null is not left out"
             );
-            check(&schema, "PodSpec", &with_null).unwrap_or_else(|e| panic!("{name}: {e:?}"));
+            check(&schema, root, &with_null).unwrap_or_else(|e| panic!("{name}: {e:?}"));
         }
     }
 }
@@ -251,6 +323,9 @@ fn secrets_are_write_only_and_never_in_a_status() {
         "PeerStatus",
         "DriftEvent",
         "ApplyReply",
+        "HostSpec",
+        "HostStatus",
+        "SandboxStatus",
     ] {
         assert!(!text(name).contains("Secret"), "{name}");
     }
@@ -300,6 +375,13 @@ fn every_fixture_is_valid_against_the_schema() {
         ("ApplyReply", "contract_apply_reply.json"),
         ("DriftEvent", "contract_last_drift.json"),
         ("PodSpec", "go_pod_spec_nulls.json"),
+        ("HostSpec", "host_spec_full.json"),
+        ("HostSpec", "host_spec_minimal.json"),
+        ("HostSpec", "contract_host_spec.json"),
+        ("HostSpec", "go_host_spec_nulls.json"),
+        ("HostStatus", "host_status_pending.json"),
+        ("HostStatus", "host_status_degraded.json"),
+        ("HostStatus", "contract_host_status.json"),
     ] {
         if let Err(e) = check(&schema, def, &fixture_json(name)) {
             panic!("{name}: {e:?}");
@@ -319,6 +401,63 @@ fn every_fixture_is_valid_against_the_schema() {
     // A status is never a spec and the other way round.
     assert!(check(&schema, "PodSpec", &fixture_json("pod_status_healthy.json")).is_err());
     assert!(check(&schema, "PodStatus", &fixture_json("pod_spec_full.json")).is_err());
+    assert!(check(&schema, "HostSpec", &fixture_json("pod_spec_full.json")).is_err());
+    assert!(check(&schema, "PodSpec", &fixture_json("host_spec_full.json")).is_err());
+    assert!(check(
+        &schema,
+        "HostStatus",
+        &fixture_json("pod_status_healthy.json")
+    )
+    .is_err());
+}
+
+#[test]
+fn the_schema_refuses_what_the_contract_refuses_of_a_host() {
+    let schema = load();
+    let spec =
+        |sandbox: Value| json!({"HostId": "host-a", "Generation": 1, "Sandboxes": [sandbox]});
+    let cases = [
+        (
+            spec(json!({"Slot": 0, "Guest": "tap"})),
+            "Sandboxes[0].Slot: 0 is past minimum 1",
+        ),
+        (
+            spec(json!({"Slot": 16384, "Guest": "tap"})),
+            "Sandboxes[0].Slot: 16384 is past maximum 16383",
+        ),
+        (
+            spec(json!({"Slot": 1, "Guest": "vm"})),
+            r#"Sandboxes[0].Guest: "vm" is not one of ["tap","veth"]"#,
+        ),
+        (
+            spec(
+                json!({"Slot": 1, "Guest": "tap", "PortForwards": [{"Protocol": "any", "HostPort": 1, "SandboxPort": 1}]}),
+            ),
+            r#"Sandboxes[0].PortForwards[0].Protocol: "any" is not one of ["tcp","udp"]"#,
+        ),
+        (
+            spec(
+                json!({"Slot": 1, "Guest": "tap", "PortForwards": [{"Protocol": "tcp", "HostPort": 70000, "SandboxPort": 1}]}),
+            ),
+            "Sandboxes[0].PortForwards[0].HostPort: 70000 is past maximum 65535",
+        ),
+        (
+            json!({"HostId": "host-a", "Generation": 1, "Uplink": "eth0:1"}),
+            r#"Uplink: "eth0:1" does not match "^[^/:\\s]{1,15}$""#,
+        ),
+        (
+            json!({"HostId": "host-a", "Generation": 1, "Slots": []}),
+            r#"(root): unknown field "Slots""#,
+        ),
+    ];
+    for (doc, want) in cases {
+        let errs = check(&schema, "HostSpec", &doc).expect_err(want);
+        assert!(errs.iter().any(|e| e == want), "want {want}\n got {errs:?}");
+        assert!(
+            accept_host(None, None, doc.to_string().as_bytes()).is_err(),
+            "{doc}"
+        );
+    }
 }
 
 #[test]
@@ -418,5 +557,15 @@ fn the_schema_takes_what_the_agent_takes() {
         accept(None, None, &body).expect("the agent takes it");
         let doc: Value = serde_json::from_slice(&body).unwrap();
         check(&schema, "PodSpec", &doc).unwrap_or_else(|e| panic!("{doc}: {e:?}"));
+    }
+    let hosts = [
+        Encoding::Json.encode(&full_host_spec()),
+        Encoding::Json.encode(&minimal_host_spec()),
+        br#"{"HostId":"host-a","Generation":1,"Sandboxes":[{"Slot":16383,"Guest":"veth","Egress":null,"PortForwards":[{"Protocol":"udp","HostPort":65535,"SandboxPort":1}]}]}"#.to_vec(),
+    ];
+    for body in hosts {
+        accept_host(None, None, &body).expect("the host agent takes it");
+        let doc: Value = serde_json::from_slice(&body).unwrap();
+        check(&schema, "HostSpec", &doc).unwrap_or_else(|e| panic!("{doc}: {e:?}"));
     }
 }

@@ -46,6 +46,28 @@ impl AgentProcess {
         })
     }
 
+    /// Starts an agent by any command (`nsenter ... weft-agent host ...`): the command must
+    /// exec the agent, so the pid is the agent's.
+    pub fn spawn_command(
+        mut cmd: std::process::Command,
+        env: &[(&str, &str)],
+        log: PathBuf,
+    ) -> Result<AgentProcess> {
+        let file =
+            std::fs::File::create(&log).with_context(|| format!("create {}", log.display()))?;
+        let child = cmd
+            .envs(env.iter().copied())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(file)
+            .spawn()
+            .context("spawn weft-agent")?;
+        Ok(AgentProcess {
+            child: Some(child),
+            log,
+        })
+    }
+
     pub fn pid(&self) -> Option<u32> {
         self.child.as_ref().map(Child::id)
     }

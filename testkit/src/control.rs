@@ -10,7 +10,7 @@ use async_nats::{Client, HeaderMap};
 use bytes::Bytes;
 use futures::StreamExt;
 use weft_schema::codec::{HEADER_CONTENT_TYPE, HEADER_SCHEMA};
-use weft_schema::{ApplyReply, Encoding, PodSpec, PodStatus};
+use weft_schema::{ApplyReply, Encoding, HostSpec, HostStatus, PodSpec, PodStatus};
 
 /// The two headers of a message in `encoding`.
 pub fn headers(encoding: Encoding) -> HeaderMap {
@@ -137,6 +137,62 @@ impl ControlPlane {
         decode(&msg)
     }
 
+    /// A host spec as a request; returns the host agent's `ApplyReply`.
+    pub async fn request_host(
+        &self,
+        host: &str,
+        spec: &HostSpec,
+        encoding: Encoding,
+    ) -> Result<ApplyReply> {
+        let msg = self
+            .client
+            .request_with_headers(
+                format!("{}.host.{host}.spec", self.prefix),
+                headers(encoding),
+                Bytes::from(encoding.encode(spec)),
+            )
+            .await?;
+        decode(&msg)
+    }
+
+    /// [`Self::request_host`], repeated until the host agent has subscribed and answers,
+    /// within 30 s; panics after that.
+    pub async fn request_host_when_ready(
+        &self,
+        host: &str,
+        spec: &HostSpec,
+        encoding: Encoding,
+    ) -> ApplyReply {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            match tokio::time::timeout(
+                Duration::from_secs(20),
+                self.request_host(host, spec, encoding),
+            )
+            .await
+            {
+                Ok(Ok(r)) => return r,
+                _ if Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(50)).await
+                }
+                other => panic!("host agent {host} did not answer within 30 s: {other:?}"),
+            }
+        }
+    }
+
+    /// A host's `status.get`.
+    pub async fn host_status_get(&self, host: &str, encoding: Encoding) -> Result<HostStatus> {
+        let msg = self
+            .client
+            .request_with_headers(
+                format!("{}.host.{host}.status.get", self.prefix),
+                headers(encoding),
+                Bytes::new(),
+            )
+            .await?;
+        decode(&msg)
+    }
+
     /// `status.get`.
     pub async fn status_get(&self, pod: &str, encoding: Encoding) -> Result<PodStatus> {
         let msg = self
@@ -151,28 +207,49 @@ impl ControlPlane {
     }
 }
 
-/// Every status one pod published, with when it arrived.
+/// Every status one agent published, with when it arrived: a pod's ([`Dashboard`]) or a
+/// host's ([`HostDashboard`]).
 #[derive(Debug, Clone)]
-pub struct Dashboard {
-    seen: Arc<Mutex<Vec<(Instant, PodStatus)>>>,
+pub struct Watch<T> {
+    seen: Arc<Mutex<Vec<(Instant, T)>>>,
     errors: Arc<Mutex<Vec<String>>>,
 }
 
-impl Dashboard {
+/// The statuses of one pod.
+pub type Dashboard = Watch<PodStatus>;
+/// The statuses of one host.
+pub type HostDashboard = Watch<HostStatus>;
+
+impl Watch<PodStatus> {
     /// Subscribes to `<prefix>.pod.<pod>.status`.
     pub async fn watch(client: &Client, prefix: &str, pod: &str) -> Result<Dashboard> {
-        let mut sub = client
-            .subscribe(format!("{prefix}.pod.{pod}.status"))
-            .await?;
+        Self::subject(client, format!("{prefix}.pod.{pod}.status")).await
+    }
+}
+
+impl Watch<HostStatus> {
+    /// Subscribes to `<prefix>.host.<host>.status`.
+    pub async fn watch_host(client: &Client, prefix: &str, host: &str) -> Result<HostDashboard> {
+        Self::subject(client, format!("{prefix}.host.{host}.status")).await
+    }
+}
+
+impl<T> Watch<T>
+where
+    T: serde::de::DeserializeOwned + serde::Serialize + Clone + std::fmt::Debug + Send + 'static,
+{
+    /// Subscribes to a status subject.
+    pub async fn subject(client: &Client, subject: String) -> Result<Watch<T>> {
+        let mut sub = client.subscribe(subject).await?;
         client.flush().await?;
-        let dash = Dashboard {
+        let dash = Watch {
             seen: Arc::default(),
             errors: Arc::default(),
         };
         let (seen, errors) = (dash.seen.clone(), dash.errors.clone());
         tokio::spawn(async move {
             while let Some(msg) = sub.next().await {
-                match decode::<PodStatus>(&msg) {
+                match decode::<T>(&msg) {
                     Ok(s) => seen.lock().unwrap().push((Instant::now(), s)),
                     Err(e) => errors.lock().unwrap().push(e.to_string()),
                 }
@@ -182,7 +259,7 @@ impl Dashboard {
     }
 
     /// All statuses so far.
-    pub fn seen(&self) -> Vec<(Instant, PodStatus)> {
+    pub fn seen(&self) -> Vec<(Instant, T)> {
         self.seen.lock().unwrap().clone()
     }
 
@@ -197,8 +274,8 @@ impl Dashboard {
         timeout: Duration,
         what: &str,
         since: Instant,
-        pred: impl Fn(&PodStatus) -> bool,
-    ) -> PodStatus {
+        pred: impl Fn(&T) -> bool,
+    ) -> T {
         crate::wait_until_async(timeout, what, || {
             let seen = self.seen.lock().unwrap();
             let found = seen

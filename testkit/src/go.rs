@@ -32,6 +32,13 @@ impl GoControlPlane {
     /// test must not pass by skipping.
     pub fn build() -> Result<GoControlPlane> {
         let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("go/weftcp");
+        // Spawning in a missing directory fails with NotFound too: say which is missing.
+        if !src.is_dir() {
+            bail!(
+                "the Go sources are not at {} (the testkit was built from another checkout)",
+                src.display()
+            );
+        }
         let dir = std::env::temp_dir().join(format!(
             "weft-go-{}-{}",
             std::process::id(),

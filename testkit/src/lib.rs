@@ -3,6 +3,8 @@
 //! - [`netns`]: network namespaces and veth pairs with unique names, deleted on drop, and a
 //!   way to run a closure on a thread inside a namespace.
 //! - [`observe`]: independent observers (`nft -j`, `ip -j`, `wg show`) for assertions.
+//! - [`packets`]: TCP and UDP echo servers and clients in namespaces, for real packets;
+//!   [`tapguest`]: a guest on a tap (ARP and UDP), as a VMM's guest would be.
 //! - [`nats`]: a real `nats-server` on a free port, with a configuration file or without.
 //! - [`natsconf`]: the nats-server configuration weft ships (users, permissions, TLS), generated.
 //! - [`pki`]: test certificates made at run time; [`identity`]: a client's credentials as
@@ -10,6 +12,8 @@
 //! - [`agent`]: the real `weft-agent` binary inside a namespace.
 //! - [`control`]: a control plane publishing specs and a dashboard collecting statuses.
 //! - [`hub`]: a hub namespace (NATS, the test's clients) and pod namespaces joined to it.
+//! - [`host`]: a machine that hosts sandboxes: a host namespace for the host agent, an
+//!   internet namespace beyond its uplink.
 //! - [`stack`]: a whole local stack: hub, LAN router, pods with their agents.
 //! - [`eventually`]: bounded waits for eventual conditions, never a fixed sleep.
 //! - [`go`]: `weftcp`, a control plane written in Go from the contract alone.
@@ -20,15 +24,18 @@ pub mod cluster;
 pub mod control;
 pub mod eventually;
 pub mod go;
+pub mod host;
 pub mod hub;
 pub mod identity;
 pub mod nats;
 pub mod natsconf;
 pub mod netns;
 pub mod observe;
+pub mod packets;
 pub mod pki;
 pub mod stack;
 pub mod status_log;
+pub mod tapguest;
 pub mod vm;
 pub mod wireguard;
 

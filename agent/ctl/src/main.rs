@@ -263,30 +263,35 @@ fn sign_key(path: &Path) -> Result<SigningKey, Exit> {
 /// `--dry-run`: what the agent would answer, by the agent's own code (signature aside:
 /// that is the agent's `--trust-keys` to judge).
 fn dry_run(args: &ApplyArgs) -> Result<(), Exit> {
-    use weft_agent::intake::{expired, read_spec, Read, SpecMessage};
-    if args.host {
-        return Err(usage(
-            "--dry-run --host: this weftctl has no host spec validation yet",
-        ));
-    }
+    use weft_agent::intake::SpecMessage;
     let (body, target) = read_spec_file(args)?;
-    let pod = PodId::parse(target.id()).map_err(usage)?;
+    let id = PodId::parse(target.id()).map_err(usage)?;
     let mut message = SpecMessage::with_body(body);
     message.content_type = Some(weft_schema::codec::CONTENT_TYPE_JSON.into());
-    let read = read_spec(&pod, None, &message);
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
-    match read {
-        Read::Valid { spec, .. } => match expired(&spec, now) {
+    let (generation, role) = if args.host {
+        (judge::<weft_schema::HostSpec>(&id, &message, now)?, "host")
+    } else {
+        (judge::<weft_schema::PodSpec>(&id, &message, now)?, "pod")
+    };
+    println!("valid: generation {generation} for {role} {id} (nothing sent)");
+    Ok(())
+}
+
+/// The generation of a spec the agent `id` would apply, or its refusal.
+fn judge<W: weft_schema::WireSpec>(
+    id: &PodId,
+    message: &weft_agent::intake::SpecMessage,
+    now: u64,
+) -> Result<u64, Exit> {
+    use weft_agent::intake::{expired, read_spec, Read};
+    use weft_schema::Applicable;
+    match read_spec::<W>(id, None, message) {
+        Read::Valid { spec, .. } => match expired(&*spec, now) {
             Some(error) => Err(Exit(EX_REJECTED, error)),
-            None => {
-                println!(
-                    "valid: generation {} for pod {} (nothing sent)",
-                    spec.generation, pod
-                );
-                Ok(())
-            }
+            None => Ok(spec.generation()),
         },
         Read::Rejected { error, .. } => Err(Exit(EX_REJECTED, error)),
     }

@@ -18,6 +18,7 @@ use super::netlink::{Protocol, Socket};
 use super::nftables::abi::NFNLGRP_NFTABLES;
 use super::nftables::events::Decoder;
 pub use super::nftables::events::Transaction;
+use super::nftables::TableRef;
 pub use super::rtnl::events::RouteChange;
 
 /// Room for a burst of notifications (a 10,000-rule table replaced by someone else).
@@ -54,29 +55,37 @@ pub struct KernelEvents {
 }
 
 impl KernelEvents {
-    /// Opens the sockets, and a watch on `resolv_conf` (when its directory cannot be
-    /// watched, outside edits are found by the periodic resync only, and a warning says so).
+    /// Opens the sockets for the pod's objects (the firewall's table), and a watch on
+    /// `resolv_conf` (when its directory cannot be watched, outside edits are found by the
+    /// periodic resync only, and a warning says so).
     pub fn open(resolv_conf: &Path) -> io::Result<KernelEvents> {
-        let resolver = FileWatch::new(resolv_conf)
-            .map_err(|e| {
-                tracing::warn!(
-                    path = %resolv_conf.display(),
-                    cause = %e,
-                    "cannot watch the resolver file; its drift is found by the periodic resync"
-                )
-            })
-            .ok();
-        if let Some(watch) = &resolver {
+        Self::open_for(TABLE_REF, Some(resolv_conf))
+    }
+
+    /// Opens the sockets, decoding nftables changes of `table`, and when there is a resolver
+    /// file a watch on it.
+    pub fn open_for(table: TableRef<'_>, resolv_conf: Option<&Path>) -> io::Result<KernelEvents> {
+        let resolver = resolv_conf.and_then(|path| {
+            let watch = FileWatch::new(path)
+                .map_err(|e| {
+                    tracing::warn!(
+                        path = %path.display(),
+                        cause = %e,
+                        "cannot watch the resolver file; its drift is found by the periodic resync"
+                    )
+                })
+                .ok()?;
             tracing::debug!(
-                path = %resolv_conf.display(),
+                path = %path.display(),
                 names_writers = watch.names_writers(),
                 "watching the resolver file"
             );
-        }
+            Some(watch)
+        });
         Ok(KernelEvents {
             route: Socket::subscribe(Protocol::Route, &super::rtnl::events::GROUPS, RCVBUF)?,
             nft: Socket::subscribe(Protocol::Netfilter, &[NFNLGRP_NFTABLES], RCVBUF)?,
-            decoder: Decoder::new(TABLE_REF),
+            decoder: Decoder::new(table),
             resolver,
         })
     }
@@ -333,6 +342,15 @@ fn drain(socket: &mut Socket, overrun: &mut bool, mut each: impl FnMut(&[u8])) {
     }
 }
 
+/// Whether a committed nftables transaction is this process's own. The kernel names the
+/// thread that committed it (its thread id and name, `reconciler`), not the process, so a
+/// thread of this process counts.
+pub fn own_transaction(t: &Transaction) -> bool {
+    t.pid.is_some_and(|pid| {
+        pid == std::process::id() || Path::new(&format!("/proc/self/task/{pid}")).exists()
+    })
+}
+
 /// `ip (pid 4242)` when the port is a live process's id, else `pid 4242`, or `the kernel`.
 pub fn describe_port(port: u32) -> String {
     if port == 0 {
@@ -461,6 +479,25 @@ mod tests {
             let whole = fan_event(libc::FAN_CLOSE_WRITE, 1, &data[..data.len().min(64)], b"f");
             let _ = fanotify_events(&whole[..cut.min(whole.len())]).count();
         }
+    }
+
+    #[test]
+    fn transactions_of_any_of_our_threads_are_ours() {
+        let t = |pid| Transaction {
+            changes: vec![],
+            pid: Some(pid),
+            process: None,
+        };
+        // SAFETY: gettid has no preconditions.
+        let tid = unsafe { libc::gettid() } as u32;
+        assert!(own_transaction(&t(std::process::id())));
+        assert!(own_transaction(&t(tid)));
+        assert!(!own_transaction(&t(1)));
+        assert!(!own_transaction(&Transaction {
+            changes: vec![],
+            pid: None,
+            process: None
+        }));
     }
 
     #[test]

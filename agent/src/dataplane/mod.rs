@@ -7,6 +7,7 @@
 //! - [`link`]: a link's MTU, up, address and routes, for the pod interface and the WireGuard
 //!   interface alike; [`resolv`]: the resolver file; [`wireguard`]: the overlay;
 //!   [`firewall`]: table `inet weft-fw`.
+//! - [`host`]: the host role's slots (namespaces, veth pairs, taps, NAT tables).
 //! - [`netlink`], [`rtnl`], [`nftables`]: the codec, and the rtnetlink and nftables layers
 //!   on it; [`sockets`]: the sockets as one value; [`events`]: the notifications that wake a
 //!   drift check.
@@ -15,6 +16,7 @@ pub mod events;
 pub mod firewall;
 #[doc(hidden)]
 pub mod fuzz;
+pub mod host;
 pub mod link;
 pub mod netlink;
 pub mod nftables;
@@ -32,6 +34,8 @@ use weft_schema::validate::ValidSpec;
 use weft_schema::{FirewallStatus, NetworkStatus, Overall, Subsystem, WireGuardStatus};
 
 pub use sockets::{OpenError, Sockets};
+
+use crate::config::FirewallAtStart;
 use subsystem::Subsystem as _;
 
 /// Where the dataplane keeps and writes things.
@@ -40,6 +44,8 @@ pub struct Settings {
     pub state_dir: PathBuf,
     pub resolv_conf: PathBuf,
     pub wireguard: wireguard::Mode,
+    /// What to install before any spec is known.
+    pub firewall_at_start: FirewallAtStart,
 }
 
 /// What a subsystem's apply failed with, kept as a value up to the status (where
@@ -54,6 +60,8 @@ pub enum Error {
     WireGuard(#[from] wireguard::Error),
     #[error(transparent)]
     Firewall(#[from] firewall::Error),
+    #[error(transparent)]
+    Host(#[from] host::Error),
 }
 
 /// One part of a spec the kernel refused.
@@ -127,6 +135,7 @@ pub struct Dataplane {
     resolver: resolv::Resolver,
     wireguard: wireguard::WireGuardManager,
     firewall: firewall::Firewall,
+    firewall_at_start: FirewallAtStart,
 }
 
 impl Dataplane {
@@ -148,7 +157,13 @@ impl Dataplane {
             ),
             firewall: firewall::Firewall::new(sockets.nft)
                 .remember_in(settings.state_dir.join("firewall")),
+            firewall_at_start: settings.firewall_at_start,
         }
+    }
+
+    /// What to install before any spec is known (`--firewall-at-start`).
+    pub fn firewall_at_start(&self) -> FirewallAtStart {
+        self.firewall_at_start
     }
 
     /// Makes the kernel match `spec`. Each subsystem is applied on its own: a WireGuard

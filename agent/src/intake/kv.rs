@@ -1,5 +1,6 @@
 //! `--spec-source kv`: the pod's spec is the value of key `<pod>` in the JetStream KV bucket
-//! `<prefix>-specs`, so a spec written while the agent was down is applied when it starts.
+//! `<prefix>-specs` (a host's, of key `host.<host>`), so a spec written while the agent was
+//! down is applied when it starts.
 //!
 //! Choices the contract leaves open:
 //! - The agent creates the bucket when it is missing (file storage, history
@@ -25,6 +26,7 @@ use weft_emitter::rate::LogGate;
 
 use super::{Backlog, Intake, SpecMessage};
 use crate::dataplane::error_line;
+use crate::role::Role;
 
 /// Values kept per key in a spec bucket the agent creates: a few past generations, for
 /// whoever debugs a rollout.
@@ -58,9 +60,9 @@ pub fn operation(headers: Option<&HeaderMap>) -> Operation {
 /// (no server yet, JetStream away, the consumer lost, no permission) is logged and the watch
 /// made again; the generations make a re-delivered value harmless (the same content is
 /// re-asserted). A failure that lasts is reported in the status `LastError`.
-pub(crate) async fn watch(client: Client, intake: &Intake, backlog: &Backlog) {
+pub(crate) async fn watch<R: Role>(client: Client, intake: &Intake<R>, backlog: &Backlog) {
     let bucket = intake.subjects.spec_bucket();
-    let key = intake.subjects.pod().to_string();
+    let key = intake.subjects.key();
     let mut failing = false;
     let mut gate = LogGate::default();
     loop {
@@ -97,15 +99,16 @@ pub(crate) async fn watch(client: Client, intake: &Intake, backlog: &Backlog) {
     }
 }
 
-async fn watch_once(
+async fn watch_once<R: Role>(
     client: &Client,
-    intake: &Intake,
+    intake: &Intake<R>,
     backlog: &Backlog,
     failing: &mut bool,
     gate: &mut LogGate,
 ) -> Result<(), async_nats::Error> {
-    let (bucket, pod) = (&intake.subjects.spec_bucket(), intake.subjects.pod());
-    let key = pod.as_str();
+    let bucket = &intake.subjects.spec_bucket();
+    let key = intake.subjects.key();
+    let key = key.as_str();
     let js = jetstream::new(client.clone());
     let store = open_bucket(&js, bucket, SPEC_HISTORY).await?;
     // An ordered push consumer on the key's subject: the newest value first, then changes,
@@ -117,7 +120,8 @@ async fn watch_once(
             // ($JS.API.CONSUMER.CREATE.<stream>.<name>.<filter>) and a server can let a pod
             // create consumers of its own key only.
             name: Some(format!(
-                "weft-spec-{key}-{}",
+                "weft-spec-{}-{}",
+                key.replace('.', "-"),
                 client.new_inbox().rsplit('.').next().unwrap_or("0")
             )),
             deliver_subject: client.new_inbox(),

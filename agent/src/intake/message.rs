@@ -12,8 +12,7 @@ use weft_emitter::bus::header;
 use weft_schema::codec::{decode_message, HEADER_CONTENT_TYPE, HEADER_SCHEMA};
 use weft_schema::sign::{TrustKeys, HEADER_KEY, HEADER_SIGNATURE};
 use weft_schema::text::{last_error, rfc3339};
-use weft_schema::validate::ValidSpec;
-use weft_schema::{PodId, PodSpec};
+use weft_schema::{Applicable, PodId, WireSpec};
 use zeroize::Zeroize;
 
 /// A spec message: the four weft headers, as sent, and the body.
@@ -161,11 +160,11 @@ impl Reason {
     }
 }
 
-/// What reading one spec message gave.
+/// What reading one spec message gave: the valid spec `S`, or why not.
 #[derive(Debug)]
-pub enum Read {
+pub enum Read<S> {
     Valid {
-        spec: Box<ValidSpec>,
+        spec: Box<S>,
         /// The key that signed it, when signatures are checked.
         signed_by: Option<String>,
     },
@@ -179,8 +178,13 @@ pub enum Read {
 }
 
 /// Checks the signature (when `trust` is set) before anything reads the body, then decodes
-/// and validates. Pure: no I/O; the body is parsed once.
-pub fn read_spec(pod: &PodId, trust: Option<&TrustKeys>, msg: &SpecMessage) -> Read {
+/// and validates a spec of type `W` (a `PodSpec`, a `HostSpec`) for the agent `pod`. Pure:
+/// no I/O; the body is parsed once.
+pub fn read_spec<W: WireSpec>(
+    pod: &PodId,
+    trust: Option<&TrustKeys>,
+    msg: &SpecMessage,
+) -> Read<W::Valid> {
     let (ct, schema) = (msg.content_type.as_deref(), msg.schema.as_deref());
     let signed_by = match trust {
         None => None,
@@ -201,7 +205,7 @@ pub fn read_spec(pod: &PodId, trust: Option<&TrustKeys>, msg: &SpecMessage) -> R
             }
         },
     };
-    let wire: PodSpec = match decode_message(ct, schema, &msg.body) {
+    let wire: W = match decode_message(ct, schema, &msg.body) {
         Ok((_, wire)) => wire,
         Err(e) => {
             return Read::Rejected {
@@ -211,9 +215,9 @@ pub fn read_spec(pod: &PodId, trust: Option<&TrustKeys>, msg: &SpecMessage) -> R
             }
         }
     };
-    let generation = wire.generation;
+    let generation = wire.generation();
     // Consumed: the wire strings of each rule are freed as it is validated.
-    match ValidSpec::validate_owned(wire, pod) {
+    match wire.validate_owned(pod) {
         Ok(spec) => Read::Valid {
             spec: Box::new(spec),
             signed_by,
@@ -227,12 +231,12 @@ pub fn read_spec(pod: &PodId, trust: Option<&TrustKeys>, msg: &SpecMessage) -> R
 }
 
 /// `Some(error)` when `spec` arrives after its `NotAfterUnix`.
-pub fn expired(spec: &ValidSpec, now_unix: u64) -> Option<String> {
-    let not_after = spec.not_after_unix?;
+pub fn expired<S: Applicable>(spec: &S, now_unix: u64) -> Option<String> {
+    let not_after = spec.not_after_unix()?;
     (now_unix > not_after).then(|| {
         format!(
             "generation {} rejected: expired at {} (NotAfterUnix {not_after})",
-            spec.generation,
+            spec.generation(),
             rfc3339(not_after)
         )
     })
@@ -242,6 +246,8 @@ pub fn expired(spec: &ValidSpec, now_unix: u64) -> Option<String> {
 mod tests {
     use super::*;
     use weft_schema::sign::SigningKey;
+    use weft_schema::validate::ValidSpec;
+    use weft_schema::PodSpec;
 
     fn pod() -> PodId {
         PodId::parse("web-1").unwrap()
@@ -251,7 +257,7 @@ mod tests {
         SpecMessage::with_body(Bytes::copy_from_slice(body))
     }
 
-    fn rejected(read: Read) -> (u64, String, Reason) {
+    fn rejected(read: Read<ValidSpec>) -> (u64, String, Reason) {
         match read {
             Read::Rejected {
                 generation,
@@ -264,22 +270,23 @@ mod tests {
 
     #[test]
     fn bad_bodies_are_rejected_with_generation_0() {
-        let (generation, error, reason) = rejected(read_spec(&pod(), None, &message(b"{")));
+        let (generation, error, reason) =
+            rejected(read_spec::<PodSpec>(&pod(), None, &message(b"{")));
         assert_eq!((generation, reason), (0, Reason::Decode));
         assert!(error.starts_with("spec rejected: invalid JSON"), "{error}");
         let mut yaml = message(b"{}");
         yaml.content_type = Some("text/yaml".into());
-        let (_, error, _) = rejected(read_spec(&pod(), None, &yaml));
+        let (_, error, _) = rejected(read_spec::<PodSpec>(&pod(), None, &yaml));
         assert!(error.contains("\"text/yaml\""), "{error}");
         let mut v2 = message(b"{}");
         v2.schema = Some("2".into());
-        let (_, error, _) = rejected(read_spec(&pod(), None, &v2));
+        let (_, error, _) = rejected(read_spec::<PodSpec>(&pod(), None, &v2));
         assert!(error.contains("Weft-Schema"), "{error}");
     }
 
     #[test]
     fn invalid_specs_are_rejected_with_their_generation() {
-        let read = read_spec(
+        let read = read_spec::<PodSpec>(
             &pod(),
             None,
             &message(br#"{"PodId":"web-2","Generation":9}"#),
@@ -299,7 +306,8 @@ mod tests {
         let key = SigningKey::from_seed(&[3; 32]);
         let trust = TrustKeys::new(vec![key.verifying_key()]);
         // Not even JSON: the signature is what is refused.
-        let (generation, error, reason) = rejected(read_spec(&pod(), Some(&trust), &message(b"{")));
+        let (generation, error, reason) =
+            rejected(read_spec::<PodSpec>(&pod(), Some(&trust), &message(b"{")));
         assert_eq!((generation, reason), (0, Reason::Signature));
         assert_eq!(
             error,
@@ -310,7 +318,7 @@ mod tests {
         let mut msg = message(body);
         msg.key = Some(signed.key.clone());
         msg.signature = Some(signed.signature);
-        match read_spec(&pod(), Some(&trust), &msg) {
+        match read_spec::<PodSpec>(&pod(), Some(&trust), &msg) {
             Read::Valid { spec, signed_by } => {
                 assert_eq!(spec.generation, 3);
                 assert_eq!(signed_by, Some(signed.key));
@@ -318,15 +326,72 @@ mod tests {
             other => panic!("{other:?}"),
         }
         // Without trust keys nothing is checked, and nobody is named.
-        match read_spec(&pod(), None, &msg) {
+        match read_spec::<PodSpec>(&pod(), None, &msg) {
             Read::Valid { signed_by, .. } => assert_eq!(signed_by, None),
             other => panic!("{other:?}"),
         }
     }
 
     #[test]
+    fn a_host_spec_is_read_by_the_same_rules() {
+        let host = PodId::parse("host-a").unwrap();
+        let key = SigningKey::from_seed(&[5; 32]);
+        let trust = TrustKeys::new(vec![key.verifying_key()]);
+        let body = br#"{"HostId":"host-a","Generation":2,"NotAfterUnix":1763779200,
+            "Sandboxes":[{"Slot":7,"Guest":"tap"}]}"#;
+        let signed = key.sign(None, None, body);
+        let mut msg = message(body);
+        msg.key = Some(signed.key.clone());
+        msg.signature = Some(signed.signature);
+        match read_spec::<weft_schema::HostSpec>(&host, Some(&trust), &msg) {
+            Read::Valid { spec, signed_by } => {
+                assert_eq!(spec.sandboxes.len(), 1);
+                assert_eq!(signed_by, Some(signed.key));
+                assert!(expired(&*spec, 1_763_779_201).is_some());
+            }
+            other => panic!("{other:?}"),
+        }
+        // Unsigned, tampered, another host's, a pod's spec: refused as a pod's would be.
+        let (_, error, reason) =
+            match read_spec::<weft_schema::HostSpec>(&host, Some(&trust), &message(body)) {
+                Read::Rejected {
+                    generation,
+                    error,
+                    reason,
+                } => (generation, error, reason),
+                other => panic!("{other:?}"),
+            };
+        assert_eq!(reason, Reason::Signature);
+        assert!(error.contains("unsigned spec"), "{error}");
+        let mut tampered = msg.clone();
+        tampered.body = Bytes::from(String::from_utf8_lossy(body).replace('7', "8"));
+        assert!(matches!(
+            read_spec::<weft_schema::HostSpec>(&host, Some(&trust), &tampered),
+            Read::Rejected {
+                reason: Reason::Signature,
+                ..
+            }
+        ));
+        match read_spec::<weft_schema::HostSpec>(&PodId::parse("host-b").unwrap(), None, &msg) {
+            Read::Rejected { error, .. } => assert_eq!(
+                error,
+                "generation 2 rejected: HostId: host-a is not this agent's host (host-b)"
+            ),
+            other => panic!("{other:?}"),
+        }
+        match read_spec::<weft_schema::HostSpec>(
+            &host,
+            None,
+            &message(br#"{"PodId":"host-a","Generation":1}"#),
+        ) {
+            Read::Rejected { reason, .. } => assert_eq!(reason, Reason::Decode),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
     fn expiry_is_checked_against_the_time_of_arrival() {
-        let read = read_spec(
+        let read = read_spec::<PodSpec>(
             &pod(),
             None,
             &message(br#"{"PodId":"web-1","Generation":4,"NotAfterUnix":1763779200}"#),
@@ -334,9 +399,9 @@ mod tests {
         let Read::Valid { spec, .. } = read else {
             panic!()
         };
-        assert_eq!(expired(&spec, 1_763_779_200), None);
+        assert_eq!(expired(&*spec, 1_763_779_200), None);
         assert_eq!(
-            expired(&spec, 1_763_779_201).unwrap(),
+            expired(&*spec, 1_763_779_201).unwrap(),
             "generation 4 rejected: expired at 2025-11-22T02:40:00Z (NotAfterUnix 1763779200)"
         );
     }

@@ -32,17 +32,18 @@ use weft_emitter::fit;
 use weft_emitter::rate::LogGate;
 use weft_schema::codec::MAX_BODY_BYTES;
 use weft_schema::sign::TrustKeys;
-use weft_schema::{ApplyReply, ApplyResult, Encoding, Subjects};
+use weft_schema::{Applicable, ApplyReply, ApplyResult, Encoding, Subjects};
 
 use crate::config::SpecSource;
 use crate::reconciler::{Handle, Replier, Submission};
+use crate::role::Role;
 pub use message::{expired, read_spec, Read, Reason, SpecMessage};
 
 /// What intake needs besides the connection.
-#[derive(Debug, Clone)]
-pub struct Intake {
+#[derive(Debug)]
+pub struct Intake<R: Role> {
     pub subjects: Subjects,
-    pub reconciler: Handle,
+    pub reconciler: Handle<R>,
     pub trust: Option<Arc<TrustKeys>>,
     /// The connection's state: what the server refused, to say why a JetStream call failed.
     pub link: weft_emitter::bus::Link,
@@ -126,9 +127,9 @@ impl Backlog {
 
 /// Serves specs from `source` until the subscription ends (or, for KV, for ever: the watch
 /// is re-made after any failure).
-pub async fn run(
+pub async fn run<R: Role>(
     client: Client,
-    intake: Intake,
+    intake: Intake<R>,
     source: SpecSource,
 ) -> Result<(), async_nats::SubscribeError> {
     let backlog = Backlog::default();
@@ -188,7 +189,7 @@ pub async fn run(
     }
 }
 
-impl Intake {
+impl<R: Role> Intake<R> {
     /// Reads one message off the runtime's workers and acts on what it is.
     pub(crate) async fn take(
         &self,
@@ -200,7 +201,7 @@ impl Intake {
         // One message at a time: a burst waits in the subscription's small queue, so at most
         // one body is being decoded, whatever arrives.
         let read = tokio::task::spawn_blocking(move || {
-            let read = read_spec(&pod, trust.as_deref(), &message);
+            let read = read_spec::<R::Wire>(&pod, trust.as_deref(), &message);
             (message, read)
         })
         .await;
@@ -213,9 +214,9 @@ impl Intake {
             }
         };
         let read = match read {
-            Read::Valid { spec, .. } if expired(&spec, unix_now()).is_some() => Read::Rejected {
-                generation: spec.generation,
-                error: expired(&spec, unix_now()).expect("checked"),
+            Read::Valid { spec, .. } if expired(&*spec, unix_now()).is_some() => Read::Rejected {
+                generation: spec.generation(),
+                error: expired(&*spec, unix_now()).expect("checked"),
                 reason: Reason::Expired,
             },
             other => other,
@@ -227,7 +228,7 @@ impl Intake {
     fn deliver(
         &self,
         message: SpecMessage,
-        read: Read,
+        read: Read<R::Spec>,
         reply: Option<ReplyTo>,
         gate: &mut LogGate,
     ) {
@@ -257,7 +258,7 @@ impl Intake {
                 }
             }
             Read::Valid { spec, signed_by } => {
-                debug!(generation = spec.generation, "spec received");
+                debug!(generation = spec.generation(), "spec received");
                 let (tx, rx) = match reply {
                     Some(to) => {
                         let (tx, rx) = oneshot::channel();

@@ -20,11 +20,12 @@ use prometheus_client::registry::Registry;
 use serde::Serialize;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
-use weft_schema::{Overall, PodStatus};
+use weft_schema::Overall;
 
-use super::{reconciler_turns, registry, Live};
+use super::{reconciler_turns, registry, Live, Scraped};
 use crate::http::{self, respond, Body, Limits};
 use crate::reconciler::Handle;
+use crate::role::Role;
 
 /// How long `/healthz` waits for the reconciler's loop to go round. An apply in progress
 /// holds the loop, so this is longer than any apply should take (10,000 rules: ~0.3 s).
@@ -34,15 +35,25 @@ const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=
 const PROMETHEUS_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
 
 /// What the endpoints read.
-#[derive(Debug, Clone)]
-pub struct Endpoints {
+#[derive(Debug)]
+pub struct Endpoints<R: Role> {
     registry: Arc<Registry>,
-    status: watch::Receiver<PodStatus>,
-    reconciler: Handle,
+    status: watch::Receiver<R::Status>,
+    reconciler: Handle<R>,
 }
 
-impl Endpoints {
-    pub fn new(reconciler: Handle, client: Option<async_nats::Client>) -> Endpoints {
+impl<R: Role> Clone for Endpoints<R> {
+    fn clone(&self) -> Self {
+        Endpoints {
+            registry: self.registry.clone(),
+            status: self.status.clone(),
+            reconciler: self.reconciler.clone(),
+        }
+    }
+}
+
+impl<R: Role> Endpoints<R> {
+    pub fn new(reconciler: Handle<R>, client: Option<async_nats::Client>) -> Endpoints<R> {
         let status = reconciler.status();
         Endpoints {
             registry: Arc::new(registry(Live {
@@ -82,7 +93,7 @@ impl Endpoints {
             }
             "/healthz" => {
                 let alive = self.loop_turns().await;
-                let mut body = Health::of(&self.status.borrow());
+                let mut body = Health::of(&*self.status.borrow());
                 if !alive {
                     body.last_error = format!(
                         "the reconciler's loop did not go round within {} s",
@@ -92,7 +103,7 @@ impl Endpoints {
                 health(alive, &body)
             }
             "/readyz" => {
-                let body = Health::of(&self.status.borrow());
+                let body = Health::of(&*self.status.borrow());
                 health(body.overall == Overall::Healthy, &body)
             }
             _ => respond(
@@ -128,11 +139,11 @@ struct Health {
 }
 
 impl Health {
-    fn of(status: &PodStatus) -> Health {
+    fn of(status: &impl Scraped) -> Health {
         Health {
-            overall: status.overall,
-            observed_generation: status.observed_generation,
-            last_error: status.last_error.clone(),
+            overall: status.overall(),
+            observed_generation: status.observed_generation(),
+            last_error: status.last_error().to_owned(),
         }
     }
 }

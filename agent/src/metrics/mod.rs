@@ -31,7 +31,9 @@ use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::metrics::info::Info;
 use prometheus_client::registry::{Registry, Unit};
 use tokio::sync::watch;
-use weft_schema::{ApplyResult, Overall, PodStatus, Subsystem};
+use weft_schema::{
+    ApplyResult, FirewallStatus, HostStatus, Overall, PodStatus, Subsystem, WireGuardStatus,
+};
 
 /// The prefix of every family.
 pub const PREFIX: &str = "weft_agent";
@@ -177,10 +179,34 @@ impl<S: weft_emitter::Sink> weft_emitter::Sink for Counted<S> {
     }
 }
 
+/// What the scrapes and the health answers read from a role's status.
+pub trait Scraped: weft_emitter::Status {
+    fn last_error(&self) -> &str;
+    /// A pod's firewall and WireGuard parts (a host has neither).
+    fn pod_parts(&self) -> (Option<&FirewallStatus>, Option<&WireGuardStatus>) {
+        (None, None)
+    }
+}
+
+impl Scraped for PodStatus {
+    fn last_error(&self) -> &str {
+        &self.last_error
+    }
+    fn pod_parts(&self) -> (Option<&FirewallStatus>, Option<&WireGuardStatus>) {
+        (self.firewall.as_ref(), self.wireguard.as_ref())
+    }
+}
+
+impl Scraped for HostStatus {
+    fn last_error(&self) -> &str {
+        &self.last_error
+    }
+}
+
 /// The agent's state, read at each scrape: the newest status and the NATS client.
 #[derive(Debug)]
-pub struct Live {
-    pub status: watch::Receiver<PodStatus>,
+pub struct Live<S> {
+    pub status: watch::Receiver<S>,
     pub client: Option<async_nats::Client>,
 }
 
@@ -215,19 +241,19 @@ fn counter(
     c.encode(encoder.encode_descriptor(name, help, unit, c.metric_type())?)
 }
 
-impl Collector for Live {
+impl<S: Scraped> Collector for Live<S> {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let status = self.status.borrow().clone();
         gauge(
             &mut encoder,
             "observed_generation",
             "The generation last applied (0 before any)",
-            status.observed_generation as i64,
+            status.observed_generation() as i64,
         )?;
         let desired = EVENTS
             .desired_generation
             .load(Ordering::Relaxed)
-            .max(status.observed_generation);
+            .max(status.observed_generation());
         gauge(
             &mut encoder,
             "desired_generation",
@@ -246,11 +272,12 @@ impl Collector for Live {
                 ("Degraded", Overall::Degraded),
                 ("Pending", Overall::Pending),
             ] {
-                ConstGauge::new(i64::from(status.overall == which))
+                ConstGauge::new(i64::from(status.overall() == which))
                     .encode(family.encode_family(&StateLabel { state })?)?;
             }
         }
-        if let Some(fw) = &status.firewall {
+        let (firewall, wireguard) = status.pod_parts();
+        if let Some(fw) = firewall {
             let mut family = encoder.encode_descriptor(
                 "firewall_rules",
                 "Rules of the spec in table inet weft-fw, as read back",
@@ -262,7 +289,7 @@ impl Collector for Live {
                     .encode(family.encode_family(&DirectionLabel { direction })?)?;
             }
         }
-        if let Some(wg) = &status.wireguard {
+        if let Some(wg) = wireguard {
             gauge(
                 &mut encoder,
                 "wireguard_peers",
@@ -319,7 +346,7 @@ struct BuildLabels {
 }
 
 /// Every family of the agent, under [`PREFIX`].
-pub fn registry(live: Live) -> Registry {
+pub fn registry<S: Scraped>(live: Live<S>) -> Registry {
     let mut r = Registry::with_prefix(PREFIX);
     let e = &*EVENTS;
     r.register_with_unit(

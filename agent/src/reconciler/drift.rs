@@ -7,7 +7,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use weft_schema::{DriftEvent, Subsystem};
 
-use crate::dataplane::events::{describe_port, Hints};
+use crate::dataplane::events::{describe_port, own_transaction, Hints};
 
 /// The repairs so far, for the status.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -77,7 +77,7 @@ pub fn touched(hints: &Hints, own_port: u32) -> bool {
         || hints
             .firewall
             .iter()
-            .any(|t| t.pid != Some(std::process::id()))
+            .any(|t| !own_transaction(t))
 }
 
 /// Who changed `subsystem`, as well as the hints tell; `unknown` otherwise. `found` is what
@@ -93,7 +93,7 @@ pub fn author(hints: &Hints, subsystem: Subsystem, own_port: u32, found: &str) -
             .firewall
             .iter()
             .rev()
-            .find(|t| t.pid != Some(std::process::id()))
+            .find(|t| !own_transaction(t))
             .map(|t| t.by()),
         Subsystem::Network | Subsystem::WireGuard => hints
             .network
@@ -109,12 +109,7 @@ pub fn author(hints: &Hints, subsystem: Subsystem, own_port: u32, found: &str) -
 /// input`), else what the read-back found different.
 pub fn change(hints: &Hints, subsystem: Subsystem, found: &str) -> String {
     if subsystem == Subsystem::Firewall {
-        if let Some(t) = hints
-            .firewall
-            .iter()
-            .rev()
-            .find(|t| t.pid != Some(std::process::id()))
-        {
+        if let Some(t) = hints.firewall.iter().rev().find(|t| !own_transaction(t)) {
             return t.changes.join(", ");
         }
     }
@@ -192,11 +187,13 @@ mod tests {
         hints.network.push(RouteChange {
             what: "address added",
             port: own,
+            subject: None,
         });
         assert!(!touched(&hints, own));
         hints.network.push(RouteChange {
             what: "address removed",
             port: std::process::id(),
+            subject: None,
         });
         assert!(touched(&hints, own));
         assert!(author(&hints, Subsystem::Network, own, "")

@@ -8,15 +8,14 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::{Mutex, MutexGuard};
 
 use tokio::sync::oneshot;
-use weft_schema::validate::ValidSpec;
-use weft_schema::{ApplyReply, ApplyResult, PodId};
+use weft_schema::{Applicable, ApplyReply, ApplyResult, PodId};
 
 use crate::intake::SpecMessage;
 
-/// A valid spec on its way to the kernel.
+/// A valid spec (a pod's or a host's) on its way to the kernel.
 #[derive(Debug)]
-pub struct Submission {
-    pub spec: ValidSpec,
+pub struct Submission<S> {
+    pub spec: S,
     /// As received (headers and body), kept in the state directory once applied.
     pub kept: SpecMessage,
     /// The key that signed it, when signatures are checked.
@@ -24,11 +23,11 @@ pub struct Submission {
     pub reply: Replier,
 }
 
-impl Submission {
-    /// Answers the spec's request, if it was one.
-    pub fn answer(self, result: ApplyResult, error: String) {
+impl<S: Applicable> Submission<S> {
+    /// Answers the spec's request, if it was one, for the agent `id`.
+    pub fn answer(self, id: &PodId, result: ApplyResult, error: String) {
         self.reply
-            .send(&self.spec.pod_id, self.spec.generation, result, error, 0);
+            .send(id, self.spec.generation(), result, error, 0);
     }
 }
 
@@ -66,9 +65,9 @@ impl Replier {
 }
 
 /// What the reconciler finds when it wakes.
-#[derive(Debug, Default)]
-pub struct Inbox {
-    pub pending: Option<Submission>,
+#[derive(Debug)]
+pub struct Inbox<S> {
+    pub pending: Option<Submission<S>>,
     /// The newest rejection from intake (a spec that did not decode or validate).
     pub rejection: Option<String>,
     pub shutdown: bool,
@@ -76,16 +75,27 @@ pub struct Inbox {
     pub observe: bool,
 }
 
-impl Inbox {
+impl<S> Default for Inbox<S> {
+    fn default() -> Self {
+        Inbox {
+            pending: None,
+            rejection: None,
+            shutdown: false,
+            observe: false,
+        }
+    }
+}
+
+impl<S: Applicable> Inbox<S> {
     /// Puts `new` in the slot; returns the spec that lost its place, if any. The higher
     /// generation wins; on a tie the newer arrival does.
-    pub fn offer(&mut self, new: Submission) -> Option<Submission> {
+    pub fn offer(&mut self, new: Submission<S>) -> Option<Submission<S>> {
         match self.pending.take() {
             None => {
                 self.pending = Some(new);
                 None
             }
-            Some(old) if new.spec.generation >= old.spec.generation => {
+            Some(old) if new.spec.generation() >= old.spec.generation() => {
                 self.pending = Some(new);
                 Some(old)
             }
@@ -99,13 +109,13 @@ impl Inbox {
 
 /// The inbox behind a lock, and the eventfd that says it changed.
 #[derive(Debug)]
-pub struct Mailbox {
-    inbox: Mutex<Inbox>,
+pub struct Mailbox<S> {
+    inbox: Mutex<Inbox<S>>,
     wake: OwnedFd,
 }
 
-impl Mailbox {
-    pub fn new() -> io::Result<Mailbox> {
+impl<S> Mailbox<S> {
+    pub fn new() -> io::Result<Mailbox<S>> {
         // SAFETY: eventfd takes no pointers; a non-negative return is a new fd we own.
         let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
         if fd < 0 {
@@ -119,7 +129,7 @@ impl Mailbox {
     }
 
     /// Changes the inbox and wakes the reconciler.
-    pub fn update<R>(&self, f: impl FnOnce(&mut Inbox) -> R) -> R {
+    pub fn update<R>(&self, f: impl FnOnce(&mut Inbox<S>) -> R) -> R {
         let r = f(&mut self.lock());
         let one: u64 = 1;
         // SAFETY: writes 8 bytes from a live u64 to our eventfd. It can only fail with
@@ -129,7 +139,7 @@ impl Mailbox {
     }
 
     /// Takes everything in the inbox and clears the wakeup.
-    pub fn take(&self) -> Inbox {
+    pub fn take(&self) -> Inbox<S> {
         let mut buf: u64 = 0;
         // SAFETY: reads at most 8 bytes into a live u64; EAGAIN (nothing pending) is fine.
         unsafe { libc::read(self.wake.as_raw_fd(), (&mut buf as *mut u64).cast(), 8) };
@@ -141,7 +151,7 @@ impl Mailbox {
         self.wake.as_raw_fd()
     }
 
-    fn lock(&self) -> MutexGuard<'_, Inbox> {
+    fn lock(&self) -> MutexGuard<'_, Inbox<S>> {
         // A panic while holding the lock leaves a consistent Inbox (plain assignments).
         self.inbox.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -150,8 +160,9 @@ impl Mailbox {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use weft_schema::validate::ValidSpec;
 
-    fn sub(generation: u64) -> (Submission, oneshot::Receiver<ApplyReply>) {
+    fn sub(generation: u64) -> (Submission<ValidSpec>, oneshot::Receiver<ApplyReply>) {
         let pod = PodId::parse("p").unwrap();
         let wire = weft_schema::PodSpec {
             pod_id: "p".into(),
@@ -199,10 +210,11 @@ mod tests {
         let inbox = mb.take();
         // SAFETY: as above.
         assert_eq!(unsafe { libc::poll(&mut pfd, 1, 0) }, 0);
-        inbox
-            .pending
-            .unwrap()
-            .answer(ApplyResult::Applied, String::new());
+        inbox.pending.unwrap().answer(
+            &PodId::parse("p").unwrap(),
+            ApplyResult::Applied,
+            String::new(),
+        );
         assert_eq!(rx.try_recv().unwrap().result, ApplyResult::Applied);
     }
 }

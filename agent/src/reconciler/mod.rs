@@ -3,7 +3,9 @@
 //! It runs on its own OS thread (the sockets are blocking, and a thread is what lives in a
 //! network namespace). Intake hands it specs through a [`Mailbox`] that keeps only the newest;
 //! it decides (stale? re-assert? conflict?), applies each subsystem independently, reads the
-//! kernel back and publishes the resulting [`PodStatus`] on a watch channel for the emitter.
+//! kernel back and publishes the resulting status on a watch channel for the emitter. It is
+//! written once for every [`Role`]: a pod's and a host's reconciler differ only in the spec,
+//! the status and the kernel half ([`Plane`]) they drive.
 
 pub mod drift;
 pub mod mailbox;
@@ -17,19 +19,18 @@ use tracing::{error, info, info_span, warn};
 use weft_emitter::rate::LogGate;
 use weft_schema::sign::TrustKeys;
 use weft_schema::text::rfc3339;
-use weft_schema::validate::ValidSpec;
-use weft_schema::{ApplyResult, FirewallStatus, Overall, PodId, PodStatus};
+use weft_schema::{Applicable, ApplyResult, PodId};
 
-use crate::config::FirewallAtStart;
 use crate::dataplane::events::{Hints, KernelEvents};
-use crate::dataplane::{self, Dataplane, Failure, Observed};
+use crate::dataplane::{self, Failure};
 use crate::intake::{read_spec, Read};
 use crate::metrics;
+use crate::role::{Facts, Plane, Role};
 use crate::state::StateDir;
 use drift::{Budgets, Drift};
 pub use mailbox::{Inbox, Mailbox, Replier, Submission};
 pub use status::compose;
-use status::failure_line;
+pub(crate) use status::failure_line;
 use weft_schema::text::ErrorLine;
 
 /// What to do with a valid spec, given the generation already applied.
@@ -47,37 +48,40 @@ pub enum Decision {
 }
 
 /// The generation rules of the contract.
-pub fn decide(applied: Option<&ValidSpec>, new: &ValidSpec) -> Decision {
+pub fn decide<S: Applicable + PartialEq>(applied: Option<&S>, new: &S) -> Decision {
     match applied {
         None => Decision::Apply,
-        Some(a) if new.generation > a.generation => Decision::Apply,
-        Some(a) if new.generation < a.generation => Decision::Stale,
+        Some(a) if new.generation() > a.generation() => Decision::Apply,
+        Some(a) if new.generation() < a.generation() => Decision::Stale,
         Some(a) if a == new => Decision::Reassert,
         Some(_) => Decision::Conflict,
     }
 }
 
-/// The reconciler's state and its dataplane. Used by the actor thread, and directly by the
+/// What the kernel holds, as the role's plane reads it.
+type Observed<R> = <<R as Role>::Plane as Plane>::Observed;
+
+/// The reconciler's state and its plane. Used by the actor thread, and directly by the
 /// one-shot `weft-agent apply`.
 #[derive(Debug)]
-pub struct Reconciler {
+pub struct Reconciler<R: Role> {
     pod: PodId,
-    dataplane: Dataplane,
+    dataplane: R::Plane,
     state: StateDir,
-    applied: Option<ValidSpec>,
+    applied: Option<R::Spec>,
     /// Why the newest refused spec was refused, until a later spec applies cleanly.
     rejection: Option<String>,
     /// What the kernel refused in the last apply.
     failures: Vec<Failure>,
-    observed: Option<Observed>,
+    observed: Option<Observed<R>>,
     drift: Drift,
     budgets: Budgets,
     /// Keys a kept spec must be signed with (`--trust-keys`).
     trust: Option<Arc<TrustKeys>>,
     /// The key that signed the applied spec.
     signed_by: Option<String>,
-    /// The baseline firewall installed at start, before any spec (`--firewall-at-start`).
-    baseline: Option<FirewallStatus>,
+    /// What was installed at start, before any spec (a pod's `--firewall-at-start baseline`).
+    baseline: Option<Observed<R>>,
     /// Stale and conflicting specs are logged at most once a second each.
     log_gate: LogGate,
     /// Answers held until the status they change is out (see [`Self::take_answers`]).
@@ -106,8 +110,8 @@ impl Answer {
     }
 }
 
-impl Reconciler {
-    pub fn new(pod: PodId, dataplane: Dataplane, state: StateDir) -> Reconciler {
+impl<R: Role> Reconciler<R> {
+    pub fn new(pod: PodId, dataplane: R::Plane, state: StateDir) -> Reconciler<R> {
         Reconciler {
             pod,
             dataplane,
@@ -149,7 +153,7 @@ impl Reconciler {
     }
 
     /// Checks kept and incoming specs against these keys.
-    pub fn trusting(mut self, trust: Option<Arc<TrustKeys>>) -> Reconciler {
+    pub fn trusting(mut self, trust: Option<Arc<TrustKeys>>) -> Reconciler<R> {
         self.trust = trust;
         self
     }
@@ -158,22 +162,22 @@ impl Reconciler {
     /// brought back to the last applied generation before NATS is even reachable. Only what
     /// drifted is written. The kept spec is verified again (signature, decode, validation)
     /// first, and not applied when the agent crashed while applying it twice in a row. With
-    /// nothing applied and `--firewall-at-start baseline`, installs the baseline firewall.
-    pub fn restore(&mut self, firewall_at_start: FirewallAtStart) {
+    /// nothing applied, installs what the plane installs before any spec (a pod's baseline
+    /// firewall with `--firewall-at-start baseline`).
+    pub fn restore(&mut self) {
         self.restore_kept();
-        if self.applied.is_none() && firewall_at_start == FirewallAtStart::Baseline {
-            match self.dataplane.apply_baseline_firewall() {
-                Ok(status) => {
-                    info!("baseline firewall installed; waiting for a spec");
-                    self.baseline = Some(status);
-                }
-                Err(error) => {
-                    error!(error = %ErrorLine(&error), "baseline firewall not installed");
-                    self.failures = vec![Failure {
-                        subsystem: weft_schema::Subsystem::Firewall,
-                        error,
-                    }];
-                }
+        if self.applied.is_some() {
+            return;
+        }
+        match self.dataplane.before_any_spec() {
+            None => {}
+            Some(Ok(observed)) => {
+                info!("installed what holds before any spec; waiting for a spec");
+                self.baseline = Some(observed);
+            }
+            Some(Err(failure)) => {
+                error!(error = %ErrorLine(&failure.error), subsystem = ?failure.subsystem, "not installed before the first spec");
+                self.failures = vec![failure];
             }
         }
     }
@@ -190,7 +194,8 @@ impl Reconciler {
                 return;
             }
         };
-        let (spec, signed_by) = match read_spec(&self.pod, self.trust.as_deref(), &kept) {
+        let (spec, signed_by) = match read_spec::<R::Wire>(&self.pod, self.trust.as_deref(), &kept)
+        {
             Read::Valid { spec, signed_by } => (*spec, signed_by),
             Read::Rejected { error, .. } => {
                 let line = format!(
@@ -203,38 +208,24 @@ impl Reconciler {
         };
         drop(kept);
         if let Some(a) = self.state.applying() {
-            if a.generation == spec.generation && a.attempts >= 2 {
+            if a.generation == spec.generation() && a.attempts >= 2 {
                 let line = format!(
                     "kept spec generation {} crashed the agent; waiting for a new spec",
-                    spec.generation
+                    spec.generation()
                 );
                 error!(attempts = a.attempts, error = %line, "kept spec not applied");
                 self.rejection = Some(line);
                 return;
             }
         }
-        info!(generation = spec.generation, "re-asserting the kept spec");
+        info!(generation = spec.generation(), "re-asserting the kept spec");
         self.signed_by = signed_by;
         self.apply(spec);
     }
 
-    /// Learns from the kept spec which objects an earlier agent process made, without
-    /// applying it, so the next apply can remove what the new spec drops (the one-shot
-    /// `weft-agent apply`; the daemon re-asserts the kept spec instead, see [`Self::restore`]).
-    pub fn inherit_kept(&mut self) {
-        let Ok(Some(kept)) = self.state.load_spec() else {
-            return;
-        };
-        if let Read::Valid { spec, .. } = read_spec(&self.pod, None, &kept) {
-            if let Some(wg) = &spec.wireguard {
-                self.dataplane.inherit_wireguard(wg.interface.as_str());
-            }
-        }
-    }
-
     /// Takes one spec through the generation rules, applies it, and answers it.
-    pub fn handle(&mut self, sub: Submission) {
-        let generation = sub.spec.generation;
+    pub fn handle(&mut self, sub: Submission<R::Spec>) {
+        let generation = sub.spec.generation();
         match decide(self.applied.as_ref(), &sub.spec) {
             Decision::Stale => {
                 let applied = self.applied_generation();
@@ -289,19 +280,19 @@ impl Reconciler {
     /// Applies `spec` and reads the kernel back. What failed is kept in `failures`. The state
     /// directory records the apply while it runs: if the process dies in it, the next start
     /// knows.
-    fn apply(&mut self, spec: ValidSpec) {
-        if let Err(e) = self.state.begin_apply(spec.generation) {
+    fn apply(&mut self, spec: R::Spec) {
+        if let Err(e) = self.state.begin_apply(spec.generation()) {
             warn!(cause = %dataplane::error_line(&e), "cannot record the apply; a crash in it would not be noticed");
         }
         #[cfg(debug_assertions)]
-        injected_fault(spec.generation);
+        injected_fault(spec.generation());
         let started = Instant::now();
         self.failures = self.dataplane.apply(&spec);
         self.apply_micros = started.elapsed().as_micros() as u64;
         self.state.end_apply();
         self.baseline = None;
         info!(
-            generation = spec.generation,
+            generation = spec.generation(),
             failed = self.failures.len(),
             micros = self.apply_micros,
             "applied"
@@ -309,7 +300,7 @@ impl Reconciler {
         if self.failures.is_empty() {
             self.rejection = None;
         }
-        metrics::spec_desired(spec.generation);
+        metrics::spec_desired(spec.generation());
         metrics::spec_handled(if self.failures.is_empty() {
             ApplyResult::Applied
         } else {
@@ -343,7 +334,7 @@ impl Reconciler {
         let now = Instant::now();
         let mut again: Option<Instant> = None;
         let mut wrote = false;
-        for (subsystem, found) in observed.degraded() {
+        for (subsystem, found) in R::Plane::degraded(&observed) {
             let failed = self.failures.iter().any(|f| f.subsystem == subsystem);
             if failed && !retry_failed {
                 continue;
@@ -390,36 +381,28 @@ impl Reconciler {
     }
 
     /// The status as of the last observation (unstamped: the emitter stamps it).
-    pub fn status(&self) -> PodStatus {
+    pub fn status(&self) -> R::Status {
         let expired = self.expired(unix_now());
         let rejection = match (self.rejection.as_deref(), expired.as_deref()) {
             (Some(r), Some(e)) => Some(format!("{r}; {e}")),
             (r, e) => r.or(e).map(str::to_owned),
         };
-        let baseline = self.baseline.as_ref().map(|firewall| Observed {
-            network: None,
-            firewall: firewall.clone(),
-            wireguard: None,
-        });
-        let mut status = compose(
-            &self.pod,
-            self.applied.as_ref().map(|s| s.generation),
-            self.observed.as_ref().or(baseline.as_ref()),
-            rejection.as_deref(),
-            &self.failures,
-            &self.drift,
-        );
-        status.signed_by = self.trust.as_ref().and(self.signed_by.clone());
-        if self.baseline.is_some() && status.overall == Overall::Healthy {
-            status.overall = Overall::Pending; // a baseline is not a spec
-        }
-        status
+        R::compose(Facts {
+            id: &self.pod,
+            generation: self.applied.as_ref().map(|s| s.generation()),
+            observed: self.observed.as_ref().or(self.baseline.as_ref()),
+            rejection: rejection.as_deref(),
+            failures: &self.failures,
+            drift: &self.drift,
+            signed_by: self.trust.as_ref().and(self.signed_by.clone()),
+            before_spec: self.baseline.is_some(),
+        })
     }
 
     /// `spec expired at ...` once the applied spec is past its `NotAfterUnix`: the kernel
     /// keeps it, the status says so until a fresh spec arrives.
     fn expired(&self, now_unix: u64) -> Option<String> {
-        let not_after = self.applied.as_ref()?.not_after_unix?;
+        let not_after = self.applied.as_ref()?.not_after_unix()?;
         (now_unix > not_after).then(|| {
             format!(
                 "spec expired at {} (NotAfterUnix {not_after}); the kernel keeps it until a \
@@ -431,7 +414,7 @@ impl Reconciler {
 
     /// When the applied spec expires, if it has not yet.
     fn expiry_deadline(&self) -> Option<Instant> {
-        let not_after = self.applied.as_ref()?.not_after_unix?;
+        let not_after = self.applied.as_ref()?.not_after_unix()?;
         let now = unix_now();
         (now <= not_after).then(|| {
             Instant::now() + Duration::from_secs((not_after - now).saturating_add(1).min(1 << 32))
@@ -439,11 +422,28 @@ impl Reconciler {
     }
 
     fn applied_generation(&self) -> u64 {
-        self.applied.as_ref().map_or(0, |s| s.generation)
+        self.applied.as_ref().map_or(0, |s| s.generation())
     }
 
     pub fn shutdown(&mut self) {
         self.dataplane.shutdown();
+    }
+}
+
+impl Reconciler<crate::role::Pod> {
+    /// Learns from the kept spec which objects an earlier agent process made, without
+    /// applying it, so the next apply can remove what the new spec drops (the one-shot
+    /// `weft-agent apply`; the daemon re-asserts the kept spec instead, see [`Self::restore`]).
+    pub fn inherit_kept(&mut self) {
+        let Ok(Some(kept)) = self.state.load_spec() else {
+            return;
+        };
+        if let Read::Valid { spec, .. } = read_spec::<weft_schema::PodSpec>(&self.pod, None, &kept)
+        {
+            if let Some(wg) = &spec.wireguard {
+                self.dataplane.inherit_wireguard(wg.interface.as_str());
+            }
+        }
     }
 }
 
@@ -454,35 +454,54 @@ pub struct Start {
     pub resync_every: Duration,
     /// Keys specs (the kept one included) must be signed with.
     pub trust: Option<Arc<TrustKeys>>,
-    pub firewall_at_start: FirewallAtStart,
 }
 
 /// The actor's side of the reconciler: send it specs and rejections, watch its status.
-#[derive(Debug, Clone)]
-pub struct Handle {
-    mailbox: Arc<Mailbox>,
-    status: watch::Receiver<PodStatus>,
+#[derive(Debug)]
+pub struct Handle<R: Role> {
+    id: PodId,
+    mailbox: Arc<Mailbox<R::Spec>>,
+    status: watch::Receiver<R::Status>,
 }
 
-impl Handle {
-    /// Starts the reconciler thread: opens the dataplane there (its sockets must be created
-    /// on the thread that uses them), restores the kept spec, then serves the mailbox.
+impl<R: Role> Clone for Handle<R> {
+    fn clone(&self) -> Self {
+        Handle {
+            id: self.id.clone(),
+            mailbox: self.mailbox.clone(),
+            status: self.status.clone(),
+        }
+    }
+}
+
+impl<R: Role> Handle<R> {
+    /// Starts the reconciler thread: opens the plane there (its sockets must be created on
+    /// the thread that uses them), restores the kept spec, then serves the mailbox.
     pub fn spawn(
         pod: PodId,
-        settings: dataplane::Settings,
+        settings: <R::Plane as Plane>::Settings,
         start: Start,
-    ) -> anyhow::Result<(Handle, std::thread::JoinHandle<()>)> {
+    ) -> anyhow::Result<(Handle<R>, std::thread::JoinHandle<()>)> {
         let mailbox = Arc::new(Mailbox::new()?);
-        let state = StateDir::open(&settings.state_dir)?;
-        let (status_tx, status_rx) =
-            watch::channel(compose(&pod, None, None, None, &[], &Drift::default()));
+        let state = StateDir::open(R::Plane::state_dir(&settings))?;
+        let (status_tx, status_rx) = watch::channel(R::compose(Facts {
+            id: &pod,
+            generation: None,
+            observed: None,
+            rejection: None,
+            failures: &[],
+            drift: &Drift::default(),
+            signed_by: None,
+            before_spec: false,
+        }));
         let (opened_tx, opened_rx) = std::sync::mpsc::sync_channel(1);
         let mb = mailbox.clone();
+        let id = pod.clone();
         let thread = std::thread::Builder::new()
             .name("reconciler".into())
             .spawn(move || {
-                let _span = info_span!("reconciler", pod = %pod).entered();
-                let dataplane = match Dataplane::open(&settings) {
+                let _span = info_span!("reconciler", role = R::NAME, id = %pod).entered();
+                let dataplane = match R::Plane::open(&settings) {
                     Ok(d) => {
                         let _ = opened_tx.send(Ok(()));
                         d
@@ -494,11 +513,12 @@ impl Handle {
                 };
                 // Opened before the kept spec is restored, so nothing that happens from here
                 // on goes unnoticed.
-                let events = KernelEvents::open(&settings.resolv_conf)
+                let events = dataplane
+                    .events()
                     .map_err(|e| warn!(cause = %e, "no kernel events; drift is found by the periodic checks only"))
                     .ok();
-                let mut rec = Reconciler::new(pod, dataplane, state).trusting(start.trust);
-                rec.restore(start.firewall_at_start);
+                let mut rec = Reconciler::<R>::new(pod, dataplane, state).trusting(start.trust);
+                rec.restore();
                 status_tx.send_replace(rec.status());
                 run(&mut rec, &mb, events, &status_tx, start.resync_every);
                 rec.shutdown();
@@ -508,6 +528,7 @@ impl Handle {
             .map_err(|_| anyhow::anyhow!("reconciler thread died while opening"))??;
         Ok((
             Handle {
+                id,
                 mailbox,
                 status: status_rx,
             },
@@ -516,12 +537,13 @@ impl Handle {
     }
 
     /// Hands a valid spec over; a spec it displaces is answered `Stale` at once.
-    pub fn submit(&self, sub: Submission) {
+    pub fn submit(&self, sub: Submission<R::Spec>) {
         if let Some(lost) = self.mailbox.update(|inbox| inbox.offer(sub)) {
-            let generation = lost.spec.generation;
+            let generation = lost.spec.generation();
             metrics::spec_handled(ApplyResult::Stale);
             info!(generation, "spec superseded before it was applied");
             lost.answer(
+                &self.id,
                 ApplyResult::Stale,
                 format!(
                     "generation {generation} was superseded by a newer spec before it was applied"
@@ -552,7 +574,7 @@ impl Handle {
     }
 
     /// The newest status (unstamped).
-    pub fn status(&self) -> watch::Receiver<PodStatus> {
+    pub fn status(&self) -> watch::Receiver<R::Status> {
         self.status.clone()
     }
 }
@@ -561,11 +583,11 @@ impl Handle {
 /// reads come from the emitter's tick (`observe_now`), so each periodic snapshot carries a
 /// read made for it; `resync_every` is the safety net for lost events, and also retries what
 /// failed to apply.
-fn run(
-    rec: &mut Reconciler,
-    mailbox: &Mailbox,
+fn run<R: Role>(
+    rec: &mut Reconciler<R>,
+    mailbox: &Mailbox<R::Spec>,
     mut events: Option<KernelEvents>,
-    status: &watch::Sender<PodStatus>,
+    status: &watch::Sender<R::Status>,
     resync_every: Duration,
 ) {
     let mut next_resync = Instant::now() + resync_every;
@@ -595,15 +617,12 @@ fn run(
         let now = Instant::now();
         let touched = drift::touched(&hints, rec.dataplane.rtnl_port());
         let resync = now >= next_resync || hints.overrun;
+        rec.dataplane.woken(&hints, resync);
         let requested = inbox.observe;
         let due = requested || held_back.is_some_and(|t| now >= t);
         if touched || resync || due {
             if hints.overrun {
                 warn!("kernel events were lost; checking everything");
-            }
-            if resync {
-                // The safety net reads everything back, not only what the generation says.
-                rec.dataplane.distrust();
             }
             held_back = rec.check(&hints, touched || resync);
             if resync {
@@ -676,6 +695,7 @@ fn wait_readable(fds: &[std::os::fd::RawFd], timeout: Duration) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use weft_schema::validate::ValidSpec;
     use weft_schema::PodSpec;
 
     fn spec(generation: u64, comment: &str) -> ValidSpec {

@@ -13,7 +13,9 @@ use async_nats::jetstream::{self, kv};
 use async_nats::HeaderMap;
 use tracing::info;
 use weft_schema::codec::{HEADER_CONTENT_TYPE, HEADER_SCHEMA};
-use weft_schema::{Encoding, PodStatus, SCHEMA_VERSION};
+use weft_schema::{Encoding, SCHEMA_VERSION};
+
+use crate::fit::Status;
 
 pub use args::{ArgError, NatsArgs, NatsConfig};
 pub use connect::{Connection, Link};
@@ -41,9 +43,8 @@ impl Clock for SystemClock {
 }
 
 /// Stamps a snapshot with the publication time.
-pub fn stamp(status: &mut PodStatus, now_unix_ms: u64) {
-    status.published_at_unix_ms = now_unix_ms;
-    status.published_at_unix = now_unix_ms / 1000;
+pub fn stamp<S: Status>(status: &mut S, now_unix_ms: u64) {
+    status.stamp(now_unix_ms);
 }
 
 /// The two headers every weft message carries.

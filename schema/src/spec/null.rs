@@ -9,7 +9,7 @@
 use serde::{Deserialize, Deserializer};
 
 /// A list: `null` is `[]`.
-pub(super) fn or_empty<'de, D, T>(de: D) -> Result<T, D::Error>
+pub(crate) fn or_empty<'de, D, T>(de: D) -> Result<T, D::Error>
 where
     D: Deserializer<'de>,
     T: Deserialize<'de> + Default,
@@ -37,4 +37,9 @@ where
     } else {
         T::deserialize(de)
     }
+}
+
+/// `Egress`: `null` is `true`.
+pub(crate) fn or_true<'de, D: Deserializer<'de>>(de: D) -> Result<bool, D::Error> {
+    or_else(de, || true)
 }

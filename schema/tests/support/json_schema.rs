@@ -9,25 +9,28 @@ use std::sync::Mutex;
 use regex::Regex;
 use schemars::generate::SchemaSettings;
 use serde_json::{json, Map, Value};
-use weft_schema::{ApplyReply, PodSpec, PodStatus};
+use weft_schema::{ApplyReply, HostSpec, HostStatus, PodSpec, PodStatus};
 
 /// The checked-in schema's path.
 pub fn path() -> std::path::PathBuf {
     super::crate_dir().join("weft.schema.json")
 }
 
-/// The schema document: `PodSpec` as the agent reads it (fields with a default are optional),
-/// `PodStatus` and `ApplyReply` as the agent writes them (every field always present, `null`
-/// where the contract says so). One document, the three roots under `$defs`.
+/// The schema document: `PodSpec` and `HostSpec` as the agent reads them (fields with a
+/// default are optional), `PodStatus`, `HostStatus` and `ApplyReply` as the agent writes them
+/// (every field always present, `null` where the contract says so). One document, the five
+/// roots under `$defs`.
 pub fn generate() -> Value {
     let mut reads = SchemaSettings::draft2020_12()
         .for_deserialize()
         .into_generator();
     let spec = reads.subschema_for::<PodSpec>();
+    let host_spec = reads.subschema_for::<HostSpec>();
     let mut writes = SchemaSettings::draft2020_12()
         .for_serialize()
         .into_generator();
     let status = writes.subschema_for::<PodStatus>();
+    let host_status = writes.subschema_for::<HostStatus>();
     let reply = writes.subschema_for::<ApplyReply>();
     let mut defs = reads.take_definitions(true);
     for (name, def) in writes.take_definitions(true) {
@@ -41,8 +44,8 @@ pub fn generate() -> Value {
     json!({
         "$schema": "https://json-schema.org/draft/2020-12/schema",
         "title": "weft wire contract v1",
-        "description": "Message bodies on the weft NATS subjects: PodSpec (<prefix>.pod.<pod>.spec), PodStatus (<prefix>.pod.<pod>.status and the reply to .status.get) and ApplyReply (the reply to a spec sent as a request). null is accepted wherever a field may be left out and means leaving it out (contract v1.1). Generated from the weft-schema types; the agent's validation is authoritative where this schema is looser (interface names and comments are limited in bytes, not characters; CIDRs and endpoints are checked by parsing).",
-        "anyOf": [spec, status, reply],
+        "description": "Message bodies on the weft NATS subjects: PodSpec (<prefix>.pod.<pod>.spec), PodStatus (<prefix>.pod.<pod>.status and the reply to .status.get), HostSpec and HostStatus (the same on <prefix>.host.<host>.*) and ApplyReply (the reply to a spec sent as a request; for a host its PodId is the host id). null is accepted wherever a field may be left out and means leaving it out (contract v1.1). Generated from the weft-schema types; the agent's validation is authoritative where this schema is looser (interface names and comments are limited in bytes, not characters; CIDRs and endpoints are checked by parsing).",
+        "anyOf": [spec, status, host_spec, host_status, reply],
         "$defs": defs,
     })
 }

@@ -307,3 +307,153 @@ pub fn rejected_reply() -> ApplyReply {
         apply_micros: 35,
     }
 }
+
+/// The host every test host spec is addressed to.
+pub const HOST: &str = "host-a";
+
+pub fn host() -> weft_schema::HostId {
+    weft_schema::HostId::parse(HOST).expect("host-a is a host id")
+}
+
+/// A host spec through what the host agent does with it (headers, decode, validate).
+pub fn accept_host(
+    content_type: Option<&str>,
+    schema: Option<&str>,
+    body: &[u8],
+) -> Result<weft_schema::ValidHostSpec, String> {
+    let (_, spec): (_, weft_schema::HostSpec) =
+        decode_message(content_type, schema, body).map_err(|e| e.to_line())?;
+    weft_schema::ValidHostSpec::validate(&spec, &host()).map_err(|e| e.to_string())
+}
+
+/// A host spec with every field set: a tap and a veth sandbox, one without egress, forwards
+/// of both protocols.
+pub fn full_host_spec() -> weft_schema::HostSpec {
+    use weft_schema::{HostSpec, PortForwardSpec, SandboxSpec};
+    HostSpec {
+        host_id: HOST.into(),
+        generation: 3,
+        not_after_unix: Some(1_893_456_000),
+        uplink: Some("eth0".into()),
+        sandboxes: vec![
+            SandboxSpec {
+                slot: 7,
+                guest: "tap".into(),
+                egress: true,
+                port_forwards: vec![
+                    PortForwardSpec {
+                        protocol: "tcp".into(),
+                        host_port: 8080,
+                        sandbox_port: 80,
+                    },
+                    PortForwardSpec {
+                        protocol: "udp".into(),
+                        host_port: 5353,
+                        sandbox_port: 53,
+                    },
+                ],
+            },
+            SandboxSpec {
+                slot: 16_383,
+                guest: "veth".into(),
+                egress: false,
+                port_forwards: vec![PortForwardSpec {
+                    protocol: "tcp".into(),
+                    host_port: 2222,
+                    sandbox_port: 22,
+                }],
+            },
+        ],
+    }
+}
+
+/// Only the required fields of a host spec.
+pub fn minimal_host_spec() -> weft_schema::HostSpec {
+    weft_schema::HostSpec {
+        host_id: HOST.into(),
+        generation: 1,
+        not_after_unix: None,
+        uplink: None,
+        sandboxes: vec![],
+    }
+}
+
+/// A host before its first spec.
+pub fn pending_host_status() -> weft_schema::HostStatus {
+    weft_schema::HostStatus {
+        host_id: HOST.into(),
+        agent_version: "0.1.0".into(),
+        observed_generation: 0,
+        overall: Overall::Pending,
+        last_error: String::new(),
+        published_at_unix: 1_763_779_200,
+        published_at_unix_ms: 1_763_779_200_123,
+        drift_repairs: 0,
+        last_drift: None,
+        signed_by: None,
+        uplink: None,
+        forwarding: false,
+        sandboxes: vec![],
+    }
+}
+
+/// A host with two slots, one of them degraded, and a drift repair. Numbers differ from
+/// each other so that swapping two fields changes the bincode bytes.
+pub fn degraded_host_status() -> weft_schema::HostStatus {
+    use weft_schema::{Guest, HostStatus, PortForward, SandboxStatus};
+    HostStatus {
+        host_id: HOST.into(),
+        agent_version: "0.1.0".into(),
+        observed_generation: 3,
+        overall: Overall::Degraded,
+        last_error: "Sandboxes[1]: link weft-v16383 is down".into(),
+        published_at_unix: 1_763_779_260,
+        published_at_unix_ms: 1_763_779_260_456,
+        drift_repairs: 2,
+        last_drift: Some(DriftEvent {
+            at_unix_ms: 1_763_779_250_789,
+            subsystem: Subsystem::Network,
+            change: "slot 7: route 10.11.0.7/32 missing".into(),
+            by: "ip (pid 4243)".into(),
+        }),
+        signed_by: Some(public_key(9)),
+        uplink: Some("eth0".into()),
+        forwarding: true,
+        sandboxes: vec![
+            SandboxStatus {
+                slot: 7,
+                namespace: "weft-sb-7".into(),
+                guest: Guest::Tap,
+                guest_mac: Some("02:fc:00:00:00:05".into()),
+                host_ip: "10.11.0.7".into(),
+                veth_ip: "10.12.0.14/31".into(),
+                vpeer_ip: "10.12.0.15/31".into(),
+                guest_ip: "169.254.0.21".into(),
+                up: true,
+                egress: true,
+                port_forwards: vec![PortForward {
+                    protocol: "tcp".into(),
+                    host_port: 8080,
+                    sandbox_port: 80,
+                }],
+                overall: Overall::Healthy,
+                last_error: String::new(),
+            },
+            SandboxStatus {
+                slot: 16_383,
+                namespace: "weft-sb-16383".into(),
+                guest: Guest::Veth,
+                guest_mac: None,
+                host_ip: "10.11.63.255".into(),
+                veth_ip: "10.12.127.254/31".into(),
+                vpeer_ip: "10.12.127.255/31".into(),
+                guest_ip: "169.254.0.21".into(),
+                up: false,
+                egress: false,
+                port_forwards: vec![],
+                overall: Overall::Degraded,
+                last_error: "link weft-v16383 is down".into(),
+            },
+        ],
+    }
+}

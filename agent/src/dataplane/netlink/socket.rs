@@ -208,6 +208,12 @@ impl Socket {
         first
     }
 
+    /// Asks the kernel to check dump requests strictly and to honour their filters (a
+    /// link's addresses, the routes via a link) instead of sending everything.
+    pub fn strict_dumps(&self) -> io::Result<()> {
+        self.set_int(libc::SOL_NETLINK, libc::NETLINK_GET_STRICT_CHK, 1)
+    }
+
     fn set_int(&self, level: i32, name: i32, value: i32) -> io::Result<()> {
         // SAFETY: `value` is a live c_int of the size passed; the fd is the socket's own.
         let rc = unsafe {

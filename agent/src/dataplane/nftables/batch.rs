@@ -71,6 +71,7 @@ pub struct Batch<L> {
     genid: Option<u32>,
     labels: Vec<L>,
     next_set_id: u32,
+    echo: bool,
 }
 
 impl<L> std::fmt::Debug for Batch<L> {
@@ -129,7 +130,15 @@ impl<L: Copy> Batch<L> {
             genid,
             labels: vec![label],
             next_set_id: 1,
+            echo: false,
         }
+    }
+
+    /// Asks the kernel to echo every rule this batch adds, as committed (with the handle it
+    /// was given): [`super::Nft::commit_echoed`] returns them.
+    pub fn echo_rules(mut self) -> Batch<L> {
+        self.echo = true;
+        self
     }
 
     fn add(&mut self, msg: &impl NlMsg, ty: MsgType, label: L) {
@@ -279,7 +288,10 @@ impl<L: Copy> Batch<L> {
         self.labels.push(label);
         let finalized = self.batch.finalize();
         let pages: Vec<&[u8]> = finalized.iter().collect();
-        let bytes = seal(&pages, self.first_seq, self.genid);
+        let mut bytes = seal(&pages, self.first_seq, self.genid);
+        if self.echo {
+            echo_new_rules(&mut bytes);
+        }
         debug_assert_eq!(
             crate::dataplane::netlink::messages(&bytes).count(),
             self.labels.len()
@@ -336,6 +348,21 @@ fn seal(pages: &[&[u8]], first_seq: u32, genid: Option<u32>) -> Vec<u8> {
         set_ack(&mut out[at..], true);
     }
     out
+}
+
+/// Sets `NLM_F_ECHO` on every `NFT_MSG_NEWRULE` of a sealed batch.
+fn echo_new_rules(out: &mut [u8]) {
+    let newrule = (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_NEWRULE;
+    let mut at = 0;
+    while at + NLMSG_HDRLEN <= out.len() {
+        let ty = u16::from_ne_bytes([out[at + 4], out[at + 5]]);
+        if ty == newrule {
+            let mut flags = u16::from_ne_bytes([out[at + NLM_FLAGS], out[at + NLM_FLAGS + 1]]);
+            flags |= libc::NLM_F_ECHO as u16;
+            out[at + NLM_FLAGS..at + NLM_FLAGS + 2].copy_from_slice(&flags.to_ne_bytes());
+        }
+        at += message_len(out, at);
+    }
 }
 
 /// The aligned length of the message at `at`, never past the end nor under a header.

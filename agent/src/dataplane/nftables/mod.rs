@@ -538,9 +538,30 @@ impl Nft {
     }
 
     /// Sends a transaction as one datagram and reads the kernel's answers: what it said
-    /// when the transaction committed (the rules it echoed), the first refusal otherwise
-    /// (the kernel then applied none of it).
+    /// when the transaction committed (the tables and rules it echoed), the first refusal
+    /// otherwise (the kernel then applied none of it).
     pub fn commit<L: Copy>(&mut self, tx: &Transaction<L>) -> Result<Committed, CommitError<L>> {
+        self.commit_reading(tx, None).map(|(c, _)| c)
+    }
+
+    /// [`Nft::commit`] of a batch that asked for its rules back
+    /// ([`batch::Batch::echo_rules`]): the rules of table `table` it added, as the kernel
+    /// committed them (handles, expressions and all).
+    pub fn commit_echoed<L: Copy>(
+        &mut self,
+        tx: &Transaction<L>,
+        table: Option<&str>,
+    ) -> Result<Vec<Rule>, CommitError<L>> {
+        self.commit_reading(tx, table).map(|(_, rules)| rules)
+    }
+
+    /// Commits, keeping what was echoed: tables and rules (chain, handle, key) always, and
+    /// whole rules of `table` when named.
+    fn commit_reading<L: Copy>(
+        &mut self,
+        tx: &Transaction<L>,
+        table: Option<&str>,
+    ) -> Result<(Committed, Vec<Rule>), CommitError<L>> {
         let net = |e| CommitError::Netlink(netlink::Error::Send(e));
         self.socket.fit_send(tx.bytes.len()).map_err(net)?;
         // The echoes of the rules it adds come before its ack, all queued before we read:
@@ -554,6 +575,7 @@ impl Nft {
         let mut refused = None;
         let mut acked = false;
         let mut committed = Committed::default();
+        let mut echoed = Vec::new();
         let acked_seq = tx.acked_seq();
         self.socket
             .exchange(
@@ -568,7 +590,12 @@ impl Nft {
                                 .push((name.unwrap_or_default().to_owned(), t));
                         }
                     }
-                    Event::Data(m) => committed.rules.extend(rule_id_of(m, None)),
+                    Event::Data(m) => {
+                        committed.rules.extend(rule_id_of(m, None));
+                        if let Some(table) = table {
+                            echoed.extend(rule_of(m, table));
+                        }
+                    }
                     Event::End(ack) if ack.errno == 0 => acked |= ack.seq == acked_seq,
                     Event::End(ack) => {
                         if refused.is_none() && ack.seq != fence_seq {
@@ -585,7 +612,7 @@ impl Nft {
         match refused {
             Some(r) => Err(CommitError::Refused(r)),
             None if !acked => Err(CommitError::NoAnswer),
-            None => Ok(committed),
+            None => Ok((committed, echoed)),
         }
     }
 }

@@ -49,7 +49,18 @@ fn message_with(
 }
 
 pub fn dump_request(seq: u32) -> Vec<u8> {
-    let msg = message(RtAddrFamily::Unspecified, 0, 0, vec![]);
+    dump_request_on(0, seq)
+}
+
+/// A dump of link `index`'s IPv4 addresses (0: every link's, every family's). A socket with
+/// strict dumps gets only those.
+pub fn dump_request_on(index: u32, seq: u32) -> Vec<u8> {
+    let family = if index == 0 {
+        RtAddrFamily::Unspecified
+    } else {
+        RtAddrFamily::Inet
+    };
+    let msg = message(family, 0, index, vec![]);
     netlink::request(Rtm::Getaddr, NlmF::DUMP, seq, msg)
 }
 
@@ -133,6 +144,17 @@ impl Rtnl {
         let mut all = self.all_addresses()?;
         all.retain(|a| a.index == index);
         Ok(all)
+    }
+
+    /// The IPv4 addresses on link `index`, by a dump the kernel filters when the socket has
+    /// strict dumps ([`Rtnl::open_strict`]).
+    pub fn addresses_on(&mut self, index: u32) -> Result<Vec<AddrInfo>, Error> {
+        let mut on = self.socket.dump(
+            |seq| dump_request_on(index, seq),
+            |m, out: &mut Vec<_>| out.extend(parse(m)),
+        )?;
+        on.retain(|a| a.index == index && a.addr.addr().is_ipv4());
+        Ok(on)
     }
 
     /// Every address on every link of the namespace (to find an address held elsewhere).

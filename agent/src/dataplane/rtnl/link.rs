@@ -26,6 +26,8 @@ pub struct LinkInfo {
     /// `IFLA_INFO_KIND` (`veth`, `wireguard`, `tun` ...); `None` for links without one
     /// (loopback, physical NICs).
     pub kind: Option<String>,
+    /// `IFLA_GROUP`, the link's group (0, the default group, for most).
+    pub group: u32,
 }
 
 /// An `ifinfomsg` for link `index` (0: named by attribute) with `attrs`.
@@ -86,10 +88,11 @@ pub fn create_request(name: &str, kind: &str, seq: u32) -> Vec<u8> {
     )
 }
 
-/// A veth pair: `name` here, `peer` in the namespace of `peer_netns` (an open
-/// `/run/netns/NAME` or `/proc/PID/ns/net`), or here too.
+/// A veth pair: `name` here (in link group `group`, when given), `peer` in the namespace of
+/// `peer_netns` (an open `/run/netns/NAME` or `/proc/PID/ns/net`), or here too.
 pub fn veth_request(
     name: &str,
+    group: Option<u32>,
     peer: &str,
     peer_netns: Option<BorrowedFd<'_>>,
     seq: u32,
@@ -103,13 +106,29 @@ pub fn veth_request(
         &[attr(VETH_INFO_PEER, build(link(0, peer_attrs)))],
     );
     let info = nest(Ifla::Linkinfo, &[attr(IflaInfo::Kind, "veth"), data]);
-    let msg = build(link(0, vec![attr(Ifla::Ifname, name), info]));
+    let mut attrs = vec![attr(Ifla::Ifname, name), info];
+    if let Some(group) = group {
+        attrs.push(attr(Ifla::Group, group));
+    }
+    let msg = build(link(0, attrs));
     netlink::request(
         Rtm::Newlink,
         NlmF::ACK | NlmF::CREATE | NlmF::EXCL,
         seq,
         msg,
     )
+}
+
+/// Moves link `index` to link group `group`.
+pub fn group_request(index: u32, group: u32, seq: u32) -> Vec<u8> {
+    let msg = build(link(index, vec![attr(Ifla::Group, group)]));
+    netlink::request(Rtm::Newlink, NlmF::ACK, seq, msg)
+}
+
+/// Deletes every link of group `group` (`ip link delete group N`).
+pub fn delete_group_request(group: u32, seq: u32) -> Vec<u8> {
+    let msg = build(link(0, vec![attr(Ifla::Group, group)]));
+    netlink::request(Rtm::Dellink, NlmF::ACK, seq, msg)
 }
 
 pub fn delete_request(index: u32, seq: u32) -> Vec<u8> {
@@ -128,11 +147,13 @@ pub fn parse(msg: &Message<'_>) -> Option<LinkInfo> {
         up: m.ifi_flags().contains(Iff::UP),
         mtu: 0,
         kind: None,
+        group: 0,
     };
     for a in m.rtattrs().iter() {
         let p = a.rta_payload().as_ref();
         match a.rta_type() {
             Ifla::Ifname => link.name = netlink::c_str(p).to_owned(),
+            Ifla::Group => link.group = super::u32_ne(p).unwrap_or(0),
             Ifla::Mtu => link.mtu = super::u32_ne(p).unwrap_or(0),
             Ifla::Linkinfo => {
                 let info = a.get_attr_handle::<IflaInfo>().ok()?;
@@ -196,11 +217,36 @@ impl Rtnl {
         peer: &str,
         peer_netns: Option<BorrowedFd<'_>>,
     ) -> Result<(), Error> {
-        self.change(|seq| veth_request(name, peer, peer_netns, seq))
+        self.change(|seq| veth_request(name, None, peer, peer_netns, seq))
+    }
+
+    /// [`Self::create_veth`], `name` in link group `group` from the start: a mark of the
+    /// link's owner made in the same request as the link (the kernel takes a group when it
+    /// creates a link, an alias only later), so no link of the pair is ever without it.
+    pub fn create_marked_veth(
+        &mut self,
+        name: &str,
+        group: u32,
+        peer: &str,
+        peer_netns: Option<BorrowedFd<'_>>,
+    ) -> Result<(), Error> {
+        self.change(|seq| veth_request(name, Some(group), peer, peer_netns, seq))
     }
 
     pub fn delete_link(&mut self, index: u32) -> Result<(), Error> {
         self.change(|seq| delete_request(index, seq))
+    }
+
+    /// Moves link `index` to link group `group`.
+    pub fn set_link_group(&mut self, index: u32, group: u32) -> Result<(), Error> {
+        self.change(|seq| group_request(index, group, seq))
+    }
+
+    /// Deletes every link of group `group` at once. The kernel waits for its readers once
+    /// (an RCU grace period, some 20 ms) for the whole group, where deleting the links one
+    /// by one waits once each. ENODEV when the group has no link.
+    pub fn delete_link_group(&mut self, group: u32) -> Result<(), Error> {
+        self.change(|seq| delete_group_request(group, seq))
     }
 }
 
@@ -235,7 +281,8 @@ mod tests {
                 name: "wg0".into(),
                 up: true,
                 mtu: 1420,
-                kind: Some("wireguard".into())
+                kind: Some("wireguard".into()),
+                group: 0,
             }
         );
         let bytes = answer(1, false, "lo", 65536, None);
@@ -286,7 +333,13 @@ mod tests {
     fn a_veth_request_carries_the_peer_and_its_namespace() {
         let netns = std::fs::File::open("/proc/self/ns/net").unwrap();
         use std::os::fd::AsFd;
-        let bytes = veth_request("veth-a", "veth-b", Some(netns.as_fd()), 4);
+        let bytes = veth_request(
+            "veth-a",
+            Some(0x5745_4654),
+            "veth-b",
+            Some(netns.as_fd()),
+            4,
+        );
         let msg = ifinfomsg(&bytes);
         let top = msg.rtattrs().get_attr_handle();
         let info = top
@@ -306,6 +359,11 @@ mod tests {
             attrs.get_attr_payload_as::<u32>(Ifla::NetNsFd).unwrap(),
             netns.as_raw_fd() as u32
         );
+        // The group is the local end's; it reads back as the link's.
+        assert_eq!(
+            top.get_attr_payload_as::<u32>(Ifla::Group).unwrap(),
+            0x5745_4654
+        );
     }
 
     /// Needs root: a veth pair with its peer created straight in another namespace.
@@ -318,12 +376,11 @@ mod tests {
         use std::os::fd::AsFd;
         here.enter(|| {
             let mut rtnl = Rtnl::open().unwrap();
-            rtnl.create_veth("pod0", "host0", Some(there_fd.as_fd()))
+            rtnl.create_marked_veth("pod0", 0x5745_4654, "host0", Some(there_fd.as_fd()))
                 .unwrap();
-            assert_eq!(
-                rtnl.link("pod0").unwrap().unwrap().kind.as_deref(),
-                Some("veth")
-            );
+            let pod0 = rtnl.link("pod0").unwrap().unwrap();
+            assert_eq!(pod0.kind.as_deref(), Some("veth"));
+            assert_eq!(pod0.group, 0x5745_4654);
             assert_eq!(rtnl.link("host0").unwrap(), None);
         });
         let out = there.run("ip", &["-j", "link", "show", "host0"]).unwrap();

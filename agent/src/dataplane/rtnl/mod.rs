@@ -65,6 +65,14 @@ impl Rtnl {
         })
     }
 
+    /// Opens a socket whose dumps the kernel filters ([`Rtnl::addresses_on`],
+    /// [`Rtnl::routes_via`] then cost what they return, not what the namespace holds).
+    pub fn open_strict() -> io::Result<Rtnl> {
+        let rtnl = Rtnl::open()?;
+        rtnl.socket.strict_dumps()?;
+        Ok(rtnl)
+    }
+
     /// The socket's netlink port: the kernel stamps it on the notifications our own requests
     /// cause, which tells them apart from everyone else's.
     pub fn portid(&self) -> u32 {

@@ -83,6 +83,20 @@ fn message(
         .expect("every field is set")
 }
 
+/// A dump of the IPv4 routes via link `oif`: a socket with strict dumps gets only those.
+pub fn dump_request_via(oif: u32, seq: u32) -> Vec<u8> {
+    let msg = message(
+        RtAddrFamily::Inet,
+        0,
+        RtTable::Unspec,
+        Rtprot::Unspec,
+        RtScope::Universe,
+        Rtn::Unspec,
+        vec![attr(Rta::Oif, oif)],
+    );
+    netlink::request(Rtm::Getroute, NlmF::DUMP, seq, msg)
+}
+
 pub fn dump_request(family: Family, seq: u32) -> Vec<u8> {
     let family = match family {
         Family::V4 => RtAddrFamily::Inet,
@@ -190,6 +204,17 @@ impl Rtnl {
             |seq| dump_request(family, seq),
             |m, out: &mut Vec<_>| out.extend(parse(m)),
         )
+    }
+
+    /// The IPv4 unicast routes of the main table via link `oif`, by a dump the kernel filters
+    /// when the socket has strict dumps ([`Rtnl::open_strict`]).
+    pub fn routes_via(&mut self, oif: u32) -> Result<Vec<RouteInfo>, Error> {
+        let mut via = self.socket.dump(
+            |seq| dump_request_via(oif, seq),
+            |m, out: &mut Vec<_>| out.extend(parse(m)),
+        )?;
+        via.retain(|r| r.oif == Some(oif) && r.dst.addr().is_ipv4());
+        Ok(via)
     }
 
     /// Installs `route` with `NLM_F_REPLACE`: the route of the same destination and metric in

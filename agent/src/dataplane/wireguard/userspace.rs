@@ -25,7 +25,7 @@ use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{mpsc, Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -42,6 +42,8 @@ pub const SOCKET_DIR: &str = "/var/run/wireguard";
 /// How long a request to the device may take before we call the device stuck. A 10,000-peer
 /// `set=1` takes well under a second; a device whose worker panicked never answers.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long stopping a device may take before the agent goes on without it.
+const STOP_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a `wg` client may keep a connection: to send its request and read the reply.
 pub const CLIENT_DEADLINE: Duration = Duration::from_secs(2);
 /// The longest request read from a client (`get=1` and its empty line are 7 bytes).
@@ -184,24 +186,73 @@ impl UserspaceDevice {
 
     /// Stops serving the socket, closes the control connection (the device exits when it
     /// sees it closed, removing its TUN interface) and joins the device's threads.
+    ///
+    /// Bounded: the device is joined and dropped on a thread of its own, for at most
+    /// [`STOP_TIMEOUT`]. boringtun's `DeviceHandle` can block for ever: a worker that panics
+    /// inside a configuration change leaves the device's write intent set (its lock is not
+    /// unwound), and dropping the handle then waits for a writer that is gone. The reconciler
+    /// must not wait with it; a device that does not stop in time is left to its thread, and
+    /// its interface with it, which the next start then reports as busy.
     pub fn stop(&mut self) {
         if let Some(server) = self.server.take() {
             server.stop();
         }
-        if let Some(mut device) = self.device.take() {
-            {
-                let control = self.control.lock().unwrap_or_else(|p| p.into_inner());
-                let _ = control.stream.shutdown(std::net::Shutdown::Both);
+        let Some(device) = self.device.take() else {
+            return;
+        };
+        {
+            let control = self.control.lock().unwrap_or_else(|p| p.into_inner());
+            let _ = control.stream.shutdown(std::net::Shutdown::Both);
+        }
+        let (done_tx, done_rx) = mpsc::channel();
+        let stopper = std::thread::Builder::new()
+            .name("wg-stop".into())
+            .spawn(move || {
+                let mut device = device;
+                // wait() unwraps each worker's join: contain a worker's panic here.
+                let joined =
+                    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| device.wait()));
+                let _ = done_tx.send(Stopped::Joined {
+                    panicked: joined.is_err(),
+                });
+                drop(device);
+                let _ = done_tx.send(Stopped::Dropped);
+            });
+        if let Err(e) = stopper {
+            // The closure, and the device in it, were dropped inside spawn.
+            warn!(interface = %self.name, error = %e, "no thread to stop the userspace device on; stopped it in place");
+            return;
+        }
+        let deadline = Instant::now() + STOP_TIMEOUT;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match done_rx.recv_timeout(left) {
+                Ok(Stopped::Joined { panicked: true }) => {
+                    warn!(interface = %self.name, "a boringtun worker had panicked");
+                }
+                Ok(Stopped::Joined { panicked: false }) => {}
+                Ok(Stopped::Dropped) => {
+                    debug!(interface = %self.name, "userspace device stopped");
+                    return;
+                }
+                Err(mpsc::RecvTimeoutError::Disconnected) => return,
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    warn!(
+                        interface = %self.name,
+                        "the userspace device did not stop within {}; its threads and interface are left behind",
+                        humantime::format_duration(STOP_TIMEOUT)
+                    );
+                    return;
+                }
             }
-            // boringtun's wait() unwraps each worker's join: a worker that panicked would
-            // take the reconciler down with it. Contain that here.
-            let joined = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| device.wait()));
-            if joined.is_err() {
-                warn!(interface = %self.name, "a boringtun worker had panicked");
-            }
-            debug!(interface = %self.name, "userspace device stopped");
         }
     }
+}
+
+/// How far [`UserspaceDevice::stop`]'s thread got.
+enum Stopped {
+    Joined { panicked: bool },
+    Dropped,
 }
 
 impl Drop for UserspaceDevice {
@@ -527,5 +578,48 @@ mod tests {
         let mut long_get = b"get=1\n".to_vec();
         long_get.resize(MAX_REQUEST, b'y');
         assert_eq!(request(&long_get), Request::Invalid);
+    }
+
+    /// boringtun 0.7 panics when a `set=1` adds a peer to a device without a private key
+    /// ("Private key must be set first"), while it holds its write intent, and dropping its
+    /// handle then blocks for ever. The agent sends the key first; this stands for any panic
+    /// of a worker mid-change. Stopping
+    /// must return anyway, and the next device of that name must start.
+    #[test]
+    fn a_device_whose_worker_panicked_mid_change_still_stops() {
+        weft_testkit::require_root();
+        let ns = weft_testkit::Netns::new("wgpanic").unwrap();
+        let name = weft_testkit::unique_ifname("wgp", 0);
+        let path = format!("/run/netns/{}", ns.name());
+        let (done_tx, done_rx) = mpsc::channel();
+        // A detached thread: if stop() blocks, the test fails on the timeout below instead of
+        // blocking with it.
+        std::thread::spawn(move || {
+            let netns = fs::File::open(&path).unwrap();
+            // SAFETY: setns on a namespace fd just opened; it moves only this thread.
+            let rc = unsafe { libc::setns(netns.as_raw_fd(), libc::CLONE_NEWNET) };
+            assert_eq!(rc, 0, "setns {path}: {}", io::Error::last_os_error());
+            let mut dev = UserspaceDevice::start(&name).unwrap();
+            {
+                let mut control = dev.control.lock().unwrap();
+                let peer = format!("set=1\npublic_key={}\n\n", "ab".repeat(32));
+                control.stream.write_all(peer.as_bytes()).unwrap();
+            }
+            std::thread::sleep(Duration::from_millis(200));
+            let started = Instant::now();
+            dev.stop();
+            let took = started.elapsed();
+            // The name is free again, or the next start says why not.
+            let restarted = UserspaceDevice::start(&name).map(drop);
+            let _ = done_tx.send((
+                took,
+                restarted.map_err(|e| crate::dataplane::error_line(&e)),
+            ));
+        });
+        let (took, restarted) = done_rx
+            .recv_timeout(STOP_TIMEOUT * 3)
+            .expect("stop() returned within its bound");
+        assert!(took < STOP_TIMEOUT * 2, "stop took {took:?}");
+        eprintln!("stop after a worker's panic took {took:?}; the next start: {restarted:?}");
     }
 }

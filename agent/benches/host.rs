@@ -1,0 +1,483 @@
+//! The host role: making and removing sandbox slots through the agent vs the same objects
+//! made by running the commands seed 001 (wrenn) runs, with `nft` in place of `iptables`.
+//!
+//! `cargo bench -p weft-agent --bench host` (release, root) prints, for 1, 100 and 1,000
+//! slots (`Guest: veth`, one port forward each): the time to make them and to remove them,
+//! per slot, through the agent (a spec request to `weft-agent host` in a host namespace,
+//! from the request to the agent's `Applied`: what a control plane waits for; the agent's
+//! own `ApplyMicros` beside it) and by commands (`ip`, `sysctl`, `nft`, one process each, as a
+//! shell script of wrenn's would run them); and the ratio. Then the cost of adding one more
+//! slot (and removing it again) to a host that holds 0, 100 and 1,000: the median of several
+//! rounds. `WEFT_BENCH_SLOTS=1,100` picks other sizes. Without `--bench` (as the test suite
+//! runs it) it is a smoke pass of 1 and 2 slots that checks both ways make the same objects.
+//!
+//! The commands, per slot N (namespace NS, guest namespace NS-g, host link weft-vN):
+//! `ip netns add` (x2), `ip link add weft-vN type veth peer name eth0 netns NS`,
+//! `ip -n NS link set lo up`, `ip -n NS addr add`, `ip -n NS link set eth0 up`,
+//! `ip -n NS link add tap0 type veth peer name eth0 netns NS-g`, `ip -n NS addr add` and
+//! `link set up` on tap0, `ip -n NS route add default`, `ip netns exec NS sysctl -w
+//! net.ipv4.ip_forward=1`, `ip netns exec NS nft -f` (table `ip weft-sb` and its chains),
+//! `nft add rule` (x2: wrenn's SNAT and DNAT), `ip addr add` and `ip link set up` on
+//! weft-vN, `ip route add HostIp/32`, and on the host `nft add rule` for the slot's rules of
+//! `ip weft-host` (the no-egress drop when there is one, a DNAT in prerouting and one in
+//! output per forward: wrenn's three `iptables -A` do its FORWARD and MASQUERADE, which
+//! here are shared rules, made once). Removal: `nft delete rule ... handle` for each rule
+//! (the handles `nft -e -a` printed when they were added), `ip link del weft-vN`,
+//! `ip netns del` (x2).
+
+use std::io::Write as _;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use weft_schema::{ApplyResult, Encoding, HostSpec};
+use weft_testkit::control::ControlPlane;
+use weft_testkit::host::HostLab;
+
+fn bin() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_weft-agent"))
+}
+
+fn main() {
+    let full = std::env::args().any(|a| a == "--bench");
+    weft_testkit::require_root();
+    let sizes: Vec<u32> = match std::env::var("WEFT_BENCH_SLOTS") {
+        Ok(v) => v
+            .split(',')
+            .map(|n| n.trim().parse().expect("a number"))
+            .collect(),
+        Err(_) if full => vec![1, 100, 1_000],
+        Err(_) => vec![1, 2],
+    };
+    let lab = HostLab::new("bh").expect("host lab");
+    // The commands work in a host of their own, beside the agent's (the agent would take the
+    // commands' rules in its table for drift, and its reads would share the cores).
+    let cmd_host = weft_testkit::Netns::new("bhc").expect("commands' host");
+    run(
+        &["ip", "netns", "exec", cmd_host.name(), "nft", "-f", "-"],
+        Some(&host_table()),
+    );
+    let agent = lab.start_agent(bin(), "host-a", &[]).expect("agent");
+    let mut generation = 0;
+    let mut rows = Vec::new();
+    lab.block_on(|| async {
+        let cp = ControlPlane::connect(&lab.nats.url())
+            .await
+            .expect("control plane");
+        let mut apply = |n: u32, extra: Option<u32>| {
+            generation += 1;
+            let spec = spec(generation, n, extra);
+            let cp = cp.clone();
+            async move {
+                let start = Instant::now();
+                let reply = cp
+                    .request_host_when_ready("host-a", &spec, Encoding::Json)
+                    .await;
+                let took = start.elapsed();
+                assert_eq!(reply.result, ApplyResult::Applied, "{reply:?}");
+                (took, Duration::from_micros(reply.apply_micros))
+            }
+        };
+        // Connected, listening, nothing held.
+        apply(0, None).await;
+        for &n in &sizes {
+            let (made, made_agent) = apply(n, None).await;
+            check(&lab, lab.host.name(), &lab.prefix, "weft-v", n);
+            let (gone, gone_agent) = apply(0, None).await;
+            check(&lab, lab.host.name(), &lab.prefix, "weft-v", 0);
+            let prefix = format!("{}c", lab.prefix);
+            let start = Instant::now();
+            let handles = commands_make(cmd_host.name(), &prefix, n);
+            let made_cmd = start.elapsed();
+            check(&lab, cmd_host.name(), &prefix, "weft-v", n);
+            let start = Instant::now();
+            commands_remove(cmd_host.name(), &prefix, n, &handles);
+            let gone_cmd = start.elapsed();
+            check(&lab, cmd_host.name(), &prefix, "weft-v", 0);
+            rows.push((n, made, made_agent, made_cmd, gone, gone_agent, gone_cmd));
+        }
+        // One more slot on a host that holds `held`.
+        let helds: Vec<u32> = if full {
+            vec![0, 100, 1_000]
+        } else {
+            vec![0, 2]
+        };
+        let rounds = if full { 7 } else { 2 };
+        let mut incremental = Vec::new();
+        for held in helds {
+            apply(held, None).await;
+            let (mut adds, mut removes) = (Vec::new(), Vec::new());
+            for _ in 0..rounds {
+                adds.push(apply(held, Some(held + 1)).await);
+                removes.push(apply(held, None).await);
+            }
+            incremental.push((held, median(&mut adds), median(&mut removes)));
+        }
+        apply(0, None).await;
+        if !full {
+            println!(
+                "host bench smoke pass ok ({sizes:?} slots through the agent and by commands, \
+                 the same objects); run with --bench for figures"
+            );
+            return;
+        }
+        println!("host slots (Guest: veth, one port forward each), per slot:");
+        println!(
+            "  {:>6}  {:>24}  {:>14}  {:>7}",
+            "slots", "agent (reply / apply)", "commands", "ratio"
+        );
+        for (n, made, made_a, made_c, gone, gone_a, gone_c) in &rows {
+            let per = |d: &Duration| d.as_secs_f64() * 1e3 / f64::from(*n);
+            println!(
+                "  {n:>6}  make   {:>7.2} / {:>6.2} ms  {:>11.2} ms  {:>6.3}x",
+                per(made),
+                per(made_a),
+                per(made_c),
+                made.as_secs_f64() / made_c.as_secs_f64()
+            );
+            println!(
+                "  {:>6}  remove {:>7.2} / {:>6.2} ms  {:>11.2} ms  {:>6.3}x",
+                "",
+                per(gone),
+                per(gone_a),
+                per(gone_c),
+                gone.as_secs_f64() / gone_c.as_secs_f64()
+            );
+        }
+        println!("one more slot on a host that holds N (median of {rounds}; reply / apply):");
+        for (held, (add, add_a), (rm, rm_a)) in &incremental {
+            println!(
+                "  N = {held:>5}  add {:>7.2} / {:>6.2} ms   remove {:>7.2} / {:>6.2} ms",
+                ms(add),
+                ms(add_a),
+                ms(rm),
+                ms(rm_a)
+            );
+        }
+    });
+    drop(agent);
+}
+
+fn ms(d: &Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+fn median(v: &mut [(Duration, Duration)]) -> (Duration, Duration) {
+    v.sort();
+    v[v.len() / 2]
+}
+
+/// Slots 1..=n (and `extra`), veth guests with one forward each.
+fn spec(generation: u64, n: u32, extra: Option<u32>) -> HostSpec {
+    let sandboxes: Vec<serde_json::Value> = (1..=n)
+        .chain(extra)
+        .map(|i| {
+            serde_json::json!({"Slot": i, "Guest": "veth",
+                "PortForwards": [{"Protocol": "tcp", "HostPort": 10_000 + i, "SandboxPort": 80}]})
+        })
+        .collect();
+    serde_json::from_value(serde_json::json!({
+        "HostId": "host-a", "Generation": generation, "Sandboxes": sandboxes
+    }))
+    .expect("a host spec")
+}
+
+/// Runs one command; panics with its stderr when it fails.
+fn run(args: &[&str], stdin: Option<&str>) -> String {
+    let mut cmd = Command::new(args[0]);
+    cmd.args(&args[1..])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    if stdin.is_some() {
+        cmd.stdin(Stdio::piped());
+    }
+    let mut child = cmd.spawn().expect("spawn");
+    if let Some(text) = stdin {
+        child
+            .stdin
+            .take()
+            .expect("piped")
+            .write_all(text.as_bytes())
+            .expect("write stdin");
+    }
+    let out = child.wait_with_output().expect("wait");
+    assert!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// `nft -e -a add rule ...` in namespace `ns`: the new rule's handle.
+fn nft_add(ns: &str, rule: &str) -> u64 {
+    let out = run(
+        &[
+            "ip",
+            "netns",
+            "exec",
+            ns,
+            "sh",
+            "-c",
+            &format!("nft -e -a add rule {rule}"),
+        ],
+        None,
+    );
+    out.split("# handle ")
+        .nth(1)
+        .and_then(|h| h.split_whitespace().next())
+        .and_then(|h| h.parse().ok())
+        .unwrap_or_else(|| panic!("no handle in {out:?}"))
+}
+
+/// The host table's slot rules (chain, rule text) of slot `i`, as the agent writes them.
+fn slot_rules(i: u32) -> Vec<(&'static str, String)> {
+    let host_ip = format!("10.11.{}.{}", i >> 8, i & 255);
+    let rule = format!(
+        "fib daddr type local ip daddr != 127.0.0.0/8 tcp dport {} counter dnat to {host_ip}:80",
+        10_000 + i
+    );
+    vec![("prerouting", rule.clone()), ("output", rule)]
+}
+
+/// The host table as the agent makes it, with its shared rules: made once per host.
+fn host_table() -> String {
+    "add table ip weft-host\n\
+     add chain ip weft-host prerouting { type nat hook prerouting priority -100; policy accept; }\n\
+     add chain ip weft-host output { type nat hook output priority -100; policy accept; }\n\
+     add chain ip weft-host postrouting { type nat hook postrouting priority 100; policy accept; }\n\
+     add chain ip weft-host forward { type filter hook forward priority 0; policy accept; }\n\
+     add chain ip weft-host input { type filter hook input priority 0; policy accept; }\n\
+     add rule ip weft-host postrouting oifname \"up0\" ip saddr 10.12.0.0/16 counter masquerade\n\
+     add rule ip weft-host forward ct state established,related counter accept\n\
+     add rule ip weft-host forward iifname \"weft-v*\" oifname \"weft-v*\" counter drop\n\
+     add rule ip weft-host forward oifname \"weft-v*\" ct state new ct status ! dnat counter drop\n\
+     add rule ip weft-host input iifname \"weft-v*\" ct state new counter drop\n"
+        .to_owned()
+}
+
+/// The seed's commands for `n` slots, under namespace prefix `prefix`, on host namespace
+/// `host`. Returns each slot's host table rule handles.
+fn commands_make(host: &str, prefix: &str, n: u32) -> Vec<Vec<(&'static str, u64)>> {
+    // Once per host: forwarding.
+    run(
+        &[
+            "ip",
+            "netns",
+            "exec",
+            host,
+            "sysctl",
+            "-qw",
+            "net.ipv4.ip_forward=1",
+        ],
+        None,
+    );
+    let mut handles = Vec::new();
+    for i in 1..=n {
+        let ns = format!("{prefix}{i}");
+        let guest = format!("{ns}-g");
+        let link = format!("weft-v{i}");
+        let (veth, vpeer) = (2 * i, 2 * i + 1);
+        let veth_ip = format!("10.12.{}.{}", veth >> 8, veth & 255);
+        let vpeer_ip = format!("10.12.{}.{}", vpeer >> 8, vpeer & 255);
+        let host_ip = format!("10.11.{}.{}", i >> 8, i & 255);
+        run(&["ip", "netns", "add", &ns], None);
+        run(&["ip", "netns", "add", &guest], None);
+        run(
+            &[
+                "ip", "-n", host, "link", "add", &link, "type", "veth", "peer", "name", "eth0",
+                "netns", &ns,
+            ],
+            None,
+        );
+        run(&["ip", "-n", &ns, "link", "set", "lo", "up"], None);
+        run(
+            &[
+                "ip",
+                "-n",
+                &ns,
+                "addr",
+                "add",
+                &format!("{vpeer_ip}/31"),
+                "dev",
+                "eth0",
+            ],
+            None,
+        );
+        run(&["ip", "-n", &ns, "link", "set", "eth0", "up"], None);
+        run(
+            &[
+                "ip", "-n", &ns, "link", "add", "tap0", "type", "veth", "peer", "name", "eth0",
+                "netns", &guest,
+            ],
+            None,
+        );
+        run(
+            &[
+                "ip",
+                "-n",
+                &ns,
+                "addr",
+                "add",
+                "169.254.0.22/30",
+                "dev",
+                "tap0",
+            ],
+            None,
+        );
+        run(&["ip", "-n", &ns, "link", "set", "tap0", "up"], None);
+        run(
+            &["ip", "-n", &ns, "route", "add", "default", "via", &veth_ip],
+            None,
+        );
+        run(
+            &[
+                "ip",
+                "netns",
+                "exec",
+                &ns,
+                "sysctl",
+                "-qw",
+                "net.ipv4.ip_forward=1",
+            ],
+            None,
+        );
+        run(
+            &["ip", "netns", "exec", &ns, "nft", "-f", "-"],
+            Some(
+                "add table ip weft-sb\n\
+                 add chain ip weft-sb prerouting { type nat hook prerouting priority -100; policy accept; }\n\
+                 add chain ip weft-sb postrouting { type nat hook postrouting priority 100; policy accept; }\n",
+            ),
+        );
+        nft_add(
+            &ns,
+            &format!("ip weft-sb postrouting oifname \"eth0\" ip saddr 169.254.0.21 counter snat to {vpeer_ip}"),
+        );
+        nft_add(
+            &ns,
+            &format!("ip weft-sb prerouting iifname \"eth0\" ip daddr {host_ip} counter dnat to 169.254.0.21"),
+        );
+        run(
+            &[
+                "ip",
+                "-n",
+                host,
+                "addr",
+                "add",
+                &format!("{veth_ip}/31"),
+                "dev",
+                &link,
+            ],
+            None,
+        );
+        run(&["ip", "-n", host, "link", "set", &link, "up"], None);
+        run(
+            &[
+                "ip",
+                "-n",
+                host,
+                "route",
+                "add",
+                &format!("{host_ip}/32"),
+                "via",
+                &vpeer_ip,
+            ],
+            None,
+        );
+        handles.push(
+            slot_rules(i)
+                .into_iter()
+                .map(|(chain, rule)| {
+                    (
+                        chain,
+                        nft_add(host, &format!("ip weft-host {chain} {rule}")),
+                    )
+                })
+                .collect(),
+        );
+    }
+    handles
+}
+
+/// The seed's teardown for `n` slots.
+fn commands_remove(host: &str, prefix: &str, n: u32, handles: &[Vec<(&'static str, u64)>]) {
+    for i in 1..=n {
+        for (chain, handle) in &handles[(i - 1) as usize] {
+            run(
+                &[
+                    "ip",
+                    "netns",
+                    "exec",
+                    host,
+                    "nft",
+                    "delete",
+                    "rule",
+                    "ip",
+                    "weft-host",
+                    chain,
+                    "handle",
+                    &handle.to_string(),
+                ],
+                None,
+            );
+        }
+        run(
+            &["ip", "-n", host, "link", "del", &format!("weft-v{i}")],
+            None,
+        );
+        let ns = format!("{prefix}{i}");
+        run(&["ip", "netns", "del", &ns], None);
+        run(&["ip", "netns", "del", &format!("{ns}-g")], None);
+    }
+}
+
+/// What each way made: `n` slots' namespaces, host links, routes, slot rules.
+fn check(lab: &HostLab, host: &str, prefix: &str, links: &str, n: u32) {
+    let names = lab.namespaces().expect("ip netns list");
+    let ours = names
+        .iter()
+        .filter(|ns| {
+            ns.strip_prefix(prefix)
+                .is_some_and(|rest| rest.bytes().next().is_some_and(|b| b.is_ascii_digit()))
+        })
+        .count();
+    assert_eq!(ours, 2 * n as usize, "{prefix}: {names:?}");
+    let all = run(&["ip", "-n", host, "-j", "link", "show"], None);
+    let all: serde_json::Value = serde_json::from_str(&all).expect("ip -j");
+    let slot_links = all
+        .as_array()
+        .expect("links")
+        .iter()
+        .filter(|l| l["ifname"].as_str().is_some_and(|i| i.starts_with(links)))
+        .count();
+    assert_eq!(slot_links, n as usize);
+    let routes = run(
+        &["ip", "-n", host, "-j", "route", "show", "table", "main"],
+        None,
+    );
+    let routes: serde_json::Value = serde_json::from_str(&routes).expect("ip -j");
+    let to_slots = routes
+        .as_array()
+        .expect("routes")
+        .iter()
+        .filter(|r| r["dst"].as_str().is_some_and(|d| d.starts_with("10.11.")))
+        .count();
+    assert_eq!(to_slots, n as usize, "{routes}");
+    let table = run(
+        &[
+            "ip",
+            "netns",
+            "exec",
+            host,
+            "nft",
+            "list",
+            "table",
+            "ip",
+            "weft-host",
+        ],
+        None,
+    );
+    let dnats = table.matches("dnat to 10.11.").count();
+    assert_eq!(dnats, 2 * n as usize, "{table}");
+}
