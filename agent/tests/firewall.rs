@@ -36,7 +36,7 @@ fn typical() -> FirewallSpec {
     }))
 }
 
-/// `nft list table inet weft-fw` without the `flags` line and the `# progname` note on an
+/// `nft list table inet weft-fw` (counters without their values) without the `flags` line and the `# progname` note on an
 /// owned table (nft 1.0.6 prints `owner` but cannot print `persist`; ownership is checked
 /// separately, by what nft is allowed to do).
 fn listed(ns: &Netns) -> String {
@@ -124,16 +124,30 @@ fn rules_json(ns: &Netns, chain: &str) -> Vec<Value> {
         .unwrap()
         .iter()
         .filter(|o| o["rule"]["chain"] == chain)
-        .map(|o| o["rule"]["expr"].clone())
+        .map(|o| {
+            let mut expr = o["rule"]["expr"].clone();
+            for e in expr.as_array_mut().unwrap() {
+                if e.get("counter").is_some() {
+                    *e = counter();
+                }
+            }
+            expr
+        })
         .collect()
+}
+
+/// `{"counter": null}`, a rule's counter as [`rules_json`] shows it.
+fn counter() -> Value {
+    json!({ "counter": null })
 }
 
 const BASELINE: &str = "table inet weft-fw {
 \tchain input {
 \t\ttype filter hook input priority filter; policy drop;
-\t\tct state established,related accept
-\t\ticmpv6 type 134-136 accept
-\t\tiifname \"lo\" accept
+\t\tct state established,related counter accept
+\t\ticmpv6 type 134-136 counter accept
+\t\tiifname \"lo\" counter accept
+\t\tcounter
 \t}
 
 \tchain output {
@@ -164,9 +178,10 @@ fn baseline_is_the_contracts_table() {
         assert_eq!(
             rules_json(&ns, "input"),
             vec![
-                json!([{"match": {"op": "in", "left": {"ct": {"key": "state"}}, "right": ["established", "related"]}}, {"accept": null}]),
-                json!([{"match": {"op": "==", "left": {"payload": {"protocol": "icmpv6", "field": "type"}}, "right": {"range": ["nd-router-advert", "nd-neighbor-advert"]}}}, {"accept": null}]),
-                json!([{"match": {"op": "==", "left": {"meta": {"key": "iifname"}}, "right": "lo"}}, {"accept": null}]),
+                json!([{"match": {"op": "in", "left": {"ct": {"key": "state"}}, "right": ["established", "related"]}}, counter(), {"accept": null}]),
+                json!([{"match": {"op": "==", "left": {"payload": {"protocol": "icmpv6", "field": "type"}}, "right": {"range": ["nd-router-advert", "nd-neighbor-advert"]}}}, counter(), {"accept": null}]),
+                json!([{"match": {"op": "==", "left": {"meta": {"key": "iifname"}}, "right": "lo"}}, counter(), {"accept": null}]),
+                json!([counter()]),
             ]
         );
         assert!(rules_json(&ns, "output").is_empty());
@@ -204,22 +219,23 @@ fn typical_spec_ipv6_and_port_ranges() {
     let expected = "table inet weft-fw {
 \tchain input {
 \t\ttype filter hook input priority filter; policy drop;
-\t\tct state established,related accept
-\t\ticmpv6 type 134-136 accept
-\t\tiifname \"lo\" accept
-\t\tudp dport 51820 accept
-\t\tip saddr 10.0.0.0/8 tcp dport { 22, 8000-8080 } accept comment \"ssh and app\"
-\t\tip saddr 192.0.2.0/24 tcp dport { 443-444, 1000-2500 } accept
-\t\tip6 saddr { 2001:db8:1::/48, 2001:db8:2::1 } tcp dport { 443-444, 1000-2500 } accept
-\t\tudp dport 5000-5100 accept
-\t\tip6 saddr 2001:db8::/32 meta l4proto ipv6-icmp accept
-\t\tip saddr { 198.51.100.0/24, 203.0.112.0/23 } accept
+\t\tct state established,related counter accept
+\t\ticmpv6 type 134-136 counter accept
+\t\tiifname \"lo\" counter accept
+\t\tudp dport 51820 counter accept
+\t\tip saddr 10.0.0.0/8 tcp dport { 22, 8000-8080 } counter accept comment \"ssh and app\"
+\t\tip saddr 192.0.2.0/24 tcp dport { 443-444, 1000-2500 } counter accept
+\t\tip6 saddr { 2001:db8:1::/48, 2001:db8:2::1 } tcp dport { 443-444, 1000-2500 } counter accept
+\t\tudp dport 5000-5100 counter accept
+\t\tip6 saddr 2001:db8::/32 meta l4proto ipv6-icmp counter accept
+\t\tip saddr { 198.51.100.0/24, 203.0.112.0/23 } counter accept
+\t\tcounter
 \t}
 
 \tchain output {
 \t\ttype filter hook output priority filter; policy accept;
-\t\tip daddr 169.254.169.254 drop comment \"no metadata\"
-\t\tip6 daddr 2001:db8::/33 tcp dport 25 drop
+\t\tip daddr 169.254.169.254 counter drop comment \"no metadata\"
+\t\tip6 daddr 2001:db8::/33 tcp dport 25 counter drop
 \t}
 }
 ";
@@ -232,7 +248,7 @@ fn typical_spec_ipv6_and_port_ranges() {
         // The port range as nft -j sees it: a range, not a set.
         assert_eq!(
             rules_json(&ns, "input")[7],
-            json!([{"match": {"op": "==", "left": {"payload": {"protocol": "udp", "field": "dport"}}, "right": {"range": [5000, 5100]}}}, {"accept": null}])
+            json!([{"match": {"op": "==", "left": {"payload": {"protocol": "udp", "field": "dport"}}, "right": {"range": [5000, 5100]}}}, counter(), {"accept": null}])
         );
         let before = handles(&ns);
         assert!(!fw.apply(&ruleset).unwrap());
@@ -486,7 +502,7 @@ fn ten_thousand_rules_and_ten_thousand_sources() {
         assert_eq!(status.overall, Overall::Healthy, "{status:?}");
         assert_eq!(status.ingress_rules, 10_000);
         assert_eq!(status.ruleset_hash, rules.hash());
-        assert_eq!(rules_json(&ns, "input").len(), 10_003, "nft sees them all");
+        assert_eq!(rules_json(&ns, "input").len(), 10_004, "nft sees them all");
         assert!(!fw.apply(&rules).unwrap());
 
         assert!(fw.apply(&one).unwrap());
@@ -602,4 +618,301 @@ fn a_table_changed_while_the_agent_was_down_is_repaired_on_restart() {
         assert_eq!(fw.observe(Some(&ruleset)).overall, Overall::Healthy);
     });
     assert_eq!(listed(&ns), ruleset.nft_text());
+}
+
+/// Each rule of the table as `nft -a -j` shows it: (chain, handle, comment, packets).
+fn counted_rules(ns: &Netns) -> Vec<(String, u64, Option<String>, u64)> {
+    let table = nft_table(ns, "inet", "weft-fw")
+        .unwrap()
+        .expect("table exists");
+    table
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|o| {
+            let r = o.get("rule")?;
+            let packets = r["expr"]
+                .as_array()?
+                .iter()
+                .find_map(|e| e["counter"]["packets"].as_u64())
+                .unwrap_or_else(|| panic!("every rule counts: {r}"));
+            Some((
+                r["chain"].as_str()?.to_owned(),
+                r["handle"].as_u64()?,
+                r["comment"].as_str().map(str::to_owned),
+                packets,
+            ))
+        })
+        .collect()
+}
+
+fn packets_of(rules: &[(String, u64, Option<String>, u64)], comment: &str) -> u64 {
+    rules
+        .iter()
+        .find(|r| r.2.as_deref() == Some(comment))
+        .unwrap_or_else(|| panic!("no rule {comment:?} in {rules:?}"))
+        .3
+}
+
+/// Counters and a one-rule change, with real packets and `nft -a -j` as the observer: what
+/// falls to chain input's policy shows in `InputDropped`, what an egress rule drops in
+/// `EgressDropped`; adding one rule deletes and adds nothing else (every other rule keeps its
+/// handle), the counter of an unrelated rule keeps counting across the change, and a packet
+/// that hits the new rule counts there.
+#[test]
+fn counters_count_and_a_one_rule_change_keeps_the_other_rules() {
+    require_root();
+    let pod = Netns::new("fwcnt").unwrap();
+    let peer = Netns::new("fwpeer").unwrap();
+    veth(&pod, "eth0", &peer, "eth0").unwrap();
+    pod.ip(&["addr", "add", "192.0.2.1/24", "dev", "eth0"])
+        .unwrap();
+    peer.ip(&["addr", "add", "192.0.2.2/24", "dev", "eth0"])
+        .unwrap();
+    let _app = listen(&pod, "0.0.0.0:8080");
+    let _new = listen(&pod, "0.0.0.0:9090");
+    let _closed = listen(&pod, "0.0.0.0:7070");
+    let _peer_svc = listen(&peer, "0.0.0.0:9000");
+
+    let app =
+        json!({ "Protocol": "tcp", "Ports": ["8080"], "Sources": ["192.0.2.2"], "Comment": "app" });
+    let egress = json!([{ "Protocol": "tcp", "Ports": ["9000"], "Destinations": ["192.0.2.2"], "Comment": "no 9000" }]);
+    let first = render(&spec(json!({ "Ingress": [app], "Egress": egress })), None);
+    let second = render(
+        &spec(json!({
+            "Ingress": [app, { "Protocol": "tcp", "Ports": ["9090"], "Comment": "new" }],
+            "Egress": egress
+        })),
+        None,
+    );
+    let mut fw = pod.enter(|| Firewall::open().unwrap());
+    assert!(pod.enter(|| fw.apply(&first).unwrap()));
+    let status = pod.enter(|| fw.observe(Some(&first)));
+    assert_eq!(status.overall, Overall::Healthy, "{status:?}");
+    let start = status.input_dropped.expect("InputDropped read");
+    assert_eq!(
+        status.egress_dropped.expect("EgressDropped read").packets,
+        0
+    );
+
+    assert!(connects(&peer, "192.0.2.1:8080"), "the app rule admits");
+    assert!(
+        !connects(&peer, "192.0.2.1:7070"),
+        "no rule: the policy drops"
+    );
+    assert!(!connects(&peer, "192.0.2.1:9090"), "not yet allowed");
+    assert!(!connects(&pod, "192.0.2.2:9000"), "the egress rule drops");
+    let status = pod.enter(|| fw.observe(Some(&first)));
+    let dropped = status.input_dropped.unwrap();
+    assert!(
+        dropped.packets >= start.packets + 2 && dropped.bytes > start.bytes,
+        "SYNs to 7070 and 9090 counted as policy drops: {start:?} -> {dropped:?}"
+    );
+    let egress_dropped = status.egress_dropped.unwrap();
+    assert!(egress_dropped.packets >= 1, "{egress_dropped:?}");
+
+    let before = counted_rules(&pod);
+    let app_before = packets_of(&before, "app");
+    assert!(app_before >= 1, "{before:?}");
+    // `nft list -a` beside the JSON, for whoever reads the test's output.
+    let listing = |ns: &Netns| {
+        String::from_utf8(
+            ns.run("nft", &["-a", "list", "table", "inet", "weft-fw"])
+                .unwrap()
+                .stdout,
+        )
+        .unwrap()
+    };
+    println!("before the change:\n{}", listing(&pod));
+
+    assert!(pod.enter(|| fw.apply(&second).unwrap()), "one rule added");
+    println!("after the change:\n{}", listing(&pod));
+    let after = counted_rules(&pod);
+    assert_eq!(after.len(), before.len() + 1, "{after:?}");
+    for (chain, handle, comment, _) in &before {
+        assert!(
+            after
+                .iter()
+                .any(|a| (&a.0, a.1, &a.2) == (chain, *handle, comment)),
+            "rule {handle} ({comment:?}) of chain {chain} kept its handle: {after:?}"
+        );
+    }
+    let new_rule: Vec<_> = after
+        .iter()
+        .filter(|a| !before.iter().any(|b| b.1 == a.1))
+        .collect();
+    assert_eq!(new_rule.len(), 1, "{after:?}");
+    assert_eq!(new_rule[0].2.as_deref(), Some("new"));
+    assert_eq!(new_rule[0].3, 0, "a new rule counts from zero");
+    assert!(
+        packets_of(&after, "app") >= app_before,
+        "not reset by the change"
+    );
+    assert_eq!(listed(&pod), second.nft_text());
+
+    assert!(connects(&peer, "192.0.2.1:8080"));
+    assert!(connects(&peer, "192.0.2.1:9090"), "the new rule admits");
+    let counted = counted_rules(&pod);
+    assert!(
+        packets_of(&counted, "app") > app_before,
+        "the app rule kept counting across the change: {counted:?}"
+    );
+    assert!(packets_of(&counted, "new") >= 1, "{counted:?}");
+    let status = pod.enter(|| fw.observe(Some(&second)));
+    assert_eq!(status.overall, Overall::Healthy, "{status:?}");
+    assert!(
+        status.input_dropped.unwrap().packets >= dropped.packets,
+        "{status:?}"
+    );
+}
+
+/// O(1) verification and its limit: after its own commit a handle knows the table from the
+/// generation alone (no dump, however often it applies or observes); a concurrent `nft`
+/// writer between two applies moves the generation, so the next read dumps the table, sees
+/// the foreign rule, and the apply deletes exactly it. The table is plain (no owner flag),
+/// as on a kernel before 6.9, so `nft` may write it.
+#[test]
+fn a_concurrent_writer_between_two_applies_is_detected_and_repaired() {
+    require_root();
+    let ns = Netns::new("fwgen").unwrap();
+    let ruleset = render(&typical(), Some(51820));
+    ns.enter(|| {
+        let mut fw = Firewall::open().unwrap().without_owner();
+        assert!(fw.apply(&ruleset).unwrap());
+        assert!(!fw.owned());
+        let reads = fw.full_reads();
+        for _ in 0..3 {
+            assert!(!fw.apply(&ruleset).unwrap());
+            let status = fw.observe(Some(&ruleset));
+            assert_eq!(status.overall, Overall::Healthy, "{status:?}");
+            assert!(status.input_dropped.is_some(), "{status:?}");
+        }
+        assert_eq!(fw.full_reads(), reads, "known from the generation alone");
+        let before = handles(&ns);
+
+        // Someone else writes between two applies.
+        ns.run(
+            "nft",
+            &[
+                "insert", "rule", "inet", "weft-fw", "input", "tcp", "dport", "9", "accept",
+            ],
+        )
+        .unwrap();
+        let status = fw.observe(Some(&ruleset));
+        assert_eq!(
+            fw.full_reads(),
+            reads + 1,
+            "the generation moved: read whole"
+        );
+        assert_eq!(status.overall, Overall::Degraded, "{status:?}");
+        assert!(status.last_error.contains("differs"), "{status:?}");
+        assert!(fw.apply(&ruleset).unwrap(), "repaired");
+        assert_eq!(handles(&ns), before, "only the foreign rule went");
+        assert_eq!(listed(&ns), ruleset.nft_text());
+
+        // The same writer between the read and the commit: the batch planned at the old
+        // generation is refused whole and planned again.
+        ns.run(
+            "nft",
+            &[
+                "add",
+                "rule",
+                "inet",
+                "weft-fw",
+                "output",
+                "ip",
+                "daddr",
+                "192.0.2.9",
+                "drop",
+            ],
+        )
+        .unwrap();
+        assert!(fw.apply(&ruleset).unwrap());
+        assert_eq!(handles(&ns), before);
+        assert_eq!(fw.observe(Some(&ruleset)).overall, Overall::Healthy);
+
+        // The resync tick distrusts what it knows: one whole read, nothing to write.
+        let reads = fw.full_reads();
+        fw.distrust();
+        assert!(!fw.apply(&ruleset).unwrap());
+        assert_eq!(fw.full_reads(), reads + 1);
+    });
+}
+
+/// A freshly started agent decides "nothing to write" without dumping the table when its
+/// record proves no one committed anything in the namespace since the last agent's own
+/// commit (same boot, same table, same generation); a table changed while no agent ran is
+/// read whole and repaired, and a record is never taken for a table it does not describe.
+#[test]
+fn a_fresh_agent_trusts_only_a_table_no_one_could_have_changed() {
+    require_root();
+    let ns = Netns::new("fwrec").unwrap();
+    let dir = TempDir::new("fwrec");
+    let record = dir.0.join("firewall");
+    let ruleset = render(&typical(), Some(51820));
+    let fresh = || Firewall::open().unwrap().remember_in(record.clone());
+    ns.enter(|| {
+        let mut fw = fresh();
+        assert!(fw.apply(&ruleset).unwrap());
+    });
+    let before = handles(&ns);
+    wait_unowned(&ns);
+    ns.enter(|| {
+        let mut fw = fresh();
+        assert!(!fw.apply(&ruleset).unwrap(), "adopted, nothing written");
+        let status = fw.observe(Some(&ruleset));
+        assert_eq!(status.overall, Overall::Healthy, "{status:?}");
+        assert!(status.input_dropped.is_some(), "{status:?}");
+        assert_eq!(status.ruleset_hash, ruleset.hash());
+        assert_eq!(fw.full_reads(), 0, "known from the record, not from a dump");
+    });
+    assert_eq!(handles(&ns), before);
+
+    // Changed by someone while no agent ran: the generation moved, so it is read.
+    wait_unowned(&ns);
+    ns.run(
+        "nft",
+        &[
+            "add", "rule", "inet", "weft-fw", "input", "tcp", "dport", "9", "accept",
+        ],
+    )
+    .unwrap();
+    ns.enter(|| {
+        let mut fw = fresh();
+        assert!(fw.apply(&ruleset).unwrap(), "repaired");
+        assert_eq!(fw.full_reads(), 1);
+    });
+    assert_eq!(handles(&ns), before, "only the foreign rule went");
+    assert_eq!(listed(&ns), ruleset.nft_text());
+
+    // A record of another ruleset proves nothing about this one: read, one rule changed.
+    wait_unowned(&ns);
+    let other = render(
+        &spec(json!({ "Ingress": [{ "Protocol": "udp", "Ports": ["53"] }] })),
+        Some(51820),
+    );
+    ns.enter(|| {
+        let mut fw = fresh();
+        assert!(fw.apply(&other).unwrap());
+        assert_eq!(fw.full_reads(), 1);
+        assert_eq!(fw.observe(Some(&other)).overall, Overall::Healthy);
+    });
+    assert_eq!(listed(&ns), other.nft_text());
+}
+
+/// A directory of this process, removed with everything in it when dropped.
+struct TempDir(std::path::PathBuf);
+
+impl TempDir {
+    fn new(name: &str) -> TempDir {
+        let path = std::env::temp_dir().join(format!("weft-{name}-{}", std::process::id()));
+        std::fs::create_dir_all(&path).unwrap();
+        TempDir(path)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }

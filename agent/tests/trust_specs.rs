@@ -58,7 +58,7 @@ fn kernel(ns: &Netns) -> String {
     let json = ns.run("nft", &["-j", "list", "ruleset"]).unwrap();
     format!(
         "{}\n{}",
-        String::from_utf8(json.stdout).unwrap(),
+        weft_testkit::observe::uncounted(&String::from_utf8(json.stdout).unwrap()),
         kernel_snapshot(ns).unwrap()
     )
 }

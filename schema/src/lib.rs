@@ -93,7 +93,7 @@ pub use spec::{
 };
 pub use status::{
     ApplyReply, ApplyResult, Backend, DriftEvent, FirewallStatus, NetworkStatus, Overall,
-    PeerStatus, PodStatus, Subsystem, WireGuardStatus,
+    PacketCount, PeerStatus, PodStatus, Subsystem, WireGuardStatus,
 };
 pub use subject::{PodId, Subjects};
 pub use validate::{ValidSpec, ValidationError, ValidationErrors};

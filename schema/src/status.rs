@@ -104,6 +104,23 @@ pub struct FirewallStatus {
     pub egress_rules: u32,
     /// Hex digest of the table's rules as read back; equal digests mean equal rulesets.
     pub ruleset_hash: String,
+    /// What fell through chain input to its policy drop, from the counter of the chain's
+    /// last rule (v1.1); `null` when there is no table or the counter could not be read.
+    /// Absent in a v1 agent's status: read as `null`.
+    #[serde(default)]
+    pub input_dropped: Option<PacketCount>,
+    /// What chain output's drop rules (the egress rules) dropped, summed from their
+    /// counters (v1.1); `null` as `InputDropped`.
+    #[serde(default)]
+    pub egress_dropped: Option<PacketCount>,
+}
+
+/// What a kernel counter counted.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "PascalCase", deny_unknown_fields)]
+pub struct PacketCount {
+    pub packets: u64,
+    pub bytes: u64,
 }
 
 /// Which WireGuard implementation runs the overlay.

@@ -8,7 +8,9 @@
 //!
 //! The `contract_*.json` fixtures are the examples of CONTRACT.md, copied as written (the
 //! `...` of the `LastDrift` example replaced by a number, and v1.1's `SignedBy`,
-//! `Network.Addresses6` and `Network.Gateway6` added to the status); they must decode. `go_pod_spec_nulls.json` is a spec as Go's `encoding/json` writes
+//! `Network.Addresses6`, `Network.Gateway6`, `Firewall.InputDropped` and
+//! `Firewall.EgressDropped` added to the status); they must decode. `go_pod_spec_nulls.json` is
+//! a spec as Go's `encoding/json` writes
 //! it when every slice is nil and every pointer unset: each such field `null`.
 
 mod support;
@@ -21,8 +23,8 @@ use support::*;
 use weft_schema::validate::Protocol;
 use weft_schema::{
     ApplyReply, ApplyResult, DriftEvent, EgressRule, Encoding, FirewallSpec, FirewallStatus,
-    IngressRule, NetworkSpec, NetworkStatus, Overall, PeerSpec, PeerStatus, PodSpec, PodStatus,
-    Subsystem, ValidSpec, WireGuardSpec, WireGuardStatus,
+    IngressRule, NetworkSpec, NetworkStatus, Overall, PacketCount, PeerSpec, PeerStatus, PodSpec,
+    PodStatus, Subsystem, ValidSpec, WireGuardSpec, WireGuardStatus,
 };
 
 /// Checks one value against `<name>.json` and `<name>.bincode`.
@@ -209,6 +211,11 @@ fn contract_pod_status_example_decodes() {
             ingress_rules: 1,
             egress_rules: 1,
             ruleset_hash: "<hex>".into(),
+            input_dropped: Some(PacketCount {
+                packets: 3,
+                bytes: 180,
+            }),
+            egress_dropped: Some(PacketCount::default()),
         }),
         wireguard: Some(WireGuardStatus {
             overall: Overall::Healthy,
@@ -227,6 +234,18 @@ fn contract_pod_status_example_decodes() {
         }),
     };
     assert_eq!(status, expected);
+}
+
+/// A v1 agent's firewall status has no counters: they read as `null`.
+#[test]
+fn a_firewall_status_without_counters_decodes() {
+    let v1: FirewallStatus = Encoding::Json
+        .decode(
+            br#"{"Overall":"Healthy","LastError":"","TablePresent":true,"IngressRules":0,
+                 "EgressRules":0,"RulesetHash":"ab"}"#,
+        )
+        .unwrap();
+    assert_eq!((v1.input_dropped, v1.egress_dropped), (None, None));
 }
 
 #[test]

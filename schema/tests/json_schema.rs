@@ -34,11 +34,11 @@ fn every_object_is_closed() {
     let objects = object_defs();
     // Spec: PodSpec, NetworkSpec, FirewallSpec, IngressRule, EgressRule, WireGuardSpec,
     // PeerSpec; HostSpec, SandboxSpec, PortForwardSpec. Status: PodStatus, DriftEvent,
-    // NetworkStatus, FirewallStatus, WireGuardStatus, PeerStatus, ApplyReply; HostStatus,
-    // SandboxStatus, PortForward.
+    // NetworkStatus, FirewallStatus, PacketCount, WireGuardStatus, PeerStatus, ApplyReply;
+    // HostStatus, SandboxStatus, PortForward.
     assert_eq!(
         objects.len(),
-        20,
+        21,
         "{:?}",
         objects.iter().map(|o| &o.0).collect::<Vec<_>>()
     );
@@ -95,6 +95,7 @@ fn required_fields_are_the_contract_s() {
         "DriftEvent",
         "NetworkStatus",
         "FirewallStatus",
+        "PacketCount",
         "WireGuardStatus",
         "PeerStatus",
         "ApplyReply",

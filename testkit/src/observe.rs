@@ -63,16 +63,17 @@ fn nft_json(ns: &Netns, args: &[&str]) -> Result<Value> {
     Ok(v["nftables"].clone())
 }
 
-/// `nft list table <family> <name>` as text (for byte-identical comparisons).
+/// `nft list table <family> <name>` as text (for byte-identical comparisons), without what
+/// its counters counted ([`uncounted`]: a counter's values are in [`nft_table`]).
 pub fn nft_table_text(ns: &Netns, family: &str, name: &str) -> Result<String> {
     let out = ns.run("nft", &["list", "table", family, name])?;
-    Ok(String::from_utf8(out.stdout)?)
+    Ok(uncounted(&String::from_utf8(out.stdout)?))
 }
 
-/// `nft list ruleset` as text.
+/// `nft list ruleset` as text, without what counters counted ([`uncounted`]).
 pub fn nft_ruleset_text(ns: &Netns) -> Result<String> {
     let out = ns.run("nft", &["list", "ruleset"])?;
-    Ok(String::from_utf8(out.stdout)?)
+    Ok(uncounted(&String::from_utf8(out.stdout)?))
 }
 
 /// `ip -j <args..>` parsed.
@@ -108,7 +109,8 @@ pub fn wg_dump(ns: &Netns, ifname: &str) -> Result<Vec<Vec<String>>> {
 
 /// Everything in the namespace's kernel that an agent could touch (the whole nftables ruleset,
 /// addresses, routes, links), as text for byte comparisons. IPv6 link-local addresses finish
-/// duplicate address detection on their own time: their `tentative` flag is nobody's change.
+/// duplicate address detection on their own time: their `tentative` flag is nobody's change;
+/// nor is what a rule's counter counted (see [`uncounted`]).
 pub fn kernel_snapshot(ns: &Netns) -> Result<String> {
     Ok(format!(
         "{}\n{}\n{}\n{}",
@@ -118,4 +120,20 @@ pub fn kernel_snapshot(ns: &Netns) -> Result<String> {
         ip_json(ns, &["link"])?
     )
     .replace("\"tentative\":true,", ""))
+}
+
+/// `nft` output (text or JSON) with what counters counted left out: `counter packets 3 bytes
+/// 180` becomes `counter`, `{"counter": {"packets": 3, "bytes": 180}}` becomes
+/// `{"counter": null}`. Traffic moves counters; a comparison of rulesets must not see it.
+pub fn uncounted(nft: &str) -> String {
+    static TEXT: std::sync::OnceLock<(regex::Regex, regex::Regex)> = std::sync::OnceLock::new();
+    let (text, json) = TEXT.get_or_init(|| {
+        (
+            regex::Regex::new(r"counter packets \d+ bytes \d+").expect("a valid regex"),
+            regex::Regex::new(r#""counter": ?\{"packets": ?\d+, ?"bytes": ?\d+\}"#)
+                .expect("a valid regex"),
+        )
+    });
+    let once = text.replace_all(nft, "counter");
+    json.replace_all(&once, r#""counter": null"#).into_owned()
 }

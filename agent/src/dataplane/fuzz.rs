@@ -25,7 +25,7 @@ pub fn nft_dump(data: &[u8]) {
         if let Some(rule) = nftables::rule_of(&msg, firewall::TABLE) {
             // libnftnl writes every expression it knows by name; those it does not are left
             // out.
-            let bytes = rule_message(firewall::TABLE_REF, &rule.chain, &rule.exprs, None);
+            let bytes = rule_message(firewall::TABLE_REF, &rule.chain, &rule.exprs, None, None);
             let again = messages(&bytes)
                 .next()
                 .and_then(|m| nftables::rule_of(&m, firewall::TABLE))

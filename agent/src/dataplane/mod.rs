@@ -155,7 +155,8 @@ impl Dataplane {
                 &settings.state_dir,
                 sockets.genl,
             ),
-            firewall: firewall::Firewall::new(sockets.nft),
+            firewall: firewall::Firewall::new(sockets.nft)
+                .remember_in(settings.state_dir.join("firewall")),
             firewall_at_start: settings.firewall_at_start,
         }
     }
@@ -249,6 +250,8 @@ impl Dataplane {
                 ingress_rules: 0,
                 egress_rules: 0,
                 ruleset_hash: String::new(),
+                input_dropped: None,
+                egress_dropped: None,
             },
             wireguard: None,
         };
@@ -282,6 +285,12 @@ impl Dataplane {
             }
         }
         observed
+    }
+
+    /// Makes the next observation read every table back whole (see
+    /// [`firewall::Firewall::distrust`]).
+    pub fn distrust(&mut self) {
+        self.firewall.distrust();
     }
 
     /// Names the WireGuard interface an earlier agent process made (see

@@ -108,6 +108,8 @@ mod tests {
             ingress_rules: 1,
             egress_rules: 0,
             ruleset_hash: "ab".into(),
+            input_dropped: None,
+            egress_dropped: None,
         }
     }
 

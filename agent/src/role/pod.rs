@@ -7,7 +7,7 @@ use weft_schema::{Overall, PodSpec, PodStatus, Subsystem};
 
 use super::{Facts, Plane, Role};
 use crate::config::FirewallAtStart;
-use crate::dataplane::events::KernelEvents;
+use crate::dataplane::events::{Hints, KernelEvents};
 use crate::dataplane::{Dataplane, Failure, Observed, OpenError, Settings};
 use crate::reconciler::compose;
 
@@ -50,6 +50,14 @@ impl Plane for Dataplane {
 
     fn state_dir(settings: &Settings) -> &Path {
         &settings.state_dir
+    }
+
+    /// The resync tick's check reads every table back whole, not only what the nftables
+    /// generation says changed.
+    fn woken(&mut self, _hints: &Hints, resync: bool) {
+        if resync {
+            self.distrust();
+        }
     }
 
     fn events(&self) -> std::io::Result<KernelEvents> {

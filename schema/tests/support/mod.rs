@@ -12,8 +12,8 @@ use weft_schema::codec::decode_message;
 use weft_schema::key::{PublicKey, SecretKey};
 use weft_schema::{
     ApplyReply, ApplyResult, Backend, DriftEvent, EgressRule, FirewallSpec, FirewallStatus,
-    IngressRule, NetworkSpec, NetworkStatus, Overall, PeerSpec, PeerStatus, PodId, PodSpec,
-    PodStatus, Secret, Subsystem, ValidSpec, WireGuardSpec, WireGuardStatus,
+    IngressRule, NetworkSpec, NetworkStatus, Overall, PacketCount, PeerSpec, PeerStatus, PodId,
+    PodSpec, PodStatus, Secret, Subsystem, ValidSpec, WireGuardSpec, WireGuardStatus,
 };
 
 /// The agent every test spec is addressed to.
@@ -251,6 +251,14 @@ pub fn healthy_status() -> PodStatus {
             ingress_rules: 3,
             egress_rules: 2,
             ruleset_hash: "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08".into(),
+            input_dropped: Some(PacketCount {
+                packets: 12,
+                bytes: 720,
+            }),
+            egress_dropped: Some(PacketCount {
+                packets: 1,
+                bytes: 84,
+            }),
         }),
         wireguard: Some(WireGuardStatus {
             overall: Overall::Healthy,

@@ -122,12 +122,20 @@ type NetworkStatus struct {
 }
 
 type FirewallStatus struct {
-	Overall      string `json:"Overall"`
-	LastError    string `json:"LastError"`
-	TablePresent bool   `json:"TablePresent"`
-	IngressRules uint32 `json:"IngressRules"`
-	EgressRules  uint32 `json:"EgressRules"`
-	RulesetHash  string `json:"RulesetHash"`
+	Overall       string       `json:"Overall"`
+	LastError     string       `json:"LastError"`
+	TablePresent  bool         `json:"TablePresent"`
+	IngressRules  uint32       `json:"IngressRules"`
+	EgressRules   uint32       `json:"EgressRules"`
+	RulesetHash   string       `json:"RulesetHash"`
+	InputDropped  *PacketCount `json:"InputDropped"`  // what fell to chain input's policy drop (v1.1)
+	EgressDropped *PacketCount `json:"EgressDropped"` // what the egress drop rules dropped (v1.1)
+}
+
+// PacketCount is what a kernel counter counted.
+type PacketCount struct {
+	Packets uint64 `json:"Packets"`
+	Bytes   uint64 `json:"Bytes"`
 }
 
 type WireGuardStatus struct {

@@ -1,16 +1,20 @@
-//! Ruleset -> one nftables transaction (pure). It replaces the whole table: delete the table
-//! when the kernel has one, create it, its two chains, and per rule its anonymous sets and
-//! the rule. Nothing else is ever named, so no other table or chain can be touched.
+//! Ruleset -> one nftables transaction (pure): either the whole table (delete the table when
+//! the kernel has one, create it, its two chains, and per rule its anonymous sets and the
+//! rule), or only the rules that differ (deleted by handle, the new ones added where they
+//! belong; see `nftables::keyed`). Every rule is written with its key and echoed, so the
+//! handles the kernel gave are known without a dump. Nothing else is ever named, so no other
+//! table or chain can be touched.
 
 use std::net::{Ipv4Addr, Ipv6Addr};
 
 use nftnl::set::SetKey;
 
-use super::render::{prefix_of, AddrMatch, Dir, Family, Line, Match, Ruleset, Verdict};
+use super::render::{key, prefix_of, AddrMatch, Dir, Family, Line, Match, Ruleset, Verdict};
 use super::{Chain, CHAINS, TABLE_REF};
 use crate::dataplane::nftables::abi::*;
 use crate::dataplane::nftables::batch::{BaseChain, Batch, InetService, SetRef, Transaction};
 use crate::dataplane::nftables::expr::{Expr, Value};
+use crate::dataplane::nftables::keyed::{ChainDiff, Position};
 
 /// What a message of the batch does, so a refusal can say what failed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -29,6 +33,11 @@ pub(crate) enum Label {
     Rule {
         chain: &'static str,
         index: usize,
+    },
+    /// Deleting the rule of this handle, which the desired ruleset no longer has.
+    DeleteRule {
+        chain: &'static str,
+        handle: u64,
     },
 }
 
@@ -49,7 +58,8 @@ pub(crate) fn replace(
     if replace {
         b.delete_table(TABLE_REF, Label::DeleteTable);
     }
-    b.add_table(TABLE_REF, table_flags, Label::CreateTable);
+    // Echoed: its handle is what a record of this commit names.
+    b.add_table_echoed(TABLE_REF, table_flags, Label::CreateTable);
     for chain in &CHAINS {
         b.add_chain(
             TABLE_REF,
@@ -65,7 +75,42 @@ pub(crate) fn replace(
     }
     for (chain, lines) in [(&CHAINS[0], &ruleset.input), (&CHAINS[1], &ruleset.output)] {
         for (index, line) in lines.iter().enumerate() {
-            rule(&mut b, chain, index, line);
+            rule(&mut b, chain, index, line, Position::Append);
+        }
+    }
+    b.finish(Label::Batch)
+}
+
+/// The batch that changes only the rules `diffs` (per chain, input then output) name:
+/// deletes first, then the new rules at their places. With `adopt`, it also takes the table
+/// over with those flags (a persistent table a previous agent left).
+pub(crate) fn change(
+    ruleset: &Ruleset,
+    diffs: &[ChainDiff; 2],
+    adopt: Option<u32>,
+    genid: Option<u32>,
+    seq: u32,
+) -> Transaction<Label> {
+    let mut b = Batch::new(seq, genid, Label::Begin);
+    if let Some(flags) = adopt {
+        b.add_table(TABLE_REF, flags, Label::CreateTable);
+    }
+    for (chain, d) in CHAINS.iter().zip(diffs) {
+        for &handle in &d.delete {
+            let label = Label::DeleteRule {
+                chain: chain.name,
+                handle,
+            };
+            b.delete_rule(TABLE_REF, chain.name, handle, label);
+        }
+    }
+    for ((chain, d), lines) in CHAINS
+        .iter()
+        .zip(diffs)
+        .zip([&ruleset.input, &ruleset.output])
+    {
+        for add in &d.add {
+            rule(&mut b, chain, add.index, &lines[add.index], add.at);
         }
     }
     b.finish(Label::Batch)
@@ -137,8 +182,8 @@ fn verdict(v: Verdict) -> Expr {
     })
 }
 
-/// One rule, preceded by the anonymous sets it looks up.
-fn rule(b: &mut Batch<Label>, chain: &Chain, index: usize, line: &Line) {
+/// One rule at `at`, preceded by the anonymous sets it looks up, carrying its key.
+fn rule(b: &mut Batch<Label>, chain: &Chain, index: usize, line: &Line, at: Position) {
     let label_set = Label::Set {
         chain: chain.name,
         index,
@@ -178,6 +223,7 @@ fn rule(b: &mut Batch<Label>, chain: &Chain, index: usize, line: &Line) {
             },
             bitwise(&CT_STATE_ESTABLISHED_RELATED.to_ne_bytes(), &[0; 4]),
             cmp(NFT_CMP_NEQ, &[0; 4]),
+            COUNTER,
             Expr::Verdict(NF_ACCEPT),
         ],
         // As nft writes `icmpv6 type 134-136 accept` in an inet table.
@@ -189,6 +235,7 @@ fn rule(b: &mut Batch<Label>, chain: &Chain, index: usize, line: &Line) {
             load(NFT_PAYLOAD_TRANSPORT_HEADER, 0, 1),
             cmp(NFT_CMP_GTE, &[ND_ROUTER_ADVERT]),
             cmp(NFT_CMP_LTE, &[ND_NEIGHBOR_ADVERT]),
+            COUNTER,
             Expr::Verdict(NF_ACCEPT),
         ],
         Line::Loopback => {
@@ -197,6 +244,7 @@ fn rule(b: &mut Batch<Label>, chain: &Chain, index: usize, line: &Line) {
             vec![
                 meta(NFT_META_IIFNAME),
                 cmp(NFT_CMP_EQ, &name),
+                COUNTER,
                 Expr::Verdict(NF_ACCEPT),
             ]
         }
@@ -205,8 +253,10 @@ fn rule(b: &mut Batch<Label>, chain: &Chain, index: usize, line: &Line) {
             cmp(NFT_CMP_EQ, &[super::render::IPPROTO_UDP]),
             load(NFT_PAYLOAD_TRANSPORT_HEADER, 2, 2),
             cmp(NFT_CMP_EQ, &port.to_be_bytes()),
+            COUNTER,
             Expr::Verdict(NF_ACCEPT),
         ],
+        Line::Dropped => vec![COUNTER],
         Line::Match(m) => {
             comment = m.comment.as_deref();
             match_exprs(m, chain.dir, addr_set.as_ref(), port_set.as_ref())
@@ -214,17 +264,25 @@ fn rule(b: &mut Batch<Label>, chain: &Chain, index: usize, line: &Line) {
         // Never rendered, only read back.
         Line::Foreign(_) => Vec::new(),
     };
-    b.add_rule(
+    b.add_keyed_rule(
         TABLE_REF,
         chain.name,
         &exprs,
         comment,
+        key(chain.name, line),
+        at,
         Label::Rule {
             chain: chain.name,
             index,
         },
     );
 }
+
+/// `counter`, from zero.
+const COUNTER: Expr = Expr::Counter {
+    packets: 0,
+    bytes: 0,
+};
 
 /// ICMPv6 types (RFC 4861): router advertisement; 135 (neighbour solicitation) lies between.
 pub(crate) const ND_ROUTER_ADVERT: u8 = 134;
@@ -257,6 +315,7 @@ fn match_exprs(
             }
         }
     }
+    e.push(COUNTER);
     e.push(verdict(m.verdict));
     e
 }

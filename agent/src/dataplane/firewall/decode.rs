@@ -85,9 +85,18 @@ enum Expr {
     Meta(u32),
     Ct(u32),
     Cmp(u32, Value),
-    Payload { base: u32, offset: u32, len: u32 },
-    Bitwise { mask: Value, xor: Value },
+    Payload {
+        base: u32,
+        offset: u32,
+        len: u32,
+    },
+    Bitwise {
+        mask: Value,
+        xor: Value,
+    },
     Lookup(String),
+    /// `counter`, whatever it counted.
+    Counter,
     Verdict(u32),
     Other(String),
 }
@@ -121,6 +130,7 @@ impl Expr {
                 ..
             } if r1(sreg) => Expr::Lookup(set.clone()),
             expr::Expr::Verdict(code) => Expr::Verdict(code),
+            expr::Expr::Counter { .. } => Expr::Counter,
             ref other => Expr::Other(other.name().to_owned()),
         }
     }
@@ -173,7 +183,8 @@ pub(crate) fn line(rule: &nftables::Rule, dir: Dir, set: &mut SetReader<'_>) -> 
     let zero = |v: &Value| v.as_slice().iter().all(|b| *b == 0);
     if rule.comment.is_none() {
         match e {
-            [Expr::Ct(NFT_CT_STATE), Expr::Bitwise { mask, xor }, Expr::Cmp(NFT_CMP_NEQ, z), Expr::Verdict(NF_ACCEPT)]
+            [Expr::Counter] => return Line::Dropped,
+            [Expr::Ct(NFT_CT_STATE), Expr::Bitwise { mask, xor }, Expr::Cmp(NFT_CMP_NEQ, z), Expr::Counter, Expr::Verdict(NF_ACCEPT)]
                 if mask.as_slice() == CT_STATE_ESTABLISHED_RELATED.to_ne_bytes()
                     && xor.as_slice().len() == 4
                     && zero(xor)
@@ -186,7 +197,7 @@ pub(crate) fn line(rule: &nftables::Rule, dir: Dir, set: &mut SetReader<'_>) -> 
                 base: NFT_PAYLOAD_TRANSPORT_HEADER,
                 offset: 0,
                 len: 1,
-            }, Expr::Cmp(NFT_CMP_GTE, first), Expr::Cmp(NFT_CMP_LTE, last), Expr::Verdict(NF_ACCEPT)]
+            }, Expr::Cmp(NFT_CMP_GTE, first), Expr::Cmp(NFT_CMP_LTE, last), Expr::Counter, Expr::Verdict(NF_ACCEPT)]
                 if family.as_slice() == [NFPROTO_IPV6]
                     && proto.as_slice() == [IPPROTO_ICMPV6]
                     && first.as_slice() == [ND_ROUTER_ADVERT]
@@ -194,7 +205,7 @@ pub(crate) fn line(rule: &nftables::Rule, dir: Dir, set: &mut SetReader<'_>) -> 
             {
                 return Line::NeighbourDiscovery;
             }
-            [Expr::Meta(NFT_META_IIFNAME), Expr::Cmp(NFT_CMP_EQ, name), Expr::Verdict(NF_ACCEPT)]
+            [Expr::Meta(NFT_META_IIFNAME), Expr::Cmp(NFT_CMP_EQ, name), Expr::Counter, Expr::Verdict(NF_ACCEPT)]
                 if name.as_slice().len() == 16
                     && name.as_slice()[..2] == *b"lo"
                     && name.as_slice()[2..].iter().all(|b| *b == 0) =>
@@ -223,6 +234,7 @@ fn describe(exprs: &[Expr], comment: Option<&str>) -> String {
             Expr::Payload { base, offset, len } => format!("payload({base},{offset},{len})"),
             Expr::Bitwise { mask, xor } => format!("bitwise({mask:?},{xor:?})"),
             Expr::Lookup(s) => format!("lookup({s})"),
+            Expr::Counter => "counter".to_owned(),
             Expr::Verdict(v) => format!("verdict({v})"),
             Expr::Other(n) => n.clone(),
         })
@@ -367,6 +379,9 @@ fn generic(e: &[Expr], dir: Dir, set: &mut SetReader<'_>) -> Option<Match> {
             .into_iter()
             .map(|(a, b)| (a as u16, b as u16))
             .collect();
+    }
+    if c.next()? != &Expr::Counter {
+        return None;
     }
     let verdict = match c.next()? {
         Expr::Verdict(NF_ACCEPT) => Verdict::Accept,

@@ -8,10 +8,13 @@
 //! equal.
 
 use std::fmt::{self, Write as _};
+use std::hash::{Hash, Hasher};
 use std::net::{Ipv4Addr, Ipv6Addr};
 
 use sha2::{Digest, Sha256};
 use weft_schema::validate::{Firewall, Protocol, Rule};
+
+use crate::dataplane::nftables::keyed::RuleKey;
 
 /// `meta l4proto` values (IANA protocol numbers).
 pub(crate) const IPPROTO_ICMP: u8 = libc::IPPROTO_ICMP as u8;
@@ -28,8 +31,8 @@ pub struct Ruleset {
     pub(crate) output: Vec<Line>,
 }
 
-/// One rule of the table.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// One rule of the table. Every rule counts what it matches (`counter` before its verdict).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub(crate) enum Line {
     /// `ct state established,related accept`
     Established,
@@ -42,13 +45,16 @@ pub(crate) enum Line {
     WireGuardPort(u16),
     /// A rule derived from one family of one spec rule.
     Match(Match),
+    /// `counter`, the last rule of chain input: it counts what falls through to the policy
+    /// drop.
+    Dropped,
     /// A rule this model does not produce, read back from the kernel; the text says what it
     /// was made of, so it never compares equal to a rendered rule.
     Foreign(String),
 }
 
 /// Which packets a spec-derived rule matches, and what it does with them.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub(crate) struct Match {
     /// `ip saddr` / `ip6 saddr` in chain input, `daddr` in chain output; `None`: any family.
     pub addr: Option<AddrMatch>,
@@ -60,7 +66,7 @@ pub(crate) struct Match {
     pub comment: Option<String>,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub(crate) enum Family {
     V4,
     V6,
@@ -85,13 +91,13 @@ impl Family {
 
 /// Addresses of one family as sorted, merged, non-adjacent inclusive ranges. A single range
 /// covering the whole family is `meta nfproto ipv4|ipv6` (a `/0` source).
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub(crate) struct AddrMatch {
     pub family: Family,
     pub ranges: Vec<(u128, u128)>,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub(crate) enum Verdict {
     Accept,
     Drop,
@@ -108,6 +114,7 @@ pub fn render(fw: &Firewall, wireguard_port: Option<u16>) -> Ruleset {
     for rule in &fw.ingress {
         spec_rule(&mut input, rule, Verdict::Accept);
     }
+    input.push(Line::Dropped);
     let mut output = Vec::new();
     for rule in &fw.egress {
         spec_rule(&mut output, rule, Verdict::Drop);
@@ -191,7 +198,7 @@ where
 
 impl Ruleset {
     /// Rules in chain input derived from the spec: not the baseline rules, not the
-    /// WireGuard port allow.
+    /// WireGuard port allow, not the closing counter.
     pub fn ingress_rules(&self) -> u32 {
         self.input
             .iter()
@@ -202,6 +209,7 @@ impl Ruleset {
                         | Line::NeighbourDiscovery
                         | Line::Loopback
                         | Line::WireGuardPort(_)
+                        | Line::Dropped
                 )
             })
             .count() as u32
@@ -236,6 +244,14 @@ impl Ruleset {
         }
         t.push_str("\t}\n}\n");
         t
+    }
+
+    /// The keys of the rules of chain input and chain output, in order (see [`key`]).
+    pub(crate) fn keys(&self) -> [Vec<RuleKey>; 2] {
+        [
+            self.input.iter().map(|l| key("input", l)).collect(),
+            self.output.iter().map(|l| key("output", l)).collect(),
+        ]
     }
 
     /// Hex SHA-256 of [`Ruleset::nft_text`]: equal rulesets hash equal, whether rendered or
@@ -289,10 +305,11 @@ struct Text<'a>(&'a Line, Dir);
 impl fmt::Display for Text<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self.0 {
-            Line::Established => f.write_str("ct state established,related accept"),
-            Line::NeighbourDiscovery => f.write_str("icmpv6 type 134-136 accept"),
-            Line::Loopback => f.write_str("iifname \"lo\" accept"),
-            Line::WireGuardPort(p) => write!(f, "udp dport {p} accept"),
+            Line::Established => f.write_str("ct state established,related counter accept"),
+            Line::NeighbourDiscovery => f.write_str("icmpv6 type 134-136 counter accept"),
+            Line::Loopback => f.write_str("iifname \"lo\" counter accept"),
+            Line::WireGuardPort(p) => write!(f, "udp dport {p} counter accept"),
+            Line::Dropped => f.write_str("counter"),
             Line::Foreign(what) => write!(f, "# not written by weft: {what}"),
             Line::Match(m) => {
                 if let Some(a) = &m.addr {
@@ -328,8 +345,8 @@ impl fmt::Display for Text<'_> {
                     (None, _) => {}
                 }
                 f.write_str(match m.verdict {
-                    Verdict::Accept => "accept",
-                    Verdict::Drop => "drop",
+                    Verdict::Accept => "counter accept",
+                    Verdict::Drop => "counter drop",
                 })?;
                 if let Some(c) = &m.comment {
                     write!(f, " comment \"{c}\"")?;
@@ -400,4 +417,34 @@ fn addr_range(f: &mut fmt::Formatter<'_>, family: Family, range: (u128, u128)) -
             show(f, range.1)
         }
     }
+}
+
+/// The key of `line` in `chain` (see `nftables::keyed`): SHA-256 over the model itself (its
+/// derived `Hash`, which writes every field, lengths and variants included), not over its
+/// text, which costs a formatting per rule. Keys are computed alike for rendered rules and
+/// for rules decoded from the kernel, so the keys in a table's userdata, which anyone could
+/// have written, are never what decides that a rule is right.
+pub(crate) fn key(chain: &str, line: &Line) -> RuleKey {
+    struct Feed(Sha256);
+    impl Hasher for Feed {
+        fn write(&mut self, bytes: &[u8]) {
+            self.0.update(bytes);
+        }
+        fn finish(&self) -> u64 {
+            unreachable!("only fed")
+        }
+    }
+    let mut feed = Feed(Sha256::new());
+    chain.hash(&mut feed);
+    // The one rule with two spellings (see `Ruleset::canonical`) has one key wherever it
+    // stands: a rule moved past the WireGuard allow must not make that rule another.
+    match line {
+        Line::Match(m) => match m.as_wireguard_port() {
+            Some(port) => Line::WireGuardPort(port).hash(&mut feed),
+            None => line.hash(&mut feed),
+        },
+        _ => line.hash(&mut feed),
+    }
+    let digest = feed.0.finalize();
+    RuleKey::from_slice(&digest[..RuleKey::LEN]).expect("16 of 32 bytes")
 }

@@ -73,7 +73,12 @@ fn baseline_renders_the_contracts_two_rules() {
     let r = render(&FirewallSpec::default(), None);
     assert_eq!(
         r.input,
-        vec![Line::Established, Line::NeighbourDiscovery, Line::Loopback]
+        vec![
+            Line::Established,
+            Line::NeighbourDiscovery,
+            Line::Loopback,
+            Line::Dropped
+        ]
     );
     assert!(r.output.is_empty());
     assert_eq!((r.ingress_rules(), r.egress_rules()), (0, 0));
@@ -84,24 +89,30 @@ fn baseline_renders_the_contracts_two_rules() {
         0,
         "the WireGuard allow is not an ingress rule"
     );
-    assert!(wg.nft_text().contains("\t\tudp dport 51820 accept\n"));
+    assert!(wg
+        .nft_text()
+        .contains("\t\tudp dport 51820 counter accept\n"));
+    assert!(
+        wg.nft_text().ends_with("\t\tcounter\n\t}\n\n\tchain output {\n\t\ttype filter hook output priority filter; policy accept;\n\t}\n}\n"),
+        "chain input ends with the counter of what its policy drops"
+    );
 }
 
 #[test]
 fn mixed_families_split_and_ranges_merge() {
     let text = render(&varied(), Some(51820)).nft_text();
     for line in [
-        "ip saddr 10.0.0.0/8 tcp dport { 22, 8000-8080 } accept comment \"ssh and app\"",
-        "ip saddr { 192.0.2.0/24, 198.51.100.7 } udp dport 53 accept",
-        "ip6 saddr 2001:db8::/32 udp dport 53 accept",
-        "ip saddr 0.0.0.0/1 udp dport { 1-10, 65000-65535 } accept",
-        "ip saddr 10.0.0.0/9 tcp dport 5000-5100 accept",
-        "meta nfproto ipv6 tcp dport 5000-5100 accept",
+        "ip saddr 10.0.0.0/8 tcp dport { 22, 8000-8080 } counter accept comment \"ssh and app\"",
+        "ip saddr { 192.0.2.0/24, 198.51.100.7 } udp dport 53 counter accept",
+        "ip6 saddr 2001:db8::/32 udp dport 53 counter accept",
+        "ip saddr 0.0.0.0/1 udp dport { 1-10, 65000-65535 } counter accept",
+        "ip saddr 10.0.0.0/9 tcp dport 5000-5100 counter accept",
+        "meta nfproto ipv6 tcp dport 5000-5100 counter accept",
         // Two touching CIDRs that are no single CIDR: one range.
-        "ip saddr 10.0.0.0-10.0.1.127 meta l4proto icmp accept",
-        "ip6 saddr { 2001:db8::/33, 2001:db8:8000::1 } meta l4proto ipv6-icmp accept",
-        "\t\taccept\n",
-        "ip daddr 169.254.169.254 drop",
+        "ip saddr 10.0.0.0-10.0.1.127 meta l4proto icmp counter accept",
+        "ip6 saddr { 2001:db8::/33, 2001:db8:8000::1 } meta l4proto ipv6-icmp counter accept",
+        "\t\tcounter accept\n",
+        "ip daddr 169.254.169.254 counter drop",
     ] {
         assert!(text.contains(line), "missing {line:?} in\n{text}");
     }
@@ -222,7 +233,7 @@ fn a_refusal_names_the_rule_and_its_text() {
             }),
             &r
         ),
-        "rule 4 of chain input (`ip saddr 10.0.0.0/8 tcp dport { 22, 8000-8080 } accept comment \"ssh and app\"`)"
+        "rule 4 of chain input (`ip saddr 10.0.0.0/8 tcp dport { 22, 8000-8080 } counter accept comment \"ssh and app\"`)"
     );
     assert_eq!(
         describe(
@@ -232,7 +243,7 @@ fn a_refusal_names_the_rule_and_its_text() {
             }),
             &r
         ),
-        "the set of rule 0 of chain output (`ip daddr 169.254.169.254 drop`)"
+        "the set of rule 0 of chain output (`ip daddr 169.254.169.254 counter drop`)"
     );
     assert_eq!(
         describe(Some(Label::DeleteTable), &r),

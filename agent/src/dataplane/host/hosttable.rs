@@ -322,6 +322,7 @@ fn unhandled(want: &[Want<'_>]) -> Vec<nftables::Rule> {
             handle: 0,
             exprs: w.exprs.to_vec(),
             comment: Some(w.key.to_owned()),
+            key: None,
         })
         .collect()
 }

@@ -16,7 +16,7 @@ use neli::consts::nl::{NlType, NlmF, NlmsgerrAttr};
 use neli::genl::Nlattr;
 use neli::nl::{NlPayload, NlmsghdrBuilder};
 use neli::types::{Buffer, GenlBuffer};
-use neli::{FromBytesWithInput, Size, ToBytes};
+use neli::{FromBytes, FromBytesWithInput, Size, ToBytes};
 
 pub const NLMSG_HDRLEN: usize = 16;
 
@@ -164,7 +164,7 @@ pub struct Ack {
 
 impl<'a> Message<'a> {
     /// The attributes after a fixed header of `fixed` bytes (padded to 4).
-    pub fn attrs(&self, fixed: usize) -> Attrs {
+    pub fn attrs(&self, fixed: usize) -> Attrs<'a> {
         Attrs::read(self.payload.get(align4(fixed)..).unwrap_or(&[]))
     }
 
@@ -214,31 +214,95 @@ fn bounded(s: &str) -> String {
     s[..end].to_owned()
 }
 
-/// One attribute as neli reads it: its type (without the nested and byte-order flags) and
-/// payload.
+/// An attribute as neli writes it (requests, and tests that lay out what the kernel sends).
 pub type Attr = Nlattr<u16, Buffer>;
 
-/// The attributes of a message or a nest, read by neli (`GenlBuffer<u16, Buffer>`).
-/// Malformed input reads as no attributes: a decoder then finds nothing it needs.
-#[derive(Clone, Debug)]
-pub struct Attrs(GenlBuffer<u16, Buffer>);
+/// Where an attribute's payload lies in the bytes it was read from. As the payload type of
+/// neli's `Nlattr`, it lets neli read an attribute's header, type and padding and leave the
+/// payload where it is: a 10,000-rule dump is read without copying an attribute.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Span {
+    start: usize,
+    len: usize,
+}
 
-impl Attrs {
-    pub fn read(data: &[u8]) -> Attrs {
-        Attrs(parse(data).unwrap_or_else(GenlBuffer::new))
+impl Size for Span {
+    fn unpadded_size(&self) -> usize {
+        self.len
+    }
+}
+
+impl FromBytesWithInput for Span {
+    type Input = usize;
+
+    fn from_bytes_with_input(
+        buffer: &mut Cursor<impl AsRef<[u8]>>,
+        input: usize,
+    ) -> Result<Span, neli::err::DeError> {
+        let start = buffer.position() as usize;
+        match start.checked_add(input) {
+            Some(end) if end <= buffer.get_ref().as_ref().len() => {
+                buffer.set_position(end as u64);
+                Ok(Span { start, len: input })
+            }
+            _ => Err(neli::err::DeError::InvalidInput(input)),
+        }
+    }
+}
+
+/// The attributes of a message or a nest, read one at a time by neli's `Nlattr` where they
+/// lie (see [`Span`]). A list with a malformed attribute anywhere reads as no attributes: a
+/// decoder then finds nothing it needs, never half of a list.
+#[derive(Clone, Copy, Debug)]
+pub struct Attrs<'a>(&'a [u8]);
+
+impl<'a> Attrs<'a> {
+    pub fn read(data: &'a [u8]) -> Attrs<'a> {
+        let whole = Attrs(data);
+        let mut cursor = Cursor::new(data);
+        while (cursor.position() as usize) < data.len() {
+            if Nlattr::<u16, Span>::from_bytes(&mut cursor).is_err() {
+                return Attrs(&[]);
+            }
+        }
+        whole
     }
 
-    pub fn iter(&self) -> impl Iterator<Item = &Attr> + '_ {
-        self.0.iter()
+    pub fn iter(&self) -> impl Iterator<Item = AttrRef<'a>> + 'a {
+        let data = self.0;
+        let mut cursor = Cursor::new(data);
+        std::iter::from_fn(move || {
+            if cursor.position() as usize >= data.len() {
+                return None;
+            }
+            let a = Nlattr::<u16, Span>::from_bytes(&mut cursor).ok()?;
+            let span = *a.nla_payload();
+            Some(AttrRef {
+                ty: *a.nla_type().nla_type(),
+                bytes: &data[span.start..span.start + span.len],
+            })
+        })
     }
 
     /// The first attribute of type `ty`.
-    pub fn get(&self, ty: u16) -> Option<&Attr> {
-        self.0.iter().find(|a| *a.nla_type().nla_type() == ty)
+    pub fn get(&self, ty: u16) -> Option<AttrRef<'a>> {
+        self.iter().find(|a| a.ty == ty)
+    }
+
+    /// The attributes by type, `N` types from 0: the first of each type, as libmnl's
+    /// `mnl_attr_parse` fills a table. Types from `N` up are left out.
+    pub fn table<const N: usize>(&self) -> [Option<AttrRef<'a>>; N] {
+        let mut t = [None; N];
+        for a in self.iter() {
+            if let Some(slot @ None) = t.get_mut(usize::from(a.ty)) {
+                *slot = Some(a);
+            }
+        }
+        t
     }
 
     pub fn len(&self) -> usize {
-        self.0.len()
+        self.iter().count()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -246,45 +310,71 @@ impl Attrs {
     }
 }
 
-impl From<GenlBuffer<u16, Buffer>> for Attrs {
-    fn from(list: GenlBuffer<u16, Buffer>) -> Attrs {
-        Attrs(list)
+/// One attribute read: its type (without the nested and byte-order flags) and its payload,
+/// borrowed from the message.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AttrRef<'a> {
+    ty: u16,
+    bytes: &'a [u8],
+}
+
+impl<'a> AttrRef<'a> {
+    /// The attributes nested inside this one.
+    pub fn nested(&self) -> Attrs<'a> {
+        Attrs::read(self.bytes)
+    }
+
+    /// A NUL-terminated string attribute ("" when it is not UTF-8).
+    pub fn str(&self) -> &'a str {
+        c_str(self.bytes)
+    }
+
+    pub fn bytes(&self) -> &'a [u8] {
+        self.bytes
     }
 }
 
 /// Typed reads of an attribute's payload (`None` when it is too short).
 pub trait AttrExt {
     fn ty(&self) -> u16;
-    fn bytes(&self) -> &[u8];
-
-    /// The attributes nested inside this one.
-    fn nested(&self) -> Attrs {
-        Attrs::read(self.bytes())
-    }
+    fn payload(&self) -> &[u8];
 
     fn u8(&self) -> Option<u8> {
-        self.bytes().first().copied()
+        self.payload().first().copied()
     }
 
     fn u16(&self) -> Option<u16> {
-        Some(u16::from_ne_bytes(self.bytes().get(..2)?.try_into().ok()?))
+        Some(u16::from_ne_bytes(
+            self.payload().get(..2)?.try_into().ok()?,
+        ))
     }
 
     fn u32(&self) -> Option<u32> {
-        Some(u32::from_ne_bytes(self.bytes().get(..4)?.try_into().ok()?))
+        Some(u32::from_ne_bytes(
+            self.payload().get(..4)?.try_into().ok()?,
+        ))
     }
 
     fn be32(&self) -> Option<u32> {
-        Some(u32::from_be_bytes(self.bytes().get(..4)?.try_into().ok()?))
+        Some(u32::from_be_bytes(
+            self.payload().get(..4)?.try_into().ok()?,
+        ))
     }
 
     fn be64(&self) -> Option<u64> {
-        Some(u64::from_be_bytes(self.bytes().get(..8)?.try_into().ok()?))
+        Some(u64::from_be_bytes(
+            self.payload().get(..8)?.try_into().ok()?,
+        ))
+    }
+}
+
+impl AttrExt for AttrRef<'_> {
+    fn ty(&self) -> u16 {
+        self.ty
     }
 
-    /// A NUL-terminated string attribute ("" when it is not UTF-8).
-    fn str(&self) -> &str {
-        c_str(self.bytes())
+    fn payload(&self) -> &[u8] {
+        self.bytes
     }
 }
 
@@ -293,7 +383,7 @@ impl AttrExt for Attr {
         *self.nla_type().nla_type()
     }
 
-    fn bytes(&self) -> &[u8] {
+    fn payload(&self) -> &[u8] {
         self.nla_payload().as_ref()
     }
 }
@@ -341,10 +431,7 @@ mod tests {
         assert_eq!(a.len(), 3);
         assert_eq!(a.get(3).unwrap().str(), "eth0");
         let nested = a.get(18).unwrap();
-        assert!(
-            *nested.nla_type().nla_nested(),
-            "the nested flag is kept apart"
-        );
+        assert_eq!(nested.ty(), 18, "the nested flag is kept apart");
         assert_eq!(nested.nested().get(1).unwrap().u32(), Some(0xdead_beef));
         assert_eq!(
             nested.nested().get(2).unwrap().bytes(),
@@ -364,6 +451,8 @@ mod tests {
         bytes[NLMSG_HDRLEN + 8] = 200;
         let m = messages(&bytes).next().unwrap();
         assert!(m.attrs(0).is_empty());
+        assert_eq!(m.attrs(0).iter().count(), 0);
+        assert_eq!(m.attrs(0).table::<4>(), [None; 4]);
         // A message longer than the datagram ends the iteration.
         bytes[0] = 255;
         assert_eq!(messages(&bytes).count(), 0);

@@ -10,8 +10,9 @@
 //!   kernel's extended-ack text.
 //! - [`message`]: requests made of neli's types ([`request`]), the messages of a datagram
 //!   ([`messages`]) and the end of an answer ([`Message::ack`]), neli's attribute reader
-//!   ([`Attrs`] over `GenlBuffer`, [`Wiped`] payloads for answers that carry keys), and the
-//!   netlink constants, once, from the libc crate neli, mnl and nftnl all build on.
+//!   ([`Attrs`]: neli's `Nlattr` with payloads left where they lie, [`Span`]; [`Wiped`]
+//!   payloads for answers that carry keys), and the netlink constants, once, from the libc
+//!   crate neli, mnl and nftnl all build on.
 //! - [`genl`]: neli's `Genlmsghdr` and the controller's family lookup.
 //!
 //! Each family's messages are typed functions over this layer in the family's own module:
@@ -41,5 +42,7 @@ pub mod genl;
 pub mod message;
 pub mod socket;
 
-pub use message::{c_str, messages, parse, request, Ack, Attr, AttrExt, Attrs, Message, Wiped};
+pub use message::{
+    c_str, messages, parse, request, Ack, Attr, AttrExt, AttrRef, Attrs, Message, Span, Wiped,
+};
 pub use socket::{fence, request_seq, Error, Event, Protocol, Socket};

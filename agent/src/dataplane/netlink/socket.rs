@@ -98,6 +98,7 @@ pub struct Socket {
     port: u32,
     seq: u32,
     sndbuf: usize,
+    rcvbuf: usize,
     /// Receive buffer, aligned for `nlmsghdr` as libmnl wants it.
     rx: Vec<u64>,
 }
@@ -135,7 +136,7 @@ impl Socket {
     /// Opens a non-blocking socket that receives the multicast `groups` of `protocol`, with
     /// a receive buffer of `rcvbuf` bytes for bursts.
     pub fn subscribe(protocol: Protocol, groups: &[u32], rcvbuf: usize) -> io::Result<Socket> {
-        let socket = Socket::bind(protocol)?;
+        let mut socket = Socket::bind(protocol)?;
         for &group in groups {
             socket.set_int(
                 libc::SOL_NETLINK,
@@ -143,7 +144,7 @@ impl Socket {
                 group as i32,
             )?;
         }
-        socket.set_rcvbuf(rcvbuf)?;
+        socket.fit_recv(rcvbuf)?;
         socket.set_fd_flags(libc::F_GETFL, libc::F_SETFL, libc::O_NONBLOCK)?;
         Ok(socket)
     }
@@ -162,6 +163,7 @@ impl Socket {
                 .map(|d| d.as_secs() as u32)
                 .unwrap_or(1),
             sndbuf: 0,
+            rcvbuf: 0,
             rx: vec![0; RX_BYTES / 8],
         };
         // libmnl opens without SOCK_CLOEXEC: the table owner's socket must not leak into
@@ -229,12 +231,17 @@ impl Socket {
         Ok(())
     }
 
-    /// Room for `bytes` of answers queued before we read them (a batch's errors, a burst of
-    /// notifications). Root may exceed the system's maximum; others get what it allows.
-    pub fn set_rcvbuf(&self, bytes: usize) -> io::Result<()> {
-        let v = i32::try_from(bytes).unwrap_or(i32::MAX);
-        self.set_int(libc::SOL_SOCKET, libc::SO_RCVBUFFORCE, v)
-            .or_else(|_| self.set_int(libc::SOL_SOCKET, libc::SO_RCVBUF, v))
+    /// Room for at least `bytes` of answers queued before we read them (a batch's errors
+    /// and echoes, a burst of notifications); it only grows. Root may exceed the system's
+    /// maximum; others get what it allows.
+    pub fn fit_recv(&mut self, bytes: usize) -> io::Result<()> {
+        if bytes > self.rcvbuf {
+            let v = i32::try_from(bytes).unwrap_or(i32::MAX);
+            self.set_int(libc::SOL_SOCKET, libc::SO_RCVBUFFORCE, v)
+                .or_else(|_| self.set_int(libc::SOL_SOCKET, libc::SO_RCVBUF, v))?;
+            self.rcvbuf = bytes;
+        }
+        Ok(())
     }
 
     /// Makes the send buffer big enough for one datagram of `bytes` (the kernel refuses a

@@ -46,6 +46,7 @@ pub const NFTA_GEN_PROC_NAME: u16 = 3;
 
 pub const NFTA_TABLE_NAME: u16 = 1;
 pub const NFTA_TABLE_FLAGS: u16 = 2;
+pub const NFTA_TABLE_HANDLE: u16 = 4;
 pub const NFTA_TABLE_OWNER: u16 = 7;
 /// Only the owning netlink socket may change the table; it goes when the socket closes...
 pub const NFT_TABLE_F_OWNER: u32 = 2;
@@ -56,6 +57,8 @@ pub const NFTA_CHAIN_TABLE: u16 = 1;
 pub const NFTA_CHAIN_NAME: u16 = 3;
 pub const NFTA_CHAIN_HOOK: u16 = 4;
 pub const NFTA_CHAIN_POLICY: u16 = 5;
+/// How many rules and jumps use the chain: for a base chain, its rules.
+pub const NFTA_CHAIN_USE: u16 = 6;
 pub const NFTA_CHAIN_TYPE: u16 = 7;
 pub const NFTA_HOOK_HOOKNUM: u16 = 1;
 pub const NFTA_HOOK_PRIORITY: u16 = 2;
@@ -69,6 +72,11 @@ pub const NFTA_RULE_CHAIN: u16 = 2;
 pub const NFTA_RULE_HANDLE: u16 = 3;
 pub const NFTA_RULE_EXPRESSIONS: u16 = 4;
 pub const NFTA_RULE_USERDATA: u16 = 7;
+/// In a rule's userdata (libnftnl's TLVs, one-byte type and length): the comment `nft`
+/// prints, and the [`super::keyed::RuleKey`] weft writes. libnftnl's rule types end at 1
+/// and `nft` skips types it does not know, so the key is invisible to it.
+pub const UDATA_RULE_COMMENT: u8 = nftnl::nftnl_sys::NFTNL_UDATA_RULE_COMMENT as u8;
+pub const UDATA_RULE_KEY: u8 = 0x57;
 pub const NFTA_LIST_ELEM: u16 = 1;
 pub const NFTA_EXPR_NAME: u16 = 1;
 pub const NFTA_EXPR_DATA: u16 = 2;

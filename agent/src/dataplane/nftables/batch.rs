@@ -21,8 +21,15 @@ use nftnl::{ChainType, Hook, MsgType, NlMsg, Policy, ProtoFamily};
 
 use super::abi::*;
 use super::expr::{Expr, Value};
+use super::keyed::{Position, RuleKey};
 use super::TableRef;
 use crate::dataplane::netlink::message::{NLMSG_HDRLEN, NLM_F_ACK, NLM_F_APPEND, NLM_F_CREATE};
+
+/// `NLM_F_ECHO`: the kernel sends the committed object back to the sender, with the handle
+/// it gave it.
+const NLM_F_ECHO: u16 = libc::NLM_F_ECHO as u16;
+/// The kernel's bound on a rule's userdata (`NFT_USERDATA_MAXLEN`).
+const USERDATA_BYTES: usize = 256;
 
 /// A base chain to create.
 #[derive(Clone, Copy, Debug)]
@@ -149,6 +156,14 @@ impl<L: Copy> Batch<L> {
         self.add(&TableMsg::new(table, flags), MsgType::Add, label);
     }
 
+    /// [`Batch::add_table`], and asks the kernel to echo the table once committed, so
+    /// [`super::Nft::commit`] returns it with its handle and owner.
+    pub fn add_table_echoed(&mut self, table: TableRef<'_>, flags: u32, label: L) {
+        let mut t = TableMsg::new(table, flags);
+        t.echo = true;
+        self.add(&t, MsgType::Add, label);
+    }
+
     pub fn add_chain(&mut self, table: TableRef<'_>, chain: &BaseChain<'_>, label: L) {
         let t = table_of(table);
         let mut c = nftnl::Chain::new(c_string(chain.name), &t);
@@ -223,8 +238,36 @@ impl<L: Copy> Batch<L> {
         for e in exprs {
             r.push(e);
         }
-        if let Some(c) = comment {
-            r.comment(c);
+        r.userdata(comment, None);
+        self.add(&r, MsgType::Add, label);
+    }
+
+    /// Adds a rule carrying `key` (and `comment`) in its userdata to `chain` at `at`, and
+    /// asks the kernel to echo it once committed, so [`super::Nft::commit`] returns the
+    /// handle it got (see [`super::keyed`]).
+    #[allow(clippy::too_many_arguments)]
+    pub fn add_keyed_rule(
+        &mut self,
+        table: TableRef<'_>,
+        chain: &str,
+        exprs: &[Expr],
+        comment: Option<&str>,
+        key: RuleKey,
+        at: Position,
+        label: L,
+    ) {
+        let mut r = RuleMsg::new(table, chain);
+        for e in exprs {
+            r.push(e);
+        }
+        r.userdata(comment, Some(key));
+        r.echo = true;
+        if let Position::Before(handle) = at {
+            r.append = false;
+            // SAFETY: the rule object is alive; the setter copies the value.
+            unsafe {
+                sys::nftnl_rule_set_u64(r.rule.as_ptr(), sys::NFTNL_RULE_POSITION as u16, handle);
+            }
         }
         self.add(&r, MsgType::Add, label);
     }
@@ -342,6 +385,7 @@ fn set_ack(msg: &mut [u8], on: bool) {
 struct TableMsg {
     table: NonNull<sys::nftnl_table>,
     family: ProtoFamily,
+    echo: bool,
 }
 
 impl TableMsg {
@@ -360,6 +404,7 @@ impl TableMsg {
             TableMsg {
                 table: t,
                 family: table.family,
+                echo: false,
             }
         }
     }
@@ -374,7 +419,11 @@ unsafe impl NlMsg for TableMsg {
                 buf.cast::<c_char>(),
                 NFT_MSG_NEWTABLE,
                 self.family as u16,
-                NLM_F_CREATE,
+                if self.echo {
+                    NLM_F_CREATE | NLM_F_ECHO
+                } else {
+                    NLM_F_CREATE
+                },
                 seq,
             );
             sys::nftnl_table_nlmsg_build_payload(header, self.table.as_ptr());
@@ -389,12 +438,16 @@ impl Drop for TableMsg {
     }
 }
 
-/// `NEWRULE` (appended) or `DELRULE` (by handle) on libnftnl's rule object: `nftnl::Rule`
-/// keeps its object private, its comment setter stops at 125 bytes where nft (and the
-/// contract) allow 128, and its expressions are fixed to register 1.
+/// `NEWRULE` (appended, or inserted before a position) or `DELRULE` (by handle) on
+/// libnftnl's rule object: `nftnl::Rule` keeps its object private, its comment setter stops
+/// at 125 bytes where nft (and the contract) allow 128, it has no userdata of its own, no
+/// position and no echo, and its expressions are fixed to register 1.
 struct RuleMsg {
     rule: NonNull<sys::nftnl_rule>,
     family: ProtoFamily,
+    /// Added at the end (or after its position) rather than before its position.
+    append: bool,
+    echo: bool,
 }
 
 impl RuleMsg {
@@ -413,6 +466,8 @@ impl RuleMsg {
             RuleMsg {
                 rule,
                 family: table.family,
+                append: true,
+                echo: false,
             }
         }
     }
@@ -424,21 +479,34 @@ impl RuleMsg {
         }
     }
 
-    /// libnftnl's userdata TLV, which `nft` prints as `comment "..."` (cut at a NUL and at
-    /// 254 bytes: the TLV's length is one byte).
-    fn comment(&mut self, text: &str) {
-        let text: Vec<u8> = text.bytes().take_while(|&b| b != 0).take(254).collect();
-        let text = CString::new(text).expect("NUL removed");
-        // SAFETY: the buffer is checked for NULL, holds the text (at most 257 bytes with its
-        // header and NUL), and is freed after the rule copied its data.
+    /// libnftnl's userdata TLVs: the comment `nft` prints as `comment "..."` (cut at a NUL,
+    /// and to what the kernel's 256 bytes of userdata leave room for), and the key.
+    fn userdata(&mut self, comment: Option<&str>, key: Option<RuleKey>) {
+        if comment.is_none() && key.is_none() {
+            return;
+        }
+        let room = USERDATA_BYTES - 3 - key.map_or(0, |_| 2 + RuleKey::LEN);
+        // SAFETY: the buffer is checked for NULL and sized for the kernel's bound, which the
+        // TLVs fit by construction; the rule copies the data before the buffer is freed.
         unsafe {
-            let buf = NonNull::new(sys::nftnl_udata_buf_alloc(260)).expect("allocate userdata");
-            let fits = sys::nftnl_udata_put_strz(
-                buf.as_ptr(),
-                sys::NFTNL_UDATA_RULE_COMMENT as u8,
-                text.as_ptr(),
-            );
-            debug_assert!(fits, "comment of {} bytes", text.as_bytes().len());
+            let buf = NonNull::new(sys::nftnl_udata_buf_alloc(USERDATA_BYTES as u32))
+                .expect("allocate userdata");
+            if let Some(text) = comment {
+                let text: Vec<u8> = text.bytes().take_while(|&b| b != 0).take(room).collect();
+                let text = CString::new(text).expect("NUL removed");
+                let fits =
+                    sys::nftnl_udata_put_strz(buf.as_ptr(), UDATA_RULE_COMMENT, text.as_ptr());
+                debug_assert!(fits, "comment of {} bytes", text.as_bytes().len());
+            }
+            if let Some(key) = key {
+                let fits = sys::nftnl_udata_put(
+                    buf.as_ptr(),
+                    UDATA_RULE_KEY,
+                    RuleKey::LEN as u32,
+                    key.0.as_ptr().cast(),
+                );
+                debug_assert!(fits, "rule key");
+            }
             sys::nftnl_rule_set_data(
                 self.rule.as_ptr(),
                 sys::NFTNL_RULE_USERDATA as u16,
@@ -453,10 +521,14 @@ impl RuleMsg {
 // SAFETY: `write` builds one message into `buf`, which the batch sizes for the largest one.
 unsafe impl NlMsg for RuleMsg {
     unsafe fn write(&self, buf: *mut c_void, seq: u32, msg_type: MsgType) {
-        let (ty, flags) = match msg_type {
-            MsgType::Add => (NFT_MSG_NEWRULE, NLM_F_CREATE | NLM_F_APPEND),
+        let (ty, mut flags) = match msg_type {
+            MsgType::Add if self.append => (NFT_MSG_NEWRULE, NLM_F_CREATE | NLM_F_APPEND),
+            MsgType::Add => (NFT_MSG_NEWRULE, NLM_F_CREATE),
             MsgType::Del => (NFT_MSG_DELRULE, 0),
         };
+        if self.echo {
+            flags |= NLM_F_ECHO;
+        }
         // SAFETY: the caller gives room for a whole message; the rule is alive.
         unsafe {
             let header = sys::nftnl_nlmsg_build_hdr(
@@ -478,21 +550,20 @@ impl Drop for RuleMsg {
     }
 }
 
-/// One `NEWRULE` message of `exprs` (and `comment`) as libnftnl writes it: what a batch
-/// carries for the rule, for tests and fuzz targets that read rules back.
+/// One `NEWRULE` message of `exprs` (and `comment` and `key`) as libnftnl writes it: what a
+/// batch carries for the rule, for tests and fuzz targets that read rules back.
 pub fn rule_message(
     table: TableRef<'_>,
     chain: &str,
     exprs: &[Expr],
     comment: Option<&str>,
+    key: Option<RuleKey>,
 ) -> Vec<u8> {
     let mut r = RuleMsg::new(table, chain);
     for e in exprs {
         r.push(e);
     }
-    if let Some(c) = comment {
-        r.comment(c);
-    }
+    r.userdata(comment, key);
     let mut buf = vec![0u64; nftnl::nft_nlmsg_maxsize() as usize / 8 + 1];
     // SAFETY: `buf` is aligned and as large as the largest nf_tables message.
     unsafe { r.write(buf.as_mut_ptr().cast(), 1, MsgType::Add) };
@@ -502,15 +573,31 @@ pub fn rule_message(
     bytes[..len].to_vec()
 }
 
-/// The comment in a rule's userdata, if it has one.
-pub fn comment_of(mut ud: &[u8]) -> Option<String> {
-    while ud.len() >= 2 {
-        let (ty, len) = (ud[0], usize::from(ud[1]));
-        let value = ud.get(2..2 + len)?;
-        if u32::from(ty) == sys::NFTNL_UDATA_RULE_COMMENT {
-            return Some(crate::dataplane::netlink::c_str(value).to_owned());
+/// What a rule's userdata carries that this layer reads: the comment and the key.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Userdata {
+    pub comment: Option<String>,
+    pub key: Option<RuleKey>,
+}
+
+impl Userdata {
+    /// Reads libnftnl's TLVs; others are skipped, a truncated one ends the reading.
+    pub fn read(mut ud: &[u8]) -> Userdata {
+        let mut out = Userdata::default();
+        while ud.len() >= 2 {
+            let (ty, len) = (ud[0], usize::from(ud[1]));
+            let Some(value) = ud.get(2..2 + len) else {
+                break;
+            };
+            match ty {
+                UDATA_RULE_COMMENT => {
+                    out.comment = Some(crate::dataplane::netlink::c_str(value).to_owned())
+                }
+                UDATA_RULE_KEY => out.key = RuleKey::from_slice(value),
+                _ => {}
+            }
+            ud = &ud[2 + len..];
         }
-        ud = &ud[2 + len..];
+        out
     }
-    None
 }

@@ -6,9 +6,9 @@
 //! decoder watches one table and reports the transactions that touched it, and who made them.
 
 use super::abi::*;
-use super::{header, TableRef};
+use super::{body, TableRef};
 use crate::dataplane::netlink::messages;
-use crate::dataplane::netlink::{AttrExt, Attrs};
+use crate::dataplane::netlink::AttrExt;
 
 /// One committed transaction that changed the watched table.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -61,11 +61,9 @@ impl Decoder {
                 continue;
             }
             let kind = msg.ty & 0xff;
-            let Some(header) = header(&msg) else {
+            let Some((family, list)) = body(&msg) else {
                 continue;
             };
-            let family = header.family;
-            let list = Attrs::from(header.attrs);
             if kind == NFT_MSG_NEWGEN {
                 let (mut pid, mut process) = (None, None);
                 for a in list.iter() {

@@ -8,7 +8,7 @@ use std::ptr::NonNull;
 use nftnl::nftnl_sys as sys;
 
 use super::abi::*;
-use crate::dataplane::netlink::{Attr, AttrExt, Attrs};
+use crate::dataplane::netlink::{AttrExt, AttrRef, Attrs};
 
 /// An expression's or element's data, at most 16 bytes (an IPv6 address, an interface
 /// name), kept inline: a 10,000-rule read-back would otherwise allocate for every compare.
@@ -264,7 +264,7 @@ impl Expr {
 
     /// Reads one `NFTA_LIST_ELEM` of a rule's expression list. Whatever it cannot read as
     /// one of the modelled forms is [`Expr::Other`].
-    pub fn read(elem: &Attr) -> Expr {
+    pub fn read(elem: AttrRef<'_>) -> Expr {
         let parts = elem.nested();
         let name = parts.get(NFTA_EXPR_NAME).map_or("", |a| a.str());
         let body = parts
@@ -274,12 +274,16 @@ impl Expr {
     }
 }
 
-fn read_value(a: &Attr) -> Option<Value> {
+fn read_value(a: AttrRef<'_>) -> Option<Value> {
     Value::new(a.nested().get(NFTA_DATA_VALUE)?.bytes())
 }
 
-fn read_body(name: &str, body: &Attrs) -> Option<Expr> {
-    let get = |ty: u16| body.get(ty);
+/// The most attribute types of an expression this layer reads (`nat` has 7).
+const EXPR_ATTRS: usize = 8;
+
+fn read_body(name: &str, body: &Attrs<'_>) -> Option<Expr> {
+    let table: [Option<AttrRef<'_>>; EXPR_ATTRS] = body.table();
+    let get = |ty: u16| table.get(usize::from(ty)).copied().flatten();
     let u = |ty: u16| get(ty).and_then(|a| a.be32());
     Some(match name {
         "meta" => Expr::Meta {
@@ -446,7 +450,7 @@ mod tests {
     }
 
     fn read_back(exprs: &[Expr]) -> Vec<Expr> {
-        let bytes = rule_message(TABLE, "c", exprs, None);
+        let bytes = rule_message(TABLE, "c", exprs, None, None);
         let msg = messages(&bytes).next().unwrap();
         super::super::rule_of(&msg, TABLE.name).unwrap().exprs
     }

@@ -1,9 +1,10 @@
 //! nftables over netlink, for any table: the socket that reads tables, chains, rules and set
 //! elements and commits transactions, the typed expressions ([`expr`]), the transaction
-//! writer ([`batch`], libnftnl through the `nftnl` crate) and the notification decoder
-//! ([`events`]). Requests are libnftnl's; what the kernel answers and announces is read by
-//! our typed decoder (libnftnl has no safe parser) over neli's attribute reader
-//! ([`Nfgenmsg`], `netlink::Attrs`). The firewall is one user; nothing here knows its table.
+//! writer ([`batch`], libnftnl through the `nftnl` crate), keyed rules and the diff that
+//! changes a chain rule by rule ([`keyed`]), and the notification decoder ([`events`]).
+//! Requests are libnftnl's; what the kernel answers and announces is read by our typed
+//! decoder (libnftnl has no safe parser) over neli's attribute reader (`netlink::Attrs`, which
+//! leaves payloads in place). The firewall is one user; nothing here knows its table.
 //!
 //! Reads go through the netlink layer's exchange loop (a dump the kernel flags interrupted
 //! is read again). A transaction is one datagram followed by a fence (a request the kernel
@@ -19,8 +20,9 @@ pub mod keyed;
 use std::io;
 
 use abi::*;
-use batch::{comment_of, Transaction};
+use batch::{Transaction, Userdata};
 use expr::{Expr, Value};
+use keyed::RuleKey;
 
 use std::ffi::CString;
 use std::ptr::NonNull;
@@ -29,7 +31,7 @@ use neli::types::{Buffer, GenlBuffer};
 use nftnl::nftnl_sys as sys;
 
 use super::netlink::message::{NLM_F_ACK, NLM_F_DUMP};
-use super::netlink::{self, fence, AttrExt, Attrs, Event, Message, Protocol, Socket};
+use super::netlink::{self, fence, AttrExt, AttrRef, Attrs, Event, Message, Protocol, Socket};
 
 /// The kernel queues every answer to a batch before `send` returns (one error per refused
 /// message): room for them, and for dump datagrams.
@@ -48,6 +50,9 @@ pub struct Table {
     pub flags: u32,
     /// The owning socket's port, when the table has an owner.
     pub owner: Option<u32>,
+    /// The kernel's number for this table, unique across namespaces and never reused while
+    /// the system runs: a table deleted and made again has another.
+    pub handle: u64,
 }
 
 /// A chain as the kernel reports it.
@@ -58,6 +63,8 @@ pub struct Chain {
     /// Hook number and priority, for a base chain.
     pub hook: Option<(u32, i32)>,
     pub policy: Option<u32>,
+    /// Rules in the chain and jumps to it (`NFTA_CHAIN_USE`).
+    pub uses: Option<u32>,
 }
 
 /// A rule as the kernel reports it.
@@ -67,6 +74,26 @@ pub struct Rule {
     pub handle: u64,
     pub exprs: Vec<Expr>,
     pub comment: Option<String>,
+    /// The key in its userdata, when it has one (see [`keyed`]).
+    pub key: Option<RuleKey>,
+}
+
+/// A rule as far as a diff needs it, read without decoding its expressions.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RuleId {
+    pub chain: String,
+    pub handle: u64,
+    pub key: Option<RuleKey>,
+}
+
+/// What the kernel said about a committed transaction: the tables and rules written with an
+/// echo request ([`batch::Batch::add_table_echoed`], [`batch::Batch::add_keyed_rule`]), in
+/// the order they were written, as committed (with the handles the kernel gave them).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Committed {
+    /// Each table by name.
+    pub tables: Vec<(String, Table)>,
+    pub rules: Vec<RuleId>,
 }
 
 /// A set element: its key and whether it ends an interval.
@@ -105,8 +132,10 @@ enum Target<'a> {
     /// Nothing beyond the family: the generation, or every chain.
     All,
     Table(&'a str),
-    /// The rules of a table.
-    Rules(&'a str),
+    /// The rules of a table, or of one chain of it.
+    Rules(&'a str, Option<&'a str>),
+    /// One rule: table, chain, handle.
+    Rule(&'a str, &'a str, u64),
     /// The elements of set `.1` of table `.0`.
     Elements(&'a str, &'a str),
 }
@@ -135,15 +164,31 @@ fn request(ty: u16, dump: bool, family: u8, seq: u32, target: Target<'_>) -> Vec
                 sys::nftnl_table_nlmsg_build_payload(header, t.as_ptr());
                 sys::nftnl_table_free(t.as_ptr());
             }
-            Target::Rules(table) => {
+            Target::Rules(table, chain) => {
                 let r = NonNull::new(sys::nftnl_rule_alloc()).expect("allocate a rule");
                 sys::nftnl_rule_set_str(
                     r.as_ptr(),
                     sys::NFTNL_RULE_TABLE as u16,
                     c(table).as_ptr(),
                 );
+                if let Some(chain) = chain {
+                    sys::nftnl_rule_set_str(
+                        r.as_ptr(),
+                        sys::NFTNL_RULE_CHAIN as u16,
+                        c(chain).as_ptr(),
+                    );
+                }
                 sys::nftnl_rule_nlmsg_build_payload(header, r.as_ptr());
                 sys::nftnl_rule_free(r.as_ptr());
+            }
+            Target::Rule(table, chain, handle) => {
+                let r = NonNull::new(sys::nftnl_rule_alloc()).expect("allocate a rule");
+                let p = r.as_ptr();
+                sys::nftnl_rule_set_str(p, sys::NFTNL_RULE_TABLE as u16, c(table).as_ptr());
+                sys::nftnl_rule_set_str(p, sys::NFTNL_RULE_CHAIN as u16, c(chain).as_ptr());
+                sys::nftnl_rule_set_u64(p, sys::NFTNL_RULE_HANDLE as u16, handle);
+                sys::nftnl_rule_nlmsg_build_payload(header, p);
+                sys::nftnl_rule_free(p);
             }
             Target::Elements(table, set) => {
                 let s = NonNull::new(sys::nftnl_set_alloc()).expect("allocate a set");
@@ -221,15 +266,16 @@ fn is_nft(msg: &Message<'_>, ty: u16) -> bool {
     msg.ty == (NFNL_SUBSYS_NFTABLES << 8) | ty
 }
 
-/// The `nfgenmsg` of an nf_tables message and its attributes, read by neli (`None`:
-/// malformed).
-pub fn header(msg: &Message<'_>) -> Option<Nfgenmsg> {
-    netlink::parse(msg.payload)
+/// The family (`NFPROTO_*`) of an nf_tables message and its attributes after the
+/// `nfgenmsg`, read by neli where they lie (`None`: no `nfgenmsg`).
+pub fn body<'a>(msg: &Message<'a>) -> Option<(u8, Attrs<'a>)> {
+    let rest = msg.payload.get(NFGENMSG_LEN..)?;
+    Some((msg.payload[0], Attrs::read(rest)))
 }
 
 /// The attributes of an nf_tables message, after its `nfgenmsg` (none when malformed).
-pub fn attrs(msg: &Message<'_>) -> Attrs {
-    header(msg).map_or_else(|| Attrs::read(&[]), |h| h.attrs.into())
+pub fn attrs<'a>(msg: &Message<'a>) -> Attrs<'a> {
+    body(msg).map_or_else(|| Attrs::read(&[]), |(_, a)| a)
 }
 
 /// The generation id of a `NFT_MSG_NEWGEN`.
@@ -245,21 +291,17 @@ pub fn table_of(msg: &Message<'_>, name: &str) -> Option<Table> {
     if !is_nft(msg, NFT_MSG_NEWTABLE) {
         return None;
     }
-    let mut table = Table {
-        flags: 0,
-        owner: None,
-    };
-    let mut named = None;
-    let list = attrs(msg);
-    for a in list.iter() {
-        match a.ty() {
-            NFTA_TABLE_NAME => named = Some(a.str()),
-            NFTA_TABLE_FLAGS => table.flags = a.be32()?,
-            NFTA_TABLE_OWNER => table.owner = a.be32(),
-            _ => {}
-        }
+    let t = attrs(msg).table::<{ NFTA_TABLE_OWNER as usize + 1 }>();
+    if t[usize::from(NFTA_TABLE_NAME)]?.str() != name {
+        return None;
     }
-    (named == Some(name)).then_some(table)
+    Some(Table {
+        flags: t[usize::from(NFTA_TABLE_FLAGS)].map_or(Some(0), |a| a.be32())?,
+        owner: t[usize::from(NFTA_TABLE_OWNER)].and_then(|a| a.be32()),
+        handle: t[usize::from(NFTA_TABLE_HANDLE)]
+            .and_then(|a| a.be64())
+            .unwrap_or(0),
+    })
 }
 
 /// A chain of table `name` from a `NFT_MSG_NEWCHAIN`.
@@ -267,63 +309,75 @@ pub fn chain_of(msg: &Message<'_>, table: &str) -> Option<Chain> {
     if !is_nft(msg, NFT_MSG_NEWCHAIN) {
         return None;
     }
-    let mut of = None;
-    let mut chain = Chain {
-        name: String::new(),
-        kind: String::new(),
-        hook: None,
-        policy: None,
-    };
-    let list = attrs(msg);
-    for a in list.iter() {
-        match a.ty() {
-            NFTA_CHAIN_TABLE => of = Some(a.str()),
-            NFTA_CHAIN_NAME => chain.name = a.str().to_owned(),
-            NFTA_CHAIN_TYPE => chain.kind = a.str().to_owned(),
-            NFTA_CHAIN_POLICY => chain.policy = a.be32(),
-            NFTA_CHAIN_HOOK => {
-                let hook = a.nested();
-                let num = hook.get(NFTA_HOOK_HOOKNUM).and_then(|h| h.be32());
-                let prio = hook.get(NFTA_HOOK_PRIORITY).and_then(|h| h.be32());
-                chain.hook = num.zip(prio.map(|p| p as i32));
-            }
-            _ => {}
-        }
+    let t = attrs(msg).table::<{ NFTA_CHAIN_TYPE as usize + 1 }>();
+    if t[usize::from(NFTA_CHAIN_TABLE)]?.str() != table {
+        return None;
     }
-    (of == Some(table)).then_some(chain)
+    let text = |ty: u16| t[usize::from(ty)].map_or(String::new(), |a| a.str().to_owned());
+    let hook = t[usize::from(NFTA_CHAIN_HOOK)].and_then(|a| {
+        let hook = a.nested();
+        let num = hook.get(NFTA_HOOK_HOOKNUM).and_then(|h| h.be32());
+        let prio = hook.get(NFTA_HOOK_PRIORITY).and_then(|h| h.be32());
+        num.zip(prio.map(|p| p as i32))
+    });
+    Some(Chain {
+        name: text(NFTA_CHAIN_NAME),
+        kind: text(NFTA_CHAIN_TYPE),
+        hook,
+        policy: t[usize::from(NFTA_CHAIN_POLICY)].and_then(|a| a.be32()),
+        uses: t[usize::from(NFTA_CHAIN_USE)].and_then(|a| a.be32()),
+    })
 }
 
-/// A rule of table `name` from a `NFT_MSG_NEWRULE` (a dump's, or one a batch writes).
-pub fn rule_of(msg: &Message<'_>, table: &str) -> Option<Rule> {
+/// The attributes of a `NFT_MSG_NEWRULE` of table `table`, by type.
+fn rule_attrs<'a>(
+    msg: &Message<'a>,
+    table: &str,
+) -> Option<[Option<AttrRef<'a>>; NFTA_RULE_USERDATA as usize + 1]> {
     if !is_nft(msg, NFT_MSG_NEWRULE) {
         return None;
     }
-    let mut of = None;
-    let mut rule = Rule {
-        chain: String::new(),
-        handle: 0,
-        exprs: Vec::new(),
-        comment: None,
+    let t = attrs(msg).table();
+    (t[usize::from(NFTA_RULE_TABLE)]?.str() == table).then_some(t)
+}
+
+/// A rule of table `table` from a `NFT_MSG_NEWRULE` (a dump's, or one a batch writes).
+pub fn rule_of(msg: &Message<'_>, table: &str) -> Option<Rule> {
+    let t = rule_attrs(msg, table)?;
+    let userdata = t[usize::from(NFTA_RULE_USERDATA)]
+        .map(|a| Userdata::read(a.bytes()))
+        .unwrap_or_default();
+    let exprs = t[usize::from(NFTA_RULE_EXPRESSIONS)].map_or_else(Vec::new, |a| {
+        a.nested()
+            .iter()
+            .filter(|e| e.ty() == NFTA_LIST_ELEM)
+            .map(Expr::read)
+            .collect()
+    });
+    Some(Rule {
+        chain: t[usize::from(NFTA_RULE_CHAIN)].map_or(String::new(), |a| a.str().to_owned()),
+        handle: t[usize::from(NFTA_RULE_HANDLE)]
+            .and_then(|a| a.be64())
+            .unwrap_or(0),
+        exprs,
+        comment: userdata.comment,
+        key: userdata.key,
+    })
+}
+
+/// The chain, handle and key of a rule of table `table` from a `NFT_MSG_NEWRULE`, its
+/// expressions left unread.
+pub fn rule_id_of(msg: &Message<'_>, table: Option<&str>) -> Option<RuleId> {
+    let t = match table {
+        Some(table) => rule_attrs(msg, table)?,
+        None if is_nft(msg, NFT_MSG_NEWRULE) => attrs(msg).table(),
+        None => return None,
     };
-    let list = attrs(msg);
-    for a in list.iter() {
-        match a.ty() {
-            NFTA_RULE_TABLE => of = Some(a.str()),
-            NFTA_RULE_CHAIN => rule.chain = a.str().to_owned(),
-            NFTA_RULE_HANDLE => rule.handle = a.be64().unwrap_or(0),
-            NFTA_RULE_EXPRESSIONS => {
-                rule.exprs = a
-                    .nested()
-                    .iter()
-                    .filter(|e| e.ty() == NFTA_LIST_ELEM)
-                    .map(Expr::read)
-                    .collect();
-            }
-            NFTA_RULE_USERDATA => rule.comment = comment_of(a.bytes()),
-            _ => {}
-        }
-    }
-    (of == Some(table)).then_some(rule)
+    Some(RuleId {
+        chain: t[usize::from(NFTA_RULE_CHAIN)].map_or(String::new(), |a| a.str().to_owned()),
+        handle: t[usize::from(NFTA_RULE_HANDLE)]?.be64()?,
+        key: t[usize::from(NFTA_RULE_USERDATA)].and_then(|a| Userdata::read(a.bytes()).key),
+    })
 }
 
 /// The elements of a `NFT_MSG_NEWSETELEM` (a dump's, or one a batch writes), appended to
@@ -344,7 +398,7 @@ pub fn elements_of(msg: &Message<'_>, out: &mut Vec<Element>) {
     }
 }
 
-fn element(elem: &netlink::Attr) -> Option<Element> {
+fn element(elem: AttrRef<'_>) -> Option<Element> {
     let (mut key, mut flags) = (None, 0);
     for a in elem.nested().iter() {
         match a.ty() {
@@ -359,8 +413,8 @@ fn element(elem: &netlink::Attr) -> Option<Element> {
 impl Nft {
     /// Opens a socket in the calling thread's network namespace.
     pub fn open() -> io::Result<Nft> {
-        let socket = Socket::open(Protocol::Netfilter)?;
-        socket.set_rcvbuf(RCVBUF_BYTES)?;
+        let mut socket = Socket::open(Protocol::Netfilter)?;
+        socket.fit_recv(RCVBUF_BYTES)?;
         Ok(Nft { socket })
     }
 
@@ -421,13 +475,51 @@ impl Nft {
 
     /// The rules of the table, in chain order.
     pub fn rules(&mut self, table: TableRef<'_>) -> Result<Vec<Rule>, netlink::Error> {
+        self.rules_of(table, None)
+    }
+
+    /// The rules of one chain of the table, in order (the kernel skips the other chains).
+    pub fn chain_rules(
+        &mut self,
+        table: TableRef<'_>,
+        chain: &str,
+    ) -> Result<Vec<Rule>, netlink::Error> {
+        self.rules_of(table, Some(chain))
+    }
+
+    fn rules_of(
+        &mut self,
+        table: TableRef<'_>,
+        chain: Option<&str>,
+    ) -> Result<Vec<Rule>, netlink::Error> {
         self.socket.dump(
             |seq| {
-                let target = Target::Rules(table.name);
+                let target = Target::Rules(table.name, chain);
                 request(NFT_MSG_GETRULE, true, table.family as u8, seq, target)
             },
             |m, out: &mut Vec<Rule>| out.extend(rule_of(m, table.name)),
         )
+    }
+
+    /// One rule, by chain and handle (`None` when there is no such rule).
+    pub fn rule(
+        &mut self,
+        table: TableRef<'_>,
+        chain: &str,
+        handle: u64,
+    ) -> Result<Option<Rule>, netlink::Error> {
+        let seq = self.socket.next_seq();
+        let target = Target::Rule(table.name, chain, handle);
+        let d = request(NFT_MSG_GETRULE, false, table.family as u8, seq, target);
+        let mut found = None;
+        match self
+            .socket
+            .request(&d, |m| found = found.take().or(rule_of(m, table.name)))
+        {
+            Ok(()) => Ok(found),
+            Err(e) if e.errno() == Some(libc::ENOENT) => Ok(None),
+            Err(e) => Err(e),
+        }
     }
 
     /// The elements of set `set` of the table, in the kernel's order.
@@ -445,49 +537,73 @@ impl Nft {
         )
     }
 
-    /// Sends a transaction as one datagram and reads the kernel's answers: `Ok` when it
-    /// committed, the first refusal otherwise (the kernel then applied none of it).
-    pub fn commit<L: Copy>(&mut self, tx: &Transaction<L>) -> Result<(), CommitError<L>> {
-        self.commit_echoed(tx, None).map(drop)
+    /// Sends a transaction as one datagram and reads the kernel's answers: what it said
+    /// when the transaction committed (the tables and rules it echoed), the first refusal
+    /// otherwise (the kernel then applied none of it).
+    pub fn commit<L: Copy>(&mut self, tx: &Transaction<L>) -> Result<Committed, CommitError<L>> {
+        self.commit_reading(tx, None).map(|(c, _)| c)
     }
 
     /// [`Nft::commit`] of a batch that asked for its rules back
-    /// ([`batch::Batch::echo_rules`]):
-    /// the rules of table `table` it added, as the kernel committed them (handles and all).
+    /// ([`batch::Batch::echo_rules`]): the rules of table `table` it added, as the kernel
+    /// committed them (handles, expressions and all).
     pub fn commit_echoed<L: Copy>(
         &mut self,
         tx: &Transaction<L>,
         table: Option<&str>,
     ) -> Result<Vec<Rule>, CommitError<L>> {
+        self.commit_reading(tx, table).map(|(_, rules)| rules)
+    }
+
+    /// Commits, keeping what was echoed: tables and rules (chain, handle, key) always, and
+    /// whole rules of `table` when named.
+    fn commit_reading<L: Copy>(
+        &mut self,
+        tx: &Transaction<L>,
+        table: Option<&str>,
+    ) -> Result<(Committed, Vec<Rule>), CommitError<L>> {
+        let net = |e| CommitError::Netlink(netlink::Error::Send(e));
+        self.socket.fit_send(tx.bytes.len()).map_err(net)?;
+        // The echoes of the rules it adds come before its ack, all queued before we read:
+        // never more than the rules as sent (each once, with its handle added).
         self.socket
-            .fit_send(tx.bytes.len())
-            .map_err(|e| CommitError::Netlink(netlink::Error::Send(e)))?;
+            .fit_recv(2 * tx.bytes.len() + RCVBUF_BYTES)
+            .map_err(net)?;
         self.socket.reserve_seqs(tx.labels.len() as u32);
         let fence_seq = self.socket.next_seq();
         let fence = fence(fence_seq);
         let mut refused = None;
         let mut acked = false;
-        let acked_seq = tx.acked_seq();
+        let mut committed = Committed::default();
         let mut echoed = Vec::new();
+        let acked_seq = tx.acked_seq();
         self.socket
             .exchange(
                 &[&tx.bytes, &fence],
                 tx.first_seq..=fence_seq,
                 |e| match e {
+                    Event::Data(m) if is_nft(m, NFT_MSG_NEWTABLE) => {
+                        let name = attrs(m).get(NFTA_TABLE_NAME).map(|a| a.str());
+                        if let Some(t) = name.and_then(|n| table_of(m, n)) {
+                            committed
+                                .tables
+                                .push((name.unwrap_or_default().to_owned(), t));
+                        }
+                    }
+                    Event::Data(m) => {
+                        committed.rules.extend(rule_id_of(m, None));
+                        if let Some(table) = table {
+                            echoed.extend(rule_of(m, table));
+                        }
+                    }
+                    Event::End(ack) if ack.errno == 0 => acked |= ack.seq == acked_seq,
                     Event::End(ack) => {
-                        if ack.errno == 0 {
-                            acked |= ack.seq == acked_seq;
-                        } else if refused.is_none() && ack.seq != fence_seq {
+                        if refused.is_none() && ack.seq != fence_seq {
                             refused = Some(Refusal {
                                 what: tx.label(ack.seq),
                                 errno: ack.errno,
                                 text: ack.text,
                             });
-                        }
-                    }
-                    Event::Data(msg) => {
-                        if let Some(table) = table {
-                            echoed.extend(rule_of(msg, table));
                         }
                     }
                 },
@@ -496,7 +612,7 @@ impl Nft {
         match refused {
             Some(r) => Err(CommitError::Refused(r)),
             None if !acked => Err(CommitError::NoAnswer),
-            None => Ok(echoed),
+            None => Ok((committed, echoed)),
         }
     }
 }
@@ -505,6 +621,7 @@ impl Nft {
 mod tests {
     use super::batch::{BaseChain, Batch};
     use super::expr::{Nat, Value};
+    use super::keyed::{diff, Held, Position};
     use super::*;
     use nftnl::{ChainType, Hook, Policy, ProtoFamily};
 
@@ -651,6 +768,140 @@ mod tests {
             nft.commit(&b.finish("end")).unwrap();
             let left: Vec<u64> = nft.rules(TABLE).unwrap().iter().map(|r| r.handle).collect();
             assert_eq!(left, vec![rules[0].handle, rules[2].handle]);
+        });
+    }
+
+    fn port_rule(port: u16) -> Vec<Expr> {
+        vec![
+            reg1(NFT_META_L4PROTO),
+            cmp(&[libc::IPPROTO_TCP as u8]),
+            Expr::Payload {
+                dreg: NFT_REG_1,
+                base: NFT_PAYLOAD_TRANSPORT_HEADER,
+                offset: 2,
+                len: 2,
+            },
+            cmp(&port.to_be_bytes()),
+            Expr::Counter {
+                packets: 0,
+                bytes: 0,
+            },
+            Expr::Verdict(NF_ACCEPT),
+        ]
+    }
+
+    fn key(port: u16) -> RuleKey {
+        RuleKey::digest(&[b"port", &port.to_be_bytes()])
+    }
+
+    fn held(nft: &mut Nft, table: TableRef<'_>) -> Vec<Held> {
+        nft.rules(table)
+            .unwrap()
+            .iter()
+            .map(|r| Held {
+                handle: r.handle,
+                key: r.key,
+            })
+            .collect()
+    }
+
+    /// The keyed facility against the kernel: rules written with their keys, echoed with
+    /// their handles; a diff that changes one rule, adds one first and one last deletes and
+    /// adds only those, in one transaction, at the right places; the rules kept keep their
+    /// handles; what `ChainDiff::after` predicts is what a dump shows. A chain reports its
+    /// number of rules, and one rule and one chain's rules are read alone.
+    #[test]
+    fn keyed_rules_change_in_place_and_echo_their_handles() {
+        weft_testkit::require_root();
+        let ns = weft_testkit::Netns::new("nftkey").unwrap();
+        let table = TableRef {
+            family: ProtoFamily::Ipv4,
+            name: "weft-keyed-test",
+        };
+        let input = BaseChain {
+            name: "input",
+            kind: ChainType::Filter,
+            hook: Hook::In,
+            priority: 0,
+            policy: Policy::Accept,
+        };
+        ns.enter(|| {
+            let mut nft = Nft::open().unwrap();
+            let ports: Vec<u16> = (1..=5).collect();
+            let mut b = Batch::new(nft.batch_seq(), Some(nft.genid().unwrap()), "begin");
+            b.add_table_echoed(table, 0, "table");
+            b.add_chain(table, &input, "chain");
+            for &p in &ports {
+                b.add_keyed_rule(
+                    table,
+                    "input",
+                    &port_rule(p),
+                    Some("c"),
+                    key(p),
+                    Position::Append,
+                    "rule",
+                );
+            }
+            let committed = nft.commit(&b.finish("end")).unwrap();
+            let (name, t) = &committed.tables[0];
+            assert_eq!(name, table.name);
+            assert_eq!(Some(t.clone()), nft.table(table).unwrap());
+            let first = held(&mut nft, table);
+            let echoed: Vec<Held> = committed
+                .rules
+                .iter()
+                .map(|r| Held {
+                    handle: r.handle,
+                    key: r.key,
+                })
+                .collect();
+            assert_eq!(echoed, first);
+            assert_eq!(
+                first.iter().map(|h| h.key).collect::<Vec<_>>(),
+                ports.iter().map(|p| Some(key(*p))).collect::<Vec<_>>()
+            );
+            let chains = nft.chains(table).unwrap();
+            assert_eq!(chains[0].uses, Some(5), "{chains:?}");
+
+            // Port 3 becomes 30; 100 goes first and 200 last.
+            let want: Vec<u16> = vec![100, 1, 2, 30, 4, 5, 200];
+            let keys: Vec<RuleKey> = want.iter().map(|p| key(*p)).collect();
+            let d = diff(&keys, &first);
+            assert_eq!(d.delete, vec![first[2].handle]);
+            assert_eq!(d.add.len(), 3);
+            let mut b = Batch::new(nft.batch_seq(), Some(nft.genid().unwrap()), "begin");
+            for &h in &d.delete {
+                b.delete_rule(table, "input", h, "delete");
+            }
+            for add in &d.add {
+                let p = want[add.index];
+                b.add_keyed_rule(table, "input", &port_rule(p), None, key(p), add.at, "add");
+            }
+            let committed = nft.commit(&b.finish("end")).unwrap();
+            let added: Vec<u64> = committed.rules.iter().map(|r| r.handle).collect();
+            let after = d.after(&keys, &added).unwrap();
+            assert_eq!(held(&mut nft, table), after);
+            for kept in [0, 1, 3, 4] {
+                assert!(after.contains(&first[kept]), "rule {kept} kept its handle");
+            }
+            let text =
+                String::from_utf8(ns.run("nft", &["list", "ruleset"]).unwrap().stdout).unwrap();
+            let order: Vec<usize> = ["dport 100 ", "dport 1 ", "dport 30 ", "dport 200 "]
+                .iter()
+                .map(|p| text.find(p).unwrap_or_else(|| panic!("{p} in {text}")))
+                .collect();
+            assert!(order.windows(2).all(|w| w[0] < w[1]), "{text}");
+            assert!(text.contains("accept comment \"c\""), "{text}");
+
+            let one = nft.rule(table, "input", after[3].handle).unwrap().unwrap();
+            assert_eq!(one.exprs, port_rule(30));
+            assert_eq!(one.key, Some(key(30)));
+            assert_eq!(nft.rule(table, "input", 999_999).unwrap(), None);
+            assert_eq!(nft.chain_rules(table, "input").unwrap().len(), 7);
+            assert_eq!(
+                nft.chain_rules(table, "nosuch").unwrap_or_default().len(),
+                0
+            );
         });
     }
 }
