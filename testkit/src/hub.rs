@@ -4,10 +4,11 @@
 //! root namespace; everything goes when the values drop.
 
 use std::future::Future;
+use std::process::Command;
 
 use anyhow::Result;
 
-use crate::netns::{veth, Netns};
+use crate::netns::{run, veth, Netns};
 
 /// The hub namespace.
 #[derive(Debug)]
@@ -45,6 +46,33 @@ impl Hub {
             .ip(&["addr", "add", &format!("{hub_addr}/30"), "dev", &hub_if])?;
         ns.ip(&["addr", "add", &format!("10.255.{n}.2/30"), "dev", "ctl0"])?;
         Ok(PodNs { ns, hub_addr })
+    }
+
+    /// Joins namespace `name`, which someone else made (a host agent's sandbox), to the hub
+    /// by `ctl0` as [`Self::add_pod`] does; returns the hub's address on that link. The link
+    /// goes when that namespace does.
+    pub fn join(&mut self, name: &str) -> Result<String> {
+        self.pods += 1;
+        let n = self.pods;
+        let hub_if = format!("ctl{n}");
+        self.ns.ip(&[
+            "link", "add", &hub_if, "type", "veth", "peer", "name", "ctl0", "netns", name,
+        ])?;
+        self.ns.ip(&["link", "set", &hub_if, "up"])?;
+        let hub_addr = format!("10.255.{n}.1");
+        self.ns
+            .ip(&["addr", "add", &format!("{hub_addr}/30"), "dev", &hub_if])?;
+        run(Command::new("ip").args([
+            "-n",
+            name,
+            "addr",
+            "add",
+            &format!("10.255.{n}.2/30"),
+            "dev",
+            "ctl0",
+        ]))?;
+        run(Command::new("ip").args(["-n", name, "link", "set", "ctl0", "up"]))?;
+        Ok(hub_addr)
     }
 
     /// Runs an async test body on a tokio runtime whose threads live in the hub namespace,

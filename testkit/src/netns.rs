@@ -55,20 +55,30 @@ impl Netns {
         F: FnOnce() -> R + Send,
         R: Send,
     {
-        let path = format!("/run/netns/{}", self.name);
-        std::thread::scope(|s| {
-            s.spawn(move || {
-                let file = File::open(&path).unwrap_or_else(|e| panic!("open {path}: {e}"));
-                // SAFETY: setns on a namespace fd we just opened; it changes only this
-                // thread's network namespace, and this thread ends with the scope.
-                let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
-                assert_eq!(rc, 0, "setns {path}: {}", std::io::Error::last_os_error());
-                f()
-            })
-            .join()
-            .unwrap_or_else(|p| std::panic::resume_unwind(p))
-        })
+        enter_named(&self.name, f)
     }
+}
+
+/// [`Netns::enter`] for a namespace named `name` in `/run/netns` that someone else made (a
+/// host agent's sandbox).
+pub fn enter_named<F, R>(name: &str, f: F) -> R
+where
+    F: FnOnce() -> R + Send,
+    R: Send,
+{
+    let path = format!("/run/netns/{name}");
+    std::thread::scope(|s| {
+        s.spawn(move || {
+            let file = File::open(&path).unwrap_or_else(|e| panic!("open {path}: {e}"));
+            // SAFETY: setns on a namespace fd we just opened; it changes only this
+            // thread's network namespace, and this thread ends with the scope.
+            let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+            assert_eq!(rc, 0, "setns {path}: {}", std::io::Error::last_os_error());
+            f()
+        })
+        .join()
+        .unwrap_or_else(|p| std::panic::resume_unwind(p))
+    })
 }
 
 impl Drop for Netns {

@@ -22,8 +22,9 @@ use crate::hub::{Hub, PodNs};
 use crate::identity::{write_secret, Auth, Identity};
 use crate::nats::NatsServer;
 use crate::natsconf::{
-    control_plane_permissions, dashboard_permissions, pod_inbox, pod_permissions, user_nkey,
-    Authorization, Credential, Permissions, ServerConfig, Tls, User, Value, WEFT_MAX_PAYLOAD,
+    control_plane_permissions, dashboard_permissions, host_permissions, pod_inbox, pod_permissions,
+    user_nkey, Authorization, Credential, Permissions, ServerConfig, Tls, User, Value,
+    WEFT_MAX_PAYLOAD,
 };
 use crate::netns::{veth, Netns};
 use crate::pki::{Ca, CertFiles};
@@ -62,6 +63,8 @@ pub struct Security {
     pub dashboard: Identity,
     /// Each pod's identity, by pod id.
     pub pods: BTreeMap<String, Identity>,
+    /// Each host agent's identity, by host id.
+    pub hosts: BTreeMap<String, Identity>,
     /// Users a test added, with their permissions.
     pub others: BTreeMap<String, (Identity, Permissions)>,
     /// The public nkey of every user, by identity name.
@@ -90,6 +93,7 @@ impl Security {
                 client_cert: None,
             },
             pods: BTreeMap::new(),
+            hosts: BTreeMap::new(),
             others: BTreeMap::new(),
             public_keys: BTreeMap::new(),
             dir: dir.to_owned(),
@@ -143,6 +147,13 @@ impl Security {
                 user(pod, format!("pod {pod}"), p)
             })
             .collect();
+        for host in self.hosts.keys() {
+            users.push(user(
+                host,
+                format!("host {host}"),
+                host_permissions("weft", host),
+            ));
+        }
         users.push(user(
             "control",
             "control plane".into(),
@@ -319,6 +330,7 @@ impl Stack {
             other => sec
                 .pods
                 .get(other)
+                .or_else(|| sec.hosts.get(other))
                 .or_else(|| sec.others.get(other).map(|(id, _)| id)),
         }
     }
@@ -340,6 +352,39 @@ impl Stack {
         sec.write()?;
         self.nats.reload()?;
         Ok(identity)
+    }
+
+    /// Adds the user of pod `id` whose namespace the stack does not make (a sandbox's guest,
+    /// made by a host agent) and reloads the server; `None` on a plain stack. Its agent
+    /// runs with the identity's flags.
+    pub fn add_pod_user(&mut self, id: &str) -> Result<Option<Identity>> {
+        let Some(sec) = &mut self.security else {
+            return Ok(None);
+        };
+        let identity = sec.identity(id)?;
+        sec.pods.insert(id.to_owned(), identity.clone());
+        sec.write()?;
+        self.nats.reload()?;
+        Ok(Some(identity))
+    }
+
+    /// Adds the user of host agent `id` (the host role's permissions) and reloads the
+    /// server; `None` on a plain stack.
+    pub fn add_host_user(&mut self, id: &str) -> Result<Option<Identity>> {
+        let Some(sec) = &mut self.security else {
+            return Ok(None);
+        };
+        let identity = sec.identity(id)?;
+        sec.hosts.insert(id.to_owned(), identity.clone());
+        sec.write()?;
+        self.nats.reload()?;
+        Ok(Some(identity))
+    }
+
+    /// The directory of the stack's files (removed on drop): state directories and logs of
+    /// agents the stack did not start go here too.
+    pub fn dir(&self) -> &Path {
+        &self.dir
     }
 
     /// A client of the hub's server as `name` (`control`, `dashboard` or a pod id, which

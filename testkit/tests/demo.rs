@@ -1,5 +1,7 @@
-//! The demo as CI runs it: `weft-demo --for 20s` brings the stack up, proves the overlay
-//! and cleans up by itself; exit 0 means both pods became Healthy and the pings got through.
+//! The demo as CI runs it: `weft-demo --for 30s` brings the whole system up (a host agent,
+//! two sandboxes it makes, a pod agent in each), proves the overlay and the port forward and
+//! cleans up by itself; exit 0 means the host and both pods became Healthy, the pings got
+//! through and the port forward answered.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -17,11 +19,11 @@ fn agent_bin(demo: &Path) -> PathBuf {
 }
 
 #[test]
-fn the_demo_proves_the_overlay_and_cleans_up() {
+fn the_demo_proves_the_whole_system_and_cleans_up() {
     weft_testkit::require_root();
     let demo = Path::new(env!("CARGO_BIN_EXE_weft-demo"));
     let child = Command::new(demo)
-        .args(["--for", "20s", "--agent-bin"])
+        .args(["--for", "30s", "--agent-bin"])
         .arg(agent_bin(demo))
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -37,12 +39,23 @@ fn the_demo_proves_the_overlay_and_cleans_up() {
         out.status
     );
     assert!(
-        stdout.contains("overlay carries packets both ways"),
+        stdout.contains(
+            "host and both pods Healthy, overlay carries packets both ways, port forward answers"
+        ),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("answered \"hello from web-1 in weft-sb-"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains(" host-a gen 1  Healthy  uplink up0 forwarding on [slot 1 "),
         "{stdout}"
     );
     assert!(stdout.contains(" web-1  gen 2  Healthy"), "{stdout}");
     assert!(stdout.contains(" web-2  gen 2  Healthy"), "{stdout}");
-    // Every namespace it made (weft-<tag>-<its pid>-<n>) is gone.
+    // Every namespace it or its host agent made (weft-<tag>-<its pid>-<n>,
+    // weft-sb-<its pid>-<slot>[-g]) is gone.
     let list = Command::new("ip").args(["netns", "list"]).output().unwrap();
     let list = String::from_utf8_lossy(&list.stdout);
     let marker = format!("-{pid}-");
