@@ -445,4 +445,59 @@ mod tests {
         assert!(t.starts_with("POD    GEN  OVERALL"), "{t}");
         assert_eq!(t.lines().count(), 2);
     }
+
+    #[test]
+    fn host_rows_count_ready_sandboxes_and_forwards_and_turn_stale() {
+        let sandbox = |slot: u32, overall: Overall, forwards: usize| weft_schema::SandboxStatus {
+            slot,
+            namespace: format!("sb{slot}"),
+            guest: weft_schema::Guest::Veth,
+            guest_mac: None,
+            host_ip: "10.11.0.1".into(),
+            veth_ip: "10.12.0.2/31".into(),
+            vpeer_ip: "10.12.0.3/31".into(),
+            guest_ip: "169.254.0.21".into(),
+            up: true,
+            egress: true,
+            port_forwards: (0..forwards)
+                .map(|i| weft_schema::PortForward {
+                    protocol: "tcp".into(),
+                    host_port: 8000 + i as u16,
+                    sandbox_port: 80,
+                })
+                .collect(),
+            overall,
+            last_error: String::new(),
+        };
+        let host = HostStatus {
+            host_id: "host-a".into(),
+            agent_version: "0.1.0".into(),
+            observed_generation: 3,
+            overall: Overall::Degraded,
+            last_error: "slot 2: weft-v2 is down".into(),
+            published_at_unix: 10,
+            published_at_unix_ms: 10_000,
+            drift_repairs: 1,
+            last_drift: None,
+            signed_by: None,
+            uplink: Some("up0".into()),
+            forwarding: true,
+            sandboxes: vec![
+                sandbox(1, Overall::Healthy, 2),
+                sandbox(2, Overall::Degraded, 1),
+            ],
+        };
+        let mut fleet = Fleet::new(Duration::from_secs(1));
+        assert!(fleet.update_host(host.clone()));
+        fleet.want("host.host-a", 4);
+        fleet.want("host-a", 9); // a pod of that name: not the host's
+        let rows = fleet.host_rows(13_000);
+        assert!(fleet.rows(13_000).is_empty());
+        assert_eq!(
+            host_cells(&rows[0]),
+            ["host-a", "3/4", "Degraded", "up0", "1/2", "3", "1", "3s", "-"].map(str::to_owned)
+        );
+        assert!(fleet.host_rows(13_001)[0].stale);
+        assert!(host_table(&rows).starts_with("HOST    GEN  OVERALL"));
+    }
 }
