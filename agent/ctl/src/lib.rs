@@ -362,8 +362,8 @@ impl Client {
         Ok(out)
     }
 
-    /// The generation the control plane last wrote for each pod in the `<prefix>-specs`
-    /// bucket (`--spec-source kv`), by pod. Only `Generation` is read, from JSON values; a
+    /// The generation the control plane last wrote for each agent in the `<prefix>-specs`
+    /// bucket (`--spec-source kv`), by key: a pod id, or `host.<host>` for a host. Only `Generation` is read, from JSON values; a
     /// bucket that does not exist, or that this user may not read, gives nothing (within two
     /// seconds).
     pub async fn wanted(&self) -> std::collections::BTreeMap<String, u64> {
