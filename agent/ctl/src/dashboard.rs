@@ -1,4 +1,4 @@
-//! `weftctl dashboard`: the status table as one self-contained web page (inline style and
+//! `weftctl dashboard`: the status tables (pods, then hosts) as one self-contained web page (inline style and
 //! script, no external assets), kept live with server-sent events. The page arrives with the
 //! rows of the moment already in it, so it shows something before its event stream opens;
 //! `/events` then sends the whole table whenever a status arrives, and once a second so
@@ -30,13 +30,22 @@ pub async fn serve(client: Client, listen: SocketAddr, interval: Duration) -> Re
         .await
         .map_err(|e| Exit(1, format!("--listen {listen}: {e}")))?;
     let mut statuses = client.watch().await?;
+    let mut host_statuses = client.watch_hosts().await?;
     let mut fleet = Fleet::new(interval);
     fill(&client, &mut fleet).await;
     let (tx, rx) = watch::channel(fleet);
+    let host_tx = tx.clone();
     tokio::spawn(async move {
         while let Some(status) = statuses.next().await {
             tx.send_modify(|f| {
                 f.update(status);
+            });
+        }
+    });
+    tokio::spawn(async move {
+        while let Some(status) = host_statuses.next().await {
+            host_tx.send_modify(|f| {
+                f.update_host(status);
             });
         }
     });
@@ -72,6 +81,7 @@ fn snapshot(fleet: &Fleet) -> String {
         "AtUnixMs": now_unix_ms(),
         "StaleAfterMs": fleet.stale_after().as_millis() as u64,
         "Rows": fleet.rows(now_unix_ms()),
+        "Hosts": fleet.host_rows(now_unix_ms()),
     })
     .to_string()
 }
@@ -130,7 +140,8 @@ const PAGE: &str = r##"<!doctype html>
   #detail { margin-top: 20px; }
   #detail h2 { font-size: 16px; margin: 0 0 6px; }
   #detail pre { background: #f6f8fa; border: 1px solid #d0d7de; padding: 12px; overflow: auto; max-height: 480px; }
-  #empty { color: var(--dim); padding: 12px 10px; }
+  #empty, .empty { color: var(--dim); padding: 12px 10px; }
+  h2.section { font-size: 16px; margin: 24px 0 6px; }
 </style>
 </head>
 <body>
@@ -145,6 +156,16 @@ const PAGE: &str = r##"<!doctype html>
   <tbody id="rows"></tbody>
 </table>
 <div id="empty" hidden>No status yet.</div>
+<h2 class="section">Hosts</h2>
+<table>
+  <thead><tr>
+    <th>Kind</th><th>Id</th><th>Generation<br><small>observed/wanted</small></th><th>Overall</th>
+    <th>Uplink</th><th>Forwarding</th><th>Sandboxes<br><small>ready/all</small></th><th>Port forwards</th>
+    <th>Drift repairs</th><th>Last drift</th><th>Age</th>
+  </tr></thead>
+  <tbody id="hosts"></tbody>
+</table>
+<div id="no-hosts" class="empty" hidden>No host status yet.</div>
 <div id="detail" hidden><h2 id="detail-title"></h2><pre id="detail-json"></pre></div>
 <script>
 "use strict";
@@ -167,17 +188,34 @@ function cell(tr, col, text, cls) {
   return td;
 }
 
+function row(r) {
+  const key = r.Kind + "/" + r.Id;
+  const tr = document.createElement("tr");
+  tr.dataset.key = key;
+  tr.dataset.stale = r.Stale ? "true" : "false";
+  if (r.Stale) tr.classList.add("stale");
+  if (key === selected) tr.classList.add("selected");
+  tr.addEventListener("click", () => { selected = key; render(latest); });
+  return tr;
+}
+
+function ageCell(tr, r) {
+  const a = cell(tr, "age", age(r.AgeMs), "age");
+  if (r.Stale) {
+    const b = document.createElement("span");
+    b.className = "badge";
+    b.textContent = "stale";
+    a.appendChild(b);
+  }
+}
+
 function render(snap) {
   latest = snap;
+  const hosts = snap.Hosts ?? [];
   const body = document.getElementById("rows");
   body.replaceChildren();
   for (const r of snap.Rows) {
-    const key = r.Kind + "/" + r.Id;
-    const tr = document.createElement("tr");
-    tr.dataset.key = key;
-    tr.dataset.stale = r.Stale ? "true" : "false";
-    if (r.Stale) tr.classList.add("stale");
-    if (key === selected) tr.classList.add("selected");
+    const tr = row(r);
     cell(tr, "kind", r.Kind);
     cell(tr, "id", r.Id);
     cell(tr, "generation", r.ObservedGeneration + "/" + (r.WantedGeneration ?? "-"));
@@ -188,27 +226,41 @@ function render(snap) {
     cell(tr, "peers", r.PeersHandshaken + "/" + r.Peers);
     cell(tr, "drift", String(r.DriftRepairs));
     cell(tr, "lastdrift", r.LastDrift || "-", "drift");
-    const a = cell(tr, "age", age(r.AgeMs), "age");
-    if (r.Stale) {
-      const b = document.createElement("span");
-      b.className = "badge";
-      b.textContent = "stale";
-      a.appendChild(b);
-    }
-    tr.addEventListener("click", () => { selected = key; render(latest); });
+    ageCell(tr, r);
     body.appendChild(tr);
   }
+  const hostBody = document.getElementById("hosts");
+  hostBody.replaceChildren();
+  for (const r of hosts) {
+    const tr = row(r);
+    cell(tr, "kind", r.Kind);
+    cell(tr, "id", r.Id);
+    cell(tr, "generation", r.ObservedGeneration + "/" + (r.WantedGeneration ?? "-"));
+    cell(tr, "overall", r.Overall, r.Overall);
+    cell(tr, "uplink", r.Uplink ?? "-");
+    cell(tr, "forwarding", r.Forwarding ? "on" : "off");
+    cell(tr, "sandboxes", r.SandboxesReady + "/" + r.Sandboxes,
+         r.SandboxesReady === r.Sandboxes ? "" : "Degraded");
+    cell(tr, "forwards", String(r.Forwards));
+    cell(tr, "drift", String(r.DriftRepairs));
+    cell(tr, "lastdrift", r.LastDrift || "-", "drift");
+    ageCell(tr, r);
+    hostBody.appendChild(tr);
+  }
   document.getElementById("empty").hidden = snap.Rows.length > 0;
-  const stale = snap.Rows.filter(r => r.Stale).length;
+  document.getElementById("no-hosts").hidden = hosts.length > 0;
+  const all = snap.Rows.concat(hosts);
+  const stale = all.filter(r => r.Stale).length;
   document.getElementById("meta").textContent =
-    snap.Rows.length + " agent(s), " + stale + " stale (no status for " + age(snap.StaleAfterMs) +
-    ") - updated " + new Date(snap.AtUnixMs).toISOString().replace("T", " ").slice(0, 19) + " UTC";
-  const row = snap.Rows.find(r => r.Kind + "/" + r.Id === selected);
+    snap.Rows.length + " pod(s), " + hosts.length + " host(s), " + stale + " stale (no status for " +
+    age(snap.StaleAfterMs) + ") - updated " +
+    new Date(snap.AtUnixMs).toISOString().replace("T", " ").slice(0, 19) + " UTC";
+  const chosen = all.find(r => r.Kind + "/" + r.Id === selected);
   const detail = document.getElementById("detail");
-  detail.hidden = !row;
-  if (row) {
-    document.getElementById("detail-title").textContent = row.Kind + " " + row.Id;
-    document.getElementById("detail-json").textContent = JSON.stringify(row.Status, null, 2);
+  detail.hidden = !chosen;
+  if (chosen) {
+    document.getElementById("detail-title").textContent = chosen.Kind + " " + chosen.Id;
+    document.getElementById("detail-json").textContent = JSON.stringify(chosen.Status, null, 2);
   }
 }
 

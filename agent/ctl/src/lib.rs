@@ -6,11 +6,12 @@
 //!   subject prefix. It publishes specs ([`Client::publish`]), sends them as requests and
 //!   waits for the [`ApplyReply`] ([`Client::apply`]), asks an agent for its status
 //!   ([`Client::status_get`]), reads the `<prefix>-status` bucket ([`Client::stored`]) and
-//!   follows the status subjects ([`Client::watch`]).
+//!   follows the status subjects ([`Client::watch`]); the same for host agents
+//!   ([`Client::host_status_get`], [`Client::stored_hosts`], [`Client::watch_hosts`]).
 //! - [`Spec`]: a spec's body as it will travel, byte for byte, with its headers; signed with
 //!   [`weft_schema::sign::SigningKey`] ([`Spec::signed`]), so the signature covers exactly
 //!   what is sent.
-//! - [`fleet`]: the last status of every pod, with staleness (three status intervals), as
+//! - [`fleet`]: the last status of every pod and host, with staleness (three status intervals), as
 //!   table rows for `weftctl status`, `weftctl watch` and the dashboard page.
 //!
 //! It lives beside the agent (`agent/ctl/`) because it is the agent's other half: it speaks
@@ -48,7 +49,7 @@ use weft_emitter::bus::{self, Connection, NatsConfig};
 use weft_schema::codec::{decode_message, CONTENT_TYPE_JSON, HEADER_CONTENT_TYPE, HEADER_SCHEMA};
 use weft_schema::sign::{SigningKey, HEADER_KEY, HEADER_SIGNATURE};
 use weft_schema::subject::check_prefix;
-use weft_schema::{ApplyReply, Encoding, PodId, PodStatus, SCHEMA_VERSION};
+use weft_schema::{ApplyReply, Encoding, HostStatus, PodId, PodStatus, SCHEMA_VERSION};
 
 /// What went wrong talking to NATS or reading an answer.
 #[derive(Debug, thiserror::Error)]
@@ -258,6 +259,17 @@ impl Client {
             .await
     }
 
+    /// `status.get` of a host agent: its [`HostStatus`] now.
+    pub async fn host_status_get(
+        &self,
+        host: &str,
+        timeout: Duration,
+    ) -> Result<HostStatus, Error> {
+        let subject = format!("{}.host.{host}.status.get", self.prefix);
+        self.request(subject, bus::headers(Encoding::Json), Bytes::new(), timeout)
+            .await
+    }
+
     async fn request<T: serde::de::DeserializeOwned>(
         &self,
         subject: String,
@@ -289,6 +301,25 @@ impl Client {
         let bucket = format!("{}-status", self.prefix.replace('.', "-"));
         let mut out = Vec::new();
         for (key, headers, body) in self.bucket_values(&bucket).await? {
+            if key.starts_with(HOST_KEY) {
+                continue;
+            }
+            if let Ok(status) = decode(&key, Some(&headers), &body) {
+                out.push(status);
+            }
+        }
+        Ok(out)
+    }
+
+    /// The last status every host agent mirrored into the `<prefix>-status` bucket, under
+    /// its key `host.<host>` (a pod id has no dot, so the two never meet).
+    pub async fn stored_hosts(&self) -> Result<Vec<HostStatus>, Error> {
+        let bucket = format!("{}-status", self.prefix.replace('.', "-"));
+        let mut out = Vec::new();
+        for (key, headers, body) in self.bucket_values(&bucket).await? {
+            if !key.starts_with(HOST_KEY) {
+                continue;
+            }
             if let Ok(status) = decode(&key, Some(&headers), &body) {
                 out.push(status);
             }
@@ -331,8 +362,8 @@ impl Client {
         Ok(out)
     }
 
-    /// The generation the control plane last wrote for each pod in the `<prefix>-specs`
-    /// bucket (`--spec-source kv`), by pod. Only `Generation` is read, from JSON values; a
+    /// The generation the control plane last wrote for each agent in the `<prefix>-specs`
+    /// bucket (`--spec-source kv`), by key: a pod id, or `host.<host>` for a host. Only `Generation` is read, from JSON values; a
     /// bucket that does not exist, or that this user may not read, gives nothing (within two
     /// seconds).
     pub async fn wanted(&self) -> std::collections::BTreeMap<String, u64> {
@@ -364,7 +395,18 @@ impl Client {
     /// Every status published on `<prefix>.pod.*.status` from now on, decoded (a message
     /// that does not decode is skipped).
     pub async fn watch(&self) -> Result<impl Stream<Item = PodStatus> + Unpin, Error> {
-        let subject = format!("{}.pod.*.status", self.prefix);
+        self.follow(format!("{}.pod.*.status", self.prefix)).await
+    }
+
+    /// Every status published on `<prefix>.host.*.status` from now on, decoded.
+    pub async fn watch_hosts(&self) -> Result<impl Stream<Item = HostStatus> + Unpin, Error> {
+        self.follow(format!("{}.host.*.status", self.prefix)).await
+    }
+
+    async fn follow<T: serde::de::DeserializeOwned>(
+        &self,
+        subject: String,
+    ) -> Result<impl Stream<Item = T> + Unpin, Error> {
         let sub = self
             .connection
             .client
@@ -372,11 +414,14 @@ impl Client {
             .await
             .map_err(|e| Error::Subscribe(subject.clone(), e))?;
         Ok(sub.filter_map(move |msg| {
-            let status = decode::<PodStatus>(&msg.subject, msg.headers.as_ref(), &msg.payload).ok();
+            let status = decode::<T>(&msg.subject, msg.headers.as_ref(), &msg.payload).ok();
             std::future::ready(status)
         }))
     }
 }
+
+/// How a host's keys begin in the status and spec buckets (`host.<host>`).
+pub const HOST_KEY: &str = "host.";
 
 /// Decodes a weft message by its headers (none: JSON).
 fn decode<T: serde::de::DeserializeOwned>(

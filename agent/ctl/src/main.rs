@@ -5,7 +5,7 @@
 //! Exit codes (`weftctl apply`): 0 `Applied` (or published, without `--wait`; or valid,
 //! with `--dry-run`), 2 `Rejected` (also a spec `--dry-run` refuses), 3 `Stale`, 4 `Failed`,
 //! 5 no reply within `--timeout` (or no agent subscribed), 1 any other error, 64 a bad
-//! command line or flag file. `weftctl status` exits 5 when a pod named has no status.
+//! command line or flag file. `weftctl status` exits 5 when a pod (host) named has no status.
 
 mod dashboard;
 
@@ -56,7 +56,7 @@ enum Command {
     Apply(ApplyArgs),
     /// Make an Ed25519 key pair for --sign-key (private) and --trust-keys (public).
     Keygen(KeygenArgs),
-    /// One row per pod, from status.get and the <prefix>-status bucket.
+    /// One row per pod (or host), from status.get and the <prefix>-status bucket.
     Status(StatusArgs),
     /// The status table, live, from the status subjects.
     Watch(WatchArgs),
@@ -67,11 +67,20 @@ enum Command {
 #[derive(Debug, Args)]
 struct ApplyArgs {
     /// The spec, as JSON, sent byte for byte.
-    #[arg(short = 'f', long = "file", value_name = "SPEC")]
-    file: PathBuf,
-    /// Send to the host agent named by the spec's HostId (<prefix>.host.<host>.spec).
-    #[arg(long)]
-    host: bool,
+    #[arg(
+        short = 'f',
+        long = "file",
+        value_name = "SPEC",
+        conflicts_with = "spec"
+    )]
+    file: Option<PathBuf>,
+    /// The spec (the same as -f).
+    #[arg(value_name = "SPEC", required_unless_present = "file")]
+    spec: Option<PathBuf>,
+    /// A HostSpec for host ID (<prefix>.host.<ID>.spec); without ID, the host its HostId
+    /// names.
+    #[arg(long, value_name = "ID", num_args = 0..=1)]
+    host: Option<Option<String>>,
     /// Send to this pod (or host) instead of the one the spec names.
     #[arg(long, value_name = "ID")]
     to: Option<String>,
@@ -105,8 +114,11 @@ enum Output {
 
 #[derive(Debug, Args)]
 struct StatusArgs {
-    /// Pods to show (default: every pod in the <prefix>-status bucket).
+    /// Pods (hosts, with --host) to show (default: every one in the <prefix>-status bucket).
     pods: Vec<String>,
+    /// Host agents instead of pods: one row per host.
+    #[arg(long)]
+    host: bool,
     #[arg(short = 'o', long, value_enum, default_value_t = Output::Table)]
     output: Output,
     /// The agents' --status-interval: a status older than three of them is stale.
@@ -119,6 +131,9 @@ struct StatusArgs {
 
 #[derive(Debug, Args)]
 struct WatchArgs {
+    /// Host agents instead of pods: one row per host.
+    #[arg(long)]
+    host: bool,
     #[arg(short = 'o', long, value_enum, default_value_t = Output::Table)]
     output: Output,
     /// The agents' --status-interval: a status older than three of them is stale.
@@ -220,17 +235,29 @@ async fn connect(nats: &NatsArgs, prefix: &str) -> Result<Client, Exit> {
 
 /// The spec file and the agent it is for.
 fn read_spec_file(args: &ApplyArgs) -> Result<(Bytes, Target), Exit> {
-    let body =
-        std::fs::read(&args.file).map_err(|e| usage(format!("-f {}: {e}", args.file.display())))?;
-    let field = if args.host { "HostId" } else { "PodId" };
-    let id = match &args.to {
+    let file = args
+        .file
+        .as_ref()
+        .or(args.spec.as_ref())
+        .ok_or_else(|| usage("no spec file (-f SPEC)"))?;
+    let body = std::fs::read(file).map_err(|e| usage(format!("-f {}: {e}", file.display())))?;
+    let field = if args.host.is_some() {
+        "HostId"
+    } else {
+        "PodId"
+    };
+    let named = args
+        .to
+        .as_ref()
+        .or(args.host.as_ref().and_then(Option::as_ref));
+    let id = match named {
         Some(id) => id.clone(),
         None => {
             // Only the id is read here; the agent (or --dry-run) reads the whole spec.
             let value: serde_json::Value = serde_json::from_slice(&body).map_err(|e| {
                 usage(format!(
                     "-f {}: cannot find {field} (not JSON: {e}); name the agent with --to",
-                    args.file.display()
+                    file.display()
                 ))
             })?;
             value
@@ -240,12 +267,12 @@ fn read_spec_file(args: &ApplyArgs) -> Result<(Bytes, Target), Exit> {
                 .ok_or_else(|| {
                     usage(format!(
                         "-f {}: no {field} string in it; name the agent with --to",
-                        args.file.display()
+                        file.display()
                     ))
                 })?
         }
     };
-    let target = if args.host {
+    let target = if args.host.is_some() {
         Target::host(&id)
     } else {
         Target::pod(&id)
@@ -271,7 +298,7 @@ fn dry_run(args: &ApplyArgs) -> Result<(), Exit> {
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
-    let (generation, role) = if args.host {
+    let (generation, role) = if args.host.is_some() {
         (judge::<weft_schema::HostSpec>(&id, &message, now)?, "host")
     } else {
         (judge::<weft_schema::PodSpec>(&id, &message, now)?, "pod")
@@ -370,6 +397,9 @@ fn now_unix_ms() -> u64 {
 }
 
 async fn status(client: &Client, args: &StatusArgs) -> Result<(), Exit> {
+    if args.host {
+        return host_status(client, args).await;
+    }
     let mut fleet = Fleet::new(args.status_interval);
     let stored = client.stored().await.unwrap_or_else(|e| {
         eprintln!("weftctl: {}", weft_schema::text::ErrorLine(&e));
@@ -399,13 +429,55 @@ async fn status(client: &Client, args: &StatusArgs) -> Result<(), Exit> {
         }
     }
     let rows = fleet.rows(now_unix_ms());
-    match args.output {
-        Output::Table => print!("{}", fleet::table(&rows)),
+    print_rows(args.output, &rows, fleet::table(&rows));
+    found_all(missing)
+}
+
+/// `status --host`: as for pods, over the host subjects and the bucket's `host.<host>` keys.
+async fn host_status(client: &Client, args: &StatusArgs) -> Result<(), Exit> {
+    let mut fleet = Fleet::new(args.status_interval);
+    let stored = client.stored_hosts().await.unwrap_or_else(|e| {
+        eprintln!("weftctl: {}", weft_schema::text::ErrorLine(&e));
+        Vec::new()
+    });
+    let hosts: Vec<String> = if args.pods.is_empty() {
+        stored.iter().map(|s| s.host_id.clone()).collect()
+    } else {
+        args.pods.clone()
+    };
+    for (key, generation) in client.wanted().await {
+        fleet.want(&key, generation);
+    }
+    let mut missing = Vec::new();
+    for host in &hosts {
+        match client.host_status_get(host, args.timeout).await {
+            Ok(s) => {
+                fleet.update_host(s);
+            }
+            Err(e) => match stored.iter().find(|s| &s.host_id == host) {
+                Some(s) => {
+                    fleet.update_host(s.clone());
+                }
+                None => missing.push(format!("host {host}: {e}")),
+            },
+        }
+    }
+    let rows = fleet.host_rows(now_unix_ms());
+    print_rows(args.output, &rows, fleet::host_table(&rows));
+    found_all(missing)
+}
+
+fn print_rows<R: serde::Serialize>(output: Output, rows: &[R], table: String) {
+    match output {
+        Output::Table => print!("{table}"),
         Output::Json => println!(
             "{}",
-            serde_json::to_string_pretty(&rows).expect("rows serialize")
+            serde_json::to_string_pretty(rows).expect("rows serialize")
         ),
     }
+}
+
+fn found_all(missing: Vec<String>) -> Result<(), Exit> {
     if missing.is_empty() {
         Ok(())
     } else {
@@ -416,11 +488,12 @@ async fn status(client: &Client, args: &StatusArgs) -> Result<(), Exit> {
     }
 }
 
-/// Fills `fleet` with what is known now: the bucket, then `status.get` of each pod in it.
+/// Fills `fleet` with what is known now: the bucket, then `status.get` of each pod and
+/// host in it.
 async fn fill(client: &Client, fleet: &mut Fleet) {
     let stored = client.stored().await.unwrap_or_default();
-    for (pod, generation) in client.wanted().await {
-        fleet.want(&pod, generation);
+    for (key, generation) in client.wanted().await {
+        fleet.want(&key, generation);
     }
     for s in stored {
         let pod = s.pod_id.clone();
@@ -429,14 +502,34 @@ async fn fill(client: &Client, fleet: &mut Fleet) {
             fleet.update(fresh);
         }
     }
+    for s in client.stored_hosts().await.unwrap_or_default() {
+        let host = s.host_id.clone();
+        fleet.update_host(s);
+        if let Ok(fresh) = client.host_status_get(&host, Duration::from_secs(1)).await {
+            fleet.update_host(fresh);
+        }
+    }
+}
+
+/// The rows with what moves by itself (ages, publication times) taken out: what a frame
+/// without a terminal is printed for.
+fn moved<R: serde::Serialize>(rows: &[R]) -> serde_json::Value {
+    let mut v = serde_json::to_value(rows).expect("rows serialize");
+    for r in v.as_array_mut().into_iter().flatten() {
+        r["AgeMs"] = 0.into();
+        r["Status"]["PublishedAtUnix"] = 0.into();
+        r["Status"]["PublishedAtUnixMs"] = 0.into();
+    }
+    v
 }
 
 async fn watch(client: &Client, args: &WatchArgs) -> Result<(), Exit> {
     let mut statuses = client.watch().await?;
+    let mut host_statuses = client.watch_hosts().await?;
     let mut fleet = Fleet::new(args.status_interval);
     fill(client, &mut fleet).await;
     let tty = std::io::stdout().is_terminal() && args.output == Output::Table;
-    let mut shown: Option<Vec<fleet::Row>> = None;
+    let mut shown: Option<serde_json::Value> = None;
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     loop {
         tokio::select! {
@@ -444,32 +537,32 @@ async fn watch(client: &Client, args: &WatchArgs) -> Result<(), Exit> {
                 Some(s) => { fleet.update(s); }
                 None => return Err(Exit(1, "the status subscription ended".into())),
             },
+            status = host_statuses.next() => match status {
+                Some(s) => { fleet.update_host(s); }
+                None => return Err(Exit(1, "the host status subscription ended".into())),
+            },
             _ = tick.tick() => {}
         }
-        let rows = fleet.rows(now_unix_ms());
+        let now = now_unix_ms();
+        let (rows, table) = if args.host {
+            let rows = fleet.host_rows(now);
+            (serde_json::to_value(&rows), fleet::host_table(&rows))
+        } else {
+            let rows = fleet.rows(now);
+            (serde_json::to_value(&rows), fleet::table(&rows))
+        };
+        let rows = rows.expect("rows serialize");
         // Without a terminal, a frame is printed when something other than the age moved.
-        let key: Vec<fleet::Row> = rows
-            .iter()
-            .map(|r| {
-                let mut r = r.clone();
-                r.age_ms = 0;
-                r.status.published_at_unix = 0;
-                r.status.published_at_unix_ms = 0;
-                r
-            })
-            .collect();
+        let key = moved(rows.as_array().map_or(&[][..], |r| &r[..]));
         if !tty && shown.as_ref() == Some(&key) {
             continue;
         }
         shown = Some(key);
         let mut out = std::io::stdout().lock();
         let frame = match args.output {
-            Output::Json => format!(
-                "{}\n",
-                serde_json::json!({ "AtUnixMs": now_unix_ms(), "Rows": rows })
-            ),
-            Output::Table if tty => format!("\x1b[H\x1b[2J{}", fleet::table(&rows)),
-            Output::Table => format!("{}\n", fleet::table(&rows)),
+            Output::Json => format!("{}\n", serde_json::json!({ "AtUnixMs": now, "Rows": rows })),
+            Output::Table if tty => format!("\x1b[H\x1b[2J{table}"),
+            Output::Table => format!("{table}\n"),
         };
         if out
             .write_all(frame.as_bytes())

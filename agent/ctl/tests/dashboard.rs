@@ -1,7 +1,7 @@
 //! `weftctl dashboard` in headless Chromium (Debian's `chromium`), driven over the Chrome
-//! DevTools protocol: the page shows one row per agent, its rows change when a spec changes
-//! (over server-sent events, without a reload), a row's detail is the whole status, and a
-//! stopped agent's row turns stale. The DOM is read, not only the picture; the screenshot
+//! DevTools protocol: the page shows one row per agent (two pods and a host agent), its rows
+//! change when a spec changes (over server-sent events, without a reload), a row's detail is
+//! the whole status (a `PodStatus` or a `HostStatus`), and a stopped agent's row turns stale. The DOM is read, not only the picture; the screenshot
 //! is kept in `target/tmp/dashboard.png` (and copied to `$WEFT_DASHBOARD_PNG` when set: that
 //! is how `agent/ctl/dashboard.png`, the README's picture, is made).
 
@@ -15,7 +15,9 @@ use base64::Engine as _;
 use serde_json::{json, Value};
 use tungstenite::stream::MaybeTlsStream;
 use tungstenite::{Message, WebSocket};
-use weft_schema::{ApplyResult, Encoding, PodSpec};
+use weft_schema::{ApplyResult, Encoding, HostSpec, PodSpec};
+use weft_testkit::agent::AgentProcess;
+use weft_testkit::natsconf::host_permissions;
 use weft_testkit::stack::Stack;
 use weft_testkit::{require_root, wait_until};
 
@@ -88,11 +90,11 @@ impl Cdp {
         r["result"]["value"].clone()
     }
 
-    /// The table as the page shows it: for each row, its key, whether it is stale, and
-    /// each cell's text by column.
+    /// The tables (pods, then hosts) as the page shows them: for each row, its key,
+    /// whether it is stale, and each cell's text by column.
     fn rows(&mut self) -> Vec<Value> {
         let v = self.eval(
-            "JSON.stringify([...document.querySelectorAll('#rows tr')].map(tr => ({\
+            "JSON.stringify([...document.querySelectorAll('#rows tr, #hosts tr')].map(tr => ({\
                key: tr.dataset.key, stale: tr.dataset.stale, \
                cells: Object.fromEntries([...tr.cells].map(td => [td.dataset.col, td.textContent]))\
              })))",
@@ -103,6 +105,24 @@ impl Cdp {
 
 fn row<'a>(rows: &'a [Value], key: &str) -> Option<&'a Value> {
     rows.iter().find(|r| r["key"] == key)
+}
+
+/// The namespaces a host agent made under `prefix`, deleted on drop whatever made them.
+struct Sandboxes(String);
+
+impl Drop for Sandboxes {
+    fn drop(&mut self) {
+        if let Ok(entries) = std::fs::read_dir("/run/netns") {
+            for e in entries.flatten() {
+                let name = e.file_name().to_string_lossy().into_owned();
+                if name.starts_with(&self.0) {
+                    let _ = std::process::Command::new("ip")
+                        .args(["netns", "del", &name])
+                        .output();
+                }
+            }
+        }
+    }
 }
 
 fn spec(id: &str, index: u8, generation: u64, rules: u16) -> PodSpec {
@@ -145,6 +165,50 @@ fn the_dashboard_page_in_chromium_follows_the_agents_live() {
                 .await;
             assert_eq!(r.result, ApplyResult::Applied, "{r:?}");
         }
+    });
+
+    // A host agent, in a namespace of its own joined to the hub like a pod's, as a user
+    // with the host's permissions; its uplink is that control link.
+    let host_ns = stack.hub.add_pod("hosta").unwrap();
+    let host_user = stack
+        .add_user("host-a", host_permissions("weft", "host-a"))
+        .unwrap();
+    let host_dir =
+        TempDir(std::env::temp_dir().join(format!("weft-dashboard-host-{}", std::process::id())));
+    std::fs::create_dir_all(&host_dir.0).unwrap();
+    let prefix = format!("wdh{}-", std::process::id());
+    let _sandboxes = Sandboxes(prefix.clone());
+    let mut cmd = std::process::Command::new("nsenter");
+    cmd.arg(format!("--net=/run/netns/{}", host_ns.ns.name()))
+        .arg("--")
+        .arg(agent_bin())
+        .args(["host", "--nats-url", &stack.nats.url_at(&host_ns.hub_addr)])
+        .args(host_user.flags())
+        .args(["--host-id", "host-a", "--netns-prefix", &prefix])
+        .args(["--status-interval", "1s", "--status-kv", "--state-dir"])
+        .arg(host_dir.0.join("state"));
+    let host_agent = AgentProcess::spawn_command(cmd, &[], host_dir.0.join("agent.log")).unwrap();
+    let host_spec: HostSpec = serde_json::from_value(json!({
+        "HostId": "host-a", "Generation": 1, "Uplink": "ctl0",
+        "Sandboxes": [
+            {"Slot": 1, "Guest": "veth", "PortForwards": [
+                {"Protocol": "tcp", "HostPort": 8080, "SandboxPort": 80},
+                {"Protocol": "udp", "HostPort": 5353, "SandboxPort": 53}]},
+            {"Slot": 2, "Guest": "tap", "Egress": false}
+        ]
+    }))
+    .unwrap();
+    stack.block_on(|| async {
+        let cp = stack.control_plane().await.unwrap();
+        let r = cp
+            .request_host_when_ready("host-a", &host_spec, Encoding::Json)
+            .await;
+        assert_eq!(
+            r.result,
+            ApplyResult::Applied,
+            "{r:?}\n{}",
+            host_agent.log()
+        );
     });
 
     // The dashboard, as the read-only dashboard user, in the hub namespace.
@@ -193,7 +257,7 @@ fn the_dashboard_page_in_chromium_follows_the_agents_live() {
         "--disable-dev-shm-usage",
         "--hide-scrollbars",
         "--remote-debugging-port=0",
-        "--window-size=1500,600",
+        "--window-size=1500,900",
     ])
     .arg(format!("--user-data-dir={}", profile.0.display()))
     .arg("http://127.0.0.1:8080/")
@@ -234,16 +298,23 @@ fn the_dashboard_page_in_chromium_follows_the_agents_live() {
     let mut cdp = Cdp { ws, next: 0 };
     cdp.call("Runtime.enable", json!({}));
 
-    // Both pods, fresh, as their statuses say.
-    let rows = wait_until(Duration::from_secs(15), "two fresh rows", || {
+    // Both pods and the host, fresh, as their statuses say.
+    let rows = wait_until(Duration::from_secs(15), "three fresh rows", || {
         let rows = cdp.rows();
-        let ok = ["pod/web-1", "pod/web-2"].iter().all(|k| {
+        let ok = ["pod/web-1", "pod/web-2", "host/host-a"].iter().all(|k| {
             row(&rows, k)
                 .is_some_and(|r| r["stale"] == "false" && r["cells"]["generation"] == "1/-")
         });
         ok.then_some(rows.clone()).ok_or(format!("{rows:?}"))
     });
-    for r in &rows {
+    let host = row(&rows, "host/host-a").unwrap();
+    assert_eq!(host["cells"]["overall"], "Healthy", "{host}");
+    assert_eq!(host["cells"]["uplink"], "ctl0", "{host}");
+    assert_eq!(host["cells"]["forwarding"], "on", "{host}");
+    assert_eq!(host["cells"]["sandboxes"], "2/2", "{host}");
+    assert_eq!(host["cells"]["forwards"], "2", "{host}");
+    assert_eq!(host["cells"]["drift"], "0", "{host}");
+    for r in rows.iter().filter(|r| r["key"] != "host/host-a") {
         assert_eq!(r["cells"]["overall"], "Healthy", "{r}");
         assert_eq!(r["cells"]["network"], "Healthy", "{r}");
         assert_eq!(r["cells"]["firewall"], "Healthy", "{r}");
@@ -286,6 +357,42 @@ fn the_dashboard_page_in_chromium_follows_the_agents_live() {
     assert_eq!(status.observed_generation, 2);
     assert_eq!(status.firewall.unwrap().ingress_rules, 6);
 
+    // A new host spec (slot 2 gone): the host row changes in place too.
+    let mut second = host_spec.clone();
+    second.generation = 2;
+    second.sandboxes.pop();
+    stack.block_on(|| async {
+        let cp = stack.control_plane().await.unwrap();
+        let r = cp
+            .request_host("host-a", &second, Encoding::Json)
+            .await
+            .unwrap();
+        assert_eq!(r.result, ApplyResult::Applied, "{r:?}");
+    });
+    wait_until(Duration::from_secs(10), "host-a at generation 2", || {
+        let rows = cdp.rows();
+        row(&rows, "host/host-a")
+            .is_some_and(|r| r["cells"]["generation"] == "2/-" && r["cells"]["sandboxes"] == "1/1")
+            .then_some(())
+            .ok_or(format!("{rows:?}"))
+    });
+
+    // A host row's detail is the whole HostStatus, as the agent's status.get says.
+    cdp.eval("document.querySelector('tr[data-key=\"host/host-a\"]').click(); true");
+    let detail = cdp.eval("document.getElementById('detail-json').textContent");
+    let shown: weft_schema::HostStatus = serde_json::from_str(detail.as_str().unwrap()).unwrap();
+    let asked = stack.block_on(|| async {
+        let cp = stack.control_plane().await.unwrap();
+        cp.host_status_get("host-a", Encoding::Json).await.unwrap()
+    });
+    assert_eq!(shown.host_id, "host-a");
+    assert_eq!(shown.sandboxes, asked.sandboxes);
+    assert_eq!(shown.uplink.as_deref(), Some("ctl0"));
+    assert_eq!(
+        cdp.eval("document.getElementById('detail-title').textContent"),
+        "host host-a"
+    );
+
     // A stopped agent's row turns stale after three intervals.
     stack.stop_agent("web-1").unwrap();
     wait_until(Duration::from_secs(10), "web-1 stale on the page", || {
@@ -297,6 +404,7 @@ fn the_dashboard_page_in_chromium_follows_the_agents_live() {
     });
     let rows = cdp.rows();
     assert_eq!(row(&rows, "pod/web-2").unwrap()["stale"], "false");
+    assert_eq!(row(&rows, "host/host-a").unwrap()["stale"], "false");
 
     // The picture.
     let shot = cdp.call(
@@ -313,4 +421,5 @@ fn the_dashboard_page_in_chromium_follows_the_agents_live() {
     if let Some(copy) = std::env::var_os("WEFT_DASHBOARD_PNG") {
         std::fs::write(copy, &png).unwrap();
     }
+    drop(host_agent);
 }
