@@ -62,9 +62,8 @@
 //! deletions dominate both ways). One more slot still costs more at N = 1,000 than at N = 0
 //! (add about 12 vs 5 ms), so that goal (independent of N) is not met. Where the rest goes,
 //! timed inside the agent by a temporary instrumentation (median per spec, add at N = 0 vs
-//! 1,000, ms): making the two
-//! namespaces 1.4 vs 4.1 (the kernel: `unshare` and the bind mount, mostly waiting, not
-//! CPU), the sandbox's `eth0` address 0.07 vs 1.0 (the kernel), the `ip weft-host` commit
+//! 1,000, ms): making the two namespaces 1.4 vs 4.1 (the kernel: `unshare` and the bind
+//! mount, mostly waiting, not CPU), the sandbox's `eth0` address 0.07 vs 1.0 (the kernel), the `ip weft-host` commit
 //! 0.1 vs 1.0 (the kernel rebuilds each changed base chain's rule blob and validates the
 //! table: every slot's rules are in the five base chains), decoding and validating the
 //! whole spec 0.04 vs 0.9, keeping it 0.6 vs 0.9, the status of every slot composed 0.01 vs
