@@ -128,11 +128,14 @@ fn forwarding_is_the_namespaces_own() {
         "-qw",
         "net.ipv4.ip_forward=0",
     ]);
-    let here = sysctl::forwarding().unwrap();
-    assert!(!netns::enter(&name.0, sysctl::forwarding).unwrap().unwrap());
-    netns::enter(&name.0, sysctl::enable_forwarding)
+    let here = sysctl::Forwarding::open().unwrap().get().unwrap();
+    // Opened inside the namespace, the file stays that namespace's setting, read and written
+    // from this thread (outside it).
+    let theirs = netns::enter(&name.0, sysctl::Forwarding::open)
         .unwrap()
         .unwrap();
+    assert!(!theirs.get().unwrap());
+    theirs.enable().unwrap();
     let seen = run(&[
         "ip",
         "netns",
@@ -143,7 +146,7 @@ fn forwarding_is_the_namespaces_own() {
         "net.ipv4.ip_forward",
     ]);
     assert_eq!(seen.trim(), "1");
-    assert!(netns::enter(&name.0, sysctl::forwarding).unwrap().unwrap());
+    assert!(theirs.get().unwrap());
     // The test process's own namespace is untouched.
-    assert_eq!(sysctl::forwarding().unwrap(), here);
+    assert_eq!(sysctl::Forwarding::open().unwrap().get().unwrap(), here);
 }

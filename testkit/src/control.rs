@@ -155,6 +155,27 @@ impl ControlPlane {
         decode(&msg)
     }
 
+    /// [`Self::request_host`] sent once, its reply awaited for up to `within` (the client's
+    /// own request timeout is 30 s): the answer to this request, however long the apply
+    /// takes, never a repeat's.
+    pub async fn request_host_within(
+        &self,
+        host: &str,
+        spec: &HostSpec,
+        encoding: Encoding,
+        within: Duration,
+    ) -> Result<ApplyReply> {
+        let request = async_nats::Request::new()
+            .headers(headers(encoding))
+            .payload(Bytes::from(encoding.encode(spec)))
+            .timeout(Some(within));
+        let msg = self
+            .client
+            .send_request(format!("{}.host.{host}.spec", self.prefix), request)
+            .await?;
+        decode(&msg)
+    }
+
     /// [`Self::request_host`], repeated until the host agent has subscribed and answers,
     /// within 30 s; panics after that.
     pub async fn request_host_when_ready(

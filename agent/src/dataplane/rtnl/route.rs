@@ -6,7 +6,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use ipnet::IpNet;
 use neli::consts::nl::NlmF;
-use neli::consts::rtnl::{RtAddrFamily, RtScope, RtTable, Rta, Rtm, Rtn, Rtprot};
+use neli::consts::rtnl::{RtAddrFamily, RtScope, RtTable, Rta, Rtm, RtmF, Rtn, Rtprot};
 use neli::rtnl::{Rtattr, Rtmsg, RtmsgBuilder};
 use neli::types::{Buffer, RtBuffer};
 
@@ -95,6 +95,29 @@ pub fn dump_request_via(oif: u32, seq: u32) -> Vec<u8> {
         vec![attr(Rta::Oif, oif)],
     );
     netlink::request(Rtm::Getroute, NlmF::DUMP, seq, msg)
+}
+
+/// The route the kernel's FIB lookup of `dst` matches (`ip route get fibmatch`): one
+/// lookup, where a dump, however filtered, walks the whole table.
+pub fn fib_match_request(dst: Ipv4Addr, seq: u32) -> Vec<u8> {
+    let msg = RtmsgBuilder::default()
+        .rtm_family(RtAddrFamily::Inet)
+        .rtm_dst_len(32)
+        .rtm_src_len(0)
+        .rtm_tos(0)
+        .rtm_table(RtTable::Unspec)
+        .rtm_protocol(Rtprot::Unspec)
+        .rtm_scope(RtScope::Universe)
+        .rtm_type(Rtn::Unspec)
+        .rtm_flags(RtmF::FIBMATCH)
+        .rtattrs(
+            [attr(Rta::Dst, Buffer::from(ip_octets(IpAddr::V4(dst))))]
+                .into_iter()
+                .collect::<RtBuffer<_, _>>(),
+        )
+        .build()
+        .expect("every field is set");
+    netlink::request(Rtm::Getroute, NlmF::ACK, seq, msg)
 }
 
 pub fn dump_request(family: Family, seq: u32) -> Vec<u8> {
@@ -215,6 +238,20 @@ impl Rtnl {
         )?;
         via.retain(|r| r.oif == Some(oif) && r.dst.addr().is_ipv4());
         Ok(via)
+    }
+
+    /// The main table's route that traffic to `dst` takes (the FIB's longest match), in
+    /// the time of one lookup whatever the size of the table; `None` when there is none.
+    pub fn route_to(&mut self, dst: Ipv4Addr) -> Result<Option<RouteInfo>, Error> {
+        let seq = self.socket.next_seq();
+        let mut found = None;
+        match self.socket.request(&fib_match_request(dst, seq), |m| {
+            found = found.take().or_else(|| parse(m));
+        }) {
+            Ok(()) => Ok(found),
+            Err(e) if matches!(e.errno(), Some(libc::ENETUNREACH | libc::EHOSTUNREACH)) => Ok(None),
+            Err(e) => Err(e),
+        }
     }
 
     /// Installs `route` with `NLM_F_REPLACE`: the route of the same destination and metric in
