@@ -397,74 +397,77 @@ fn now_unix_ms() -> u64 {
 }
 
 async fn status(client: &Client, args: &StatusArgs) -> Result<(), Exit> {
-    if args.host {
-        return host_status(client, args).await;
-    }
     let mut fleet = Fleet::new(args.status_interval);
-    let stored = client.stored().await.unwrap_or_else(|e| {
-        eprintln!("weftctl: {}", weft_schema::text::ErrorLine(&e));
-        Vec::new()
-    });
-    let pods: Vec<String> = if args.pods.is_empty() {
-        stored.iter().map(|s| s.pod_id.clone()).collect()
-    } else {
-        args.pods.clone()
-    };
-    for (pod, generation) in client.wanted().await {
-        fleet.want(&pod, generation);
+    for (key, generation) in client.wanted().await {
+        fleet.want(&key, generation);
     }
-    let mut missing = Vec::new();
-    for pod in &pods {
-        match client.status_get(pod, args.timeout).await {
-            Ok(s) => {
-                fleet.update(s);
-            }
-            Err(e) => match stored.iter().find(|s| &s.pod_id == pod) {
-                // The bucket's copy says how long the agent has been silent.
-                Some(s) => {
-                    fleet.update(s.clone());
-                }
-                None => missing.push(format!("{pod}: {e}")),
-            },
+    if args.host {
+        // As for pods, over the host subjects and the bucket's `host.<host>` keys.
+        let stored = client.stored_hosts().await.unwrap_or_else(warn_empty);
+        let (statuses, missing) = gather(
+            &args.pods,
+            &stored,
+            |s| &s.host_id,
+            "host ",
+            async |host: &str| client.host_status_get(host, args.timeout).await,
+        )
+        .await;
+        for s in statuses {
+            fleet.update_host(s);
         }
+        let rows = fleet.host_rows(now_unix_ms());
+        print_rows(args.output, &rows, fleet::host_table(&rows));
+        return found_all(missing);
+    }
+    let stored = client.stored().await.unwrap_or_else(warn_empty);
+    let (statuses, missing) = gather(
+        &args.pods,
+        &stored,
+        |s| &s.pod_id,
+        "",
+        async |pod: &str| client.status_get(pod, args.timeout).await,
+    )
+    .await;
+    for s in statuses {
+        fleet.update(s);
     }
     let rows = fleet.rows(now_unix_ms());
     print_rows(args.output, &rows, fleet::table(&rows));
     found_all(missing)
 }
 
-/// `status --host`: as for pods, over the host subjects and the bucket's `host.<host>` keys.
-async fn host_status(client: &Client, args: &StatusArgs) -> Result<(), Exit> {
-    let mut fleet = Fleet::new(args.status_interval);
-    let stored = client.stored_hosts().await.unwrap_or_else(|e| {
-        eprintln!("weftctl: {}", weft_schema::text::ErrorLine(&e));
-        Vec::new()
-    });
-    let hosts: Vec<String> = if args.pods.is_empty() {
-        stored.iter().map(|s| s.host_id.clone()).collect()
+/// The status bucket could not be read: said once, and the live answers alone are shown.
+fn warn_empty<S>(e: weft_client::Error) -> Vec<S> {
+    eprintln!("weftctl: {}", weft_schema::text::ErrorLine(&e));
+    Vec::new()
+}
+
+/// The statuses of `ids` (every stored one when none is named): each agent's answer to
+/// `status.get`, else the bucket's copy, which says how long the agent has been silent. The
+/// ids with neither come back as `missing` lines, `{label}{id}: {error}`.
+async fn gather<S: Clone>(
+    ids: &[String],
+    stored: &[S],
+    id_of: impl Fn(&S) -> &String,
+    label: &str,
+    get: impl AsyncFn(&str) -> Result<S, weft_client::Error>,
+) -> (Vec<S>, Vec<String>) {
+    let ids: Vec<String> = if ids.is_empty() {
+        stored.iter().map(|s| id_of(s).clone()).collect()
     } else {
-        args.pods.clone()
+        ids.to_vec()
     };
-    for (key, generation) in client.wanted().await {
-        fleet.want(&key, generation);
-    }
-    let mut missing = Vec::new();
-    for host in &hosts {
-        match client.host_status_get(host, args.timeout).await {
-            Ok(s) => {
-                fleet.update_host(s);
-            }
-            Err(e) => match stored.iter().find(|s| &s.host_id == host) {
-                Some(s) => {
-                    fleet.update_host(s.clone());
-                }
-                None => missing.push(format!("host {host}: {e}")),
+    let (mut statuses, mut missing) = (Vec::new(), Vec::new());
+    for id in &ids {
+        match get(id).await {
+            Ok(s) => statuses.push(s),
+            Err(e) => match stored.iter().find(|s| id_of(s) == id) {
+                Some(s) => statuses.push(s.clone()),
+                None => missing.push(format!("{label}{id}: {e}")),
             },
         }
     }
-    let rows = fleet.host_rows(now_unix_ms());
-    print_rows(args.output, &rows, fleet::host_table(&rows));
-    found_all(missing)
+    (statuses, missing)
 }
 
 fn print_rows<R: serde::Serialize>(output: Output, rows: &[R], table: String) {
