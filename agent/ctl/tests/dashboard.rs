@@ -7,7 +7,7 @@
 
 use std::net::TcpStream;
 use std::os::unix::process::CommandExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Stdio};
 use std::time::Duration;
 
@@ -21,19 +21,8 @@ use weft_testkit::natsconf::host_permissions;
 use weft_testkit::stack::Stack;
 use weft_testkit::{require_root, wait_until};
 
-fn weftctl() -> &'static Path {
-    Path::new(env!("CARGO_BIN_EXE_weftctl"))
-}
-
-fn agent_bin() -> PathBuf {
-    let agent = weftctl().with_file_name("weft-agent");
-    assert!(
-        agent.exists(),
-        "no {}: build it first (cargo build -p weft-agent)",
-        agent.display()
-    );
-    agent
-}
+mod support;
+use support::{agent_bin, weftctl, TempDir};
 
 /// A process group we started, ended by its id on drop (Chromium forks helpers).
 struct Group(Child);
@@ -43,14 +32,6 @@ impl Drop for Group {
         // SAFETY: kill(2) with the negated pid of a process group this test created.
         unsafe { libc::kill(-(self.0.id() as i32), libc::SIGKILL) };
         let _ = self.0.wait();
-    }
-}
-
-struct TempDir(PathBuf);
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
     }
 }
 

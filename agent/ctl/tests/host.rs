@@ -4,9 +4,7 @@
 //! `ip netns` (an independent observer), and a stopped host agent turning stale.
 
 use std::io::{BufRead, BufReader};
-use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
@@ -16,54 +14,8 @@ use weft_testkit::control::ControlPlane;
 use weft_testkit::host::HostLab;
 use weft_testkit::{require_root, wait_until};
 
-fn weftctl() -> &'static Path {
-    Path::new(env!("CARGO_BIN_EXE_weftctl"))
-}
-
-fn agent_bin() -> PathBuf {
-    let agent = weftctl().with_file_name("weft-agent");
-    assert!(
-        agent.exists(),
-        "no {}: build it first (cargo build -p weft-agent)",
-        agent.display()
-    );
-    agent
-}
-
-/// A temporary directory, removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(tag: &str) -> TempDir {
-        let dir = std::env::temp_dir().join(format!("weftctl-{tag}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).unwrap();
-        TempDir(dir)
-    }
-
-    fn file(&self, name: &str, body: &Value) -> String {
-        let path = self.0.join(name);
-        std::fs::write(&path, serde_json::to_vec_pretty(body).unwrap()).unwrap();
-        path.display().to_string()
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-/// A child we started, killed by its pid on drop.
-struct Kill(Child);
-
-impl Drop for Kill {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+mod support;
+use support::{agent_bin, code, text, weftctl, Kill, TempDir};
 
 /// `weftctl` in the lab's internet namespace, where NATS is.
 fn command(lab: &HostLab, args: &[&str]) -> Command {
@@ -74,14 +26,6 @@ fn command(lab: &HostLab, args: &[&str]) -> Command {
 
 fn ctl(lab: &HostLab, args: &[&str]) -> Output {
     command(lab, args).output().unwrap()
-}
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
-}
-
-fn code(out: &Output) -> i32 {
-    out.status.code().unwrap_or(-1)
 }
 
 fn host_spec(generation: u64) -> Value {
@@ -132,7 +76,7 @@ fn weftctl_applies_host_specs_and_shows_host_rows_that_turn_stale() {
     });
 
     // Applied, `--host ID SPEC`: exit 0, the reply printed, the slots made.
-    let g2 = dir.file("g2.json", &host_spec(2));
+    let g2 = dir.file("g2.json", &host_spec(2)).display().to_string();
     let out = ctl(&lab, &["apply", "--host", "host-a", &g2, "--wait"]);
     assert_eq!(code(&out), 0, "{}{}", text(&out.stdout), text(&out.stderr));
     let reply: Value = serde_json::from_slice(&out.stdout).unwrap();
@@ -144,7 +88,7 @@ fn weftctl_applies_host_specs_and_shows_host_rows_that_turn_stale() {
     );
 
     // Stale: `--host` alone sends to the host the spec's HostId names; exit 3.
-    let g1 = dir.file("g1.json", &host_spec(1));
+    let g1 = dir.file("g1.json", &host_spec(1)).display().to_string();
     let out = ctl(&lab, &["apply", "--host", "-f", &g1, "--wait"]);
     assert_eq!(code(&out), 3, "{}{}", text(&out.stdout), text(&out.stderr));
     assert_eq!(
@@ -155,7 +99,7 @@ fn weftctl_applies_host_specs_and_shows_host_rows_that_turn_stale() {
     // Rejected: exit 2, and --dry-run says exactly what the agent said, without NATS.
     let mut bad = host_spec(3);
     bad["Sandboxes"][0]["PortForwards"][0]["HostPort"] = json!(70000);
-    let bad = dir.file("bad.json", &bad);
+    let bad = dir.file("bad.json", &bad).display().to_string();
     let out = ctl(&lab, &["apply", "--host", "host-a", &bad, "--wait"]);
     assert_eq!(code(&out), 2, "{}{}", text(&out.stdout), text(&out.stderr));
     let reply: Value = serde_json::from_slice(&out.stdout).unwrap();
@@ -287,7 +231,7 @@ fn weftctl_applies_host_specs_and_shows_host_rows_that_turn_stale() {
     // Generation 4 drops slot 2: the watch shows it without being asked.
     let mut g4 = host_spec(4);
     g4["Sandboxes"].as_array_mut().unwrap().pop();
-    let g4 = dir.file("g4.json", &g4);
+    let g4 = dir.file("g4.json", &g4).display().to_string();
     let out = ctl(&lab, &["apply", "--host", "host-a", &g4, "--wait"]);
     assert_eq!(code(&out), 0, "{}{}", text(&out.stdout), text(&out.stderr));
     wait_until(Duration::from_secs(10), "generation 4 in the watch", || {

@@ -4,8 +4,7 @@
 
 use std::io::{BufRead, BufReader};
 use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
@@ -14,45 +13,8 @@ use weft_schema::{Encoding, Overall, PodSpec, PodStatus};
 use weft_testkit::stack::{Options, Stack};
 use weft_testkit::{require_root, wait_until};
 
-fn weftctl() -> &'static Path {
-    Path::new(env!("CARGO_BIN_EXE_weftctl"))
-}
-
-/// `weft-agent`, built beside `weftctl` (`cargo test --workspace` builds it).
-fn agent_bin() -> PathBuf {
-    let agent = weftctl().with_file_name("weft-agent");
-    assert!(
-        agent.exists(),
-        "no {}: build it first (cargo build -p weft-agent)",
-        agent.display()
-    );
-    agent
-}
-
-/// A temporary directory, removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(tag: &str) -> TempDir {
-        let dir = std::env::temp_dir().join(format!("weftctl-{tag}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).unwrap();
-        TempDir(dir)
-    }
-
-    fn file(&self, name: &str, body: &Value) -> PathBuf {
-        let path = self.0.join(name);
-        std::fs::write(&path, serde_json::to_vec_pretty(body).unwrap()).unwrap();
-        path
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
+mod support;
+use support::{agent_bin, code, text, weftctl, Kill, TempDir};
 
 /// `weftctl` as `role` (its NATS flags included), run in the hub namespace.
 fn ctl(stack: &Stack, role: &str, args: &[&str]) -> Output {
@@ -61,14 +23,6 @@ fn ctl(stack: &Stack, role: &str, args: &[&str]) -> Output {
     cmd.args(stack.identity(role).unwrap().flags());
     cmd.args(args);
     cmd.output().unwrap()
-}
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
-}
-
-fn code(out: &Output) -> i32 {
-    out.status.code().unwrap_or(-1)
 }
 
 fn pod_spec(id: &str, index: u8, generation: u64, rules: u16) -> Value {
@@ -323,16 +277,6 @@ fn apply_exit_codes_follow_the_reply_and_dry_run_says_what_the_agent_says() {
     );
 }
 
-/// A child process killed (by its pid) on drop.
-struct Running(Child);
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 /// The table's lines as cells (columns are two or more spaces apart).
 fn table_cells(table: &str) -> Vec<Vec<String>> {
     table
@@ -446,7 +390,7 @@ fn status_and_watch_show_several_agents_and_a_stopped_one_turns_stale() {
         .args(["watch", "-o", "json", "--status-interval", "1s"])
         .stdout(Stdio::piped())
         .stderr(Stdio::null());
-    let mut watch = Running(cmd.spawn().unwrap());
+    let mut watch = Kill(cmd.spawn().unwrap());
     let (tx, frames) = mpsc::channel::<(Instant, Value)>();
     let stdout = watch.0.stdout.take().unwrap();
     std::thread::spawn(move || {
