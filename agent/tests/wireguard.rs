@@ -217,6 +217,23 @@ fn link_exists(ns: &Netns, ifname: &str) -> bool {
     ns.ip(&["link", "show", "dev", ifname]).is_ok()
 }
 
+/// Waits for a stopped userspace device's TUN interface to go.
+///
+/// The kernel removes a TUN interface when the last descriptor of it closes. boringtun
+/// opens `/dev/net/tun` without `O_CLOEXEC`; the agent marks it close-on-exec right after,
+/// but a process forked in between (here: another test's `ip`, running in parallel) keeps a
+/// copy until it exits. The agent itself starts no processes, so in the test binary alone the
+/// interface may outlive the stop by the life of such a child: milliseconds.
+fn wait_link_gone(ns: &Netns, ifname: &str, what: &str) {
+    wait_until(Duration::from_secs(5), what, || {
+        if link_exists(ns, ifname) {
+            Err(format!("{ifname} still exists"))
+        } else {
+            Ok(())
+        }
+    });
+}
+
 #[test]
 fn userspace_overlay_carries_traffic_and_follows_peer_changes_without_loss() {
     let t = topology("wgov");
@@ -385,13 +402,13 @@ fn userspace_overlay_carries_traffic_and_follows_peer_changes_without_loss() {
 
     // Dropping the section removes the interface and its socket.
     apply(&pod_a, None).unwrap();
-    assert!(!link_exists(&t.a, &if_a));
+    wait_link_gone(&t.a, &if_a, "dropping the section to remove the interface");
     assert!(!std::path::Path::new(&format!("/var/run/wireguard/{if_a}.sock")).exists());
     assert_eq!(observe(&pod_a, None), None);
     // B still runs until its pod goes; then its interface goes with it.
     assert!(link_exists(&t.b, &if_b));
     drop(pod_b);
-    assert!(!link_exists(&t.b, &if_b));
+    wait_link_gone(&t.b, &if_b, "B's interface to go with its pod");
     assert!(!std::path::Path::new(&format!("/var/run/wireguard/{if_b}.sock")).exists());
 }
 
@@ -418,10 +435,7 @@ fn a_generated_key_is_kept_and_survives_a_restart() {
     let st = observe(&first, Some(&spec)).unwrap();
     assert_eq!(st.overall, Overall::Healthy, "{}", st.last_error);
     drop(first);
-    assert!(
-        !link_exists(&ns, &ifn),
-        "shutdown removes the userspace interface"
-    );
+    wait_link_gone(&ns, &ifn, "shutdown to remove the userspace interface");
 
     use std::os::unix::fs::PermissionsExt;
     let path = state.0.join(KEY_FILE);
@@ -513,7 +527,7 @@ fn auto_mode_falls_back_to_userspace_and_says_why() {
     assert!(!log.contains(&key.expose_base64()));
     assert!(!log.contains(&hex::encode(key.expose())));
     drop(pod);
-    assert!(!link_exists(&ns, &ifn));
+    wait_link_gone(&ns, &ifn, "the stopped device's interface to go");
 }
 
 #[test]
@@ -967,4 +981,45 @@ fn allowed_ips_get_routes_and_default_route_takes_the_pods_traffic_through_the_t
     assert!(!ping_ok(&t.a, "10.78.0.2"));
     drop(pod_a);
     drop(pod_b);
+}
+
+/// boringtun 0.7.1 registers each UDP socket's clone with its event loop but, when the
+/// listen port changes (the first `listen_port=` of every device: it starts on a random
+/// port), removes the event by the original's descriptor number, indexing a table sized by
+/// the highest registered descriptor. When another thread frees a lower descriptor between
+/// the socket and its clone, the original's number is past the table's end and the device's
+/// worker panics mid-change. Other threads of the agent open and close descriptors at any
+/// time (NATS, the metrics server); here a thread does it as fast as it can while devices are
+/// made and configured again and again.
+#[test]
+fn devices_configure_while_other_threads_open_and_close_descriptors() {
+    require_root();
+    let ns = Netns::new("wgfd").unwrap();
+    let state = temp_state_dir("fd");
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let churn = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                let held: Vec<std::fs::File> = (0..8)
+                    .filter_map(|_| std::fs::File::open("/dev/null").ok())
+                    .collect();
+                drop(held);
+            }
+        })
+    };
+    let mut failures = Vec::new();
+    for round in 0..40 {
+        let ifn = ifname();
+        let spec = device(&ifn, "10.82.0.1/24", 51870, &keys::generate(), vec![]);
+        let pod = agent(&ns, Mode::Userspace, &state.0);
+        if let Err(e) = apply(&pod, Some(&spec)) {
+            failures.push(format!("round {round}: {e}"));
+        }
+        drop(pod);
+        wait_link_gone(&ns, &ifn, "the device's interface to go");
+    }
+    stop.store(true, Ordering::Relaxed);
+    churn.join().unwrap();
+    assert!(failures.is_empty(), "{failures:#?}");
 }

@@ -126,6 +126,7 @@ impl UserspaceDevice {
             .map_err(Error::SocketPair)?;
         ours.set_write_timeout(Some(REQUEST_TIMEOUT))
             .map_err(Error::SocketPair)?;
+        let theirs = above_every_descriptor(theirs.into()).map_err(Error::SocketPair)?;
         let config = DeviceConfig {
             // One worker measured fastest on 2 cores; more threads only contend.
             n_threads: 1,
@@ -259,6 +260,51 @@ impl Drop for UserspaceDevice {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+/// How far above the process's open descriptors boringtun's end of the control pair is put.
+const CONTROL_FD_HEADROOM: usize = 512;
+
+/// Moves `fd` to a descriptor number above every one the device will open, so boringtun
+/// cannot panic when the listen port changes.
+///
+/// boringtun 0.7.1 registers each UDP socket's *clone* with its event loop, but when the port
+/// changes it removes the old socket's event by the *original's* number, indexing its event
+/// table (as long as the highest registered descriptor) with it. The original is usually
+/// below its clone; when another thread frees a lower descriptor between the two (the agent's
+/// NATS and metrics tasks open and close sockets at any time) the clone takes that lower
+/// number, the original's is past the table's end, and the worker panics halfway through the
+/// change, leaving the device unusable and its interface behind. Every device changes its port
+/// once (it starts on a random one). The control descriptor is registered before any socket is
+/// opened; numbered above them all, it keeps the table long enough. The new number is the
+/// lowest free one from the count of open descriptors plus [`CONTROL_FD_HEADROOM`] (bounded by
+/// the descriptor limit): the device's sockets take the lowest free numbers, so they would need
+/// that many descriptors opened by other threads in the microseconds of the device's start.
+fn above_every_descriptor(fd: std::os::fd::OwnedFd) -> io::Result<std::os::fd::OwnedFd> {
+    use std::os::fd::FromRawFd;
+    let open = fs::read_dir("/proc/self/fd")?.count();
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes into the struct we pass and nothing else.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let ceiling = usize::try_from(limit.rlim_cur)
+        .unwrap_or(usize::MAX)
+        .saturating_sub(1);
+    let floor = (open + CONTROL_FD_HEADROOM).min(ceiling);
+    let floor = libc::c_int::try_from(floor).unwrap_or(libc::c_int::MAX);
+    // SAFETY: F_DUPFD_CLOEXEC duplicates a descriptor we own to the lowest free number at or
+    // above `floor`; the new descriptor is owned by the OwnedFd made from it, the old one is
+    // closed when `fd` drops.
+    let moved = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_DUPFD_CLOEXEC, floor) };
+    if moved < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `moved` is a descriptor fcntl just made for us and nothing else owns.
+    Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(moved) })
 }
 
 /// Marks every `/dev/net/tun` descriptor of the process close-on-exec.
