@@ -99,6 +99,22 @@ fn bucket(prefix: &str, what: &str) -> String {
     format!("{}-{what}", prefix.replace('.', "-"))
 }
 
+/// Creating a consumer of spec bucket `specs` that reads key `key` only: the request names
+/// the consumer (any name) and its filter (the agent's own key).
+fn spec_consumer_create(specs: &str, key: &str) -> String {
+    format!("$JS.API.CONSUMER.CREATE.KV_{specs}.*.$KV.{specs}.{key}")
+}
+
+/// Deleting a consumer of spec bucket `specs` by name. The client deletes its watch's
+/// consumer before making it again after its server went away; without this right that
+/// delete times out and the watch never comes back (the fleet benchmark lost specs that way).
+/// A name cannot be matched by prefix, so any name is allowed: an agent's consumer names end
+/// in a random 22-character token (its inbox's), and an agent may not list consumers, so it
+/// can delete only the ones it made.
+fn spec_consumer_delete(specs: &str) -> String {
+    format!("$JS.API.CONSUMER.DELETE.KV_{specs}.*")
+}
+
 /// The inbox prefix of pod `pod`'s agent (`_INBOX_<pod>`), so that its user may subscribe to
 /// its own inboxes only (the agent sets it; JetStream answers come there).
 pub fn pod_inbox(pod: &str) -> String {
@@ -114,7 +130,9 @@ pub fn pod_permissions(prefix: &str, pod: &str) -> Permissions {
         publish: vec![
             format!("{prefix}.pod.{pod}.status"),
             format!("$JS.API.STREAM.INFO.KV_{specs}"),
-            format!("$JS.API.CONSUMER.CREATE.KV_{specs}.*.$KV.{specs}.{pod}"),
+            spec_consumer_create(&specs, pod),
+            spec_consumer_delete(&specs),
+            format!("$JS.API.DIRECT.GET.KV_{specs}.$KV.{specs}.{pod}"),
             format!("$JS.API.STREAM.INFO.KV_{status}"),
             format!("$KV.{status}.{pod}"),
         ],
@@ -140,7 +158,9 @@ pub fn host_permissions(prefix: &str, host: &str) -> Permissions {
         publish: vec![
             format!("{prefix}.host.{host}.status"),
             format!("$JS.API.STREAM.INFO.KV_{specs}"),
-            format!("$JS.API.CONSUMER.CREATE.KV_{specs}.*.$KV.{specs}.host.{host}"),
+            spec_consumer_create(&specs, &format!("host.{host}")),
+            spec_consumer_delete(&specs),
+            format!("$JS.API.DIRECT.GET.KV_{specs}.$KV.{specs}.host.{host}"),
             format!("$JS.API.STREAM.INFO.KV_{status}"),
             format!("$KV.{status}.host.{host}"),
         ],
