@@ -15,7 +15,7 @@
 //!   applied spec (and the state directory still holds it for restarts). The agent logs it.
 //!   Removing a pod's network is a spec, not the absence of one.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use async_nats::jetstream::{self, consumer};
@@ -70,28 +70,32 @@ pub fn operation(headers: Option<&HeaderMap>) -> Operation {
 /// stuck for minutes while the value sat in the bucket's other replicas).
 pub(crate) async fn watch<R: Role>(client: Client, intake: &Intake<R>, backlog: &Backlog) {
     let newest = AtomicU64::new(0);
+    let stalled = AtomicBool::new(false);
     futures::future::join(
-        watch_loop(&client, intake, backlog, &newest),
-        read_loop(&client, intake, backlog, &newest),
+        watch_loop(&client, intake, backlog, &newest, &stalled),
+        read_loop(&client, intake, backlog, &newest, &stalled),
     )
     .await;
 }
 
 /// How often the key's newest value is read directly.
 pub const READ_EVERY: Duration = Duration::from_secs(10);
-/// After a reconnection, while the watch's consumer is being made again: read this often ...
+/// After a reconnection or a stalled watch, while its consumer is being made again: read this
+/// often ...
 const READ_AFTER_RECONNECT: Duration = Duration::from_secs(2);
 /// ... for this long.
 const FAST_READS_FOR: Duration = Duration::from_secs(30);
 
-/// Reads the key's newest value every [`READ_EVERY`] (every [`READ_AFTER_RECONNECT`] for a
-/// while after the connection came back); hands it on when its stream sequence is above
-/// `newest` (the newest the watch or this loop handed on).
+/// Reads the key's newest value every [`READ_EVERY`] (at once and then every
+/// [`READ_AFTER_RECONNECT`] for a while after the connection came back or the watch said it
+/// stalled); hands it on when its stream sequence is above `newest` (the newest the watch or
+/// this loop handed on).
 async fn read_loop<R: Role>(
     client: &Client,
     intake: &Intake<R>,
     backlog: &Backlog,
     newest: &AtomicU64,
+    stalled: &AtomicBool,
 ) {
     let bucket = intake.subjects.spec_bucket();
     let key = intake.subjects.key();
@@ -109,6 +113,10 @@ async fn read_loop<R: Role>(
         if connected && !was_connected {
             fast_until = Some(now + FAST_READS_FOR);
             next_read = now + READ_AFTER_RECONNECT;
+        }
+        if stalled.swap(false, Ordering::Relaxed) {
+            fast_until = Some(now + FAST_READS_FOR);
+            next_read = now;
         }
         was_connected = connected;
         if now < next_read || !connected {
@@ -160,13 +168,24 @@ async fn watch_loop<R: Role>(
     intake: &Intake<R>,
     backlog: &Backlog,
     newest: &AtomicU64,
+    stalled: &AtomicBool,
 ) {
     let bucket = intake.subjects.spec_bucket();
     let key = intake.subjects.key();
     let mut failing = false;
     let mut gate = LogGate::default();
     loop {
-        match watch_once(client, intake, backlog, newest, &mut failing, &mut gate).await {
+        match watch_once(
+            client,
+            intake,
+            backlog,
+            newest,
+            stalled,
+            &mut failing,
+            &mut gate,
+        )
+        .await
+        {
             Ok(()) => warn!(bucket, key, "spec KV watch ended; watching again"),
             Err(e) => {
                 // An agent started before NATS fails here every second: say it once.
@@ -204,6 +223,7 @@ async fn watch_once<R: Role>(
     intake: &Intake<R>,
     backlog: &Backlog,
     newest: &AtomicU64,
+    stalled: &AtomicBool,
     failing: &mut bool,
     gate: &mut LogGate,
 ) -> Result<(), async_nats::Error> {
@@ -261,6 +281,7 @@ async fn watch_once<R: Role>(
             }
             Err(e) => {
                 warn!(bucket, key, cause = %error_line(&e), "spec KV watch interrupted");
+                stalled.store(true, Ordering::Relaxed);
                 tokio::time::sleep(RETRY / 4).await;
             }
         }
