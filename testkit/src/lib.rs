@@ -15,6 +15,8 @@
 //! - [`host`]: a machine that hosts sandboxes: a host namespace for the host agent, an
 //!   internet namespace beyond its uplink.
 //! - [`stack`]: a whole local stack: hub, LAN router, pods with their agents.
+//! - [`fleet`]: N agents in namespaces of their own against a nats-server cluster, a control
+//!   plane applying specs to all of them and a dashboard following them, with their costs.
 //! - [`eventually`]: bounded waits for eventual conditions, never a fixed sleep.
 //! - [`go`]: `weftcp`, a control plane written in Go from the contract alone.
 //! - [`vm`]: a QEMU guest running Debian's stock kernel, for kernel features the host lacks.
@@ -23,6 +25,7 @@ pub mod agent;
 pub mod cluster;
 pub mod control;
 pub mod eventually;
+pub mod fleet;
 pub mod go;
 pub mod host;
 pub mod hub;

@@ -158,6 +158,11 @@ impl NatsServer {
         format!("{}://{addr}:{}", self.scheme(), self.port)
     }
 
+    /// The server's pid while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// True between a start and a kill.
     pub fn is_running(&self) -> bool {
         self.child.is_some()

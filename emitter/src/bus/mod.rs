@@ -89,22 +89,14 @@ pub enum BucketError {
     Open(String, #[source] jetstream::context::KeyValueError),
 }
 
-/// Opens bucket `name`, creating it (file storage, `history` values per key) when it does not
-/// exist yet. Creating is idempotent on the server: agents racing to create the same bucket
-/// with the same settings all succeed.
+/// The stream of KV bucket `name` with `history` values per key and `replicas` copies: the
+/// settings `create_key_value` would use.
 ///
-/// The bucket's stream is created directly, with the settings `create_key_value` would use:
-/// async-nats 0.51's `create_key_value` first reads the account info, whose reply from
-/// nats-server 2.9 it cannot parse ("data did not match any variant of untagged enum").
-pub async fn open_bucket(
-    js: &jetstream::Context,
-    name: &str,
-    history: i64,
-) -> Result<kv::Store, BucketError> {
-    if let Ok(store) = js.get_key_value(name).await {
-        return Ok(store);
-    }
-    js.create_stream(jetstream::stream::Config {
+/// The stream is created directly rather than through `create_key_value`: async-nats 0.51's
+/// `create_key_value` first reads the account info, whose reply from nats-server 2.9 it
+/// cannot parse ("data did not match any variant of untagged enum").
+pub fn bucket_stream(name: &str, history: i64, replicas: usize) -> jetstream::stream::Config {
+    jetstream::stream::Config {
         name: format!("KV_{name}"),
         subjects: vec![format!("$KV.{name}.>")],
         max_messages_per_subject: history,
@@ -113,11 +105,26 @@ pub async fn open_bucket(
         deny_delete: true,
         allow_direct: true,
         discard: jetstream::stream::DiscardPolicy::New,
-        num_replicas: 1,
+        num_replicas: replicas,
         ..Default::default()
-    })
-    .await
-    .map_err(|e| BucketError::Create(name.to_owned(), e))?;
+    }
+}
+
+/// Opens bucket `name`, creating it (file storage, `history` values per key, one replica)
+/// when it does not exist yet. Creating is idempotent on the server: agents racing to create
+/// the same bucket with the same settings all succeed. A control plane that wants replicas
+/// creates the bucket first ([`bucket_stream`]).
+pub async fn open_bucket(
+    js: &jetstream::Context,
+    name: &str,
+    history: i64,
+) -> Result<kv::Store, BucketError> {
+    if let Ok(store) = js.get_key_value(name).await {
+        return Ok(store);
+    }
+    js.create_stream(bucket_stream(name, history, 1))
+        .await
+        .map_err(|e| BucketError::Create(name.to_owned(), e))?;
     info!(bucket = name, history, "created KV bucket");
     js.get_key_value(name)
         .await
