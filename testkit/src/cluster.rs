@@ -26,14 +26,20 @@ fn free_port() -> Result<u16> {
         .port())
 }
 
+/// Each node's route and monitoring port, and the cluster's name (unique to this process and
+/// namespace); called inside `ns`.
+fn plan(ns: &Netns, n: usize) -> Result<(Vec<u16>, Vec<u16>, String)> {
+    let routes: Vec<u16> = (0..n).map(|_| free_port()).collect::<Result<_>>()?;
+    let monitor: Vec<u16> = (0..n).map(|_| free_port()).collect::<Result<_>>()?;
+    Ok((routes, monitor, format!("weft-{}", ns.name())))
+}
+
 impl NatsCluster {
     /// Starts `n` nodes in `ns`, each routed to all the others, with a cluster name unique to
     /// this process and namespace.
     pub fn start(ns: &Netns, n: usize) -> Result<NatsCluster> {
         ns.enter(|| {
-            let routes: Vec<u16> = (0..n).map(|_| free_port()).collect::<Result<_>>()?;
-            let monitor: Vec<u16> = (0..n).map(|_| free_port()).collect::<Result<_>>()?;
-            let name = format!("weft-{}", ns.name());
+            let (routes, monitor, name) = plan(ns, n)?;
             let mut nodes = Vec::new();
             for i in 0..n {
                 let others: Vec<String> = (0..n)
@@ -77,9 +83,7 @@ impl NatsCluster {
         dir: &Path,
     ) -> Result<NatsCluster> {
         ns.enter(|| {
-            let routes: Vec<u16> = (0..n).map(|_| free_port()).collect::<Result<_>>()?;
-            let monitor: Vec<u16> = (0..n).map(|_| free_port()).collect::<Result<_>>()?;
-            let name = format!("weft-{}", ns.name());
+            let (routes, monitor, name) = plan(ns, n)?;
             let mut nodes = Vec::new();
             for i in 0..n {
                 let node_dir = dir.join(format!("n{i}"));

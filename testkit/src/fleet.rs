@@ -53,7 +53,8 @@ pub const MAX_PODS: usize = PODS_PER_BRIDGE * MAX_BRIDGES;
 /// The spec bucket's values per key (as the agent creates it).
 const SPEC_HISTORY: i64 = 10;
 /// How long one request or put waits for its answer before it is sent again.
-const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(2);
+/// Longer than a whole fan-out of a thousand pods takes here, so only lost specs are resent.
+const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Between a failed attempt and the next.
 const RETRY_PAUSE: Duration = Duration::from_millis(200);
 /// How many threads make the pods' namespaces and links.
@@ -519,6 +520,9 @@ link set br{b} up
                 );
             }
         };
+        // The stream's acknowledgements (the bucket) or the replies (the subject): when the
+        // bus had taken every spec.
+        let last_accepted = *answered.iter().max().expect("n > 0");
         let applied_at: Vec<Instant> = match source {
             SpecSource::Subject => answered,
             SpecSource::Kv => applied,
@@ -544,6 +548,7 @@ link set br{b} up
                 node,
                 connections,
                 converged_after: last_applied.saturating_duration_since(at),
+                accepted_after: last_accepted.saturating_duration_since(at),
             }),
         })
     }
@@ -827,6 +832,9 @@ pub struct Killed {
     pub connections: usize,
     /// From the kill to the last pod's `Applied`.
     pub converged_after: Duration,
+    /// From the kill to the last spec taken by the bus: the last put acknowledged by the
+    /// stream (the bucket), the last `Applied` reply (the subject).
+    pub accepted_after: Duration,
 }
 
 /// What the fleet costs when nothing changes but the statuses tick.

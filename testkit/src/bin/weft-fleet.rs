@@ -74,8 +74,8 @@ fn main() -> ExitCode {
     let mut rows = Vec::new();
     let mut failed = false;
     for &n in &args.pods {
-        match measure(&args, n) {
-            Ok(mut r) => rows.append(&mut r),
+        match measure(&args, n, &mut rows) {
+            Ok(()) => {}
             Err(e) => {
                 eprintln!("weft-fleet: N={n}: {e:#}");
                 failed = true;
@@ -170,7 +170,7 @@ fn progress(n: usize, what: &str) {
 }
 
 /// Builds a fleet of `n` and measures it with each spec source in turn.
-fn measure(args: &Args, n: usize) -> Result<Vec<Row>> {
+fn measure(args: &Args, n: usize, rows: &mut Vec<Row>) -> Result<()> {
     let t = Instant::now();
     progress(n, "making namespaces, links, the cluster");
     let mut fleet = Fleet::new(Options {
@@ -180,7 +180,6 @@ fn measure(args: &Args, n: usize) -> Result<Vec<Row>> {
         agent_bin: args.agent_bin.clone(),
     })?;
     let setup = t.elapsed();
-    let mut rows = Vec::new();
     let mut generation = 0;
     for &source in &args.sources {
         check_stop()?;
@@ -259,7 +258,7 @@ fn measure(args: &Args, n: usize) -> Result<Vec<Row>> {
     }
     progress(n, "removing the fleet");
     drop(fleet);
-    Ok(rows)
+    Ok(())
 }
 
 fn check_stop() -> Result<()> {
@@ -399,19 +398,20 @@ fn print_table(rows: &[Row]) {
         println!(
             "\n## Failover: the node with the most clients killed once half the specs were out\n"
         );
-        println!("| N | source | killed node (clients) | p50 | p99 | kill to last Applied | last publish to last Applied | resends | specs lost |");
-        println!("|---|---|---|---|---|---|---|---|---|");
+        println!("| N | source | killed node (clients) | p50 | p99 | kill to all taken by the bus | kill to last Applied | last publish to last Applied | resends | specs lost |");
+        println!("|---|---|---|---|---|---|---|---|---|---|");
         for r in rows {
             let Some(f) = &r.failover else { continue };
             let k = f.killed.as_ref().expect("a kill fan-out");
             println!(
-                "| {} | {} | n{} ({}) | {} | {} | {} | {} | {} | 0 |",
+                "| {} | {} | n{} ({}) | {} | {} | {} | {} | {} | {} | 0 |",
                 r.pods,
                 r.source.name(),
                 k.node,
                 k.connections,
                 ms(f.p50),
                 ms(f.p99),
+                ms(k.accepted_after),
                 ms(k.converged_after),
                 ms(f.after_last_publish),
                 f.resends,
