@@ -611,5 +611,33 @@ fn the_server_keeps_each_pod_to_its_own_subjects_and_the_dashboard_to_reading() 
             })
             .await;
         assert!(ours.is_ok(), "pod A's own key: {:?}", ours.err());
+
+        // Pod A reads its own key directly (the agent's read beside its watch), not B's.
+        for pod in ["web-1", "web-2"] {
+            js.publish(format!("$KV.weft-specs.{pod}"), format!("spec of {pod}").into())
+                .await
+                .unwrap()
+                .await
+                .unwrap();
+        }
+        let direct = pod_js.get_stream_no_info("KV_weft-specs").await.unwrap();
+        let own = direct
+            .direct_get_last_for_subject("$KV.weft-specs.web-1")
+            .await
+            .unwrap();
+        assert_eq!(own.payload, "spec of web-1");
+        // A refused request is only a timeout to the client: two seconds say enough.
+        let theirs = tokio::time::timeout(
+            Duration::from_secs(2),
+            direct.direct_get_last_for_subject("$KV.weft-specs.web-2"),
+        )
+        .await;
+        assert!(!matches!(theirs, Ok(Ok(_))), "pod A read pod B's key");
+        let line = refused(
+            &a,
+            "permissions violation for publish to \"$JS.API.DIRECT.GET.KV_weft-specs.$KV.weft-specs.web-2\"",
+        )
+        .await;
+        println!("server: {line}");
     });
 }

@@ -128,7 +128,8 @@ async fn read_loop<R: Role>(
                 _ => READ_EVERY,
             };
         let read = async {
-            let stream = js.get_stream(format!("KV_{bucket}")).await?;
+            // One request: the stream's name is all a direct get needs, not its info.
+            let stream = js.get_stream_no_info(format!("KV_{bucket}")).await?;
             Ok::<_, async_nats::Error>(stream.direct_get_last_for_subject(&subject).await?)
         };
         match read.await {
