@@ -29,21 +29,9 @@ impl AgentProcess {
         env: &[(&str, &str)],
         log: PathBuf,
     ) -> Result<AgentProcess> {
-        let file =
-            std::fs::File::create(&log).with_context(|| format!("create {}", log.display()))?;
-        let child = ns
-            .command(bin.to_str().context("binary path is not UTF-8")?)
-            .args(args)
-            .envs(env.iter().copied())
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(file)
-            .spawn()
-            .context("spawn weft-agent")?;
-        Ok(AgentProcess {
-            child: Some(child),
-            log,
-        })
+        let mut cmd = ns.command(bin.to_str().context("binary path is not UTF-8")?);
+        cmd.args(args);
+        Self::spawn_command(cmd, env, log)
     }
 
     /// Starts an agent by any command (`nsenter ... weft-agent host ...`): the command must

@@ -159,14 +159,7 @@ impl HostLab {
         Fut: std::future::Future<Output = R>,
         R: Send,
     {
-        self.internet.enter(|| {
-            tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(2)
-                .enable_all()
-                .build()
-                .expect("tokio runtime")
-                .block_on(body())
-        })
+        self.internet.block_on(body)
     }
 
     /// `ip -n <ns> -j <args..>`, parsed.

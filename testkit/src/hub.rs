@@ -83,13 +83,6 @@ impl Hub {
         Fut: Future<Output = R>,
         R: Send,
     {
-        self.ns.enter(|| {
-            tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(2)
-                .enable_all()
-                .build()
-                .expect("tokio runtime")
-                .block_on(body())
-        })
+        self.ns.block_on(body)
     }
 }

@@ -48,6 +48,17 @@ impl Netns {
         run(Command::new("ip").arg("-n").arg(&self.name).args(args))
     }
 
+    /// Runs an async body on a tokio runtime whose threads live in this namespace, so every
+    /// socket it opens (and every process it spawns) is here.
+    pub fn block_on<F, Fut, R>(&self, body: F) -> R
+    where
+        F: FnOnce() -> Fut + Send,
+        Fut: std::future::Future<Output = R>,
+        R: Send,
+    {
+        self.enter(|| runtime().block_on(body()))
+    }
+
     /// Runs `f` on a new thread that has joined this namespace, so every socket it opens
     /// belongs here, and returns its result.
     pub fn enter<F, R>(&self, f: F) -> R
@@ -57,6 +68,16 @@ impl Netns {
     {
         enter_named(&self.name, f)
     }
+}
+
+/// A test's tokio runtime (two workers). Built on a thread that has joined a namespace (see
+/// [`Netns::block_on`]), its worker threads are in that namespace too.
+pub fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("tokio runtime")
 }
 
 /// [`Netns::enter`] for a namespace named `name` in `/run/netns` that someone else made (a
